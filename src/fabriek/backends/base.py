@@ -1,0 +1,88 @@
+"""The contract between the controller and a backend (local processes, Slurm, ...)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol
+
+from fabriek.core.jobs import JobState, Resources
+from fabriek.scheduling.snapshot import Capacity
+
+Handle = dict[str, Any]
+"""What a backend needs to find a job again, after a restart too. JSON-serialisable; stored in the job row."""
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchSpec:
+    job_id: int
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    resources: Resources
+    gpu_ids: tuple[int, ...]
+    time_limit_s: int
+    workdir_archive: Path | None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What a job used, as measured by the operating system."""
+
+    wall_s: float
+    cpu_s: float
+    max_rss_bytes: int
+
+
+class Phase(StrEnum):
+    STARTING = "starting"  # accepted by the backend; the job's process has not started yet
+    RUNNING = "running"
+    FINISHED = "finished"
+    LOST = "lost"  # the backend has no trace of a live job and no result: it will never report one
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    phase: Phase
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    outcome: JobState | None = None  # a final state when phase is FINISHED
+    exit_code: int | None = None
+    signal: int | None = None
+    reason: str | None = None
+    usage: Usage | None = field(default=None)
+
+
+class Backend(Protocol):
+    """Runs jobs somewhere. Every method returns quickly; none holds a database transaction."""
+
+    name: str
+
+    def capacity(self) -> Capacity:
+        """What this backend offers the admission engine."""
+        ...
+
+    def submit(self, spec: LaunchSpec) -> Handle:
+        """Start the job. Idempotent per job id: calling it again after a crash returns the handle of
+        the first launch and never starts the job twice. Raises on a failure to launch."""
+        ...
+
+    def poll(self, handles: Mapping[int, Handle]) -> dict[int, Observation]:
+        """Observe all the given jobs in one go. A job with no news yet is reported as STARTING."""
+        ...
+
+    def cancel(self, job_id: int, handle: Handle) -> None:
+        """Ask the job to stop (SIGTERM, grace, SIGKILL). Idempotent; a finished job is left alone.
+        Returns at once: the outcome is observed by a later poll."""
+        ...
+
+    def log_path(self, job_id: int, handle: Handle | None) -> Path | None:
+        """Where the job's combined stdout and stderr grow, if it has started."""
+        ...
+
+    def output_dir(self, job_id: int, handle: Handle | None) -> Path | None:
+        """The directory the job wrote as $FABRIEK_OUTPUT_DIR."""
+        ...

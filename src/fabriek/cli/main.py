@@ -1,0 +1,351 @@
+"""The `fabriek` command line."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from fabriek.cli.output import STATE_STYLE, age, console, err_console, fail, handled, print_json
+from fabriek.core.errors import FabriekError
+from fabriek.core.jobs import JobState
+from fabriek.core.units import format_bytes, format_duration, parse_duration, parse_memory
+
+app = typer.Typer(
+    help="fabriek: run and follow jobs on an AI Factory.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _client():  # type: ignore[no-untyped-def]
+    from fabriek.client.client import Client
+
+    return Client()
+
+
+def _settings(home: Path | None = None, host: str | None = None, port: int | None = None):  # type: ignore[no-untyped-def]
+    from pydantic import ValidationError
+
+    from fabriek.settings import Settings
+
+    overrides = {
+        k: v for k, v in {"home": home, "host": host, "port": port}.items() if v is not None
+    }
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        fail(f"invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}", 2)
+
+
+# --- the server ---------------------------------------------------------------------------------
+@app.command()
+def up(
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on [default: 127.0.0.1].")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on [default: 8765].")] = None,
+    home: Annotated[
+        Path | None,
+        typer.Option(help="Data directory [default: FABRIEK_HOME or ~/.local/share/fabriek]."),
+    ] = None,
+) -> None:
+    """Run fabriek on this machine: API, controller and local backend (SQLite unless configured)."""
+    from fabriek.client.config import save_config
+    from fabriek.server.serve import serve
+
+    settings = _settings(home, host, port)
+
+    def ready(runtime, token) -> None:  # type: ignore[no-untyped-def]
+        url = f"http://{_client_host(settings.host)}:{settings.port}"
+        caps = runtime.backend.capacity().resources
+        err_console.print(
+            f"fabriek {_version()} on [bold]{url}[/] - home {settings.home}, "
+            f"database {runtime.engine.dialect.name}, local backend with {caps.cpus} CPUs, "
+            f"{format_bytes(caps.memory_bytes)} memory, {caps.gpus} GPUs",
+            highlight=False,
+        )
+        if token:
+            path = save_config(url, token)
+            err_console.print(
+                f"created the administrator and a token; the CLI on this machine uses it ({path})",
+                highlight=False,
+            )
+        err_console.print(f"API docs at {url}/docs - stop with Ctrl-C (running jobs keep running)")
+
+    with handled():
+        serve(settings, on_ready=ready)
+
+
+def _client_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+def _version() -> str:
+    from fabriek import __version__
+
+    return __version__
+
+
+@app.command()
+def login(
+    url: Annotated[str, typer.Argument(help="The server, e.g. https://fabriek.example.org")],
+    token: Annotated[str, typer.Option(help="Your API token.", prompt=True, hide_input=True)],
+) -> None:
+    """Check a token against a server and remember both for later commands."""
+    from fabriek.client.client import Client
+    from fabriek.client.config import save_config
+
+    with handled():
+        me = Client(url, token).whoami()
+        path = save_config(url, token)
+    console.print(f"logged in to {url} as [bold]{me.name}[/]; saved in {path}")
+
+
+@db_app.command("upgrade")
+def db_upgrade(home: Annotated[Path | None, typer.Option(help="Data directory.")] = None) -> None:
+    """Apply the database migrations that are not applied yet (also done on every start)."""
+    from fabriek.server.db.engine import make_engine
+    from fabriek.server.db.migrate import upgrade
+
+    settings = _settings(home)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.effective_database_url)
+    try:
+        revision = upgrade(engine)
+    finally:
+        engine.dispose()
+    console.print(f"database is at revision {revision}")
+
+
+# --- jobs ---------------------------------------------------------------------------------------
+@app.command(context_settings={"allow_interspersed_args": False})
+def submit(
+    command: Annotated[
+        list[str] | None, typer.Argument(help="The command to run, after `--`.")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Job name [default: the command's name].")
+    ] = None,
+    project: Annotated[str, typer.Option(help="Project to run in.")] = "default",
+    cpus: Annotated[int, typer.Option(help="CPU cores.")] = 1,
+    mem: Annotated[str, typer.Option(help="Memory, e.g. 512M, 2G.")] = "2G",
+    gpus: Annotated[int, typer.Option(help="GPUs.")] = 0,
+    time: Annotated[
+        str, typer.Option("--time", "-t", help="Time limit, e.g. 10m, 2h, 1:30:00.")
+    ] = "1h",
+    env: Annotated[
+        list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE, repeatable.")
+    ] = None,
+    workdir: Annotated[
+        Path, typer.Option(help="Directory to upload; the job runs in a copy.")
+    ] = Path("."),
+    no_workdir: Annotated[bool, typer.Option("--no-workdir", help="Upload nothing.")] = False,
+    wait: Annotated[
+        bool, typer.Option(help="Stream the logs and exit with the job's exit code.")
+    ] = False,
+    parsable: Annotated[bool, typer.Option(help="Print only the job id.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Submit a job: fabriek submit --cpus 2 --mem 2G --time 10m -- python train.py"""
+    if not command:
+        fail("no command given; put it after `--`, e.g. fabriek submit -- python train.py", 2)
+    with handled():
+        variables = _parse_env(env or [])
+        client = _client()
+        job = client.submit(
+            command,
+            name=name,
+            project=project,
+            cpus=cpus,
+            memory_bytes=parse_memory(mem),
+            gpus=gpus,
+            time_limit_s=parse_duration(time),
+            env=variables,
+            workdir=None if no_workdir else workdir,
+        )
+    if parsable:
+        print(job.id, flush=True)
+    elif json_out:
+        print_json(job)
+    else:
+        err_console.print(f"submitted job [bold]{job.id}[/] ({job.name})", highlight=False)
+    if wait:
+        raise typer.Exit(_stream_until_done(client, job.id))
+
+
+def _parse_env(pairs: list[str]) -> dict[str, str]:
+    from fabriek.core.errors import InvalidRequest
+
+    result = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise InvalidRequest(f"--env needs KEY=VALUE, got {pair!r}")
+        result[key] = value
+    return result
+
+
+def _stream_until_done(client, job_id: int) -> int:  # type: ignore[no-untyped-def]
+    with handled():
+        for chunk in client.follow_logs(job_id):
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.buffer.flush()
+        job = client.wait(job_id)
+    err_console.print(f"job {job_id} {job.state.value}" + (f": {job.reason}" if job.reason else ""))
+    if job.exit_code is not None:
+        return int(job.exit_code)
+    return 128 + job.signal if job.signal else 1
+
+
+@app.command()
+def jobs(
+    state: Annotated[
+        list[JobState] | None, typer.Option(help="Only jobs in this state (repeatable).")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 50,
+    json_out: JsonOpt = False,
+) -> None:
+    """List your jobs, newest first."""
+    with handled():
+        found = _client().jobs(states=state, limit=limit)
+    if json_out:
+        print_json(found)
+        return
+    table = Table(
+        "ID", "NAME", "PROJECT", "STATE", "RESOURCES", "AGE", box=None, header_style="bold"
+    )
+    for job in found:
+        r = job.resources
+        table.add_row(
+            str(job.id),
+            job.name,
+            job.project,
+            f"[{STATE_STYLE.get(job.state.value, '')}]{job.state.value}[/]",
+            f"{r.cpus} cpu {format_bytes(r.memory_bytes)} {r.gpus} gpu",
+            age(job.submitted_at),
+        )
+    console.print(table)
+
+
+@app.command()
+def status(
+    job_id: Annotated[int, typer.Argument(help="Job id.")], json_out: JsonOpt = False
+) -> None:
+    """Everything known about one job: state, why it waits, what it used, and its history."""
+    with handled():
+        job = _client().job(job_id)
+    if json_out:
+        print_json(job)
+        return
+    r, u = job.resources, job.usage
+    rows = [
+        ("job", f"{job.id} ({job.name})"),
+        ("state", f"[{STATE_STYLE.get(job.state.value, '')}]{job.state.value}[/]"),
+        ("reason", job.reason or "-"),
+        ("project", f"{job.project}  user {job.user}"),
+        ("command", " ".join(job.argv)),
+        (
+            "asked",
+            f"{r.cpus} CPUs, {format_bytes(r.memory_bytes)}, {r.gpus} GPUs, "
+            f"time limit {format_duration(job.time_limit_s)}",
+        ),
+        ("backend", job.backend + (f", GPUs {job.gpu_ids}" if job.gpu_ids else "")),
+    ]
+    if job.queue_position is not None:
+        rows.append(("queue", f"{job.queue_position} pending jobs ahead"))
+    if job.exit_code is not None or job.signal is not None:
+        rows.append(
+            ("exit", f"code {job.exit_code}" if job.signal is None else f"signal {job.signal}")
+        )
+    if u.wall_s is not None:
+        rows.append(
+            (
+                "used",
+                f"wall {format_duration(u.wall_s)}, CPU {u.cpu_s:.1f}s, "
+                f"peak memory {format_bytes(u.max_rss_bytes)}, GPU {u.gpu_s or 0:.1f}s",
+            )
+        )
+    info = Table.grid(padding=(0, 2))
+    for key, value in rows:
+        info.add_row(f"[bold]{key}[/]", value)
+    console.print(info)
+    events = Table("AT", "FROM", "TO", "BY", "WHY", box=None, header_style="bold", title="history")
+    for e in job.events:
+        events.add_row(
+            e.at.strftime("%Y-%m-%d %H:%M:%S"),
+            e.from_state or "-",
+            e.to_state,
+            e.actor,
+            e.reason or "",
+        )
+    console.print(events)
+
+
+@app.command()
+def logs(
+    job_id: Annotated[int, typer.Argument(help="Job id.")],
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing until the job ends.")
+    ] = False,
+) -> None:
+    """Print the job's combined stdout and stderr."""
+    with handled():
+        client = _client()
+        if follow:
+            for chunk in client.follow_logs(job_id):
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.buffer.flush()
+            return
+        offset = 0
+        while True:
+            data, offset, _ = client.read_logs(job_id, offset)
+            if not data:
+                break
+            sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+
+
+@app.command()
+def cancel(job_id: Annotated[int, typer.Argument(help="Job id.")]) -> None:
+    """Cancel a job: a waiting one at once, a running one with SIGTERM, then SIGKILL after a grace."""
+    with handled():
+        job = _client().cancel(job_id)
+    console.print(f"job {job.id}: {job.state.value}" + (f" ({job.reason})" if job.reason else ""))
+
+
+@app.command()
+def download(
+    job_id: Annotated[int, typer.Argument(help="Job id.")],
+    directory: Annotated[
+        Path | None, typer.Argument(help="Where to put them [default: ./job-ID].")
+    ] = None,
+) -> None:
+    """Download the files the job wrote to $FABRIEK_OUTPUT_DIR."""
+    target = directory or Path(f"job-{job_id}")
+    with handled():
+        names = _client().download_outputs(job_id, target)
+    console.print(f"{len(names)} files in {target}{os.sep}")
+    for name in names:
+        console.print(f"  {name}", highlight=False)
+
+
+def main() -> None:  # pragma: no cover - the console script
+    try:
+        app()
+    except FabriekError as exc:
+        fail(exc.message, exc.exit_code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

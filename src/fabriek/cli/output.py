@@ -1,0 +1,64 @@
+"""How the CLI speaks: errors as one sentence on stderr with the error's exit code, tables with Rich."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+import typer
+from pydantic import BaseModel
+from rich.console import Console
+
+from fabriek.core.errors import FabriekError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def handled() -> Iterator[None]:
+    """Turn fabriek errors into one line on stderr and the error's exit code."""
+    try:
+        yield
+    except FabriekError as exc:
+        fail(exc.message, exc.exit_code)
+
+
+def print_json(data: BaseModel | list[BaseModel] | dict[str, Any]) -> None:
+    if isinstance(data, list):
+        payload: Any = [d.model_dump(mode="json") for d in data]
+    elif isinstance(data, BaseModel):
+        payload = data.model_dump(mode="json")
+    else:
+        payload = data
+    sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+
+
+def age(moment: datetime | None, now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> str:
+    if moment is None:
+        return "-"
+    seconds = max(0, int((now() - moment).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+STATE_STYLE = {
+    "pending": "yellow",
+    "admitted": "cyan",
+    "running": "bold cyan",
+    "succeeded": "green",
+    "failed": "red",
+    "cancelled": "magenta",
+    "timed_out": "red",
+}

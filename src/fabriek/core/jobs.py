@@ -1,0 +1,178 @@
+"""The job: its states, the legal moves between them, and what a user may ask for."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from fabriek.core.errors import IllegalTransition, InvalidRequest
+
+
+class JobState(StrEnum):
+    PENDING = "pending"
+    ADMITTED = "admitted"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATES
+
+    @property
+    def holds_resources(self) -> bool:
+        return self in (JobState.ADMITTED, JobState.RUNNING)
+
+
+FINAL_STATES = frozenset(
+    {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT}
+)
+
+_FINISHED = {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT}
+
+LEGAL_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.PENDING: frozenset({JobState.ADMITTED, JobState.CANCELLED}),
+    # An admitted job may fail or be cancelled before its process ever started.
+    JobState.ADMITTED: frozenset({JobState.RUNNING, JobState.FAILED, JobState.CANCELLED}),
+    JobState.RUNNING: frozenset(_FINISHED),
+    JobState.SUCCEEDED: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.CANCELLED: frozenset(),
+    JobState.TIMED_OUT: frozenset(),
+}
+
+
+def check_transition(job_id: int, current: JobState, target: JobState) -> None:
+    """Raise IllegalTransition unless `current -> target` is a legal move."""
+    if target not in LEGAL_TRANSITIONS[current]:
+        raise IllegalTransition(
+            f"job {job_id} cannot go from {current.value} to {target.value}",
+            job_id=job_id,
+            current=current.value,
+            target=target.value,
+        )
+
+
+# Limits that no sane request exceeds, whatever the factory; beyond them the request is a typo.
+MAX_TIME_LIMIT_S = 30 * 86400
+MAX_NAME_LEN = 128
+MAX_ARGV_ITEMS = 4096
+MAX_ARGV_BYTES = 128 * 1024
+MAX_ENV_ITEMS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """What one job asks for on one node."""
+
+    cpus: int
+    memory_bytes: int
+    gpus: int = 0
+
+    def fits_in(self, other: Resources) -> bool:
+        return (
+            self.cpus <= other.cpus
+            and self.memory_bytes <= other.memory_bytes
+            and self.gpus <= other.gpus
+        )
+
+    def __sub__(self, other: Resources) -> Resources:
+        return Resources(
+            self.cpus - other.cpus, self.memory_bytes - other.memory_bytes, self.gpus - other.gpus
+        )
+
+    def __add__(self, other: Resources) -> Resources:
+        return Resources(
+            self.cpus + other.cpus, self.memory_bytes + other.memory_bytes, self.gpus + other.gpus
+        )
+
+
+def validate_request(
+    *, name: str, argv: list[str], resources: Resources, time_limit_s: int, env: dict[str, str]
+) -> None:
+    """Reject requests that are malformed whatever the factory's size (one clear sentence each)."""
+    if not name or len(name) > MAX_NAME_LEN or any(ord(c) < 32 for c in name):
+        raise InvalidRequest(
+            f"job name must be 1 to {MAX_NAME_LEN} printable characters, got {name!r}"
+        )
+    if not argv or not argv[0]:
+        raise InvalidRequest("the command is empty; give it after `--`, e.g. -- python train.py")
+    if len(argv) > MAX_ARGV_ITEMS or sum(len(a) for a in argv) > MAX_ARGV_BYTES:
+        raise InvalidRequest("the command is too long")
+    if any("\x00" in a for a in argv):
+        raise InvalidRequest("the command contains a NUL byte")
+    if resources.cpus < 1:
+        raise InvalidRequest(f"a job needs at least 1 CPU, got {resources.cpus}")
+    if resources.memory_bytes < 1024 * 1024:
+        raise InvalidRequest("a job needs at least 1M of memory")
+    if resources.gpus < 0:
+        raise InvalidRequest(f"the number of GPUs cannot be negative, got {resources.gpus}")
+    if time_limit_s <= 0:
+        raise InvalidRequest("the time limit must be more than zero")
+    if time_limit_s > MAX_TIME_LIMIT_S:
+        raise InvalidRequest(
+            f"the time limit is beyond the maximum of {MAX_TIME_LIMIT_S // 86400} days"
+        )
+    if len(env) > MAX_ENV_ITEMS:
+        raise InvalidRequest(f"at most {MAX_ENV_ITEMS} environment variables")
+    for key, value in env.items():
+        if not key or "=" in key or "\x00" in key or "\x00" in value or not key.isidentifier():
+            raise InvalidRequest(f"invalid environment variable name {key!r}")
+        if key.startswith("FABRIEK_") or key == "CUDA_VISIBLE_DEVICES":
+            raise InvalidRequest(f"{key} is set by fabriek and cannot be overridden")
+
+
+@dataclass(frozen=True, slots=True)
+class JobRequest:
+    """What a user asks to run, before it is a job."""
+
+    name: str
+    project: str
+    argv: list[str]
+    resources: Resources
+    time_limit_s: int
+    env: dict[str, str]
+    workdir_digest: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    at: datetime
+    from_state: JobState | None
+    to_state: JobState
+    actor: str
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A job as the rest of fabriek sees it (services build it from a database row)."""
+
+    id: int
+    name: str
+    project: str
+    user: str
+    state: JobState
+    argv: list[str]
+    resources: Resources
+    time_limit_s: int
+    workdir_digest: str | None
+    backend: str
+    submitted_at: datetime
+    admitted_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    reason: str | None
+    cancel_requested: bool
+    gpu_ids: list[int]
+    exit_code: int | None
+    signal: int | None
+    wall_s: float | None
+    cpu_s: float | None
+    max_rss_bytes: int | None
+    gpu_s: float | None
+    queue_position: int | None = None
+    events: tuple[JobEvent, ...] = ()

@@ -1,0 +1,34 @@
+"""The FastAPI application: routers under /api/v1, one error mapping, OpenAPI docs at /docs."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from fabriek import __version__
+from fabriek.server.errors import install_error_handlers
+from fabriek.server.routers import jobs, system, workdirs
+from fabriek.server.runtime import Runtime
+from fabriek.server.schemas import ErrorResponse
+
+API_PREFIX = "/api/v1"
+
+
+def create_app(runtime: Runtime) -> FastAPI:
+    app = FastAPI(
+        title="fabriek",
+        version=__version__,
+        description="The open platform that runs an AI Factory.",
+        responses={
+            400: {"model": ErrorResponse},
+            401: {"model": ErrorResponse},
+            403: {"model": ErrorResponse},
+            404: {"model": ErrorResponse},
+            409: {"model": ErrorResponse},
+            422: {"model": ErrorResponse},
+        },
+    )
+    app.state.runtime = runtime
+    install_error_handlers(app)
+    for module in (system, jobs, workdirs):
+        app.include_router(module.router, prefix=API_PREFIX)
+    return app

@@ -1,0 +1,324 @@
+"""The controller: one level-triggered loop that moves jobs from what is wanted to what is.
+
+Each pass reads the database, asks the backend, and writes back, in three steps:
+observe (poll running jobs) -> cancel (forward cancel requests) -> admit (run the engine, launch).
+A pass may crash at any line; the next one repairs, because every step starts from the database and
+every backend call is idempotent. No transaction is held across a backend call.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from fabriek.backends.base import Backend, LaunchSpec, Observation, Phase
+from fabriek.core.errors import IllegalTransition
+from fabriek.core.jobs import JobState, Resources
+from fabriek.scheduling import PendingJob, RunningJob, Snapshot, admit
+from fabriek.server.db.engine import transaction
+from fabriek.server.db.models import JobRow
+from fabriek.server.services.actors import SYSTEM
+from fabriek.server.services.transitions import transition_job
+from fabriek.server.services.workdirs import archive_path
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+ACTIVE = (JobState.ADMITTED.value, JobState.RUNNING.value)
+
+
+@dataclass
+class PassReport:
+    """What one pass did and how long each step took (seconds)."""
+
+    observed: int = 0
+    finished: int = 0
+    cancelled: int = 0
+    admitted: int = 0
+    pending: int = 0
+    starting: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Controller:
+    def __init__(
+        self,
+        *,
+        sessions: sessionmaker[Session],
+        backend: Backend,
+        clock: Clock,
+        workdirs: Path,
+        interval: float = 1.0,
+    ) -> None:
+        self.sessions = sessions
+        self.backend = backend
+        self.clock = clock
+        self.workdirs = workdirs
+        self.interval = interval
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- the loop -----------------------------------------------------------------------------
+    def wake(self) -> None:
+        """Run a pass now (called on a submission, a cancel, or a job's process ending)."""
+        self._wake.set()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="controller", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        delay = 0.0
+        while not self._stop.is_set():
+            self._wake.wait(delay)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            try:
+                report = self.run_pass()
+            except Exception:  # a pass must never kill the loop: the next one repairs
+                log.exception("controller pass failed; retrying")
+                delay = self.interval
+                continue
+            # While a launched job has not started yet, look again soon: its start is the next news.
+            delay = 0.02 if report.starting else self.interval
+
+    # --- one pass -----------------------------------------------------------------------------
+    def run_pass(self) -> PassReport:
+        report = PassReport()
+        for step in (self._observe, self._forward_cancels, self._admit):
+            began = time.perf_counter()
+            step(report)
+            report.timings[step.__name__.lstrip("_")] = time.perf_counter() - began
+        if report.admitted or report.finished or report.cancelled:
+            log.info(
+                "pass: %d admitted, %d finished, %d cancelling, %d pending (%s)",
+                report.admitted,
+                report.finished,
+                report.cancelled,
+                report.pending,
+                ", ".join(f"{k} {v * 1000:.1f}ms" for k, v in report.timings.items()),
+            )
+        return report
+
+    def _observe(self, report: PassReport) -> None:
+        with self.sessions() as session:
+            rows = session.execute(
+                select(JobRow.id, JobRow.handle).where(JobRow.state.in_(ACTIVE))
+            ).all()
+        unlaunched = [job_id for job_id, handle in rows if handle is None]
+        for job_id in unlaunched:  # admitted, then a crash before the launch was recorded
+            self._launch(job_id)
+        handles = {job_id: handle for job_id, handle in rows if handle is not None}
+        observations = self.backend.poll(handles) if handles else {}
+        report.observed = len(observations)
+        for job_id, seen in observations.items():
+            self._apply(job_id, seen, report)
+
+    def _apply(self, job_id: int, seen: Observation, report: PassReport) -> None:
+        if seen.phase == Phase.STARTING:
+            report.starting += 1
+            return
+        with transaction(self.sessions) as session:
+            row = session.get(JobRow, job_id)
+            if row is None or row.state not in ACTIVE:
+                return
+            now = self.clock()
+            if (
+                row.state == JobState.ADMITTED.value
+                and seen.phase != Phase.LOST
+                and seen.started_at
+            ):
+                transition_job(
+                    session,
+                    row,
+                    JobState.RUNNING,
+                    at=seen.started_at,
+                    actor=SYSTEM.label,
+                    reason=None,
+                )
+            if seen.phase == Phase.FINISHED and seen.outcome is not None:
+                self._finish(session, row, seen, now)
+                report.finished += 1
+            elif seen.phase == Phase.LOST:
+                cancelled = row.cancel_requested_at is not None
+                target = JobState.CANCELLED if cancelled else JobState.FAILED
+                transition_job(
+                    session,
+                    row,
+                    target,
+                    at=now,
+                    actor=SYSTEM.label,
+                    reason="cancelled on request" if cancelled else seen.reason,
+                )
+                report.finished += 1
+
+    def _finish(self, session: Session, row: JobRow, seen: Observation, now: datetime) -> None:
+        usage = seen.usage
+        fields: dict[str, object] = {"exit_code": seen.exit_code, "signal": seen.signal}
+        if usage is not None:
+            fields.update(
+                wall_s=usage.wall_s,
+                cpu_s=usage.cpu_s,
+                max_rss_bytes=usage.max_rss_bytes,
+                gpu_s=usage.wall_s * row.gpus,
+            )
+        target = seen.outcome
+        assert target is not None
+        if row.state == JobState.ADMITTED.value and target != JobState.CANCELLED:
+            target = JobState.FAILED  # it never started: e.g. its workdir could not be unpacked
+        transition_job(
+            session,
+            row,
+            target,
+            at=seen.finished_at or now,
+            actor=SYSTEM.label,
+            reason=seen.reason,
+            **fields,
+        )
+
+    def _forward_cancels(self, report: PassReport) -> None:
+        with self.sessions() as session:
+            rows = session.execute(
+                select(JobRow.id, JobRow.handle).where(
+                    JobRow.state.in_(ACTIVE),
+                    JobRow.cancel_requested_at.is_not(None),
+                    JobRow.handle.is_not(None),
+                )
+            ).all()
+        for job_id, handle in rows:
+            self.backend.cancel(job_id, handle)  # idempotent: repeated each pass until it ends
+        report.cancelled = len(rows)
+
+    def _admit(self, report: PassReport) -> None:
+        with self.sessions() as session:
+            snapshot, known_reasons = self._snapshot(session)
+        report.pending = len(snapshot.pending)
+        if not snapshot.pending:
+            return
+        decisions = admit(snapshot)
+        now = self.clock()
+        admitted: list[int] = []
+        if decisions.admissions:
+            with transaction(self.sessions) as session:
+                for admission in decisions.admissions:
+                    row = session.get(JobRow, admission.job_id)
+                    if row is None or row.state != JobState.PENDING.value:
+                        continue  # cancelled since the snapshot was taken
+                    transition_job(
+                        session,
+                        row,
+                        JobState.ADMITTED,
+                        at=now,
+                        actor=SYSTEM.label,
+                        gpu_ids=list(admission.gpu_ids),
+                    )
+                    admitted.append(row.id)
+        self._update_reasons(known_reasons, decisions.reasons)
+        for job_id in admitted:
+            self._launch(job_id)
+        report.admitted = len(admitted)
+        report.starting += len(admitted)
+
+    def _snapshot(self, session: Session) -> tuple[Snapshot, dict[int, str | None]]:
+        """The engine's input, and the waiting reasons the pending jobs show now."""
+        running = tuple(
+            RunningJob(job_id, Resources(cpus, mem, gpus), tuple(gpu_ids or ()))
+            for job_id, cpus, mem, gpus, gpu_ids in session.execute(
+                select(
+                    JobRow.id, JobRow.cpus, JobRow.memory_bytes, JobRow.gpus, JobRow.gpu_ids
+                ).where(JobRow.state.in_(ACTIVE))
+            )
+        )
+        pending_rows = session.execute(
+            select(
+                JobRow.id,
+                JobRow.cpus,
+                JobRow.memory_bytes,
+                JobRow.gpus,
+                JobRow.submitted_at,
+                JobRow.reason,
+            )
+            .where(JobRow.state == JobState.PENDING.value)
+            .order_by(JobRow.id)
+        ).all()
+        pending = tuple(
+            PendingJob(job_id, Resources(cpus, mem, gpus), submitted)
+            for job_id, cpus, mem, gpus, submitted, _ in pending_rows
+        )
+        known = {row[0]: row[5] for row in pending_rows}
+        return Snapshot(self.backend.capacity(), running, pending, self.clock()), known
+
+    def _update_reasons(self, known: dict[int, str | None], reasons: dict[int, str]) -> None:
+        """Write the waiting reasons that changed, in one batch."""
+        changed = [
+            {"job_id": job_id, "new_reason": reason}
+            for job_id, reason in reasons.items()
+            if known.get(job_id) != reason
+        ]
+        if not changed:
+            return
+        jobs = JobRow.__table__
+        statement = (
+            update(jobs)
+            # Only while still pending: never overwrite what a transition wrote meanwhile.
+            .where(jobs.c.id == bindparam("job_id"), jobs.c.state == JobState.PENDING.value)
+            .values(reason=bindparam("new_reason"))
+        )
+        with transaction(self.sessions) as session:
+            session.connection().execute(statement, changed)
+
+    def _launch(self, job_id: int) -> None:
+        """Hand an admitted job to the backend, then record the handle. Safe to repeat after a crash."""
+        with self.sessions() as session:
+            row = session.get(JobRow, job_id)
+            if row is None or row.state != JobState.ADMITTED.value:
+                return
+            spec = LaunchSpec(
+                job_id=row.id,
+                name=row.name,
+                argv=list(row.argv),
+                env=dict(row.env),
+                resources=Resources(row.cpus, row.memory_bytes, row.gpus),
+                gpu_ids=tuple(row.gpu_ids or ()),
+                time_limit_s=row.time_limit_s,
+                workdir_archive=archive_path(self.workdirs, row.workdir_digest)
+                if row.workdir_digest
+                else None,
+            )
+        try:
+            handle = self.backend.submit(spec)
+        except Exception as exc:
+            log.exception("launching job %s failed", job_id)
+            with transaction(self.sessions) as session:
+                row = session.get(JobRow, job_id)
+                if row is not None and row.state == JobState.ADMITTED.value:
+                    transition_job(
+                        session,
+                        row,
+                        JobState.FAILED,
+                        at=self.clock(),
+                        actor=SYSTEM.label,
+                        reason=f"the backend could not launch it: {exc}",
+                    )
+            return
+        with transaction(self.sessions) as session:
+            session.execute(update(JobRow).where(JobRow.id == job_id).values(handle=handle))
+
+
+__all__ = ["Controller", "IllegalTransition", "PassReport"]

@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+import os
+import tarfile
+import tempfile
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import FileResponse, Response
+from starlette.background import BackgroundTask
+
+from fabriek.core.errors import NotFound
+from fabriek.core.jobs import JobRequest, JobState, Resources
+from fabriek.server.schemas import JobOut, JobSubmit
+from fabriek.server.security.deps import ActorDep, RuntimeDep
+from fabriek.server.services import jobs as service
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+MAX_LOG_CHUNK = 1024 * 1024
+
+
+@router.post("", response_model=JobOut, status_code=201)
+def submit(body: JobSubmit, actor: ActorDep, runtime: RuntimeDep) -> JobOut:
+    """Queue a job. It starts when the admission engine finds room for it."""
+    request = JobRequest(
+        name=body.name,
+        project=body.project,
+        argv=body.argv,
+        resources=Resources(body.cpus, body.memory_bytes, body.gpus),
+        time_limit_s=body.time_limit_s,
+        env=body.env,
+        workdir_digest=body.workdir,
+    )
+    with runtime.transaction() as session:
+        job = service.submit_job(
+            session,
+            actor=actor,
+            request=request,
+            largest=runtime.backend.capacity().resources,
+            backend=runtime.backend.name,
+            now=runtime.clock(),
+        )
+    runtime.controller.wake()
+    return JobOut.of(job)
+
+
+@router.get("", response_model=list[JobOut])
+def list_jobs(
+    actor: ActorDep,
+    runtime: RuntimeDep,
+    state: Annotated[list[JobState] | None, Query(description="Only jobs in these states.")] = None,
+    limit: Annotated[int, Query(ge=1, le=10000)] = 100,
+) -> list[JobOut]:
+    """The newest jobs you may see, newest first."""
+    with runtime.reading() as session:
+        jobs = service.list_jobs(session, actor=actor, states=state or (), limit=limit)
+    return [JobOut.of(j) for j in jobs]
+
+
+@router.get("/{job_id}", response_model=JobOut)
+def get(job_id: int, actor: ActorDep, runtime: RuntimeDep) -> JobOut:
+    """Everything known about one job: its state, why it waits, what it used, its history."""
+    with runtime.reading() as session:
+        return JobOut.of(service.get_job(session, actor=actor, job_id=job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut)
+def cancel(job_id: int, actor: ActorDep, runtime: RuntimeDep) -> JobOut:
+    with runtime.transaction() as session:
+        job = service.cancel_job(session, actor=actor, job_id=job_id, now=runtime.clock())
+    runtime.controller.wake()
+    return JobOut.of(job)
+
+
+@router.get(
+    "/{job_id}/logs",
+    response_class=Response,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+def logs(
+    job_id: int,
+    actor: ActorDep,
+    runtime: RuntimeDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_LOG_CHUNK)] = MAX_LOG_CHUNK,
+) -> Response:
+    """Combined stdout and stderr from byte `offset`. Headers: X-Fabriek-Next-Offset (where to
+    continue) and X-Fabriek-Job-State (follow until it is final and no bytes come)."""
+    with runtime.reading() as session:
+        row = service.job_row_for_files(session, actor=actor, job_id=job_id)
+        state, handle = row.state, row.handle
+    path = runtime.backend.log_path(job_id, handle)
+    data = b""
+    if path is not None and path.exists():
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read(limit)
+    return Response(
+        data,
+        media_type="application/octet-stream",
+        headers={"X-Fabriek-Next-Offset": str(offset + len(data)), "X-Fabriek-Job-State": state},
+    )
+
+
+@router.get(
+    "/{job_id}/outputs",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/gzip": {}}}},
+)
+def outputs(job_id: int, actor: ActorDep, runtime: RuntimeDep) -> FileResponse:
+    """The files the job wrote to $FABRIEK_OUTPUT_DIR, as a gzip'd tar archive."""
+    with runtime.reading() as session:
+        row = service.job_row_for_files(session, actor=actor, job_id=job_id)
+        handle = row.handle
+    directory = runtime.backend.output_dir(job_id, handle)
+    if directory is None or not directory.is_dir():
+        raise NotFound(f"job {job_id} has no outputs yet")
+    fd, tmp = tempfile.mkstemp(suffix=".tar.gz")
+    with os.fdopen(fd, "wb") as f, tarfile.open(fileobj=f, mode="w:gz") as tar:
+        tar.add(directory, arcname=".")
+    return FileResponse(
+        tmp,
+        media_type="application/gzip",
+        filename=f"job-{job_id}-outputs.tar.gz",
+        background=BackgroundTask(os.unlink, tmp),
+    )

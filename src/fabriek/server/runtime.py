@@ -1,0 +1,68 @@
+"""Everything one fabriek server process holds: settings, database, backend, controller, clock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from fabriek.backends.local.backend import LocalBackend, detect_resources
+from fabriek.backends.local.gpus import inventory_from_setting
+from fabriek.core.units import parse_memory
+from fabriek.server.controller.loop import Controller
+from fabriek.server.db.engine import make_engine, make_session_factory
+from fabriek.settings import Settings
+
+
+def system_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    backend: LocalBackend
+    controller: Controller
+    clock: Callable[[], datetime]
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        with self.sessions() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        with self.sessions() as session:
+            yield session
+
+    def close(self) -> None:
+        self.controller.stop()
+        self.engine.dispose()
+
+
+def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = system_clock) -> Runtime:
+    settings.home.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.effective_database_url)
+    sessions = make_session_factory(engine)
+    memory = parse_memory(settings.memory) if settings.memory else None
+    backend = LocalBackend(
+        jobs_dir=settings.jobs_dir,
+        resources=detect_resources(settings.cpus, memory),
+        gpus=inventory_from_setting(settings.gpus).detect(),
+        kill_grace_seconds=settings.kill_grace_seconds,
+    )
+    controller = Controller(
+        sessions=sessions,
+        backend=backend,
+        clock=clock,
+        workdirs=settings.workdirs_dir,
+        interval=settings.controller_interval_seconds,
+    )
+    backend.on_change = controller.wake
+    return Runtime(settings, engine, sessions, backend, controller, clock)

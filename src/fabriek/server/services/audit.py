@@ -1,0 +1,33 @@
+"""Audit events: append-only, one for every change a person or the system makes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from fabriek.server.db.models import AuditEventRow
+from fabriek.server.services.actors import Actor
+
+
+def record(
+    session: Session,
+    *,
+    actor: Actor,
+    action: str,
+    target_type: str,
+    target_id: str | int,
+    at: datetime,
+    **details: Any,
+) -> None:
+    session.add(
+        AuditEventRow(
+            at=at,
+            actor=actor.label,
+            action=action,
+            target_type=target_type,
+            target_id=str(target_id),
+            details=details,
+        )
+    )

@@ -1,0 +1,103 @@
+"""Users, API tokens and the first administrator."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from fabriek.core.errors import Unauthenticated
+from fabriek.server.db.models import ProjectMemberRow, ProjectRow, TokenRow, UserRow
+from fabriek.server.services import audit
+from fabriek.server.services.actors import SYSTEM, Actor
+
+TOKEN_PREFIX = "fbk_"
+DEFAULT_PROJECT = "default"
+
+
+def hash_token(token: str) -> str:
+    """Tokens are 256 random bits, so one round of SHA-256 is enough (no dictionary to guess from)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def authenticate(session: Session, *, token: str, now: datetime) -> Actor:
+    """The user behind a bearer token, or Unauthenticated with one sentence saying why."""
+    row = session.execute(
+        select(TokenRow, UserRow)
+        .join(UserRow, UserRow.id == TokenRow.user_id)
+        .where(TokenRow.token_hash == hash_token(token))
+    ).first()
+    if row is None:
+        raise Unauthenticated("the API token is not valid; log in again with `fabriek login`")
+    tok, user = row
+    if tok.revoked_at is not None:
+        raise Unauthenticated("the API token was revoked")
+    if tok.expires_at is not None and tok.expires_at <= now:
+        raise Unauthenticated("the API token has expired")
+    return Actor(user_id=user.id, name=user.name, is_admin=user.is_admin)
+
+
+def create_token(session: Session, *, user: UserRow, name: str, now: datetime, actor: Actor) -> str:
+    """Create a token for `user`; the token is returned once and only its hash is kept."""
+    token = new_token()
+    row = TokenRow(
+        user_id=user.id,
+        name=name,
+        token_hash=hash_token(token),
+        prefix=token[: len(TOKEN_PREFIX) + 4],
+        created_at=now,
+    )
+    session.add(row)
+    session.flush()
+    audit.record(
+        session,
+        actor=actor,
+        action="token.create",
+        target_type="token",
+        target_id=row.id,
+        at=now,
+        user=user.name,
+        name=name,
+    )
+    return token
+
+
+def bootstrap(session: Session, *, admin_name: str, now: datetime) -> str | None:
+    """On an empty database: create the administrator, the default project and a token for it.
+
+    Returns the new token, or None when the database already has users (nothing is changed then).
+    """
+    if session.scalar(select(UserRow.id).limit(1)) is not None:
+        return None
+    admin = UserRow(name=admin_name, is_admin=True, created_at=now)
+    project = ProjectRow(name=DEFAULT_PROJECT, created_at=now)
+    session.add_all([admin, project])
+    session.flush()
+    session.add(ProjectMemberRow(project_id=project.id, user_id=admin.id, role="owner"))
+    audit.record(
+        session,
+        actor=SYSTEM,
+        action="user.create",
+        target_type="user",
+        target_id=admin.id,
+        at=now,
+        name=admin_name,
+        is_admin=True,
+    )
+    audit.record(
+        session,
+        actor=SYSTEM,
+        action="project.create",
+        target_type="project",
+        target_id=project.id,
+        at=now,
+        name=DEFAULT_PROJECT,
+    )
+    return create_token(session, user=admin, name="bootstrap", now=now, actor=SYSTEM)

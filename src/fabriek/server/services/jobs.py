@@ -1,0 +1,225 @@
+"""Submitting, reading and cancelling jobs, as a user; the controller moves them on from there."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import ColumnElement, func, select, true
+from sqlalchemy.orm import Session
+
+from fabriek.core.errors import Conflict, Forbidden, NotFound, ResourcesUnavailable
+from fabriek.core.jobs import Job, JobEvent, JobRequest, JobState, Resources, validate_request
+from fabriek.core.units import format_bytes
+from fabriek.server.db.models import JobEventRow, JobRow, ProjectMemberRow, ProjectRow, UserRow
+from fabriek.server.services import audit
+from fabriek.server.services.actors import Actor
+from fabriek.server.services.transitions import record_submission, transition_job
+from fabriek.server.services.workdirs import get_workdir
+
+QUEUED_REASON = "queued: waiting for the controller's next pass"
+
+
+def submit_job(
+    session: Session,
+    *,
+    actor: Actor,
+    request: JobRequest,
+    largest: Resources,
+    backend: str,
+    now: datetime,
+) -> Job:
+    """Queue a job. `largest` is the biggest machine the backend has: a job beyond it could never run."""
+    validate_request(
+        name=request.name,
+        argv=request.argv,
+        resources=request.resources,
+        time_limit_s=request.time_limit_s,
+        env=request.env,
+    )
+    _check_fits(request.resources, largest)
+    project = _project_for(session, actor=actor, name=request.project)
+    if request.workdir_digest is not None:
+        get_workdir(session, actor=actor, digest=request.workdir_digest)
+    row = JobRow(
+        name=request.name,
+        project_id=project.id,
+        user_id=actor.user_id,
+        state=JobState.PENDING.value,
+        argv=list(request.argv),
+        env=dict(request.env),
+        cpus=request.resources.cpus,
+        memory_bytes=request.resources.memory_bytes,
+        gpus=request.resources.gpus,
+        time_limit_s=request.time_limit_s,
+        workdir_digest=request.workdir_digest,
+        backend=backend,
+        submitted_at=now,
+        reason=QUEUED_REASON,
+    )
+    session.add(row)
+    session.flush()
+    record_submission(session, row, actor=actor.label)
+    audit.record(
+        session,
+        actor=actor,
+        action="job.submit",
+        target_type="job",
+        target_id=row.id,
+        at=now,
+        project=project.name,
+        name=request.name,
+    )
+    return to_job(row, project=project.name, user=actor.name)
+
+
+def _check_fits(want: Resources, largest: Resources) -> None:
+    for label, asked, has in (
+        ("CPUs", want.cpus, largest.cpus),
+        ("GPUs", want.gpus, largest.gpus),
+    ):
+        if asked > has:
+            raise ResourcesUnavailable(
+                f"the job asks for {asked} {label} but the largest machine has {has}; it could never run"
+            )
+    if want.memory_bytes > largest.memory_bytes:
+        raise ResourcesUnavailable(
+            f"the job asks for {format_bytes(want.memory_bytes)} of memory but the largest machine "
+            f"offers {format_bytes(largest.memory_bytes)}; it could never run"
+        )
+
+
+def _project_for(session: Session, *, actor: Actor, name: str) -> ProjectRow:
+    project = session.scalar(select(ProjectRow).where(ProjectRow.name == name))
+    if project is None:
+        raise NotFound(f"no project named {name!r}")
+    if not actor.is_admin and session.get(ProjectMemberRow, (project.id, actor.user_id)) is None:
+        raise Forbidden(f"you are not a member of project {name!r}")
+    return project
+
+
+def _visible(actor: Actor) -> ColumnElement[bool]:
+    """A filter on jobs: those in the actor's projects (all of them for an administrator)."""
+    if actor.is_admin:
+        return true()
+    return JobRow.project_id.in_(
+        select(ProjectMemberRow.project_id).where(ProjectMemberRow.user_id == actor.user_id)
+    )
+
+
+def list_jobs(
+    session: Session, *, actor: Actor, states: Sequence[JobState] = (), limit: int = 100
+) -> list[Job]:
+    query = (
+        select(JobRow, ProjectRow.name, UserRow.name)
+        .join(ProjectRow, ProjectRow.id == JobRow.project_id)
+        .join(UserRow, UserRow.id == JobRow.user_id)
+        .where(_visible(actor))
+        .order_by(JobRow.id.desc())
+        .limit(limit)
+    )
+    if states:
+        query = query.where(JobRow.state.in_([s.value for s in states]))
+    return [to_job(row, project=p, user=u) for row, p, u in session.execute(query)]
+
+
+def _load(session: Session, *, actor: Actor, job_id: int) -> tuple[JobRow, str, str]:
+    found = session.execute(
+        select(JobRow, ProjectRow.name, UserRow.name)
+        .join(ProjectRow, ProjectRow.id == JobRow.project_id)
+        .join(UserRow, UserRow.id == JobRow.user_id)
+        .where(JobRow.id == job_id, _visible(actor))
+    ).first()
+    if found is None:  # another tenant's job is indistinguishable from no job
+        raise NotFound(f"no job {job_id}")
+    return found[0], found[1], found[2]
+
+
+def get_job(session: Session, *, actor: Actor, job_id: int, with_events: bool = True) -> Job:
+    row, project, user = _load(session, actor=actor, job_id=job_id)
+    events: tuple[JobEvent, ...] = ()
+    if with_events:
+        events = tuple(
+            JobEvent(
+                e.at,
+                JobState(e.from_state) if e.from_state else None,
+                JobState(e.to_state),
+                e.actor,
+                e.reason,
+            )
+            for e in session.scalars(
+                select(JobEventRow).where(JobEventRow.job_id == job_id).order_by(JobEventRow.id)
+            )
+        )
+    position = None
+    if row.state == JobState.PENDING.value:
+        position = session.scalar(
+            select(func.count()).where(JobRow.state == JobState.PENDING.value, JobRow.id < row.id)
+        )
+    return to_job(row, project=project, user=user, events=events, queue_position=position)
+
+
+def job_row_for_files(session: Session, *, actor: Actor, job_id: int) -> JobRow:
+    """The row behind a job this actor may read, for its logs and outputs."""
+    return _load(session, actor=actor, job_id=job_id)[0]
+
+
+def cancel_job(session: Session, *, actor: Actor, job_id: int, now: datetime) -> Job:
+    """Cancel a job: at once if it waits; through the controller and its backend if it runs."""
+    row, project, user = _load(session, actor=actor, job_id=job_id)
+    state = JobState(row.state)
+    if state.is_final:
+        raise Conflict(f"job {job_id} has already finished ({state.value})")
+    if state == JobState.PENDING:
+        transition_job(
+            session,
+            row,
+            JobState.CANCELLED,
+            at=now,
+            actor=actor.label,
+            reason="cancelled before it started",
+        )
+    elif row.cancel_requested_at is None:
+        row.cancel_requested_at = now
+        row.reason = "cancelling: asked to stop, waiting for it to end"
+    audit.record(
+        session, actor=actor, action="job.cancel", target_type="job", target_id=job_id, at=now
+    )
+    return to_job(row, project=project, user=user)
+
+
+def to_job(
+    row: JobRow,
+    *,
+    project: str,
+    user: str,
+    events: tuple[JobEvent, ...] = (),
+    queue_position: int | None = None,
+) -> Job:
+    return Job(
+        id=row.id,
+        name=row.name,
+        project=project,
+        user=user,
+        state=JobState(row.state),
+        argv=list(row.argv),
+        resources=Resources(row.cpus, row.memory_bytes, row.gpus),
+        time_limit_s=row.time_limit_s,
+        workdir_digest=row.workdir_digest,
+        backend=row.backend,
+        submitted_at=row.submitted_at,
+        admitted_at=row.admitted_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        reason=row.reason,
+        cancel_requested=row.cancel_requested_at is not None,
+        gpu_ids=list(row.gpu_ids or []),
+        exit_code=row.exit_code,
+        signal=row.signal,
+        wall_s=row.wall_s,
+        cpu_s=row.cpu_s,
+        max_rss_bytes=row.max_rss_bytes,
+        gpu_s=row.gpu_s,
+        queue_position=queue_position,
+        events=events,
+    )

@@ -1,0 +1,107 @@
+"""Uploaded workdirs: gzip'd tar archives, checked, stored once by their SHA-256."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from fabriek.core.errors import InvalidRequest, NotFound, WorkdirTooLarge
+from fabriek.server.db.models import WorkdirRow, WorkdirUserRow
+from fabriek.server.services import audit
+from fabriek.server.services.actors import Actor
+
+
+@dataclass(frozen=True, slots=True)
+class Workdir:
+    digest: str
+    size_bytes: int
+    unpacked_bytes: int
+    files: int
+
+
+def archive_path(store: Path, digest: str) -> Path:
+    return store / f"{digest}.tar.gz"
+
+
+def inspect_archive(path: Path, *, max_unpacked: int) -> tuple[int, int]:
+    """Check that `path` is a gzip'd tar that unpacks safely within `max_unpacked` bytes.
+
+    Returns (unpacked bytes, number of files). Rejects absolute paths, `..`, links that leave the
+    directory and device files, exactly as the job's supervisor will refuse to unpack them.
+    """
+    total = files = 0
+    dest = "/nonexistent-fabriek-check"
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            for member in tar:
+                try:
+                    tarfile.data_filter(member, dest)
+                except tarfile.FilterError as exc:
+                    raise InvalidRequest(
+                        f"the workdir archive holds an unsafe entry: {exc}"
+                    ) from exc
+                total += member.size
+                files += member.isfile()
+                if total > max_unpacked:
+                    raise WorkdirTooLarge(
+                        f"the workdir unpacks to more than the limit of {max_unpacked // 2**20} MiB; "
+                        "leave large data out with .fabriekignore"
+                    )
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise InvalidRequest(f"the workdir is not a readable .tar.gz archive: {exc}") from exc
+    return total, files
+
+
+def store_workdir(
+    session: Session, *, actor: Actor, upload: Path, store: Path, max_unpacked: int, now: datetime
+) -> Workdir:
+    """Keep the uploaded archive at `upload` (moved, not copied) and record it."""
+    unpacked, files = inspect_archive(upload, max_unpacked=max_unpacked)
+    sha = hashlib.sha256()
+    with open(upload, "rb") as f:
+        while chunk := f.read(1 << 20):
+            sha.update(chunk)
+    digest = sha.hexdigest()
+    size = upload.stat().st_size
+    store.mkdir(parents=True, exist_ok=True)
+    os.replace(upload, archive_path(store, digest))
+    if session.get(WorkdirRow, digest) is None:
+        session.add(
+            WorkdirRow(
+                digest=digest,
+                size_bytes=size,
+                unpacked_bytes=unpacked,
+                files=files,
+                created_by=actor.user_id,
+                created_at=now,
+            )
+        )
+        session.flush()
+    if session.get(WorkdirUserRow, (digest, actor.user_id)) is None:
+        session.add(WorkdirUserRow(digest=digest, user_id=actor.user_id))
+        audit.record(
+            session,
+            actor=actor,
+            action="workdir.upload",
+            target_type="workdir",
+            target_id=digest,
+            at=now,
+            size_bytes=size,
+            unpacked_bytes=unpacked,
+            files=files,
+        )
+    return Workdir(digest, size, unpacked, files)
+
+
+def get_workdir(session: Session, *, actor: Actor, digest: str) -> Workdir:
+    """A workdir this user uploaded. Another user's archive is reported as absent, never shown."""
+    row = session.get(WorkdirRow, digest)
+    if row is None or session.get(WorkdirUserRow, (digest, actor.user_id)) is None:
+        raise NotFound(f"no workdir {digest} uploaded by you; upload it first")
+    return Workdir(row.digest, row.size_bytes, row.unpacked_bytes, row.files)

@@ -1,0 +1,74 @@
+"""Typed settings for the server, read from FABRIEK_* environment variables when asked, never at import."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_home() -> Path:
+    """The per-user data directory: $XDG_DATA_HOME/fabriek, else ~/.local/share/fabriek."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "fabriek"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FABRIEK_", extra="ignore")
+
+    home: Path = Field(
+        default_factory=default_home,
+        description="Data directory: database, uploaded workdirs, job directories and logs.",
+    )
+    host: str = Field("127.0.0.1", description="Address the API listens on.")
+    port: int = Field(8765, ge=1, le=65535, description="Port the API listens on.")
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db. "
+        "Default: SQLite at HOME/fabriek.db.",
+    )
+    cpus: int | None = Field(
+        None,
+        ge=1,
+        description="CPUs the local backend may hand out. Default: all CPUs of the machine.",
+    )
+    memory: str | None = Field(
+        None,
+        description="Memory the local backend may hand out, e.g. 16G. Default: the machine's total "
+        "memory less 10% (at most 4G) kept for the system.",
+    )
+    gpus: str | None = Field(
+        None,
+        description="GPUs of the local backend. Default: detected through NVML. `none` disables them; "
+        "`fake:N:MODEL` declares N fake GPUs (tests and demos on machines without GPUs).",
+    )
+    kill_grace_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="Between SIGTERM and SIGKILL when a job is cancelled or runs out of time.",
+    )
+    workdir_max_bytes: int = Field(
+        100 * 1024 * 1024,
+        ge=1,
+        description="Largest workdir an upload may unpack to (bytes). Larger belongs in a dataset.",
+    )
+    controller_interval_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="Longest the controller sleeps between passes when nothing wakes it.",
+    )
+    log_level: str = Field("info", description="Log level of the server.")
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'fabriek.db'}"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.home / "jobs"
+
+    @property
+    def workdirs_dir(self) -> Path:
+        return self.home / "workdirs"
