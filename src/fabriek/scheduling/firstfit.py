@@ -15,9 +15,9 @@ def admit(snapshot: Snapshot) -> Decisions:
     """Decide which pending jobs start now. Pure: the same snapshot always gives the same decisions."""
     free = snapshot.capacity.resources
     free_gpus = set(snapshot.capacity.gpu_ids)
-    for job in snapshot.running:
-        free = free - job.resources
-        free_gpus.difference_update(job.gpu_ids)
+    for running in snapshot.running:
+        free = free - running.resources
+        free_gpus.difference_update(running.gpu_ids)
     decisions = Decisions()
     for job in snapshot.pending:
         if job.resources.fits_in(free) and job.resources.gpus <= len(free_gpus):
