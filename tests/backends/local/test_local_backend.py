@@ -1,0 +1,180 @@
+"""The local backend against real processes: launch, exit codes, limits, cancel, crash and adoption."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from fabriek.backends.base import LaunchSpec, Observation, Phase
+from fabriek.backends.local.backend import LocalBackend
+from fabriek.backends.local.gpus import FakeInventory, inventory_from_setting
+from fabriek.backends.local.shim import proc_start_ticks
+from fabriek.core.jobs import JobState, Resources
+from tests.helpers import wait_for
+
+G = 2**30
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> LocalBackend:
+    return LocalBackend(
+        jobs_dir=tmp_path / "jobs",
+        resources=Resources(2, 4 * G),
+        gpus=FakeInventory(2).detect(),
+        kill_grace_seconds=0.5,
+    )
+
+
+def make_spec(job_id: int, argv: list[str], *, time_limit_s: int = 60, gpu_ids: tuple[int, ...] = (),
+              workdir: Path | None = None, env: dict[str, str] | None = None) -> LaunchSpec:
+    return LaunchSpec(
+        job_id=job_id, name=f"job{job_id}", argv=argv, env=env or {},
+        resources=Resources(1, G, len(gpu_ids)), gpu_ids=gpu_ids, time_limit_s=time_limit_s,
+        workdir_archive=workdir,
+    )
+
+
+def finished(backend: LocalBackend, job_id: int, timeout: float = 20) -> Observation:
+    handle = {"dir": str(backend.job_dir(job_id))}
+
+    def done() -> Observation | None:
+        seen = backend.poll({job_id: handle})[job_id]
+        return seen if seen.phase in (Phase.FINISHED, Phase.LOST) else None
+
+    return wait_for(done, timeout=timeout, what=f"job {job_id} to finish")
+
+
+def test_success_records_exit_usage_and_output(backend: LocalBackend) -> None:
+    code = "import os; print('hi'); open(os.environ['FABRIEK_OUTPUT_DIR'] + '/r.txt', 'w').write('x'); x = bytearray(60 * 2**20); sum(range(3_000_000))"
+    backend.submit(make_spec(1, ["python3", "-c", code]))
+    seen = finished(backend, 1)
+    assert seen.outcome == JobState.SUCCEEDED and seen.exit_code == 0
+    assert seen.started_at is not None and seen.finished_at is not None
+    assert seen.usage is not None
+    assert seen.usage.cpu_s > 0.01
+    assert seen.usage.max_rss_bytes > 60 * 2**20  # the bytearray was really held
+    assert 0 < seen.usage.wall_s < 20
+    assert (backend.job_dir(1) / "output.log").read_text() == "hi\n"
+    assert (backend.output_dir(1, None) / "r.txt").read_text() == "x"  # type: ignore[operator]
+
+
+def test_failure_keeps_the_exit_code(backend: LocalBackend) -> None:
+    backend.submit(make_spec(1, ["sh", "-c", "echo oops >&2; exit 3"]))
+    seen = finished(backend, 1)
+    assert (seen.outcome, seen.exit_code, seen.signal) == (JobState.FAILED, 3, None)
+    assert "oops" in (backend.job_dir(1) / "output.log").read_text()
+
+
+def test_missing_command_fails_clearly(backend: LocalBackend) -> None:
+    backend.submit(make_spec(1, ["no-such-command-fabriek"]))
+    seen = finished(backend, 1)
+    assert seen.outcome == JobState.FAILED and seen.exit_code == 127
+    assert "cannot start" in (seen.reason or "")
+
+
+def test_time_limit_terms_then_kills(backend: LocalBackend) -> None:
+    # The job ignores SIGTERM, so only SIGKILL after the grace period ends it.
+    backend.submit(make_spec(1, ["sh", "-c", "trap '' TERM; echo started; sleep 30"], time_limit_s=1))
+    seen = finished(backend, 1)
+    assert seen.outcome == JobState.TIMED_OUT
+    assert seen.signal == signal.SIGKILL
+    assert seen.usage is not None and 1.4 <= seen.usage.wall_s < 5
+
+
+def test_cancel_sends_sigterm_to_the_whole_group(backend: LocalBackend, tmp_path: Path) -> None:
+    marker = tmp_path / "child.pid"
+    backend.submit(make_spec(1, ["sh", "-c", f"sleep 60 & echo $! > {marker}; wait"]))
+    wait_for(lambda: marker.exists() and marker.read_text().strip(), what="the child to start")
+    handle = {"dir": str(backend.job_dir(1))}
+    backend.cancel(1, handle)
+    backend.cancel(1, handle)  # idempotent
+    seen = finished(backend, 1)
+    assert seen.outcome == JobState.CANCELLED
+    child = int(marker.read_text())
+    wait_for(lambda: not _alive(child), what="the background child to be gone")
+    backend.cancel(1, handle)  # a finished job is left alone
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def test_submit_is_idempotent(backend: LocalBackend, tmp_path: Path) -> None:
+    counter = tmp_path / "runs"
+    spec = make_spec(1, ["sh", "-c", f"echo run >> {counter}"])
+    first = backend.submit(spec)
+    second = backend.submit(spec)  # as after a crash before the handle was recorded
+    assert first == second
+    finished(backend, 1)
+    assert counter.read_text() == "run\n"
+
+
+def test_gpus_are_passed_as_cuda_visible_devices(backend: LocalBackend) -> None:
+    backend.submit(make_spec(1, ["sh", "-c", "echo $CUDA_VISIBLE_DEVICES"], gpu_ids=(1,)))
+    backend.submit(make_spec(2, ["sh", "-c", "echo [$CUDA_VISIBLE_DEVICES]"]))
+    finished(backend, 1)
+    finished(backend, 2)
+    assert (backend.job_dir(1) / "output.log").read_text() == "GPU-fake-0001\n"
+    assert (backend.job_dir(2) / "output.log").read_text() == "[]\n"  # no GPU asked, none visible
+
+
+def test_workdir_is_unpacked_into_a_fresh_copy(backend: LocalBackend, tmp_path: Path) -> None:
+    archive = tmp_path / "wd.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        data = b"print(open('data.txt').read())"
+        for name, content in (("main.py", data), ("data.txt", b"payload")):
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    for job_id in (1, 2):
+        backend.submit(make_spec(job_id, ["python3", "main.py"], workdir=archive))
+    for job_id in (1, 2):
+        assert finished(backend, job_id).outcome == JobState.SUCCEEDED
+        assert (backend.job_dir(job_id) / "output.log").read_text() == "payload\n"
+    assert backend.job_dir(1) / "work" != backend.job_dir(2) / "work"
+
+
+def test_unsafe_workdir_is_refused(backend: LocalBackend, tmp_path: Path) -> None:
+    archive = tmp_path / "evil.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo("../escape.txt")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    backend.submit(make_spec(1, ["true"], workdir=archive))
+    seen = finished(backend, 1)
+    assert seen.outcome == JobState.FAILED and seen.started_at is None
+    assert "unpack" in (seen.reason or "")
+    assert not (backend.jobs_dir / "1" / "escape.txt").exists()
+
+
+def test_a_dead_supervisor_is_lost_and_its_job_ended(backend: LocalBackend) -> None:
+    backend.submit(make_spec(1, ["sleep", "60"]))
+    job_dir = backend.job_dir(1)
+    started = wait_for(lambda: (job_dir / "started.json").exists() and json.loads((job_dir / "started.json").read_text()))
+    shim_pid = json.loads((job_dir / "shim.json").read_text())["pid"]
+    os.kill(shim_pid, signal.SIGKILL)
+    seen = finished(backend, 1)
+    assert seen.phase == Phase.LOST
+    wait_for(lambda: not _alive(started["pid"]), what="the orphaned job to be killed")
+
+
+def test_start_ticks_identify_a_process() -> None:
+    assert proc_start_ticks(os.getpid()) == proc_start_ticks(os.getpid())
+    assert proc_start_ticks(2**22 + 7) is None
+
+
+def test_gpu_setting_parsing() -> None:
+    assert len(inventory_from_setting("fake:3:h100").detect()) == 3
+    assert inventory_from_setting("none").detect() == []
+    with pytest.raises(ValueError, match="FABRIEK_GPUS"):
+        inventory_from_setting("lots")

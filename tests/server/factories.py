@@ -1,0 +1,55 @@
+"""`make_*` helpers that build test data through the services, as a user would."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from fabriek.core.jobs import Job, JobRequest, Resources
+from fabriek.server.db.models import ProjectMemberRow, ProjectRow, UserRow
+from fabriek.server.services.actors import Actor
+from fabriek.server.services.auth import bootstrap
+from fabriek.server.services.jobs import submit_job
+
+G = 2**30
+LARGEST = Resources(2, 4 * G, 2)
+
+
+def make_admin(sessions: sessionmaker[Session], now: datetime) -> tuple[Actor, str]:
+    with sessions() as session, session.begin():
+        token = bootstrap(session, admin_name="admin", now=now)
+        user = session.query(UserRow).filter_by(name="admin").one()
+    assert token is not None
+    return Actor(user.id, user.name, True), token
+
+
+def make_user(sessions: sessionmaker[Session], name: str, now: datetime, *, projects: tuple[str, ...] = ()) -> Actor:
+    with sessions() as session, session.begin():
+        user = UserRow(name=name, is_admin=False, created_at=now)
+        session.add(user)
+        session.flush()
+        for project_name in projects:
+            project = session.query(ProjectRow).filter_by(name=project_name).one_or_none()
+            if project is None:
+                project = ProjectRow(name=project_name, created_at=now)
+                session.add(project)
+                session.flush()
+            session.add(ProjectMemberRow(project_id=project.id, user_id=user.id, role="member"))
+        return Actor(user.id, name, False)
+
+
+def make_request(argv: list[str] | None = None, *, cpus: int = 1, mem: int = G, gpus: int = 0,
+                 project: str = "default", time_limit_s: int = 60, name: str = "job") -> JobRequest:
+    return JobRequest(
+        name=name, project=project, argv=argv or ["true"], resources=Resources(cpus, mem, gpus),
+        time_limit_s=time_limit_s, env={},
+    )
+
+
+def make_job(sessions: sessionmaker[Session], actor: Actor, now: datetime, **kwargs: object) -> Job:
+    with sessions() as session, session.begin():
+        return submit_job(
+            session, actor=actor, request=make_request(**kwargs),  # type: ignore[arg-type]
+            largest=LARGEST, backend="local", now=now,
+        )

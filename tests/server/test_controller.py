@@ -1,0 +1,158 @@
+"""The controller with the real local backend, on both databases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from fabriek.backends.local.backend import LocalBackend
+from fabriek.backends.local.gpus import FakeInventory
+from fabriek.core.jobs import Job, JobState, Resources
+from fabriek.server.controller.loop import Controller
+from fabriek.server.db.models import JobEventRow, JobRow
+from fabriek.server.services.actors import Actor
+from fabriek.server.services.jobs import cancel_job, get_job
+from fabriek.server.services.transitions import transition_job
+from tests.conftest import FrozenClock
+from tests.helpers import wait_for
+from tests.server.factories import G, make_admin, make_job
+
+
+def make_controller(sessions: sessionmaker[Session], tmp_path: Path, clock: FrozenClock) -> Controller:
+    backend = LocalBackend(jobs_dir=tmp_path / "jobs", resources=Resources(2, 4 * G),
+                           gpus=FakeInventory(2).detect(), kill_grace_seconds=0.5)
+    return Controller(sessions=sessions, backend=backend, clock=clock, workdirs=tmp_path / "workdirs")
+
+
+def settle(controller: Controller, sessions: sessionmaker[Session], actor: Actor, job_ids: list[int],
+           timeout: float = 30) -> list[Job]:
+    """Run passes until every job is final (as the loop would, but driven by the test)."""
+    def all_final() -> list[Job] | None:
+        controller.run_pass()
+        with sessions() as session:
+            jobs = [get_job(session, actor=actor, job_id=i) for i in job_ids]
+        return jobs if all(j.state.is_final for j in jobs) else None
+
+    return wait_for(all_final, timeout=timeout, what=f"jobs {job_ids} to finish")
+
+
+def test_jobs_run_to_their_true_end(sessions: sessionmaker[Session], tmp_path: Path, clock: FrozenClock) -> None:
+    admin, _ = make_admin(sessions, clock())
+    controller = make_controller(sessions, tmp_path, clock)
+    ok = make_job(sessions, admin, clock(), argv=["sh", "-c", "echo fine"])
+    bad = make_job(sessions, admin, clock(), argv=["sh", "-c", "exit 7"])
+    slow = make_job(sessions, admin, clock(), argv=["sleep", "30"], time_limit_s=1)
+    jobs = settle(controller, sessions, admin, [ok.id, bad.id, slow.id])
+    assert [j.state for j in jobs] == [JobState.SUCCEEDED, JobState.FAILED, JobState.TIMED_OUT]
+    assert jobs[1].exit_code == 7 and "code 7" in (jobs[1].reason or "")
+    assert jobs[0].wall_s is not None and jobs[0].cpu_s is not None and jobs[0].gpu_s == 0
+    assert [e.to_state.value for e in jobs[0].events] == ["pending", "admitted", "running", "succeeded"]
+
+
+def test_capacity_is_never_oversubscribed(sessions: sessionmaker[Session], tmp_path: Path, clock: FrozenClock) -> None:
+    admin, _ = make_admin(sessions, clock())
+    controller = make_controller(sessions, tmp_path, clock)
+    ids = [make_job(sessions, admin, clock(), argv=["sleep", "0.5"]).id for _ in range(5)]
+    big = make_job(sessions, admin, clock(), argv=["true"], cpus=2, gpus=2).id
+    controller.run_pass()
+    with sessions() as session:
+        states = dict(session.execute(select(JobRow.id, JobRow.state)).all())
+        reason = session.get(JobRow, ids[2]).reason  # type: ignore[union-attr]
+    assert sorted(s for s in states.values()).count("admitted") == 2  # 2 CPUs: two 1-CPU jobs
+    assert "CPUs" in (reason or "")
+    jobs = settle(controller, sessions, admin, [*ids, big])
+    assert all(j.state == JobState.SUCCEEDED for j in jobs)
+    # Replay the intervals: never more than 2 CPUs or 2 GPUs in use at once.
+    edges = sorted([(j.started_at, j.resources.cpus, j.resources.gpus) for j in jobs]
+                   + [(j.finished_at, -j.resources.cpus, -j.resources.gpus) for j in jobs],
+                   key=lambda e: (e[0], e[1]))
+    cpus = gpus = 0
+    for _, dc, dg in edges:
+        cpus, gpus = cpus + dc, gpus + dg
+        assert cpus <= 2 and gpus <= 2
+
+
+def test_gpu_jobs_get_distinct_gpus(sessions: sessionmaker[Session], tmp_path: Path, clock: FrozenClock) -> None:
+    admin, _ = make_admin(sessions, clock())
+    controller = make_controller(sessions, tmp_path, clock)
+    ids = [make_job(sessions, admin, clock(), argv=["sleep", "0.3"], gpus=1).id for _ in range(2)]
+    controller.run_pass()
+    with sessions() as session:
+        assigned = [session.get(JobRow, i).gpu_ids for i in ids]  # type: ignore[union-attr]
+    assert sorted(assigned) == [[0], [1]]  # type: ignore[type-var]
+    settle(controller, sessions, admin, ids)
+
+
+def test_cancel_a_running_job(sessions: sessionmaker[Session], tmp_path: Path, clock: FrozenClock) -> None:
+    admin, _ = make_admin(sessions, clock())
+    controller = make_controller(sessions, tmp_path, clock)
+    job = make_job(sessions, admin, clock(), argv=["sleep", "30"])
+
+    def running() -> bool:
+        controller.run_pass()
+        with sessions() as session:
+            return get_job(session, actor=admin, job_id=job.id).state == JobState.RUNNING
+
+    wait_for(running, what="the job to run")
+    with sessions() as session, session.begin():
+        cancel_job(session, actor=admin, job_id=job.id, now=clock())
+    [done] = settle(controller, sessions, admin, [job.id])
+    assert done.state == JobState.CANCELLED and done.signal is not None
+
+
+def test_crash_between_admission_and_launch_launches_once(
+    sessions: sessionmaker[Session], tmp_path: Path, clock: FrozenClock
+) -> None:
+    """A controller that died after committing `admitted` but before recording the launch."""
+    admin, _ = make_admin(sessions, clock())
+    counter = tmp_path / "runs"
+    job = make_job(sessions, admin, clock(), argv=["sh", "-c", f"echo run >> {counter}"])
+    with sessions() as session, session.begin():
+        row = session.get(JobRow, job.id)
+        assert row is not None
+        transition_job(session, row, JobState.ADMITTED, at=clock(), actor="controller", gpu_ids=[])
+    first = make_controller(sessions, tmp_path, clock)
+    first.backend.submit(_spec_of(first, job.id))  # launched, but the handle was never stored
+    second = make_controller(sessions, tmp_path, clock)  # the restarted server
+    [done] = settle(second, sessions, admin, [job.id])
+    assert done.state == JobState.SUCCEEDED
+    assert counter.read_text() == "run\n"
+
+
+def _spec_of(controller: Controller, job_id: int):  # type: ignore[no-untyped-def]
+    from fabriek.backends.base import LaunchSpec
+
+    with controller.sessions() as session:
+        row = session.get(JobRow, job_id)
+        assert row is not None
+        return LaunchSpec(job_id=row.id, name=row.name, argv=list(row.argv), env={},
+                          resources=Resources(row.cpus, row.memory_bytes, row.gpus), gpu_ids=(),
+                          time_limit_s=row.time_limit_s, workdir_archive=None)
+
+
+@pytest.mark.parametrize("lost_state", ["admitted", "running"])
+def test_lost_job_fails_with_reason(sessions: sessionmaker[Session], tmp_path: Path, clock: FrozenClock,
+                                    lost_state: str) -> None:
+    """A job whose supervisor is gone without a result (e.g. the machine rebooted) fails, once."""
+    admin, _ = make_admin(sessions, clock())
+    job = make_job(sessions, admin, clock())
+    job_dir = tmp_path / "jobs" / str(job.id)
+    job_dir.mkdir(parents=True)
+    (job_dir / "launched").touch()
+    with sessions() as session, session.begin():
+        row = session.get(JobRow, job.id)
+        assert row is not None
+        transition_job(session, row, JobState.ADMITTED, at=clock(), actor="test", gpu_ids=[])
+        if lost_state == "running":
+            transition_job(session, row, JobState.RUNNING, at=clock(), actor="test")
+        row.handle = {"dir": str(job_dir)}
+    controller = make_controller(sessions, tmp_path, clock)
+    [done] = settle(controller, sessions, admin, [job.id])
+    assert done.state == JobState.FAILED and "supervisor" in (done.reason or "")
+    controller.run_pass()
+    with sessions() as session:
+        events = session.scalars(select(JobEventRow.to_state).where(JobEventRow.job_id == job.id)).all()
+    assert events.count("failed") == 1
