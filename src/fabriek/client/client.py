@@ -83,7 +83,8 @@ class Client:
     # --- workdirs -----------------------------------------------------------------------------
     def upload_workdir(self, directory: str | Path) -> str:
         """Pack `directory` and upload it unless the server already has it; return its digest."""
-        packed: PackedWorkdir = pack(Path(directory))
+        # Check the server's limit here, so that the error can name the biggest files.
+        packed: PackedWorkdir = pack(Path(directory), limit=self.health().workdir_max_bytes)
         try:
             self._request("GET", f"/workdirs/{packed.digest}")
             return packed.digest

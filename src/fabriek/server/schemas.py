@@ -23,6 +23,7 @@ class Health(BaseModel):
     version: str
     database: str
     backend: str
+    workdir_max_bytes: int = Field(description="Largest workdir an upload may unpack to.")
 
 
 class Me(BaseModel):

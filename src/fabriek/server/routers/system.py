@@ -20,6 +20,7 @@ def health(runtime: RuntimeDep) -> Health:
         version=__version__,
         database=runtime.engine.dialect.name,
         backend=runtime.backend.name,
+        workdir_max_bytes=runtime.settings.workdir_max_bytes,
     )
 
 

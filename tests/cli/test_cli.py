@@ -1,0 +1,140 @@
+"""The `fabriek` command line against a real server, as a user types it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import FABRIEK, ServerProcess, free_port, server_env, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A small project directory with things to upload and things to leave out."""
+    root = tmp_path / "proj"
+    (root / "data").mkdir(parents=True)
+    (root / "main.py").write_text("import os\nprint('files:', sorted(os.listdir('.')))\n")
+    (root / "data" / "keep.txt").write_text("keep")
+    (root / "data" / "cache.tmp").write_text("skip")
+    (root / "secret.env").write_text("TOKEN=x")
+    (root / ".gitignore").write_text("*.tmp\n")
+    (root / ".fabriekignore").write_text("secret.env\n")
+    return root
+
+
+def test_submit_parsable_wait_and_exit_code(server: ServerProcess, project: Path) -> None:
+    r = server.cli("submit", "--parsable", "--cpus", "1", "--mem", "512M", "--time", "1m", "--", "python", "main.py",
+                   cwd=project)
+    assert r.returncode == 0, r.stderr
+    job_id = int(r.stdout.strip())
+    waited = server.cli("submit", "--wait", "--time", "1m", "--", "sh", "-c", "echo bye; exit 4", cwd=project)
+    assert waited.returncode == 4 and "bye" in waited.stdout and "failed" in waited.stderr
+    status = json.loads(server.cli("status", str(job_id), "--json").stdout)
+    wait_for(lambda: json.loads(server.cli("status", str(job_id), "--json").stdout)["state"] == "succeeded")
+    logs = server.cli("logs", str(job_id)).stdout
+    assert "'data', 'main.py'" in logs  # .gitignore'd and .fabriekignore'd files were left out
+    assert "secret.env" not in logs and status["resources"]["memory_bytes"] == 512 * 2**20
+
+
+def test_jobs_status_logs_follow_cancel_download(server: ServerProcess, project: Path, tmp_path: Path) -> None:
+    script = "for i in 1 2 3; do echo tick $i; sleep 0.3; done; echo result > $FABRIEK_OUTPUT_DIR/out.txt"
+    job_id = server.cli("submit", "--parsable", "--name", "ticker", "--", "sh", "-c", script, cwd=project).stdout.strip()
+    follow = server.cli("logs", job_id, "--follow")
+    assert follow.returncode == 0 and follow.stdout == "tick 1\ntick 2\ntick 3\n"
+    table = server.cli("jobs").stdout
+    assert "ticker" in table and "succeeded" in table and "default" in table
+    status = server.cli("status", job_id).stdout
+    assert "succeeded" in status and "history" in status and "wall" in status
+    listed = json.loads(server.cli("jobs", "--json", "--state", "succeeded").stdout)
+    assert int(job_id) in [j["id"] for j in listed]
+    out = tmp_path / "out"
+    dl = server.cli("download", job_id, str(out))
+    assert dl.returncode == 0 and (out / "out.txt").read_text() == "result\n"
+    sleeper = server.cli("submit", "--parsable", "--no-workdir", "--", "sleep", "60").stdout.strip()
+    cancel = server.cli("cancel", sleeper)
+    assert cancel.returncode == 0
+    wait_for(lambda: json.loads(server.cli("status", sleeper, "--json").stdout)["state"] == "cancelled")
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["submit", "--cpus", "99", "--", "true"], 2, "largest machine has 2"),
+        (["submit", "--cpus", "-1", "--", "true"], 2, "at least 1 CPU"),
+        (["submit", "--gpus", "9", "--", "true"], 2, "GPUs"),
+        (["submit", "--mem", "lots", "--", "true"], 2, "memory size"),
+        (["submit", "--time", "0", "--", "true"], 2, "more than zero"),
+        (["submit", "--time", "soon", "--", "true"], 2, "duration"),
+        (["submit"], 2, "no command"),
+        (["submit", "--env", "NOEQUALS", "--", "true"], 2, "KEY=VALUE"),
+        (["submit", "--workdir", "/nonexistent/dir", "--", "true"], 2, "not a directory"),
+        (["submit", "--frobnicate", "--", "true"], 2, "No such option"),
+        (["status", "999999"], 4, "no job 999999"),
+        (["status", "abc"], 2, "valid integer"),
+        (["cancel", "999999"], 4, "no job 999999"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_nonzero(server: ServerProcess, project: Path, args: list[str], code: int,
+                                                 message: str) -> None:
+    before = len(json.loads(server.cli("jobs", "--json", "--limit", "1000").stdout))
+    r = server.cli(*args, cwd=project)
+    assert r.returncode == code, (r.stdout, r.stderr)
+    assert message in " ".join(r.stderr.split())
+    assert "Traceback" not in r.stderr
+    assert len(json.loads(server.cli("jobs", "--json", "--limit", "1000").stdout)) == before
+
+
+def test_oversized_workdir_is_refused_before_upload(server: ServerProcess, tmp_path: Path) -> None:
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "weights.bin").write_bytes(b"\0" * (5 * 2**20))
+    r = server.cli("submit", "--", "true", cwd=big)
+    assert r.returncode == 2 and "weights.bin" in r.stderr and ".fabriekignore" in r.stderr
+
+
+def test_wrong_token_and_no_server(server: ServerProcess, tmp_path: Path) -> None:
+    env = {**server.env, "FABRIEK_TOKEN": "fbk_wrong"}
+    import subprocess
+
+    r = subprocess.run([FABRIEK, "jobs"], env=env, capture_output=True, text=True)
+    assert r.returncode == 3 and "not valid" in r.stderr
+    env = {**server.env, "FABRIEK_URL": f"http://127.0.0.1:{free_port()}"}
+    r = subprocess.run([FABRIEK, "jobs"], env=env, capture_output=True, text=True)
+    assert r.returncode == 6 and "is `fabriek up` running?" in " ".join(r.stderr.split())
+
+
+def test_login_writes_the_client_config(server: ServerProcess, tmp_path: Path) -> None:
+    import subprocess
+
+    env = {**server_env(tmp_path / "elsewhere"), "FABRIEK_CONFIG": str(tmp_path / "cfg.json")}
+    bad = subprocess.run([FABRIEK, "login", server.url, "--token", "fbk_nope"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 3 and not (tmp_path / "cfg.json").exists()
+    ok = subprocess.run([FABRIEK, "login", server.url, "--token", server.token], env=env, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads((tmp_path / "cfg.json").read_text())["url"] == server.url
+    assert subprocess.run([FABRIEK, "jobs"], env=env, capture_output=True, text=True).returncode == 0
+
+
+def test_digits_example_end_to_end(server: ServerProcess) -> None:
+    """The README's first job: real training, real outputs."""
+    r = server.cli("submit", "--wait", "--cpus", "2", "--mem", "2G", "--time", "10m", "--name", "digits",
+                   "--env", "EPOCHS=15", "--", "python", "examples/train_digits.py", cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "test accuracy" in r.stdout
+    job_id = json.loads(server.cli("jobs", "--json", "--limit", "1").stdout)[0]["id"]
+    out = server.home.parent / "digits-out"
+    server.cli("download", str(job_id), str(out))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test_accuracy"] > 0.85 and (out / "model.pkl").stat().st_size > 1000
+
+
+def test_second_server_on_the_same_home_is_refused(server: ServerProcess) -> None:
+    import subprocess
+
+    r = subprocess.run([FABRIEK, "up", "--port", str(free_port())], env=server.env, capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 5 and "already running" in r.stderr
