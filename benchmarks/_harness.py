@@ -143,6 +143,16 @@ def _start_ticks(pid: int) -> int | None:
     return int(stat[stat.rindex(")") + 2 :].split()[19])
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process, from /proc/PID/stat (0 if it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def kill_job_processes(jobs_dir: Path) -> int:
     """SIGKILL every job and supervisor that fabriek started under jobs_dir and that still runs.
 
@@ -195,6 +205,10 @@ class Server:
     @property
     def jobs_dir(self) -> Path:
         return self.home / "jobs"
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the server process has used so far."""
+        return process_cpu_seconds(self.proc.pid)
 
     def log_tail(self, lines: int = 40) -> str:
         try:

@@ -69,6 +69,8 @@ class Run:
     last_body: dict[str, Any] | None = None
     max_id: int = 0
     stopped_early: bool = False
+    server_cpu_s: float = 0.0  # CPU time the server process used during the run
+    client_cpu_s: float = 0.0  # CPU time this process (the load generator) used during the run
 
     @property
     def rate(self) -> float:
@@ -169,9 +171,14 @@ def load(
     server: Server, n: int, concurrency: int, make: MakeRequest, client: str, max_s: float
 ) -> Run:
     deadline = time.perf_counter() + max_s
+    server_cpu, client_cpu = server.cpu_seconds(), time.process_time()
     if client == "asyncio":
-        return asyncio.run(_run_async(server, n, concurrency, make, deadline))
-    return _run_threads(server, n, concurrency, make, deadline)
+        run = asyncio.run(_run_async(server, n, concurrency, make, deadline))
+    else:
+        run = _run_threads(server, n, concurrency, make, deadline)
+    run.server_cpu_s = server.cpu_seconds() - server_cpu
+    run.client_cpu_s = time.process_time() - client_cpu
+    return run
 
 
 def window_rates(done_at: list[float], windows: int = 10) -> list[float]:

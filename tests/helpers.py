@@ -20,7 +20,9 @@ T = TypeVar("T")
 FABRIEK = str(Path(sys.executable).with_name("fabriek"))
 
 
-def wait_for(predicate: Callable[[], T], *, timeout: float = 20, interval: float = 0.05, what: str = "") -> T:
+def wait_for(
+    predicate: Callable[[], T], *, timeout: float = 20, interval: float = 0.05, what: str = ""
+) -> T:
     """Poll until `predicate` returns something truthy; fail with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -67,7 +69,9 @@ class ServerProcess:
     def _healthy(self) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
-            raise AssertionError(f"the server exited with {self.proc.returncode}: {self.log.read_text()}")
+            raise AssertionError(
+                f"the server exited with {self.proc.returncode}: {self.log.read_text()}"
+            )
         try:
             return httpx.get(self.url + "/api/v1/health", timeout=1).status_code == 200
         except httpx.TransportError:
@@ -89,10 +93,14 @@ class ServerProcess:
 
     def http(self) -> httpx.Client:
         return httpx.Client(
-            base_url=self.url + "/api/v1", headers={"Authorization": f"Bearer {self.token}"}, timeout=10
+            base_url=self.url + "/api/v1",
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=10,
         )
 
-    def cli(self, *args: str, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, cwd: Path | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [FABRIEK, *args], env=self.env, cwd=cwd, capture_output=True, text=True, timeout=timeout
         )
@@ -128,6 +136,8 @@ def kill_jobs(home: Path) -> None:
             path = shim_file.parent / name
             try:
                 pid = json.loads(path.read_text())["pid"]
-                os.killpg(pid, signal.SIGKILL) if name == "started.json" else os.kill(pid, signal.SIGKILL)
+                os.killpg(pid, signal.SIGKILL) if name == "started.json" else os.kill(
+                    pid, signal.SIGKILL
+                )
             except (OSError, ValueError, KeyError):
                 pass

@@ -1,11 +1,6 @@
 """fabriek: the open platform that runs an AI Factory."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("fabriek")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
+__version__ = "0.1.0"  # the one place the version is written (pyproject reads it from here)
 
 __all__ = ["Client", "__version__"]
 

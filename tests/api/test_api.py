@@ -13,8 +13,13 @@ from tests.helpers import ServerProcess, wait_for
 
 
 def job_body(**overrides: object) -> dict[str, object]:
-    body: dict[str, object] = {"name": "t", "argv": ["true"], "cpus": 1, "memory_bytes": 2**30,
-                               "time_limit_s": 60}
+    body: dict[str, object] = {
+        "name": "t",
+        "argv": ["true"],
+        "cpus": 1,
+        "memory_bytes": 2**30,
+        "time_limit_s": 60,
+    }
     body.update(overrides)
     return body
 
@@ -41,13 +46,26 @@ def test_openapi_docs_are_served(server: ServerProcess) -> None:
 
 @pytest.mark.parametrize(
     ("headers", "code"),
-    [({}, "unauthenticated"), ({"Authorization": "Bearer fbk_wrong"}, "unauthenticated"),
-     ({"Authorization": "Basic abc"}, "unauthenticated")],
+    [
+        ({}, "unauthenticated"),
+        ({"Authorization": "Bearer fbk_wrong"}, "unauthenticated"),
+        ({"Authorization": "Basic abc"}, "unauthenticated"),
+    ],
 )
-def test_every_endpoint_but_health_needs_a_valid_token(server: ServerProcess, headers: dict[str, str], code: str) -> None:
-    for method, path in [("GET", "/jobs"), ("POST", "/jobs"), ("GET", "/jobs/1"), ("POST", "/jobs/1/cancel"),
-                         ("GET", "/jobs/1/logs"), ("GET", "/jobs/1/outputs"), ("GET", "/whoami"),
-                         ("POST", "/workdirs"), ("GET", "/workdirs/abc")]:
+def test_every_endpoint_but_health_needs_a_valid_token(
+    server: ServerProcess, headers: dict[str, str], code: str
+) -> None:
+    for method, path in [
+        ("GET", "/jobs"),
+        ("POST", "/jobs"),
+        ("GET", "/jobs/1"),
+        ("POST", "/jobs/1/cancel"),
+        ("GET", "/jobs/1/logs"),
+        ("GET", "/jobs/1/outputs"),
+        ("GET", "/whoami"),
+        ("POST", "/workdirs"),
+        ("GET", "/workdirs/abc"),
+    ]:
         r = httpx.request(method, server.url + "/api/v1" + path, headers=headers, json={})
         assert r.status_code == 401, (method, path, r.text)
         assert r.json()["error"]["code"] == code
@@ -69,8 +87,9 @@ def test_every_endpoint_but_health_needs_a_valid_token(server: ServerProcess, he
         ({"argv": ["true"]}, 422, "invalid_request"),
     ],
 )
-def test_bad_submissions_get_stable_codes_and_write_nothing(server: ServerProcess, body: dict[str, object],
-                                                            status: int, code: str) -> None:
+def test_bad_submissions_get_stable_codes_and_write_nothing(
+    server: ServerProcess, body: dict[str, object], status: int, code: str
+) -> None:
     with server.http() as http:
         before = len(http.get("/jobs", params={"limit": 10000}).json())
         r = http.post("/jobs", json=body)
@@ -81,7 +100,12 @@ def test_bad_submissions_get_stable_codes_and_write_nothing(server: ServerProces
 
 def test_malformed_requests_are_4xx_never_500(server: ServerProcess) -> None:
     with server.http() as http:
-        assert http.post("/jobs", content=b"{not json", headers={"Content-Type": "application/json"}).status_code == 422
+        assert (
+            http.post(
+                "/jobs", content=b"{not json", headers={"Content-Type": "application/json"}
+            ).status_code
+            == 422
+        )
         assert http.get("/jobs/abc").json()["error"]["code"] == "invalid_request"
         assert http.get("/jobs/999999").json()["error"]["code"] == "not_found"
         assert http.get("/jobs", params={"state": "bogus"}).status_code == 422
@@ -99,7 +123,10 @@ def test_job_flow_logs_and_outputs(server: ServerProcess) -> None:
         assert job["state"] == "succeeded" and job["exit_code"] == 0
         logs = http.get(f"/jobs/{job['id']}/logs")
         assert logs.content == b"line1\nline2\n"
-        assert logs.headers["X-Fabriek-Next-Offset"] == "12" and logs.headers["X-Fabriek-Job-State"] == "succeeded"
+        assert (
+            logs.headers["X-Fabriek-Next-Offset"] == "12"
+            and logs.headers["X-Fabriek-Job-State"] == "succeeded"
+        )
         assert http.get(f"/jobs/{job['id']}/logs", params={"offset": 6}).content == b"line2\n"
         outputs = http.get(f"/jobs/{job['id']}/outputs")
         with tarfile.open(fileobj=io.BytesIO(outputs.content), mode="r:gz") as tar:
@@ -125,7 +152,10 @@ def test_workdir_upload_and_limits(server: ServerProcess) -> None:
         too_big = http.post("/workdirs", content=_archive({"big.bin": b"\0" * (5 * 2**20)}))
         assert (too_big.status_code, too_big.json()["error"]["code"]) == (413, "workdir_too_large")
         evil = http.post("/workdirs", content=_archive({"../../etc/x": b"x"}))
-        assert evil.json()["error"]["code"] == "invalid_request" and "unsafe" in evil.json()["error"]["message"]
+        assert (
+            evil.json()["error"]["code"] == "invalid_request"
+            and "unsafe" in evil.json()["error"]["message"]
+        )
         junk = http.post("/workdirs", content=b"not a tarball")
         assert junk.json()["error"]["code"] == "invalid_request"
 

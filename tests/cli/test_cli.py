@@ -27,22 +27,44 @@ def project(tmp_path: Path) -> Path:
 
 
 def test_submit_parsable_wait_and_exit_code(server: ServerProcess, project: Path) -> None:
-    r = server.cli("submit", "--parsable", "--cpus", "1", "--mem", "512M", "--time", "1m", "--", "python", "main.py",
-                   cwd=project)
+    r = server.cli(
+        "submit",
+        "--parsable",
+        "--cpus",
+        "1",
+        "--mem",
+        "512M",
+        "--time",
+        "1m",
+        "--",
+        "python",
+        "main.py",
+        cwd=project,
+    )
     assert r.returncode == 0, r.stderr
     job_id = int(r.stdout.strip())
-    waited = server.cli("submit", "--wait", "--time", "1m", "--", "sh", "-c", "echo bye; exit 4", cwd=project)
+    waited = server.cli(
+        "submit", "--wait", "--time", "1m", "--", "sh", "-c", "echo bye; exit 4", cwd=project
+    )
     assert waited.returncode == 4 and "bye" in waited.stdout and "failed" in waited.stderr
     status = json.loads(server.cli("status", str(job_id), "--json").stdout)
-    wait_for(lambda: json.loads(server.cli("status", str(job_id), "--json").stdout)["state"] == "succeeded")
+    wait_for(
+        lambda: (
+            json.loads(server.cli("status", str(job_id), "--json").stdout)["state"] == "succeeded"
+        )
+    )
     logs = server.cli("logs", str(job_id)).stdout
     assert "'data', 'main.py'" in logs  # .gitignore'd and .fabriekignore'd files were left out
     assert "secret.env" not in logs and status["resources"]["memory_bytes"] == 512 * 2**20
 
 
-def test_jobs_status_logs_follow_cancel_download(server: ServerProcess, project: Path, tmp_path: Path) -> None:
+def test_jobs_status_logs_follow_cancel_download(
+    server: ServerProcess, project: Path, tmp_path: Path
+) -> None:
     script = "for i in 1 2 3; do echo tick $i; sleep 0.3; done; echo result > $FABRIEK_OUTPUT_DIR/out.txt"
-    job_id = server.cli("submit", "--parsable", "--name", "ticker", "--", "sh", "-c", script, cwd=project).stdout.strip()
+    job_id = server.cli(
+        "submit", "--parsable", "--name", "ticker", "--", "sh", "-c", script, cwd=project
+    ).stdout.strip()
     follow = server.cli("logs", job_id, "--follow")
     assert follow.returncode == 0 and follow.stdout == "tick 1\ntick 2\ntick 3\n"
     table = server.cli("jobs").stdout
@@ -57,7 +79,9 @@ def test_jobs_status_logs_follow_cancel_download(server: ServerProcess, project:
     sleeper = server.cli("submit", "--parsable", "--no-workdir", "--", "sleep", "60").stdout.strip()
     cancel = server.cli("cancel", sleeper)
     assert cancel.returncode == 0
-    wait_for(lambda: json.loads(server.cli("status", sleeper, "--json").stdout)["state"] == "cancelled")
+    wait_for(
+        lambda: json.loads(server.cli("status", sleeper, "--json").stdout)["state"] == "cancelled"
+    )
 
 
 @pytest.mark.parametrize(
@@ -78,8 +102,9 @@ def test_jobs_status_logs_follow_cancel_download(server: ServerProcess, project:
         (["cancel", "999999"], 4, "no job 999999"),
     ],
 )
-def test_bad_input_is_one_clear_line_and_nonzero(server: ServerProcess, project: Path, args: list[str], code: int,
-                                                 message: str) -> None:
+def test_bad_input_is_one_clear_line_and_nonzero(
+    server: ServerProcess, project: Path, args: list[str], code: int, message: str
+) -> None:
     before = len(json.loads(server.cli("jobs", "--json", "--limit", "1000").stdout))
     r = server.cli(*args, cwd=project)
     assert r.returncode == code, (r.stdout, r.stderr)
@@ -111,18 +136,47 @@ def test_login_writes_the_client_config(server: ServerProcess, tmp_path: Path) -
     import subprocess
 
     env = {**server_env(tmp_path / "elsewhere"), "FABRIEK_CONFIG": str(tmp_path / "cfg.json")}
-    bad = subprocess.run([FABRIEK, "login", server.url, "--token", "fbk_nope"], env=env, capture_output=True, text=True)
+    bad = subprocess.run(
+        [FABRIEK, "login", server.url, "--token", "fbk_nope"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 3 and not (tmp_path / "cfg.json").exists()
-    ok = subprocess.run([FABRIEK, "login", server.url, "--token", server.token], env=env, capture_output=True, text=True)
+    ok = subprocess.run(
+        [FABRIEK, "login", server.url, "--token", server.token],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0, ok.stderr
     assert json.loads((tmp_path / "cfg.json").read_text())["url"] == server.url
-    assert subprocess.run([FABRIEK, "jobs"], env=env, capture_output=True, text=True).returncode == 0
+    assert (
+        subprocess.run([FABRIEK, "jobs"], env=env, capture_output=True, text=True).returncode == 0
+    )
 
 
 def test_digits_example_end_to_end(server: ServerProcess) -> None:
     """The README's first job: real training, real outputs."""
-    r = server.cli("submit", "--wait", "--cpus", "2", "--mem", "2G", "--time", "10m", "--name", "digits",
-                   "--env", "EPOCHS=15", "--", "python", "examples/train_digits.py", cwd=REPO, timeout=300)
+    r = server.cli(
+        "submit",
+        "--wait",
+        "--cpus",
+        "2",
+        "--mem",
+        "2G",
+        "--time",
+        "10m",
+        "--name",
+        "digits",
+        "--env",
+        "EPOCHS=15",
+        "--",
+        "python",
+        "examples/train_digits.py",
+        cwd=REPO,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert "test accuracy" in r.stdout
     job_id = json.loads(server.cli("jobs", "--json", "--limit", "1").stdout)[0]["id"]
@@ -135,6 +189,11 @@ def test_digits_example_end_to_end(server: ServerProcess) -> None:
 def test_second_server_on_the_same_home_is_refused(server: ServerProcess) -> None:
     import subprocess
 
-    r = subprocess.run([FABRIEK, "up", "--port", str(free_port())], env=server.env, capture_output=True, text=True,
-                       timeout=30)
+    r = subprocess.run(
+        [FABRIEK, "up", "--port", str(free_port())],
+        env=server.env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 5 and "already running" in r.stderr

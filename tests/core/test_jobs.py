@@ -1,7 +1,13 @@
 import pytest
 
 from fabriek.core.errors import IllegalTransition, InvalidRequest
-from fabriek.core.jobs import LEGAL_TRANSITIONS, JobState, Resources, check_transition, validate_request
+from fabriek.core.jobs import (
+    LEGAL_TRANSITIONS,
+    JobState,
+    Resources,
+    check_transition,
+    validate_request,
+)
 
 LEGAL = {
     ("pending", "admitted"),
@@ -31,7 +37,13 @@ def test_final_states_have_no_way_out() -> None:
         assert (not LEGAL_TRANSITIONS[state]) == state.is_final
 
 
-GOOD = {"name": "train", "argv": ["python", "x.py"], "resources": Resources(1, 2**30), "time_limit_s": 60, "env": {}}
+GOOD = {
+    "name": "train",
+    "argv": ["python", "x.py"],
+    "resources": Resources(1, 2**30),
+    "time_limit_s": 60,
+    "env": {},
+}
 
 
 @pytest.mark.parametrize(

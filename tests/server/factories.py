@@ -24,7 +24,9 @@ def make_admin(sessions: sessionmaker[Session], now: datetime) -> tuple[Actor, s
     return Actor(user.id, user.name, True), token
 
 
-def make_user(sessions: sessionmaker[Session], name: str, now: datetime, *, projects: tuple[str, ...] = ()) -> Actor:
+def make_user(
+    sessions: sessionmaker[Session], name: str, now: datetime, *, projects: tuple[str, ...] = ()
+) -> Actor:
     with sessions() as session, session.begin():
         user = UserRow(name=name, is_admin=False, created_at=now)
         session.add(user)
@@ -39,17 +41,33 @@ def make_user(sessions: sessionmaker[Session], name: str, now: datetime, *, proj
         return Actor(user.id, name, False)
 
 
-def make_request(argv: list[str] | None = None, *, cpus: int = 1, mem: int = G, gpus: int = 0,
-                 project: str = "default", time_limit_s: int = 60, name: str = "job") -> JobRequest:
+def make_request(
+    argv: list[str] | None = None,
+    *,
+    cpus: int = 1,
+    mem: int = G,
+    gpus: int = 0,
+    project: str = "default",
+    time_limit_s: int = 60,
+    name: str = "job",
+) -> JobRequest:
     return JobRequest(
-        name=name, project=project, argv=argv or ["true"], resources=Resources(cpus, mem, gpus),
-        time_limit_s=time_limit_s, env={},
+        name=name,
+        project=project,
+        argv=argv or ["true"],
+        resources=Resources(cpus, mem, gpus),
+        time_limit_s=time_limit_s,
+        env={},
     )
 
 
 def make_job(sessions: sessionmaker[Session], actor: Actor, now: datetime, **kwargs: object) -> Job:
     with sessions() as session, session.begin():
         return submit_job(
-            session, actor=actor, request=make_request(**kwargs),  # type: ignore[arg-type]
-            largest=LARGEST, backend="local", now=now,
+            session,
+            actor=actor,
+            request=make_request(**kwargs),  # type: ignore[arg-type]
+            largest=LARGEST,
+            backend="local",
+            now=now,
         )

@@ -21,15 +21,29 @@ from tests.helpers import wait_for
 from tests.server.factories import G, make_admin, make_job
 
 
-def make_controller(sessions: sessionmaker[Session], tmp_path: Path, clock: FrozenClock) -> Controller:
-    backend = LocalBackend(jobs_dir=tmp_path / "jobs", resources=Resources(2, 4 * G),
-                           gpus=FakeInventory(2).detect(), kill_grace_seconds=0.5)
-    return Controller(sessions=sessions, backend=backend, clock=clock, workdirs=tmp_path / "workdirs")
+def make_controller(
+    sessions: sessionmaker[Session], tmp_path: Path, clock: FrozenClock
+) -> Controller:
+    backend = LocalBackend(
+        jobs_dir=tmp_path / "jobs",
+        resources=Resources(2, 4 * G),
+        gpus=FakeInventory(2).detect(),
+        kill_grace_seconds=0.5,
+    )
+    return Controller(
+        sessions=sessions, backend=backend, clock=clock, workdirs=tmp_path / "workdirs"
+    )
 
 
-def settle(controller: Controller, sessions: sessionmaker[Session], actor: Actor, job_ids: list[int],
-           timeout: float = 30) -> list[Job]:
+def settle(
+    controller: Controller,
+    sessions: sessionmaker[Session],
+    actor: Actor,
+    job_ids: list[int],
+    timeout: float = 30,
+) -> list[Job]:
     """Run passes until every job is final (as the loop would, but driven by the test)."""
+
     def all_final() -> list[Job] | None:
         controller.run_pass()
         with sessions() as session:
@@ -39,7 +53,9 @@ def settle(controller: Controller, sessions: sessionmaker[Session], actor: Actor
     return wait_for(all_final, timeout=timeout, what=f"jobs {job_ids} to finish")
 
 
-def test_jobs_run_to_their_true_end(sessions: sessionmaker[Session], tmp_path: Path, clock: FrozenClock) -> None:
+def test_jobs_run_to_their_true_end(
+    sessions: sessionmaker[Session], tmp_path: Path, clock: FrozenClock
+) -> None:
     admin, _ = make_admin(sessions, clock())
     controller = make_controller(sessions, tmp_path, clock)
     ok = make_job(sessions, admin, clock(), argv=["sh", "-c", "echo fine"])
@@ -49,10 +65,17 @@ def test_jobs_run_to_their_true_end(sessions: sessionmaker[Session], tmp_path: P
     assert [j.state for j in jobs] == [JobState.SUCCEEDED, JobState.FAILED, JobState.TIMED_OUT]
     assert jobs[1].exit_code == 7 and "code 7" in (jobs[1].reason or "")
     assert jobs[0].wall_s is not None and jobs[0].cpu_s is not None and jobs[0].gpu_s == 0
-    assert [e.to_state.value for e in jobs[0].events] == ["pending", "admitted", "running", "succeeded"]
+    assert [e.to_state.value for e in jobs[0].events] == [
+        "pending",
+        "admitted",
+        "running",
+        "succeeded",
+    ]
 
 
-def test_capacity_is_never_oversubscribed(sessions: sessionmaker[Session], tmp_path: Path, clock: FrozenClock) -> None:
+def test_capacity_is_never_oversubscribed(
+    sessions: sessionmaker[Session], tmp_path: Path, clock: FrozenClock
+) -> None:
     admin, _ = make_admin(sessions, clock())
     controller = make_controller(sessions, tmp_path, clock)
     ids = [make_job(sessions, admin, clock(), argv=["sleep", "0.5"]).id for _ in range(5)]
@@ -66,16 +89,20 @@ def test_capacity_is_never_oversubscribed(sessions: sessionmaker[Session], tmp_p
     jobs = settle(controller, sessions, admin, [*ids, big])
     assert all(j.state == JobState.SUCCEEDED for j in jobs)
     # Replay the intervals: never more than 2 CPUs or 2 GPUs in use at once.
-    edges = sorted([(j.started_at, j.resources.cpus, j.resources.gpus) for j in jobs]
-                   + [(j.finished_at, -j.resources.cpus, -j.resources.gpus) for j in jobs],
-                   key=lambda e: (e[0], e[1]))
+    edges = sorted(
+        [(j.started_at, j.resources.cpus, j.resources.gpus) for j in jobs]
+        + [(j.finished_at, -j.resources.cpus, -j.resources.gpus) for j in jobs],
+        key=lambda e: (e[0], e[1]),
+    )
     cpus = gpus = 0
     for _, dc, dg in edges:
         cpus, gpus = cpus + dc, gpus + dg
         assert cpus <= 2 and gpus <= 2
 
 
-def test_gpu_jobs_get_distinct_gpus(sessions: sessionmaker[Session], tmp_path: Path, clock: FrozenClock) -> None:
+def test_gpu_jobs_get_distinct_gpus(
+    sessions: sessionmaker[Session], tmp_path: Path, clock: FrozenClock
+) -> None:
     admin, _ = make_admin(sessions, clock())
     controller = make_controller(sessions, tmp_path, clock)
     ids = [make_job(sessions, admin, clock(), argv=["sleep", "0.3"], gpus=1).id for _ in range(2)]
@@ -86,7 +113,9 @@ def test_gpu_jobs_get_distinct_gpus(sessions: sessionmaker[Session], tmp_path: P
     settle(controller, sessions, admin, ids)
 
 
-def test_cancel_a_running_job(sessions: sessionmaker[Session], tmp_path: Path, clock: FrozenClock) -> None:
+def test_cancel_a_running_job(
+    sessions: sessionmaker[Session], tmp_path: Path, clock: FrozenClock
+) -> None:
     admin, _ = make_admin(sessions, clock())
     controller = make_controller(sessions, tmp_path, clock)
     job = make_job(sessions, admin, clock(), argv=["sleep", "30"])
@@ -128,14 +157,22 @@ def _spec_of(controller: Controller, job_id: int):  # type: ignore[no-untyped-de
     with controller.sessions() as session:
         row = session.get(JobRow, job_id)
         assert row is not None
-        return LaunchSpec(job_id=row.id, name=row.name, argv=list(row.argv), env={},
-                          resources=Resources(row.cpus, row.memory_bytes, row.gpus), gpu_ids=(),
-                          time_limit_s=row.time_limit_s, workdir_archive=None)
+        return LaunchSpec(
+            job_id=row.id,
+            name=row.name,
+            argv=list(row.argv),
+            env={},
+            resources=Resources(row.cpus, row.memory_bytes, row.gpus),
+            gpu_ids=(),
+            time_limit_s=row.time_limit_s,
+            workdir_archive=None,
+        )
 
 
 @pytest.mark.parametrize("lost_state", ["admitted", "running"])
-def test_lost_job_fails_with_reason(sessions: sessionmaker[Session], tmp_path: Path, clock: FrozenClock,
-                                    lost_state: str) -> None:
+def test_lost_job_fails_with_reason(
+    sessions: sessionmaker[Session], tmp_path: Path, clock: FrozenClock, lost_state: str
+) -> None:
     """A job whose supervisor is gone without a result (e.g. the machine rebooted) fails, once."""
     admin, _ = make_admin(sessions, clock())
     job = make_job(sessions, admin, clock())
@@ -154,5 +191,7 @@ def test_lost_job_fails_with_reason(sessions: sessionmaker[Session], tmp_path: P
     assert done.state == JobState.FAILED and "supervisor" in (done.reason or "")
     controller.run_pass()
     with sessions() as session:
-        events = session.scalars(select(JobEventRow.to_state).where(JobEventRow.job_id == job.id)).all()
+        events = session.scalars(
+            select(JobEventRow.to_state).where(JobEventRow.job_id == job.id)
+        ).all()
     assert events.count("failed") == 1

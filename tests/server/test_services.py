@@ -29,7 +29,9 @@ def count(sessions: sessionmaker[Session], model: type) -> int:
         return int(session.scalar(select(func.count()).select_from(model)) or 0)
 
 
-def test_bootstrap_once_and_token_is_stored_hashed(sessions: sessionmaker[Session], clock: FrozenClock) -> None:
+def test_bootstrap_once_and_token_is_stored_hashed(
+    sessions: sessionmaker[Session], clock: FrozenClock
+) -> None:
     admin, token = make_admin(sessions, clock())
     with sessions() as session, session.begin():
         assert bootstrap(session, admin_name="other", now=clock()) is None
@@ -41,7 +43,9 @@ def test_bootstrap_once_and_token_is_stored_hashed(sessions: sessionmaker[Sessio
             authenticate(session, token=token + "x", now=clock())
 
 
-def test_submit_writes_job_event_and_audit(sessions: sessionmaker[Session], clock: FrozenClock) -> None:
+def test_submit_writes_job_event_and_audit(
+    sessions: sessionmaker[Session], clock: FrozenClock
+) -> None:
     admin, _ = make_admin(sessions, clock())
     job = make_job(sessions, admin, clock(), argv=["python", "t.py"], cpus=2)
     assert job.state == JobState.PENDING and job.project == "default"
@@ -65,18 +69,30 @@ def test_submit_writes_job_event_and_audit(sessions: sessionmaker[Session], cloc
         ({"project": "nope"}, NotFound),
     ],
 )
-def test_bad_submissions_write_nothing(sessions: sessionmaker[Session], clock: FrozenClock,
-                                       kwargs: dict[str, object], error: type[Exception]) -> None:
+def test_bad_submissions_write_nothing(
+    sessions: sessionmaker[Session],
+    clock: FrozenClock,
+    kwargs: dict[str, object],
+    error: type[Exception],
+) -> None:
     admin, _ = make_admin(sessions, clock())
     before = count(sessions, AuditEventRow)
     with pytest.raises(error), sessions() as session, session.begin():
-        submit_job(session, actor=admin, request=make_request(**kwargs), largest=LARGEST,  # type: ignore[arg-type]
-                   backend="local", now=clock())
+        submit_job(
+            session,
+            actor=admin,
+            request=make_request(**kwargs),
+            largest=LARGEST,  # type: ignore[arg-type]
+            backend="local",
+            now=clock(),
+        )
     assert count(sessions, JobRow) == 0
     assert count(sessions, AuditEventRow) == before
 
 
-def test_tenants_see_only_their_projects(sessions: sessionmaker[Session], clock: FrozenClock) -> None:
+def test_tenants_see_only_their_projects(
+    sessions: sessionmaker[Session], clock: FrozenClock
+) -> None:
     admin, _ = make_admin(sessions, clock())
     alice = make_user(sessions, "alice", clock(), projects=("vision",))
     bob = make_user(sessions, "bob", clock(), projects=("speech",))
@@ -95,7 +111,9 @@ def test_tenants_see_only_their_projects(sessions: sessionmaker[Session], clock:
         assert get_job(session, actor=alice, job_id=job.id).state == JobState.PENDING
 
 
-def test_cancel_pending_at_once_and_finished_is_conflict(sessions: sessionmaker[Session], clock: FrozenClock) -> None:
+def test_cancel_pending_at_once_and_finished_is_conflict(
+    sessions: sessionmaker[Session], clock: FrozenClock
+) -> None:
     admin, _ = make_admin(sessions, clock())
     job = make_job(sessions, admin, clock())
     clock.advance(5)
@@ -106,7 +124,9 @@ def test_cancel_pending_at_once_and_finished_is_conflict(sessions: sessionmaker[
         cancel_job(session, actor=admin, job_id=job.id, now=clock())
 
 
-def test_illegal_transition_changes_nothing(sessions: sessionmaker[Session], clock: FrozenClock) -> None:
+def test_illegal_transition_changes_nothing(
+    sessions: sessionmaker[Session], clock: FrozenClock
+) -> None:
     admin, _ = make_admin(sessions, clock())
     job = make_job(sessions, admin, clock())
     events_before = count(sessions, JobEventRow)
@@ -130,6 +150,15 @@ def test_transitions_stamp_times(sessions: sessionmaker[Session], clock: FrozenC
             transition_job(session, row, state, at=clock(), actor="test")
     with sessions() as session:
         detail = get_job(session, actor=admin, job_id=job.id)
-    assert detail.admitted_at is not None and detail.started_at is not None and detail.finished_at == clock()
+    assert (
+        detail.admitted_at is not None
+        and detail.started_at is not None
+        and detail.finished_at == clock()
+    )
     assert detail.admitted_at < detail.started_at < detail.finished_at
-    assert [e.to_state.value for e in detail.events] == ["pending", "admitted", "running", "succeeded"]
+    assert [e.to_state.value for e in detail.events] == [
+        "pending",
+        "admitted",
+        "running",
+        "succeeded",
+    ]

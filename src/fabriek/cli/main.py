@@ -82,10 +82,29 @@ def up(
                 f"created the administrator and a token; the CLI on this machine uses it ({path})",
                 highlight=False,
             )
+        else:
+            _follow_address_change(runtime, url)
         err_console.print(f"API docs at {url}/docs - stop with Ctrl-C (running jobs keep running)")
 
     with handled():
         serve(settings, on_ready=ready)
+
+
+def _follow_address_change(runtime, url: str) -> None:  # type: ignore[no-untyped-def]
+    """Started on another address: point this machine's CLI config there, if its token is ours."""
+    from fabriek.client.config import load_config, save_config
+    from fabriek.server.services.auth import authenticate
+
+    config = load_config()
+    if not config.token or config.url == url:
+        return
+    try:
+        with runtime.reading() as session:
+            authenticate(session, token=config.token, now=runtime.clock())
+    except FabriekError:
+        return  # the config belongs to another server: leave it alone
+    save_config(url, config.token)
+    err_console.print(f"the CLI config now points to {url}", highlight=False)
 
 
 def _client_host(host: str) -> str:

@@ -31,11 +31,23 @@ def backend(tmp_path: Path) -> LocalBackend:
     )
 
 
-def make_spec(job_id: int, argv: list[str], *, time_limit_s: int = 60, gpu_ids: tuple[int, ...] = (),
-              workdir: Path | None = None, env: dict[str, str] | None = None) -> LaunchSpec:
+def make_spec(
+    job_id: int,
+    argv: list[str],
+    *,
+    time_limit_s: int = 60,
+    gpu_ids: tuple[int, ...] = (),
+    workdir: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> LaunchSpec:
     return LaunchSpec(
-        job_id=job_id, name=f"job{job_id}", argv=argv, env=env or {},
-        resources=Resources(1, G, len(gpu_ids)), gpu_ids=gpu_ids, time_limit_s=time_limit_s,
+        job_id=job_id,
+        name=f"job{job_id}",
+        argv=argv,
+        env=env or {},
+        resources=Resources(1, G, len(gpu_ids)),
+        gpu_ids=gpu_ids,
+        time_limit_s=time_limit_s,
         workdir_archive=workdir,
     )
 
@@ -80,7 +92,9 @@ def test_missing_command_fails_clearly(backend: LocalBackend) -> None:
 
 def test_time_limit_terms_then_kills(backend: LocalBackend) -> None:
     # The job ignores SIGTERM, so only SIGKILL after the grace period ends it.
-    backend.submit(make_spec(1, ["sh", "-c", "trap '' TERM; echo started; sleep 30"], time_limit_s=1))
+    backend.submit(
+        make_spec(1, ["sh", "-c", "trap '' TERM; echo started; sleep 30"], time_limit_s=1)
+    )
     seen = finished(backend, 1)
     assert seen.outcome == JobState.TIMED_OUT
     assert seen.signal == signal.SIGKILL
@@ -160,7 +174,12 @@ def test_unsafe_workdir_is_refused(backend: LocalBackend, tmp_path: Path) -> Non
 def test_a_dead_supervisor_is_lost_and_its_job_ended(backend: LocalBackend) -> None:
     backend.submit(make_spec(1, ["sleep", "60"]))
     job_dir = backend.job_dir(1)
-    started = wait_for(lambda: (job_dir / "started.json").exists() and json.loads((job_dir / "started.json").read_text()))
+    started = wait_for(
+        lambda: (
+            (job_dir / "started.json").exists()
+            and json.loads((job_dir / "started.json").read_text())
+        )
+    )
     shim_pid = json.loads((job_dir / "shim.json").read_text())["pid"]
     os.kill(shim_pid, signal.SIGKILL)
     seen = finished(backend, 1)
