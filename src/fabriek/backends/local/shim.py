@@ -1,6 +1,8 @@
 """The job supervisor: one per job, detached from the server, standard library only.
 
-Started by the local backend as `python -I shim.py JOB_DIR LOCK_FD`. It holds an exclusive flock on
+Started by the local backend as `python -I -S shim.py JOB_DIR LOCK_FD`. It imports only built-in
+modules before the job has started (launch latency is Python's start-up plus a fork), reads its orders
+from JOB_DIR/spec.marshal, and imports json and tarfile only when it needs them. It holds an exclusive flock on
 JOB_DIR/lock for its whole life (the fd is inherited, locked before it was started), so anyone can tell
 whether a job's supervisor still lives without trusting pids. It unpacks the workdir, starts the command
 in its own process group, enforces the time limit (SIGTERM, grace, SIGKILL), forwards a cancel, and
@@ -12,46 +14,51 @@ Files it writes in JOB_DIR: started.json, result.json, output.log, work/, output
 
 from __future__ import annotations
 
-import json
+import marshal
 import os
 import select
 import signal
-import subprocess
 import sys
-import tarfile
 import time
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
+
+# Python ignores these at start-up and an exec keeps ignored signals ignored: give the job the defaults.
+_RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 
 
 def proc_start_ticks(pid: int) -> int | None:
     """Start time of a process in clock ticks since boot (field 22 of /proc/PID/stat)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
     except OSError:
         return None
     # The command name (field 2) may hold spaces and parentheses: split after its closing one.
     return int(stat[stat.rindex(")") + 2 :].split()[19])
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-        f.flush()
-        os.fsync(f.fileno())
+def write_atomic(path: str, data: bytes, *, durable: bool = True) -> None:
+    """Write a whole file or nothing: readers see the old file, or the complete new one."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat()
+def write_json_atomic(path: str, data: dict[str, Any], *, durable: bool = True) -> None:
+    import json
+
+    write_atomic(path, json.dumps(data).encode(), durable=durable)
 
 
 class Supervisor:
-    def __init__(self, job_dir: Path) -> None:
+    def __init__(self, job_dir: str) -> None:
         self.dir = job_dir
-        self.spec = json.loads((job_dir / "spec.json").read_text())
+        with open(self.path("spec.marshal"), "rb") as f:
+            self.spec: dict[str, Any] = marshal.load(f)
         self.cancel_requested = False
         self.wake_r, wake_w = os.pipe()
         os.set_blocking(wake_w, False)
@@ -60,64 +67,72 @@ class Supervisor:
         signal.signal(signal.SIGINT, self._on_cancel)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
+    def path(self, name: str) -> str:
+        return os.path.join(self.dir, name)
+
     def _on_cancel(self, _signum: int, _frame: Any) -> None:
         self.cancel_requested = True
 
     def _cancel_marked(self) -> bool:
-        return self.cancel_requested or (self.dir / "cancel").exists()
+        return self.cancel_requested or os.path.exists(self.path("cancel"))
 
     def run(self) -> None:
-        workdir, outdir = self.dir / "work", self.dir / "output"
-        outdir.mkdir(exist_ok=True)
+        workdir, outdir = self.path("work"), self.path("output")
+        os.makedirs(outdir, exist_ok=True)
         try:
             self._unpack(workdir)
-        except (OSError, tarfile.TarError) as exc:
+        except Exception as exc:  # tarfile's errors, OSError: anything means no usable workdir
             self._finish("failed", reason=f"could not unpack the workdir: {exc}")
             return
         if self._cancel_marked():
             self._finish("cancelled", reason="cancelled before it started")
             return
-        env = {
-            **self.spec["env"],
-            "FABRIEK_OUTPUT_DIR": str(outdir),
-            "FABRIEK_WORKDIR": str(workdir),
-        }
-        with open(self.dir / "output.log", "ab", buffering=0) as log:
-            try:
-                child = subprocess.Popen(
-                    self.spec["argv"],
-                    cwd=workdir,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    process_group=0,
-                    close_fds=True,
-                )
-            except OSError as exc:
-                log.write(
-                    f"fabriek: cannot start {self.spec['argv'][0]!r}: {exc.strerror}\n".encode()
-                )
-                self._finish(
-                    "failed", exit_code=127, reason=f"cannot start the command: {exc.strerror}"
-                )
-                return
-        started = time.monotonic()
+        argv: list[str] = self.spec["argv"]
+        env = {**self.spec["env"], "FABRIEK_OUTPUT_DIR": outdir, "FABRIEK_WORKDIR": workdir}
+        os.environ["PATH"] = env.get("PATH", os.defpath)  # posix_spawnp searches our own PATH
+        os.chdir(workdir)
+        log = os.open(self.path("output.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            pid = os.posix_spawnp(
+                argv[0],
+                argv,
+                env,
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, log, 1),
+                    (os.POSIX_SPAWN_DUP2, log, 2),
+                ],
+                setpgroup=0,  # its own process group: signals reach everything it starts
+                setsigdef=_RESET_SIGNALS,
+                setsigmask=(),
+            )
+        except OSError as exc:
+            os.write(log, f"fabriek: cannot start {argv[0]!r}: {exc.strerror}\n".encode())
+            self._finish(
+                "failed", exit_code=127, reason=f"cannot start the command: {exc.strerror}"
+            )
+            return
+        finally:
+            os.close(log)
+        started_at, started = time.time(), time.monotonic()
         write_json_atomic(
-            self.dir / "started.json",
-            {"pid": child.pid, "pid_start": proc_start_ticks(child.pid), "started_at": _now()},
+            self.path("started.json"),
+            {"pid": pid, "pid_start": proc_start_ticks(pid), "started_at": started_at},
+            durable=False,
         )
-        self._supervise(child, started)
+        self._supervise(pid, started)
 
-    def _unpack(self, workdir: Path) -> None:
-        workdir.mkdir(exist_ok=True)
+    def _unpack(self, workdir: str) -> None:
+        os.makedirs(workdir, exist_ok=True)
         archive = self.spec.get("workdir_archive")
         if archive:
+            import tarfile  # only when there is something to unpack: it is slow to import
+
             with tarfile.open(archive, "r:gz") as tar:
                 tar.extractall(workdir, filter="data")
 
-    def _supervise(self, child: subprocess.Popen[bytes], started: float) -> None:
-        pidfd = os.pidfd_open(child.pid)
+    def _supervise(self, pid: int, started: float) -> None:
+        pidfd = os.pidfd_open(pid)
         deadline = started + self.spec["time_limit_s"]
         grace = float(self.spec["kill_grace_seconds"])
         outcome: str | None = None  # set once we start stopping the job: cancelled or timed_out
@@ -126,12 +141,12 @@ class Supervisor:
             now = time.monotonic()
             if outcome is None and self._cancel_marked():
                 outcome, kill_at = "cancelled", now + grace
-                self._signal_group(child.pid, signal.SIGTERM)
+                self._signal_group(pid, signal.SIGTERM)
             elif outcome is None and now >= deadline:
                 outcome, kill_at = "timed_out", now + grace
-                self._signal_group(child.pid, signal.SIGTERM)
+                self._signal_group(pid, signal.SIGTERM)
             elif kill_at is not None and now >= kill_at:
-                self._signal_group(child.pid, signal.SIGKILL)
+                self._signal_group(pid, signal.SIGKILL)
                 kill_at = None
             timers = [t for t in (deadline if outcome is None else None, kill_at) if t is not None]
             # Wake at least every second: that is how a cancel file written after a crash is noticed.
@@ -144,8 +159,8 @@ class Supervisor:
         os.close(pidfd)
         # The main process has exited but is not reaped yet, so its process group id cannot be reused:
         # end whatever it left behind in its group, then reap it with its resource usage.
-        self._signal_group(child.pid, signal.SIGKILL)
-        _, status, rusage = os.wait4(child.pid, 0)
+        self._signal_group(pid, signal.SIGKILL)
+        _, status, rusage = os.wait4(pid, 0)
         wall = time.monotonic() - started
         code = os.waitstatus_to_exitcode(status)
         exit_code, signum = (code, None) if code >= 0 else (None, -code)
@@ -180,12 +195,12 @@ class Supervisor:
 
     def _finish(self, outcome: str, **fields: Any) -> None:
         write_json_atomic(
-            self.dir / "result.json", {"outcome": outcome, "finished_at": _now(), **fields}
+            self.path("result.json"), {"outcome": outcome, "finished_at": time.time(), **fields}
         )
 
 
 def main(argv: list[str]) -> int:
-    job_dir, lock_fd = Path(argv[1]), int(argv[2])
+    job_dir, lock_fd = argv[1], int(argv[2])
     os.set_inheritable(lock_fd, False)  # the job must not hold our liveness lock
     Supervisor(job_dir).run()
     return 0
