@@ -197,3 +197,33 @@ def test_second_server_on_the_same_home_is_refused(server: ServerProcess) -> Non
         timeout=30,
     )
     assert r.returncode == 5 and "already running" in r.stderr
+
+
+def test_db_upgrade_command(tmp_path: Path) -> None:
+    import subprocess
+
+    env = server_env(tmp_path / "fresh")
+    first = subprocess.run([FABRIEK, "db", "upgrade"], env=env, capture_output=True, text=True)
+    assert first.returncode == 0 and "revision 0001" in first.stdout, first.stderr
+    assert (tmp_path / "fresh" / "fabriek.db").exists()
+    again = subprocess.run([FABRIEK, "db", "upgrade"], env=env, capture_output=True, text=True)
+    assert again.returncode == 0 and "revision 0001" in again.stdout
+
+
+def test_job_sees_its_variables_not_the_servers_secrets(server: ServerProcess) -> None:
+    r = server.cli(
+        "submit",
+        "--wait",
+        "--no-workdir",
+        "--env",
+        "GREETING=hoi",
+        "--",
+        "sh",
+        "-c",
+        "echo $GREETING $FABRIEK_JOB_ID $FABRIEK_CPUS [$FABRIEK_CONFIG] [$FABRIEK_HOME]",
+    )
+    assert r.returncode == 0, r.stderr
+    words = r.stdout.split()
+    assert (
+        words[0] == "hoi" and words[1].isdigit() and words[2] == "1" and words[3:] == ["[]", "[]"]
+    )

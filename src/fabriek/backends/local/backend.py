@@ -93,7 +93,10 @@ class LocalBackend:
         return handle
 
     def _spec_file(self, spec: LaunchSpec) -> dict[str, object]:
-        env = {**os.environ, **spec.env}
+        # The server's environment (PATH, locale, ...) minus its own settings and secrets, then the
+        # job's variables, then ours.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FABRIEK_")}
+        env.update(spec.env)
         env.update(
             FABRIEK_JOB_ID=str(spec.job_id),
             FABRIEK_JOB_NAME=spec.name,
@@ -102,8 +105,6 @@ class LocalBackend:
             # A job that asked for no GPU sees none, so it cannot take another job's.
             CUDA_VISIBLE_DEVICES=",".join(self._gpu_uuid(i) for i in spec.gpu_ids),
         )
-        for key in ("FABRIEK_TOKEN", "FABRIEK_DATABASE_URL"):  # the server's secrets stay with it
-            env.pop(key, None)
         return {
             "argv": spec.argv,
             "env": env,
