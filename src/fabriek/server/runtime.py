@@ -14,7 +14,7 @@ from fabriek.backends.local.backend import LocalBackend, detect_resources
 from fabriek.backends.local.gpus import inventory_from_setting
 from fabriek.core.units import parse_memory
 from fabriek.server.controller.loop import Controller
-from fabriek.server.db.engine import make_engine, make_session_factory
+from fabriek.server.db.engine import make_engine, make_session_factory, reader, transaction
 from fabriek.settings import Settings
 
 
@@ -27,18 +27,19 @@ class Runtime:
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
+    readers: sessionmaker[Session]
     backend: LocalBackend
     controller: Controller
     clock: Callable[[], datetime]
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        with self.sessions() as session, session.begin():
+        with transaction(self.sessions) as session:
             yield session
 
     @contextmanager
     def reading(self) -> Iterator[Session]:
-        with self.sessions() as session:
+        with self.readers() as session:
             yield session
 
     def close(self) -> None:
@@ -50,6 +51,7 @@ def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = system_
     settings.home.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.effective_database_url)
     sessions = make_session_factory(engine)
+    readers = make_session_factory(reader(engine))
     memory = parse_memory(settings.memory) if settings.memory else None
     backend = LocalBackend(
         jobs_dir=settings.jobs_dir,
@@ -59,10 +61,11 @@ def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = system_
     )
     controller = Controller(
         sessions=sessions,
+        readers=readers,
         backend=backend,
         clock=clock,
         workdirs=settings.workdirs_dir,
         interval=settings.controller_interval_seconds,
     )
     backend.on_change = controller.wake
-    return Runtime(settings, engine, sessions, backend, controller, clock)
+    return Runtime(settings, engine, sessions, readers, backend, controller, clock)
