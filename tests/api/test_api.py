@@ -35,7 +35,7 @@ def wait_final(http: httpx.Client, job_id: int) -> dict[str, object]:
 def test_health_needs_no_token(server: ServerProcess) -> None:
     r = httpx.get(server.url + "/api/v1/health")
     assert r.status_code == 200
-    assert r.json()["database"] == "sqlite" and r.json()["backend"] == "local"
+    assert r.json()["database"] in ("sqlite", "postgresql") and r.json()["backend"] == "local"
 
 
 def test_openapi_docs_are_served(server: ServerProcess) -> None:
