@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from sqlalchemy import Engine
@@ -15,6 +15,7 @@ from fabriek.backends.local.gpus import inventory_from_setting
 from fabriek.core.units import parse_memory
 from fabriek.server.controller.loop import Controller
 from fabriek.server.db.engine import make_engine, make_session_factory, reader, transaction
+from fabriek.server.services.auth import TokenCache
 from fabriek.settings import Settings
 
 
@@ -31,6 +32,7 @@ class Runtime:
     backend: LocalBackend
     controller: Controller
     clock: Callable[[], datetime]
+    tokens: TokenCache = field(default_factory=TokenCache)
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:

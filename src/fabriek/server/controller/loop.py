@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 ACTIVE = (JobState.ADMITTED.value, JobState.RUNNING.value)
+FULL_PASS_EVERY = 5.0
 
 
 @dataclass
@@ -220,9 +221,10 @@ class Controller:
         # First-fit gives an old pending job a different answer only when resources were freed.
         # Until then a pass need only look at jobs newer than those it has seen: at 10,000 waiting
         # jobs that is the difference between milliseconds and a tenth of a second per submission.
-        # A full pass also runs at least every `interval`, for jobs whose ids committed out of order.
+        # A full pass also runs every FULL_PASS_EVERY seconds, for jobs whose ids committed out of
+        # order (possible on PostgreSQL, where ids come from a sequence before the commit).
         now_mono = time.monotonic()
-        full = self._freed or now_mono - self._last_full_pass >= self.interval
+        full = self._freed or now_mono - self._last_full_pass >= FULL_PASS_EVERY
         after = 0 if full else self._seen_up_to
         with self.readers() as session:
             snapshot, known_reasons = self._snapshot(session, after_id=after)

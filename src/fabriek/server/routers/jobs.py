@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse, Response
+from pydantic import BaseModel
 from starlette.background import BackgroundTask
 
 from fabriek.core.errors import NotFound
@@ -20,8 +21,17 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 MAX_LOG_CHUNK = 1024 * 1024
 
 
+def _json(model: BaseModel | list[JobOut], status_code: int = 200) -> Response:
+    """Serialise once: returning a model would make FastAPI validate it again against response_model."""
+    if isinstance(model, list):
+        body = b"[" + b",".join(m.model_dump_json().encode() for m in model) + b"]"
+    else:
+        body = model.model_dump_json().encode()
+    return Response(body, status_code=status_code, media_type="application/json")
+
+
 @router.post("", response_model=JobOut, status_code=201)
-def submit(body: JobSubmit, actor: ActorDep, runtime: RuntimeDep) -> JobOut:
+def submit(body: JobSubmit, actor: ActorDep, runtime: RuntimeDep) -> Response:
     """Queue a job. It starts when the admission engine finds room for it."""
     request = JobRequest(
         name=body.name,
@@ -42,7 +52,7 @@ def submit(body: JobSubmit, actor: ActorDep, runtime: RuntimeDep) -> JobOut:
             now=runtime.clock(),
         )
     runtime.controller.wake()
-    return JobOut.of(job)
+    return _json(JobOut.of(job), 201)
 
 
 @router.get("", response_model=list[JobOut])
@@ -51,26 +61,27 @@ def list_jobs(
     runtime: RuntimeDep,
     state: Annotated[list[JobState] | None, Query(description="Only jobs in these states.")] = None,
     limit: Annotated[int, Query(ge=1, le=10000)] = 100,
-) -> list[JobOut]:
+) -> Response:
     """The newest jobs you may see, newest first."""
     with runtime.reading() as session:
         jobs = service.list_jobs(session, actor=actor, states=state or (), limit=limit)
-    return [JobOut.of(j) for j in jobs]
+    return _json([JobOut.of(j) for j in jobs])
 
 
 @router.get("/{job_id}", response_model=JobOut)
-def get(job_id: int, actor: ActorDep, runtime: RuntimeDep) -> JobOut:
+def get(job_id: int, actor: ActorDep, runtime: RuntimeDep) -> Response:
     """Everything known about one job: its state, why it waits, what it used, its history."""
     with runtime.reading() as session:
-        return JobOut.of(service.get_job(session, actor=actor, job_id=job_id))
+        job = service.get_job(session, actor=actor, job_id=job_id)
+    return _json(JobOut.of(job))
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)
-def cancel(job_id: int, actor: ActorDep, runtime: RuntimeDep) -> JobOut:
+def cancel(job_id: int, actor: ActorDep, runtime: RuntimeDep) -> Response:
     with runtime.transaction() as session:
         job = service.cancel_job(session, actor=actor, job_id=job_id, now=runtime.clock())
     runtime.controller.wake()
-    return JobOut.of(job)
+    return _json(JobOut.of(job))
 
 
 @router.get(

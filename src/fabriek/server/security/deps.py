@@ -2,31 +2,46 @@
 
 from __future__ import annotations
 
+import time
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from fabriek.core.errors import Unauthenticated
 from fabriek.server.runtime import Runtime
 from fabriek.server.services.actors import Actor
-from fabriek.server.services.auth import authenticate
+from fabriek.server.services.auth import authenticate, token_expiry
 
 _bearer = HTTPBearer(auto_error=False, description="An API token: `Authorization: Bearer fbk_...`")
 
 
-def get_runtime(request: Request) -> Runtime:
+# Both dependencies are `async` so that FastAPI runs them on the event loop instead of handing each
+# to a worker thread: a cached token costs no thread switch and no database read.
+async def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime  # type: ignore[no-any-return]
 
 
-def get_actor(
+async def get_actor(
     runtime: Annotated[Runtime, Depends(get_runtime)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Actor:
     if credentials is None or not credentials.credentials:
         raise Unauthenticated("no API token given; send `Authorization: Bearer <token>`")
+    token, now, mono = credentials.credentials, runtime.clock(), time.monotonic()
+    actor = runtime.tokens.get(token, now=now, monotonic=mono)
+    if actor is None:
+        actor, expires_at = await run_in_threadpool(_check, runtime, token)
+        runtime.tokens.put(token, actor, expires_at=expires_at, monotonic=mono)
+    return actor
+
+
+def _check(runtime: Runtime, token: str) -> tuple[Actor, datetime | None]:
     with runtime.reading() as session:
-        return authenticate(session, token=credentials.credentials, now=runtime.clock())
+        actor = authenticate(session, token=token, now=runtime.clock())
+        return actor, token_expiry(session, token=token)
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]

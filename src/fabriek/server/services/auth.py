@@ -101,3 +101,37 @@ def bootstrap(session: Session, *, admin_name: str, now: datetime) -> str | None
         name=DEFAULT_PROJECT,
     )
     return create_token(session, user=admin, name="bootstrap", now=now, actor=SYSTEM)
+
+
+class TokenCache:
+    """Remembers recently checked tokens for `ttl` seconds, so most requests need no database read.
+
+    The price: a token that stops being valid is refused at most `ttl` seconds late.
+    """
+
+    def __init__(self, ttl: float = 5.0, max_entries: int = 10_000) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._entries: dict[str, tuple[Actor, datetime | None, float]] = {}
+
+    def get(self, token: str, *, now: datetime, monotonic: float) -> Actor | None:
+        entry = self._entries.get(hash_token(token))
+        if entry is None:
+            return None
+        actor, expires_at, cached_until = entry
+        if monotonic > cached_until or (expires_at is not None and expires_at <= now):
+            return None
+        return actor
+
+    def put(
+        self, token: str, actor: Actor, *, expires_at: datetime | None, monotonic: float
+    ) -> None:
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+        self._entries[hash_token(token)] = (actor, expires_at, monotonic + self.ttl)
+
+
+def token_expiry(session: Session, *, token: str) -> datetime | None:
+    return session.scalar(
+        select(TokenRow.expires_at).where(TokenRow.token_hash == hash_token(token))
+    )

@@ -90,12 +90,21 @@ def _check_fits(want: Resources, largest: Resources) -> None:
 
 
 def _project_for(session: Session, *, actor: Actor, name: str) -> ProjectRow:
-    project = session.scalar(select(ProjectRow).where(ProjectRow.name == name))
-    if project is None:
+    found = session.execute(
+        select(ProjectRow, ProjectMemberRow.user_id)
+        .outerjoin(
+            ProjectMemberRow,
+            (ProjectMemberRow.project_id == ProjectRow.id)
+            & (ProjectMemberRow.user_id == actor.user_id),
+        )
+        .where(ProjectRow.name == name)
+    ).first()
+    if found is None:
         raise NotFound(f"no project named {name!r}")
-    if not actor.is_admin and session.get(ProjectMemberRow, (project.id, actor.user_id)) is None:
+    project, member = found
+    if member is None and not actor.is_admin:
         raise Forbidden(f"you are not a member of project {name!r}")
-    return project
+    return project  # type: ignore[no-any-return]
 
 
 def _visible(actor: Actor) -> ColumnElement[bool]:
