@@ -79,7 +79,55 @@ def machine() -> dict[str, Any]:
         "memory_gib": round(memory / 1024**3, 1),
         "kernel": platform.release(),
         "python": platform.python_version(),
+        "code": code_version(),
     }
+
+
+def code_version() -> dict[str, Any]:
+    """Which fabriek was measured: where it was imported from and, in a git checkout, the commit and
+    whether src/ had uncommitted changes."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("fabriek")
+    origin = Path(spec.origin).parent if spec and spec.origin else None
+    info: dict[str, Any] = {"fabriek": str(origin) if origin else None}
+    if origin is None:
+        return info
+    try:
+        top = subprocess.run(
+            ["git", "-C", str(origin), "rev-parse", "--show-toplevel"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        info["commit"] = subprocess.run(
+            ["git", "-C", top, "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", top, "status", "--porcelain", "--", "src"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        info["src_dirty"] = bool(dirty)
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return info
+
+
+def describe(info: dict[str, Any]) -> str:
+    """One line about the machine and the code, for the top of a report."""
+    code = info.get("code", {})
+    where = f"commit {code['commit']}" if code.get("commit") else str(code.get("fabriek"))
+    if code.get("src_dirty"):
+        where += " + uncommitted changes in src/"
+    return (
+        f"{info['cpus']} CPUs ({info['cpu_model']}), {info['memory_gib']} GiB, Linux "
+        f"{info['kernel']}, Python {info['python']}; fabriek {where}"
+    )
 
 
 def write_json(path: str | None, data: dict[str, Any]) -> None:
@@ -151,6 +199,90 @@ def process_cpu_seconds(pid: int) -> float:
         return 0.0
     fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _all_processes() -> dict[int, tuple[int, str, float]]:
+    """pid -> (ppid, command name, CPU seconds) of every process we may read."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        found[int(entry.name)] = (int(fields[1]), comm, (int(fields[11]) + int(fields[12])) / tick)
+    return found
+
+
+def _machine_cpu() -> tuple[float, float]:
+    """(busy, steal) CPU seconds of the whole machine since boot, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (values + [0] * 8)[:8]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / tick, steal / tick
+
+
+class CpuMonitor:
+    """Who used the CPUs during a measurement: this benchmark (this process, the server and their
+    children), PostgreSQL, and everything else on the machine. Other load on a small machine skews
+    every number, so each result carries this next to it. Values are in cores (1.0 = one core busy)."""
+
+    def __init__(self, *roots: int) -> None:
+        self.roots = {os.getpid(), *roots}
+        self._start()
+
+    def _ours(self, procs: dict[int, tuple[int, str, float]]) -> set[int]:
+        ours, changed = set(self.roots), True
+        while changed:
+            changed = False
+            for pid, (ppid, _, _) in procs.items():
+                if ppid in ours and pid not in ours:
+                    ours.add(pid)
+                    changed = True
+        return ours
+
+    def _start(self) -> None:
+        self.began = time.perf_counter()
+        self.busy, self.steal = _machine_cpu()
+        self.procs = _all_processes()
+
+    def restart(self) -> None:
+        self._start()
+
+    def stop(self) -> dict[str, float]:
+        wall = time.perf_counter() - self.began
+        busy, steal = _machine_cpu()
+        procs = _all_processes()
+        ours_pids = self._ours(procs) | self._ours(self.procs)
+        ours = postgres = 0.0
+        for pid, (_, comm, cpu) in procs.items():
+            before = self.procs.get(pid)
+            used = cpu - before[2] if before and before[1] == comm else cpu
+            if pid in ours_pids:
+                ours += used
+            elif comm == "postgres":
+                postgres += used
+        total = busy - self.busy
+        return {
+            "wall_s": wall,
+            "machine_busy_cores": total / wall,
+            "benchmark_cores": ours / wall,
+            "postgres_cores": postgres / wall,
+            "other_cores": max(0.0, total - ours - postgres) / wall,
+            "steal_cores": (steal - self.steal) / wall,
+        }
+
+
+def describe_cpu(cpu: dict[str, float]) -> str:
+    return (
+        f"CPU (cores): benchmark+server {cpu['benchmark_cores']:.2f}, PostgreSQL "
+        f"{cpu['postgres_cores']:.2f}, other processes {cpu['other_cores']:.2f}, steal "
+        f"{cpu['steal_cores']:.2f}"
+    )
 
 
 def kill_job_processes(jobs_dir: Path) -> int:

@@ -46,6 +46,7 @@ class Runtime:
 
     def close(self) -> None:
         self.controller.stop()
+        self.backend.launcher.close()
         self.engine.dispose()
 
 

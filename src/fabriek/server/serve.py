@@ -63,6 +63,7 @@ def serve(settings: Settings, *, on_ready: Callable[[Runtime, str | None], None]
     runtime, token = prepare(settings)
     try:
         on_ready(runtime, token)
+        runtime.backend.launcher.warm()  # so that the first job starts as fast as the rest
         runtime.controller.start()
         runtime.controller.wake()
         config = uvicorn.Config(

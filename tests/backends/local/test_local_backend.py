@@ -197,3 +197,24 @@ def test_gpu_setting_parsing() -> None:
     assert inventory_from_setting("none").detect() == []
     with pytest.raises(ValueError, match="FABRIEK_GPUS"):
         inventory_from_setting("lots")
+
+
+def test_launcher_restarts_after_its_fork_server_died(backend: LocalBackend) -> None:
+    backend.submit(make_spec(1, ["true"]))
+    assert finished(backend, 1).outcome == JobState.SUCCEEDED
+    proc = backend.launcher._proc
+    assert proc is not None
+    proc.kill()
+    proc.wait()
+    backend.submit(make_spec(2, ["true"]))
+    assert finished(backend, 2).outcome == JobState.SUCCEEDED
+    assert backend.launcher._proc is not proc
+
+
+def test_supervisors_outlive_the_launcher(backend: LocalBackend) -> None:
+    backend.submit(make_spec(1, ["sleep", "1"]))
+    backend.launcher.close()  # as when the server stops
+    seen = finished(backend, 1)
+    assert (
+        seen.outcome == JobState.SUCCEEDED and seen.usage is not None and seen.usage.wall_s >= 0.9
+    )

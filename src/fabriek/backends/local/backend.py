@@ -7,7 +7,9 @@ import json
 import logging
 import marshal
 import os
+import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -43,6 +45,7 @@ class LocalBackend:
         self.gpus = gpus
         self.kill_grace_seconds = kill_grace_seconds
         self.on_change = on_change  # called from a watcher thread when a supervisor exits
+        self.launcher = Launcher(jobs_dir / "launcher.log")
         jobs_dir.mkdir(parents=True, exist_ok=True)
 
     def capacity(self) -> Capacity:
@@ -70,25 +73,18 @@ class LocalBackend:
         lock_fd = os.open(job_dir / "lock", os.O_CREAT | os.O_RDWR, 0o600)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            with open(job_dir / "shim.log", "ab") as shim_log:
-                proc = subprocess.Popen(
-                    # -I -S: no user site, no site-packages; the supervisor needs the standard library only.
-                    [sys.executable, "-I", "-S", str(SHIM), str(job_dir), str(lock_fd)],
-                    stdin=subprocess.DEVNULL,
-                    stdout=shim_log,
-                    stderr=shim_log,
-                    pass_fds=(lock_fd,),
-                    start_new_session=True,  # survives the server, and a Ctrl-C in its terminal
-                )
+            pid = self.launcher.launch(job_dir, lock_fd)
         finally:
             os.close(lock_fd)  # the supervisor's inherited copy keeps the lock
+        if pid is None:  # sent, but no answer: the supervisor may run; observation will tell
+            return handle
         shim.write_json_atomic(
             str(job_dir / "shim.json"),
-            {"pid": proc.pid, "pid_start": shim.proc_start_ticks(proc.pid)},
+            {"pid": pid, "pid_start": shim.proc_start_ticks(pid)},
             durable=False,
         )
         threading.Thread(
-            target=self._watch, args=(proc,), daemon=True, name=f"watch-{spec.job_id}"
+            target=self._watch, args=(pid,), daemon=True, name=f"watch-{spec.job_id}"
         ).start()
         return handle
 
@@ -116,8 +112,17 @@ class LocalBackend:
     def _gpu_uuid(self, index: int) -> str:
         return next((g.uuid for g in self.gpus if g.index == index), str(index))
 
-    def _watch(self, proc: subprocess.Popen[bytes]) -> None:
-        proc.wait()  # reaps the supervisor, then lets the controller look at once
+    def _watch(self, pid: int) -> None:
+        """Wake the controller the moment a supervisor ends (it is the launcher's child, not ours)."""
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self.on_change()
+            return
+        try:
+            select.select([pidfd], [], [])
+        finally:
+            os.close(pidfd)
         self.on_change()
 
     # --- observe ------------------------------------------------------------------------------
@@ -224,3 +229,67 @@ def detect_resources(cpus: int | None, memory_bytes: int | None) -> Resources:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         memory_bytes = total - min(total // 10, 4 * 1024**3)
     return Resources(cpus=cpus, memory_bytes=memory_bytes, gpus=0)
+
+
+class Launcher:
+    """Starts supervisors through a fork server (shim.py --forkserver), started on first use."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._sock: socket.socket | None = None
+
+    def _start(self) -> socket.socket:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with open(self.log_path, "ab") as log:
+            self._proc = subprocess.Popen(
+                # -I -S: no user site, no site-packages; it needs the standard library only.
+                [sys.executable, "-I", "-S", str(SHIM), "--forkserver", str(theirs.fileno())],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                pass_fds=(theirs.fileno(),),
+                start_new_session=True,  # its supervisors survive the server and its Ctrl-C
+            )
+        theirs.close()
+        self._sock = ours
+        return ours
+
+    def warm(self) -> None:
+        with self._lock:
+            if self._proc is None or self._proc.poll() is not None:
+                self._start()
+
+    def launch(self, job_dir: Path, lock_fd: int) -> int | None:
+        """The new supervisor's pid; None when the request went out but no answer came back."""
+        with self._lock:
+            sock = self._sock
+            if sock is None or self._proc is None or self._proc.poll() is not None:
+                sock = self._start()
+            try:
+                socket.send_fds(sock, [str(job_dir).encode()], [lock_fd])
+            except OSError:  # it died since: the request never left, so it is safe to send again
+                sock = self._start()
+                socket.send_fds(sock, [str(job_dir).encode()], [lock_fd])
+            # Beyond this point never retry: a request that left may have started the job.
+            sock.settimeout(10)
+            try:
+                reply = sock.recv(64)
+            except OSError:
+                reply = b""
+            if not reply:
+                log.error("the launcher did not answer for %s; restarting it", job_dir)
+                self._proc = None
+                return None
+            return int(reply)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._sock is not None:
+                self._sock.close()  # the fork server ends; supervisors live on
+            if self._proc is not None:
+                try:
+                    self._proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    self._proc.kill()

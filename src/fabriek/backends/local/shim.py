@@ -1,6 +1,7 @@
 """The job supervisor: one per job, detached from the server, standard library only.
 
-Started by the local backend as `python -I -S shim.py JOB_DIR LOCK_FD`. It imports only built-in
+Started as `python -I -S shim.py JOB_DIR LOCK_FD`, or forked by the same file run as a fork server
+(`shim.py --forkserver SOCKET_FD`, see `forkserver`). It imports only built-in
 modules before the job has started (launch latency is Python's start-up plus a fork), reads its orders
 from JOB_DIR/spec.marshal, and imports json and tarfile only when it needs them. It holds an exclusive flock on
 JOB_DIR/lock for its whole life (the fd is inherited, locked before it was started), so anyone can tell
@@ -199,10 +200,70 @@ class Supervisor:
         )
 
 
-def main(argv: list[str]) -> int:
-    job_dir, lock_fd = argv[1], int(argv[2])
+def supervise(job_dir: str, lock_fd: int) -> None:
     os.set_inheritable(lock_fd, False)  # the job must not hold our liveness lock
     Supervisor(job_dir).run()
+
+
+def forkserver(sock_fd: int) -> None:
+    """Launch supervisors by forking this small, already started process: a launch then costs a
+    fork (about a millisecond) instead of a Python start-up (tens of milliseconds).
+
+    Each message on the socket is a job directory with its locked lock file's descriptor attached;
+    the answer is the new supervisor's pid. Ends when the server closes its end.
+    """
+    import socket
+
+    sock = socket.socket(fileno=sock_fd)
+    signal.signal(signal.SIGCHLD, lambda *_: _reap())  # supervisors are our children
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    while True:
+        try:
+            message, fds, _, _ = socket.recv_fds(sock, 4096, 1)
+        except InterruptedError:
+            continue
+        if not message:
+            return  # the server is gone; the supervisors live on without us
+        pid = os.fork()
+        if pid == 0:
+            _become_supervisor(sock, message.decode(), fds[0])
+        for fd in fds:
+            os.close(fd)
+        sock.send(str(pid).encode())
+
+
+def _become_supervisor(sock: Any, job_dir: str, lock_fd: int) -> None:
+    code = 1
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # our reaper would steal the job's status
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        sock.close()
+        os.setsid()
+        log = os.open(
+            os.path.join(job_dir, "shim.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644
+        )
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(log)
+        supervise(job_dir, lock_fd)
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def _reap() -> None:
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+    except ChildProcessError:
+        pass
+
+
+def main(argv: list[str]) -> int:
+    if argv[1] == "--forkserver":
+        forkserver(int(argv[2]))
+    else:
+        supervise(argv[1], int(argv[2]))
     return 0
 
 
