@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from fabriek.server.db.models import AuditEventRow
@@ -21,8 +22,9 @@ def record(
     at: datetime,
     **details: Any,
 ) -> None:
-    session.add(
-        AuditEventRow(
+    # Written at once (a Core INSERT): it is append-only, nothing reads it back in the same unit.
+    session.execute(
+        insert(AuditEventRow.__table__).values(
             at=at,
             actor=actor.label,
             action=action,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, func, select, true
+from sqlalchemy import ColumnElement, func, insert, select, true
 from sqlalchemy.orm import Session
 
 from fabriek.core.errors import Conflict, Forbidden, NotFound, ResourcesUnavailable
@@ -57,8 +57,12 @@ def submit_job(
         submitted_at=now,
         reason=QUEUED_REASON,
     )
-    session.add(row)
-    session.flush()
+    # A Core INSERT, not the ORM's unit of work: submission is the API's hottest write.
+    values = {c.key: getattr(row, c.key) for c in JobRow.__table__.columns if c.key != "id"}
+    row.id = session.execute(
+        insert(JobRow).values(values).returning(JobRow.id),
+        execution_options={"synchronize_session": False},
+    ).scalar_one()
     record_submission(session, row, actor=actor.label)
     audit.record(
         session,

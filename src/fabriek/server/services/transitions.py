@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from fabriek.core.jobs import JobState, check_transition
@@ -55,8 +56,8 @@ def transition_job(
 
 def record_submission(session: Session, job: JobRow, *, actor: str) -> None:
     """The first event of every job: it entered the queue."""
-    session.add(
-        JobEventRow(
+    session.execute(
+        insert(JobEventRow.__table__).values(
             job_id=job.id, at=job.submitted_at, from_state=None, to_state=job.state, actor=actor
         )
     )
