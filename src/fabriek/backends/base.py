@@ -67,7 +67,8 @@ class Backend(Protocol):
 
     def submit(self, spec: LaunchSpec) -> Handle:
         """Start the job. Idempotent per job id: calling it again after a crash returns the handle of
-        the first launch and never starts the job twice. Raises on a failure to launch."""
+        the first launch and never starts the job twice. Raises only when the job surely did not
+        start; once it may have started, returns the handle and lets `poll` tell what happened."""
         ...
 
     def poll(self, handles: Mapping[int, Handle]) -> dict[int, Observation]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from fabriek.cli.output import STATE_STYLE, age, console, err_console, fail, handled, print_json
@@ -199,7 +200,7 @@ def submit(
     elif json_out:
         print_json(job)
     else:
-        err_console.print(f"submitted job [bold]{job.id}[/] ({job.name})", highlight=False)
+        err_console.print(f"submitted job [bold]{job.id}[/] ({escape(job.name)})", highlight=False)
     if wait:
         raise typer.Exit(_stream_until_done(client, job.id))
 
@@ -222,7 +223,10 @@ def _stream_until_done(client, job_id: int) -> int:  # type: ignore[no-untyped-d
             sys.stdout.buffer.write(chunk)
             sys.stdout.buffer.flush()
         job = client.wait(job_id)
-    err_console.print(f"job {job_id} {job.state.value}" + (f": {job.reason}" if job.reason else ""))
+    err_console.print(
+        f"job {job_id} {job.state.value}" + (f": {escape(job.reason)}" if job.reason else ""),
+        highlight=False,
+    )
     if job.exit_code is not None:
         return int(job.exit_code)
     return 128 + job.signal if job.signal else 1
@@ -249,8 +253,8 @@ def jobs(
         r = job.resources
         table.add_row(
             str(job.id),
-            job.name,
-            job.project,
+            escape(job.name),
+            escape(job.project),
             f"[{STATE_STYLE.get(job.state.value, '')}]{job.state.value}[/]",
             f"{r.cpus} cpu {format_bytes(r.memory_bytes)} {r.gpus} gpu",
             age(job.submitted_at),
@@ -270,11 +274,11 @@ def status(
         return
     r, u = job.resources, job.usage
     rows = [
-        ("job", f"{job.id} ({job.name})"),
+        ("job", f"{job.id} ({escape(job.name)})"),
         ("state", f"[{STATE_STYLE.get(job.state.value, '')}]{job.state.value}[/]"),
-        ("reason", job.reason or "-"),
-        ("project", f"{job.project}  user {job.user}"),
-        ("command", " ".join(job.argv)),
+        ("reason", escape(job.reason or "-")),
+        ("project", escape(f"{job.project}  user {job.user}")),
+        ("command", escape(" ".join(job.argv))),
         (
             "asked",
             f"{r.cpus} CPUs, {format_bytes(r.memory_bytes)}, {r.gpus} GPUs, "
@@ -306,8 +310,8 @@ def status(
             e.at.strftime("%Y-%m-%d %H:%M:%S"),
             e.from_state or "-",
             e.to_state,
-            e.actor,
-            e.reason or "",
+            escape(e.actor),
+            escape(e.reason or ""),
         )
     console.print(events)
 
@@ -341,7 +345,10 @@ def cancel(job_id: Annotated[int, typer.Argument(help="Job id.")]) -> None:
     """Cancel a job: a waiting one at once, a running one with SIGTERM, then SIGKILL after a grace."""
     with handled():
         job = _client().cancel(job_id)
-    console.print(f"job {job.id}: {job.state.value}" + (f" ({job.reason})" if job.reason else ""))
+    console.print(
+        f"job {job.id}: {job.state.value}" + (f" ({escape(job.reason)})" if job.reason else ""),
+        highlight=False,
+    )
 
 
 @app.command()
@@ -357,7 +364,7 @@ def download(
         names = _client().download_outputs(job_id, target)
     console.print(f"{len(names)} files in {target}{os.sep}")
     for name in names:
-        console.print(f"  {name}", highlight=False)
+        console.print(f"  {escape(name)}", highlight=False)
 
 
 def main() -> None:  # pragma: no cover - the console script

@@ -186,9 +186,11 @@ class Client:
         target = Path(directory)
         target.mkdir(parents=True, exist_ok=True)
         with tarfile.open(fileobj=io.BytesIO(response.content), mode="r:gz") as tar:
-            names = [m.name for m in tar.getmembers() if m.isfile()]
-            tar.extractall(target, filter="data")
-        return sorted(n.removeprefix("./") for n in names)
+            # Plain files and directories only: a job may have left links in its outputs, and links
+            # are how an archive escapes its directory.
+            members = [m for m in tar.getmembers() if m.isfile() or m.isdir()]
+            tar.extractall(target, members=members, filter="data")
+        return sorted(m.name.removeprefix("./") for m in members if m.isfile())
 
 
 def _error_of(response: httpx.Response) -> FabriekError:

@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from fabriek.core.errors import InvalidRequest
+
 
 def config_path() -> Path:
     """FABRIEK_CONFIG, else $XDG_CONFIG_HOME/fabriek/config.json, else ~/.config/fabriek/config.json."""
@@ -27,7 +29,12 @@ def load_config(url: str | None = None, token: str | None = None) -> ClientConfi
     stored: dict[str, str] = {}
     path = config_path()
     if path.exists():
-        stored = json.loads(path.read_text())
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise InvalidRequest(
+                f"cannot read the client config {path} ({exc}); run `fabriek login` again"
+            ) from None
     return ClientConfig(
         url=url or os.environ.get("FABRIEK_URL") or stored.get("url"),
         token=token or os.environ.get("FABRIEK_TOKEN") or stored.get("token"),

@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import io
 import os
+import stat
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +83,16 @@ def pack(root: Path, *, limit: int = DEFAULT_LIMIT) -> PackedWorkdir:
     """Pack `root`. Raises InvalidRequest for a missing directory, WorkdirTooLarge beyond `limit`."""
     if not root.is_dir():
         raise InvalidRequest(f"the workdir {str(root)!r} is not a directory")
-    entries = collect(root)
+    entries = []
+    for rel in collect(root):
+        mode = (root / rel).lstat().st_mode
+        if stat.S_ISLNK(mode):
+            raise InvalidRequest(
+                f"the workdir holds a symbolic link, {rel}; fabriek uploads no links: "
+                "list it in .fabriekignore or replace it with what it points to"
+            )
+        if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+            entries.append(rel)  # sockets, pipes and devices are left out
     sizes = {p: (root / p).lstat().st_size for p in entries if (root / p).is_file()}
     total = sum(sizes.values())
     if total > limit:
@@ -102,8 +112,13 @@ def pack(root: Path, *, limit: int = DEFAULT_LIMIT) -> PackedWorkdir:
             info.uid = info.gid = 0
             info.uname = info.gname = ""
             if info.isfile():
-                with open(root / rel, "rb") as f:
-                    tar.addfile(info, f)
+                try:
+                    with open(root / rel, "rb") as f:
+                        tar.addfile(info, f)
+                except OSError as exc:
+                    raise InvalidRequest(
+                        f"cannot read {rel} in the workdir: {exc.strerror}"
+                    ) from None
             else:
                 tar.addfile(info)
     data = buffer.getvalue()

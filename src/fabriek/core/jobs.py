@@ -94,6 +94,12 @@ def validate_request(
     *, name: str, argv: list[str], resources: Resources, time_limit_s: int, env: dict[str, str]
 ) -> None:
     """Reject requests that are malformed whatever the factory's size (one clear sentence each)."""
+    for what, text in [
+        ("job name", name),
+        *(("command", a) for a in argv),
+        *(("environment", t) for kv in env.items() for t in kv),
+    ]:
+        _check_text(what, text)
     if not name or len(name) > MAX_NAME_LEN or any(ord(c) < 32 for c in name):
         raise InvalidRequest(
             f"job name must be 1 to {MAX_NAME_LEN} printable characters, got {name!r}"
@@ -176,3 +182,10 @@ class Job:
     gpu_s: float | None
     queue_position: int | None = None
     events: tuple[JobEvent, ...] = ()
+
+
+def _check_text(what: str, text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest(f"the {what} holds text that is not valid Unicode") from None

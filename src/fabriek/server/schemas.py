@@ -43,7 +43,9 @@ class JobSubmit(BaseModel):
     gpus: int = Field(0, description="GPUs.")
     time_limit_s: int = Field(3600, description="Wall-clock limit in seconds.")
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables.")
-    workdir: str | None = Field(None, description="Digest of an uploaded workdir, or none.")
+    workdir: str | None = Field(
+        None, pattern="^[0-9a-f]{64}$", description="SHA-256 of an uploaded workdir, or none."
+    )
 
 
 class ResourcesOut(BaseModel):

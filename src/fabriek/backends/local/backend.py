@@ -20,7 +20,7 @@ from pathlib import Path
 from fabriek.backends.base import Handle, LaunchSpec, Observation, Phase, Usage
 from fabriek.backends.local import shim
 from fabriek.backends.local.gpus import GpuInfo
-from fabriek.core.jobs import JobState, Resources
+from fabriek.core.jobs import FINAL_STATES, JobState, Resources
 from fabriek.scheduling.snapshot import Capacity
 
 log = logging.getLogger(__name__)
@@ -58,8 +58,11 @@ class LocalBackend:
     # --- submit -------------------------------------------------------------------------------
     def submit(self, spec: LaunchSpec) -> Handle:
         job_dir = self.job_dir(spec.job_id)
-        job_dir.mkdir(parents=True, exist_ok=True)
+        job_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         handle: Handle = {"dir": str(job_dir)}
+        if (job_dir / "launched").exists():  # launched before a crash: adopt it, change nothing
+            log.info("job %s was launched before; adopting it", spec.job_id)
+            return handle
         # marshal: the supervisor reads it before the job starts, and json would cost it an import.
         # Not fsync'd: after a power cut nothing of this machine's jobs survives anyway.
         spec_file = str(job_dir / "spec.marshal")
@@ -68,7 +71,6 @@ class LocalBackend:
             # The marker makes the launch happen at most once, whatever crashes in between.
             os.close(os.open(job_dir / "launched", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         except FileExistsError:
-            log.info("job %s was launched before; adopting it", spec.job_id)
             return handle
         lock_fd = os.open(job_dir / "lock", os.O_CREAT | os.O_RDWR, 0o600)
         try:
@@ -76,16 +78,20 @@ class LocalBackend:
             pid = self.launcher.launch(job_dir, lock_fd)
         finally:
             os.close(lock_fd)  # the supervisor's inherited copy keeps the lock
-        if pid is None:  # sent, but no answer: the supervisor may run; observation will tell
-            return handle
-        shim.write_json_atomic(
-            str(job_dir / "shim.json"),
-            {"pid": pid, "pid_start": shim.proc_start_ticks(pid)},
-            durable=False,
-        )
-        threading.Thread(
-            target=self._watch, args=(pid,), daemon=True, name=f"watch-{spec.job_id}"
-        ).start()
+        # From here on the job may be running: never raise, or it would be marked failed while it
+        # runs. What fails below only costs a faster wake-up or a signal; observation still works.
+        if pid is not None:
+            try:
+                shim.write_json_atomic(
+                    str(job_dir / "shim.json"),
+                    {"pid": pid, "pid_start": shim.proc_start_ticks(pid)},
+                    durable=False,
+                )
+                threading.Thread(
+                    target=self._watch, args=(pid,), daemon=True, name=f"watch-{spec.job_id}"
+                ).start()
+            except Exception:
+                log.exception("job %s started, but its bookkeeping failed", spec.job_id)
         return handle
 
     def _spec_file(self, spec: LaunchSpec) -> dict[str, object]:
@@ -127,20 +133,27 @@ class LocalBackend:
 
     # --- observe ------------------------------------------------------------------------------
     def poll(self, handles: Mapping[int, Handle]) -> dict[int, Observation]:
-        return {job_id: self._observe(Path(h["dir"])) for job_id, h in handles.items()}
+        seen = {}
+        for job_id, handle in handles.items():
+            try:
+                seen[job_id] = self._observe(Path(handle["dir"]))
+            except Exception:  # one job's trouble must not blind the controller to the others
+                log.exception("cannot observe job %s; trying again next pass", job_id)
+        return seen
 
     def _observe(self, job_dir: Path) -> Observation:
         if not (job_dir / "launched").exists():
             return Observation(Phase.LOST, reason="the job was never launched")
         alive = _lock_held(job_dir / "lock")
-        # Read the result only after the liveness check: a supervisor writes it before it exits.
-        result = _read_json(job_dir / "result.json")
         started = _read_json(job_dir / "started.json")
         started_at = _parse_time(started.get("started_at")) if started else None
+        if alive:
+            # Its result counts only once the supervisor has exited: it writes the result last, and
+            # a file the job itself wrote there meanwhile is replaced by then.
+            return Observation(Phase.RUNNING if started else Phase.STARTING, started_at=started_at)
+        result = _read_json(job_dir / "result.json")
         if result:
             return _finished(result, started_at)
-        if alive:
-            return Observation(Phase.RUNNING if started else Phase.STARTING, started_at=started_at)
         self._kill_orphan(started)
         return Observation(
             Phase.LOST, started_at=started_at, reason="the job's supervisor ended without a result"
@@ -196,10 +209,12 @@ def _lock_held(path: Path) -> bool:
 
 
 def _read_json(path: Path) -> dict[str, object] | None:
+    """A JSON object from `path`; None if it is missing, torn (e.g. after a power cut) or not one."""
     try:
-        return json.loads(path.read_text())  # type: ignore[no-any-return]
-    except FileNotFoundError:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
         return None
+    return data if isinstance(data, dict) else None
 
 
 def _parse_time(value: object) -> datetime | None:
@@ -208,16 +223,37 @@ def _parse_time(value: object) -> datetime | None:
 
 
 def _finished(result: dict[str, object], started_at: datetime | None) -> Observation:
+    outcome = result.get("outcome")
     usage = result.get("usage")
+    exit_code, signum = result.get("exit_code"), result.get("signal")
+    valid = (
+        outcome in {s.value for s in FINAL_STATES}
+        and isinstance(exit_code, int | None)
+        and isinstance(signum, int | None)
+        and (usage is None or _valid_usage(usage))
+    )
+    if not valid:
+        return Observation(
+            Phase.LOST, started_at=started_at, reason="the job's result is unreadable"
+        )
+    reason = result.get("reason")
     return Observation(
         Phase.FINISHED,
         started_at=started_at,
         finished_at=_parse_time(result.get("finished_at")),
-        outcome=JobState(str(result["outcome"])),
-        exit_code=result.get("exit_code"),  # type: ignore[arg-type]
-        signal=result.get("signal"),  # type: ignore[arg-type]
-        reason=result.get("reason"),  # type: ignore[arg-type]
+        outcome=JobState(str(outcome)),
+        exit_code=exit_code,  # type: ignore[arg-type]
+        signal=signum,  # type: ignore[arg-type]
+        reason=reason if isinstance(reason, str) else None,
         usage=Usage(**usage) if isinstance(usage, dict) else None,
+    )
+
+
+def _valid_usage(usage: object) -> bool:
+    return (
+        isinstance(usage, dict)
+        and set(usage) == {"wall_s", "cpu_s", "max_rss_bytes"}
+        and all(isinstance(v, int | float) for v in usage.values())
     )
 
 

@@ -129,23 +129,30 @@ class Controller:
     def _observe(self, report: PassReport) -> None:
         with self.readers() as session:
             rows = session.execute(
-                select(JobRow.id, JobRow.handle).where(JobRow.state.in_(ACTIVE))
+                select(JobRow.id, JobRow.handle, JobRow.state).where(JobRow.state.in_(ACTIVE))
             ).all()
-        unlaunched = [job_id for job_id, handle in rows if handle is None]
+        unlaunched = [job_id for job_id, handle, _ in rows if handle is None]
         for job_id in unlaunched:  # admitted, then a crash before the launch was recorded
             self._launch(job_id)
-        handles = {job_id: handle for job_id, handle in rows if handle is not None}
+        handles = {job_id: handle for job_id, handle, _ in rows if handle is not None}
+        states = {job_id: state for job_id, _, state in rows}
         observations = self.backend.poll(handles) if handles else {}
         report.observed = len(observations)
         for job_id, seen in observations.items():
-            self._apply(job_id, seen, report)
+            if seen.phase == Phase.STARTING:
+                report.starting += 1
+            elif seen.phase == Phase.RUNNING and states[job_id] == JobState.RUNNING.value:
+                continue  # no news: no write
+            else:
+                try:
+                    self._apply(job_id, seen, report)
+                except Exception:  # one job's trouble must not stop the others
+                    log.exception("cannot record what job %s did; trying again next pass", job_id)
 
     def _apply(self, job_id: int, seen: Observation, report: PassReport) -> None:
-        if seen.phase == Phase.STARTING:
-            report.starting += 1
-            return
         with transaction(self.sessions) as session:
-            row = session.get(JobRow, job_id)
+            # Locked: on PostgreSQL a cancel may be writing this row at the same time.
+            row = session.get(JobRow, job_id, with_for_update=True)
             if row is None or row.state not in ACTIVE:
                 return
             now = self.clock()
@@ -214,7 +221,10 @@ class Controller:
                 )
             ).all()
         for job_id, handle in rows:
-            self.backend.cancel(job_id, handle)  # idempotent: repeated each pass until it ends
+            try:
+                self.backend.cancel(job_id, handle)  # idempotent: repeated each pass until it ends
+            except Exception:
+                log.exception("cannot cancel job %s; trying again next pass", job_id)
         report.cancelled = len(rows)
 
     def _admit(self, report: PassReport) -> None:
@@ -241,7 +251,7 @@ class Controller:
         if decisions.admissions:
             with transaction(self.sessions) as session:
                 for admission in decisions.admissions:
-                    row = session.get(JobRow, admission.job_id)
+                    row = session.get(JobRow, admission.job_id, with_for_update=True)
                     if row is None or row.state != JobState.PENDING.value:
                         continue  # cancelled since the snapshot was taken
                     transition_job(
@@ -311,6 +321,25 @@ class Controller:
 
     def _launch(self, job_id: int) -> None:
         """Hand an admitted job to the backend, then record the handle. Safe to repeat after a crash."""
+        with self.readers() as session:
+            row = session.get(JobRow, job_id)
+            if row is None or row.state != JobState.ADMITTED.value:
+                return
+            cancelled = row.cancel_requested_at is not None
+        if cancelled:  # asked to stop between admission and launch: never start it
+            with transaction(self.sessions) as session:
+                row = session.get(JobRow, job_id, with_for_update=True)
+                if row is not None and row.state == JobState.ADMITTED.value:
+                    transition_job(
+                        session,
+                        row,
+                        JobState.CANCELLED,
+                        at=self.clock(),
+                        actor=SYSTEM.label,
+                        reason="cancelled before it started",
+                    )
+                    self._freed = True
+            return
         with self.readers() as session:
             row = session.get(JobRow, job_id)
             if row is None or row.state != JobState.ADMITTED.value:

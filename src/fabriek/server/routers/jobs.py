@@ -5,7 +5,7 @@ import tarfile
 import tempfile
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel
 from starlette.background import BackgroundTask
@@ -19,6 +19,8 @@ from fabriek.server.services import jobs as service
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 MAX_LOG_CHUNK = 1024 * 1024
+# Bounded, so that an absurd id or offset is a 422, not an overflow in the database or in seek().
+JobId = Annotated[int, Path(ge=1, le=2**63 - 1, description="Job id.")]
 
 
 def _json(model: BaseModel | list[JobOut], status_code: int = 200) -> Response:
@@ -69,7 +71,7 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobOut)
-def get(job_id: int, actor: ActorDep, runtime: RuntimeDep) -> Response:
+def get(job_id: JobId, actor: ActorDep, runtime: RuntimeDep) -> Response:
     """Everything known about one job: its state, why it waits, what it used, its history."""
     with runtime.reading() as session:
         job = service.get_job(session, actor=actor, job_id=job_id)
@@ -77,7 +79,7 @@ def get(job_id: int, actor: ActorDep, runtime: RuntimeDep) -> Response:
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)
-def cancel(job_id: int, actor: ActorDep, runtime: RuntimeDep) -> Response:
+def cancel(job_id: JobId, actor: ActorDep, runtime: RuntimeDep) -> Response:
     with runtime.transaction() as session:
         job = service.cancel_job(session, actor=actor, job_id=job_id, now=runtime.clock())
     runtime.controller.wake()
@@ -90,10 +92,10 @@ def cancel(job_id: int, actor: ActorDep, runtime: RuntimeDep) -> Response:
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
 def logs(
-    job_id: int,
+    job_id: JobId,
     actor: ActorDep,
     runtime: RuntimeDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_LOG_CHUNK)] = MAX_LOG_CHUNK,
 ) -> Response:
     """Combined stdout and stderr from byte `offset`. Headers: X-Fabriek-Next-Offset (where to
@@ -119,7 +121,7 @@ def logs(
     response_class=FileResponse,
     responses={200: {"content": {"application/gzip": {}}}},
 )
-def outputs(job_id: int, actor: ActorDep, runtime: RuntimeDep) -> FileResponse:
+def outputs(job_id: JobId, actor: ActorDep, runtime: RuntimeDep) -> FileResponse:
     """The files the job wrote to $FABRIEK_OUTPUT_DIR, as a gzip'd tar archive."""
     with runtime.reading() as session:
         row = service.job_row_for_files(session, actor=actor, job_id=job_id)

@@ -3,8 +3,10 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Annotated
 
 from fastapi import APIRouter, Request
+from fastapi import Path as PathParam
 from starlette.concurrency import run_in_threadpool
 
 from fabriek.core.errors import WorkdirTooLarge
@@ -57,6 +59,10 @@ async def upload(request: Request, actor: ActorDep, runtime: RuntimeDep) -> Work
 
 
 @router.get("/{digest}", response_model=WorkdirOut)
-def get(digest: str, actor: ActorDep, runtime: RuntimeDep) -> WorkdirOut:
+def get(
+    digest: Annotated[str, PathParam(pattern="^[0-9a-f]{64}$")],
+    actor: ActorDep,
+    runtime: RuntimeDep,
+) -> WorkdirOut:
     with runtime.reading() as session:
         return _out(service.get_workdir(session, actor=actor, digest=digest))

@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, func, insert, select, true
 from sqlalchemy.orm import Session
 
-from fabriek.core.errors import Conflict, Forbidden, NotFound, ResourcesUnavailable
+from fabriek.core.errors import Conflict, Forbidden, InvalidRequest, NotFound, ResourcesUnavailable
 from fabriek.core.jobs import Job, JobEvent, JobRequest, JobState, Resources, validate_request
 from fabriek.core.units import format_bytes
 from fabriek.server.db.models import JobEventRow, JobRow, ProjectMemberRow, ProjectRow, UserRow
@@ -38,6 +38,8 @@ def submit_job(
         env=request.env,
     )
     _check_fits(request.resources, largest)
+    if not request.project.isprintable() or len(request.project) > 128:
+        raise InvalidRequest(f"invalid project name {request.project!r}")
     project = _project_for(session, actor=actor, name=request.project)
     if request.workdir_digest is not None:
         get_workdir(session, actor=actor, digest=request.workdir_digest)
@@ -136,13 +138,18 @@ def list_jobs(
     return [to_job(row, project=p, user=u) for row, p, u in session.execute(query)]
 
 
-def _load(session: Session, *, actor: Actor, job_id: int) -> tuple[JobRow, str, str]:
-    found = session.execute(
+def _load(
+    session: Session, *, actor: Actor, job_id: int, for_update: bool = False
+) -> tuple[JobRow, str, str]:
+    query = (
         select(JobRow, ProjectRow.name, UserRow.name)
         .join(ProjectRow, ProjectRow.id == JobRow.project_id)
         .join(UserRow, UserRow.id == JobRow.user_id)
         .where(JobRow.id == job_id, _visible(actor))
-    ).first()
+    )
+    if for_update:  # the controller may be moving this job at the same moment (PostgreSQL)
+        query = query.with_for_update(of=JobRow)
+    found = session.execute(query).first()
     if found is None:  # another tenant's job is indistinguishable from no job
         raise NotFound(f"no job {job_id}")
     return found[0], found[1], found[2]
@@ -179,7 +186,7 @@ def job_row_for_files(session: Session, *, actor: Actor, job_id: int) -> JobRow:
 
 def cancel_job(session: Session, *, actor: Actor, job_id: int, now: datetime) -> Job:
     """Cancel a job: at once if it waits; through the controller and its backend if it runs."""
-    row, project, user = _load(session, actor=actor, job_id=job_id)
+    row, project, user = _load(session, actor=actor, job_id=job_id, for_update=True)
     state = JobState(row.state)
     if state.is_final:
         raise Conflict(f"job {job_id} has already finished ({state.value})")

@@ -40,6 +40,11 @@ def inspect_archive(path: Path, *, max_unpacked: int) -> tuple[int, int]:
     try:
         with tarfile.open(path, "r:gz") as tar:
             for member in tar:
+                if not (member.isfile() or member.isdir()):
+                    raise InvalidRequest(
+                        f"the workdir archive holds {member.name!r}, which is not a plain file or "
+                        "directory; links and special files are not accepted"
+                    )
                 try:
                     tarfile.data_filter(member, dest)
                 except tarfile.FilterError as exc:
