@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import tarfile
 
 import httpx
@@ -79,6 +80,10 @@ def test_every_endpoint_but_health_needs_a_valid_token(
         (job_body(cpus="many"), 422, "invalid_request"),
         (job_body(surprise=1), 422, "invalid_request"),
         (job_body(project="nope"), 404, "not_found"),
+        (job_body(argv=["echo", "\ud800"]), 422, "invalid_request"),
+        (job_body(name="\udcff"), 422, "invalid_request"),
+        (job_body(env={"A": "\ud800"}), 422, "invalid_request"),
+        (job_body(workdir="../../etc"), 422, "invalid_request"),
         (job_body(workdir="0" * 64), 404, "not_found"),
         ({"argv": ["true"]}, 422, "invalid_request"),
     ],
@@ -88,7 +93,10 @@ def test_bad_submissions_get_stable_codes_and_write_nothing(
 ) -> None:
     with server.http() as http:
         before = len(http.get("/jobs", params={"limit": 10000}).json())
-        r = http.post("/jobs", json=body)
+        # json.dumps escapes lone surrogates as \\udXXX, as a hostile client could send them.
+        r = http.post(
+            "/jobs", content=json.dumps(body), headers={"Content-Type": "application/json"}
+        )
         assert (r.status_code, r.json()["error"]["code"]) == (status, code), r.text
         assert r.json()["error"]["message"]
         assert len(http.get("/jobs", params={"limit": 10000}).json()) == before
@@ -106,6 +114,10 @@ def test_malformed_requests_are_4xx_never_500(server: ServerProcess) -> None:
         assert http.get("/jobs/999999").json()["error"]["code"] == "not_found"
         assert http.get("/jobs", params={"state": "bogus"}).status_code == 422
         assert http.get("/jobs/1/logs", params={"offset": -1}).status_code == 422
+        assert http.get(f"/jobs/{2**63}").json()["error"]["code"] == "invalid_request"
+        assert http.post(f"/jobs/{2**64}/cancel").json()["error"]["code"] == "invalid_request"
+        assert http.get("/jobs/1/logs", params={"offset": 2**70}).status_code == 422
+        assert http.get("/workdirs/..%2f..%2fetc").status_code in (404, 422)
         assert http.get("/nowhere").json()["error"]["code"] == "not_found"
         assert http.delete("/jobs").json()["error"]["code"] == "method_not_allowed"
 

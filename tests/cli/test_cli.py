@@ -227,3 +227,23 @@ def test_job_sees_its_variables_not_the_servers_secrets(server: ServerProcess) -
     assert (
         words[0] == "hoi" and words[1].isdigit() and words[2] == "1" and words[3:] == ["[]", "[]"]
     )
+
+
+def test_markup_in_user_data_is_shown_literally(server: ServerProcess) -> None:
+    r = server.cli("submit", "--parsable", "--no-workdir", "--name", "[/]evil[bold]", "--", "true")
+    assert r.returncode == 0, r.stderr
+    wait_for(
+        lambda: (
+            json.loads(server.cli("status", r.stdout.strip(), "--json").stdout)["state"]
+            == "succeeded"
+        )
+    )
+    table = server.cli("jobs")
+    assert table.returncode == 0 and "[/]evil[bold]" in table.stdout
+    assert "[/]evil[bold]" in server.cli("status", r.stdout.strip()).stdout
+
+
+def test_symlinks_in_the_workdir_are_refused_by_name(server: ServerProcess, project: Path) -> None:
+    (project / "link").symlink_to("/etc/passwd")
+    r = server.cli("submit", "--", "true", cwd=project)
+    assert r.returncode == 2 and "link" in r.stderr and "symbolic link" in r.stderr

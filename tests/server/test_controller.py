@@ -195,3 +195,39 @@ def test_lost_job_fails_with_reason(
             select(JobEventRow.to_state).where(JobEventRow.job_id == job.id)
         ).all()
     assert events.count("failed") == 1
+
+
+def test_cancel_between_admission_and_launch_never_starts(
+    sessions: sessionmaker[Session], tmp_path: Path, clock: FrozenClock
+) -> None:
+    admin, _ = make_admin(sessions, clock())
+    marker = tmp_path / "ran"
+    job = make_job(sessions, admin, clock(), argv=["touch", str(marker)])
+    with sessions() as session, session.begin():
+        row = session.get(JobRow, job.id)
+        assert row is not None
+        transition_job(session, row, JobState.ADMITTED, at=clock(), actor="controller", gpu_ids=[])
+        cancel_job(session, actor=admin, job_id=job.id, now=clock())
+    controller = make_controller(sessions, tmp_path, clock)
+    [done] = settle(controller, sessions, admin, [job.id])
+    assert done.state == JobState.CANCELLED and done.started_at is None
+    assert not marker.exists()
+
+
+def test_incremental_passes_admit_new_jobs_and_full_passes_the_old(
+    sessions: sessionmaker[Session], tmp_path: Path, clock: FrozenClock
+) -> None:
+    admin, _ = make_admin(sessions, clock())
+    controller = make_controller(sessions, tmp_path, clock)
+    holder = make_job(sessions, admin, clock(), argv=["sleep", "1"]).id
+    controller.run_pass()
+    big = make_job(sessions, admin, clock(), argv=["true"], cpus=2).id  # waits for the holder
+    controller.run_pass()
+    small = make_job(sessions, admin, clock(), argv=["true"]).id  # fits beside the holder
+    controller.run_pass()  # nothing was freed: only the new job is looked at, and it fits
+    with sessions() as session:
+        assert session.get(JobRow, small).state in ("admitted", "running")  # type: ignore[union-attr]
+        assert session.get(JobRow, big).state == "pending"  # type: ignore[union-attr]
+    jobs = settle(controller, sessions, admin, [holder, big, small])
+    assert [j.state for j in jobs] == [JobState.SUCCEEDED] * 3
+    assert jobs[1].started_at is not None and jobs[1].started_at >= jobs[0].finished_at  # type: ignore[operator]

@@ -155,7 +155,8 @@ def test_workdir_is_unpacked_into_a_fresh_copy(backend: LocalBackend, tmp_path: 
     for job_id in (1, 2):
         assert finished(backend, job_id).outcome == JobState.SUCCEEDED
         assert (backend.job_dir(job_id) / "output.log").read_text() == "payload\n"
-    assert backend.job_dir(1) / "work" != backend.job_dir(2) / "work"
+    (backend.job_dir(1) / "work" / "data.txt").write_text("changed by job 1")
+    assert (backend.job_dir(2) / "work" / "data.txt").read_text() == "payload"  # copies, not shared
 
 
 def test_unsafe_workdir_is_refused(backend: LocalBackend, tmp_path: Path) -> None:
@@ -188,8 +189,45 @@ def test_a_dead_supervisor_is_lost_and_its_job_ended(backend: LocalBackend) -> N
 
 
 def test_start_ticks_identify_a_process() -> None:
-    assert proc_start_ticks(os.getpid()) == proc_start_ticks(os.getpid())
+    import subprocess
+
+    mine = proc_start_ticks(os.getpid())
+    assert isinstance(mine, int) and mine == proc_start_ticks(os.getpid())
+    child = subprocess.Popen(["sleep", "0.2"])
+    theirs = proc_start_ticks(child.pid)
+    child.wait()
+    assert isinstance(theirs, int) and theirs >= mine
     assert proc_start_ticks(2**22 + 7) is None
+
+
+def test_a_result_forged_by_the_running_job_is_ignored(backend: LocalBackend) -> None:
+    forged = '{"outcome": "succeeded", "exit_code": 0}'
+    backend.submit(make_spec(1, ["sh", "-c", f"echo '{forged}' > ../result.json; sleep 1; exit 5"]))
+    handle = {"dir": str(backend.job_dir(1))}
+    wait_for(lambda: (backend.job_dir(1) / "result.json").exists(), what="the forged file")
+    assert backend.poll({1: handle})[1].phase == Phase.RUNNING
+    seen = finished(backend, 1)
+    assert (seen.outcome, seen.exit_code) == (JobState.FAILED, 5)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "",
+        "{not json",
+        "[]",
+        '{"outcome": "bogus"}',
+        '{"outcome": "succeeded", "usage": {"wall_s": "x"}}',
+    ],
+)
+def test_a_torn_or_bad_result_is_lost_not_a_crash(backend: LocalBackend, content: str) -> None:
+    job_dir = backend.job_dir(1)
+    job_dir.mkdir(parents=True)
+    (job_dir / "launched").touch()
+    (job_dir / "started.json").write_text(content)
+    (job_dir / "result.json").write_text(content)
+    seen = backend.poll({1: {"dir": str(job_dir)}})[1]
+    assert seen.phase == Phase.LOST
 
 
 def test_gpu_setting_parsing() -> None:
