@@ -202,7 +202,9 @@ def process_cpu_seconds(pid: int) -> float:
 
 
 def _all_processes() -> dict[int, tuple[int, str, float]]:
-    """pid -> (ppid, command name, CPU seconds) of every process we may read."""
+    """pid -> (ppid, command name, CPU seconds) of every process we may read. The CPU seconds include
+    those of its children that ended and were waited for, so work of short-lived processes counts
+    for whoever started them."""
     tick = os.sysconf("SC_CLK_TCK")
     found = {}
     for entry in Path("/proc").iterdir():
@@ -214,7 +216,8 @@ def _all_processes() -> dict[int, tuple[int, str, float]]:
             continue
         comm = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2 :].split()
-        found[int(entry.name)] = (int(fields[1]), comm, (int(fields[11]) + int(fields[12])) / tick)
+        cpu = sum(int(v) for v in fields[11:15]) / tick  # utime, stime, cutime, cstime
+        found[int(entry.name)] = (int(fields[1]), comm, cpu)
     return found
 
 
@@ -275,6 +278,39 @@ class CpuMonitor:
             "other_cores": max(0.0, total - ours - postgres) / wall,
             "steal_cores": (steal - self.steal) / wall,
         }
+
+
+def wait_for_quiet(max_wait: float, *roots: int, threshold: float = 0.15) -> None:
+    """Wait (at most max_wait seconds) until other processes use less than `threshold` cores over
+    3 s, so a measurement does not share this machine with someone's test run. 0: do not wait."""
+    if max_wait <= 0:
+        return
+    began = time.monotonic()
+    while True:
+        monitor = CpuMonitor(*roots)
+        time.sleep(3)
+        cpu = monitor.stop()
+        foreign = cpu["machine_busy_cores"] - cpu["benchmark_cores"] + cpu["steal_cores"]
+        waited = time.monotonic() - began
+        if foreign < threshold:
+            if waited > 4:
+                print(f"(waited {waited:.0f} s for the machine to be quiet)", flush=True)
+            return
+        if waited > max_wait:
+            print(
+                f"(the machine is still busy after {waited:.0f} s: {foreign:.2f} cores)", flush=True
+            )
+            return
+
+
+def foreign_load(cpu: dict[str, float], *, uses_postgres: bool) -> float:
+    """Cores that other work took during a measurement (PostgreSQL counts when this run did not use
+    it: then it served someone else)."""
+    foreign = cpu["other_cores"] + cpu["steal_cores"]
+    return foreign if uses_postgres else foreign + cpu["postgres_cores"]
+
+
+NOISY = 0.2  # cores of foreign load above which a result is flagged
 
 
 def describe_cpu(cpu: dict[str, float]) -> str:

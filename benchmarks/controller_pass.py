@@ -54,15 +54,18 @@ from typing import Any
 from _harness import (
     DATABASES,
     DEFAULT_PG,
+    NOISY,
     CpuMonitor,
     database,
     describe,
     describe_cpu,
+    foreign_load,
     kill_job_processes,
     machine,
     percentile,
     summary_ms,
     table,
+    wait_for_quiet,
     write_json,
 )
 from sqlalchemy import insert, select, text
@@ -229,6 +232,7 @@ def bench_database(kind: str, args: argparse.Namespace) -> dict[str, Any]:
             (insert_bulk if args.insert == "bulk" else insert_service)(runtime, actor, args.jobs)
             insert_s = time.perf_counter() - began
 
+            wait_for_quiet(args.wait_quiet)
             first_s, first_steps, pending = timed_pass(runtime)
             print(f"[{kind}] first pass {first_s * 1000:.0f} ms; steady passes ...", flush=True)
             monitor = CpuMonitor()
@@ -332,6 +336,13 @@ def main() -> None:
         "--profile", type=int, default=0, metavar="N", help="cProfile N more steady passes"
     )
     parser.add_argument("--quick", action="store_true", help="1,000 jobs, 10 passes, 5 incremental")
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0,
+        metavar="S",
+        help="before each measurement, wait up to S seconds for other load on the machine to end",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args()
     host = machine()
@@ -395,7 +406,7 @@ def main() -> None:
     for r in results:
         print(f"{r['database']}: steady and full passes: {describe_cpu(r['steady_cpu_cores'])}")
         cpu = r["steady_cpu_cores"]
-        if cpu["other_cores"] + cpu["steal_cores"] > 0.2:
+        if foreign_load(cpu, uses_postgres=r["database"] == "postgres") > NOISY:
             print(
                 f"{r['database']}: WARNING: other load on the machine during the steady and full passes"
             )

@@ -39,16 +39,19 @@ from typing import Any
 import httpx
 from _harness import (
     DEFAULT_PG,
+    NOISY,
     CpuMonitor,
     Server,
     database,
     describe,
     describe_cpu,
     fabriek_server,
+    foreign_load,
     job_body,
     machine,
     summary_ms,
     table,
+    wait_for_quiet,
     write_json,
 )
 
@@ -161,6 +164,7 @@ def bench_database(kind: str, args: argparse.Namespace) -> dict[str, Any]:
                         results.append(one)
 
         print(f"[{kind}] {args.jobs} jobs, {args.in_flight} in flight ...", flush=True)
+        wait_for_quiet(args.wait_quiet, server.proc.pid)
         monitor = CpuMonitor(server.proc.pid)
         began = time.perf_counter()
         threads = [threading.Thread(target=worker) for _ in range(args.in_flight)]
@@ -208,6 +212,13 @@ def main() -> None:
     parser.add_argument("--job-timeout", type=float, default=30, help="longest wait for one job")
     parser.add_argument("--max-seconds", type=float, default=600, help="stop after this long")
     parser.add_argument("--quick", action="store_true", help="50 jobs, 30 baseline runs")
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0,
+        metavar="S",
+        help="before each measurement, wait up to S seconds for other load on the machine to end",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args()
     host = machine()
@@ -216,6 +227,7 @@ def main() -> None:
         args.jobs, args.baseline_runs = 50, 30
 
     print(f"baselines: {args.baseline_runs} runs each ...", flush=True)
+    wait_for_quiet(args.wait_quiet)
     monitor = CpuMonitor()
     base = baselines(args.baseline_runs)
     base_cpu = monitor.stop()
@@ -266,9 +278,11 @@ def main() -> None:
         )
     )
     print(f"baselines: {describe_cpu(base_cpu)}")
+    if foreign_load(base_cpu, uses_postgres=False) > NOISY:
+        print("baselines: WARNING: other load on the machine during the baselines")
     for r in results:
         print(f"{r['database']}: {describe_cpu(r['cpu_cores'])}")
-        if r["cpu_cores"]["other_cores"] + r["cpu_cores"]["steal_cores"] > 0.2:
+        if foreign_load(r["cpu_cores"], uses_postgres=r["database"] == "postgres") > NOISY:
             print(f"{r['database']}: WARNING: other load on the machine during the run")
         if r["stopped_early"]:
             print(f"{r['database']}: stopped early after --max-seconds {args.max_seconds}")

@@ -50,16 +50,19 @@ import httpx
 from _harness import (
     DATABASES,
     DEFAULT_PG,
+    NOISY,
     CpuMonitor,
     Server,
     database,
     describe,
     describe_cpu,
     fabriek_server,
+    foreign_load,
     job_body,
     machine,
     summary_ms,
     table,
+    wait_for_quiet,
     write_json,
 )
 
@@ -315,11 +318,13 @@ def bench_database(kind: str, args: argparse.Namespace) -> dict[str, Any]:
             return ("POST", "/jobs", job_body(f"bench-{i}", ["true"]))
 
         load(server, min(200, args.health_requests), args.concurrency, health, args.client, 60)
+        wait_for_quiet(args.wait_quiet, server.proc.pid)
         print(f"[{kind}] baseline: {args.health_requests} x GET /health ...", flush=True)
         baseline = load(
             server, args.health_requests, args.concurrency, health, args.client, args.max_seconds
         )
         print(f"[{kind}] {baseline.rate:,.0f} req/s; now {args.jobs} x POST /jobs ...", flush=True)
+        wait_for_quiet(args.wait_quiet, server.proc.pid)
         run = load(server, args.jobs, args.concurrency, submit, args.client, args.max_seconds)
         print(f"[{kind}] {run.rate:,.0f} submissions/s", flush=True)
 
@@ -377,6 +382,13 @@ def main() -> None:
         "--max-seconds", type=float, default=300, help="stop each phase after this long"
     )
     parser.add_argument("--quick", action="store_true", help="500 jobs, 500 health requests")
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0,
+        metavar="S",
+        help="before each measurement, wait up to S seconds for other load on the machine to end",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args()
     host = machine()
@@ -437,7 +449,7 @@ def main() -> None:
         for phase in ("health", "submit"):
             cpu = r[phase]["cpu_cores"]
             print(f"{r['database']}: {phase}: {describe_cpu(cpu)}")
-            if cpu["other_cores"] + cpu["steal_cores"] > 0.2:
+            if foreign_load(cpu, uses_postgres=r["database"] == "postgres") > NOISY:
                 print(f"{r['database']}: WARNING: other load on the machine during {phase}")
         if r["submit"]["stopped_early"] or r["health"]["stopped_early"]:
             print(f"{r['database']}: stopped early after --max-seconds {args.max_seconds}")

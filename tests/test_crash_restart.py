@@ -108,3 +108,31 @@ def state(server: ServerProcess, job_id: int) -> str:
 
 def _job_pid(server: ServerProcess, job_id: int) -> int:
     return int(json.loads((server.home / "jobs" / str(job_id) / "started.json").read_text())["pid"])
+
+
+def test_two_servers_on_one_postgresql_database_are_refused(tmp_path: Path, pg_server: str) -> None:
+    import subprocess
+
+    from tests.helpers import FABRIEK
+
+    name, url = create_pg_database(pg_server)
+    first = ServerProcess(
+        home=tmp_path / "a",
+        port=free_port(),
+        env=server_env(tmp_path / "a", FABRIEK_DATABASE_URL=url),
+    )
+    first.home.mkdir()
+    first.start()
+    try:
+        env = server_env(tmp_path / "b", FABRIEK_DATABASE_URL=url)
+        second = subprocess.run(
+            [FABRIEK, "up", "--port", str(free_port())],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 5 and "against this database" in second.stderr
+    finally:
+        first.stop()
+        drop_pg_database(pg_server, name)

@@ -51,7 +51,7 @@ class Runtime:
 
 
 def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = system_clock) -> Runtime:
-    settings.home.mkdir(parents=True, exist_ok=True)
+    settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)
     engine = make_engine(settings.effective_database_url)
     sessions = make_session_factory(engine)
     readers = make_session_factory(reader(engine))

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import IO
 
 import uvicorn
+from sqlalchemy import Connection, Engine, text
 
 from fabriek.core.errors import Conflict
 from fabriek.server.app import create_app
@@ -24,7 +25,8 @@ log = logging.getLogger("fabriek")
 
 def lock_home(home: Path) -> IO[str]:
     """Hold HOME/server.lock for the server's life: two servers on one home would launch jobs twice."""
-    home.mkdir(parents=True, exist_ok=True)
+    # Only the server's user may look inside: tokens' hashes, job specs and outputs live here.
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
     handle = open(home / "server.lock", "a+")  # noqa: SIM115 - held open until the process ends
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -35,6 +37,26 @@ def lock_home(home: Path) -> IO[str]:
     handle.write(f"{os.getpid()}\n")
     handle.flush()
     return handle
+
+
+# Any fixed number: the key of the PostgreSQL advisory lock that one controller holds per database.
+CONTROLLER_LOCK_KEY = 0x66616272  # "fabr"
+
+
+def lock_database(engine: Engine) -> Connection | None:
+    """On PostgreSQL, hold a session advisory lock while the server runs: two servers on one
+    database (from two homes or two machines) would each launch every job."""
+    if engine.dialect.name != "postgresql":
+        return None  # SQLite lives in the home, which lock_home already guards
+    conn = engine.connect()
+    got = conn.execute(
+        text("SELECT pg_try_advisory_lock(:key)"), {"key": CONTROLLER_LOCK_KEY}
+    ).scalar()
+    conn.commit()
+    if not got:
+        conn.close()
+        raise Conflict("another fabriek server is already running against this database")
+    return conn
 
 
 def prepare(settings: Settings) -> tuple[Runtime, str | None]:
@@ -62,6 +84,12 @@ def serve(settings: Settings, *, on_ready: Callable[[Runtime, str | None], None]
     lock = lock_home(settings.home)
     runtime, token = prepare(settings)
     try:
+        db_lock = lock_database(runtime.engine)
+    except Exception:
+        runtime.close()
+        lock.close()
+        raise
+    try:
         on_ready(runtime, token)
         runtime.backend.launcher.warm()  # so that the first job starts as fast as the rest
         runtime.controller.start()
@@ -76,5 +104,7 @@ def serve(settings: Settings, *, on_ready: Callable[[Runtime, str | None], None]
         )
         uvicorn.Server(config).run()
     finally:
+        if db_lock is not None:
+            db_lock.close()
         runtime.close()
         lock.close()

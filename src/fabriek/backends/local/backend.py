@@ -46,7 +46,7 @@ class LocalBackend:
         self.kill_grace_seconds = kill_grace_seconds
         self.on_change = on_change  # called from a watcher thread when a supervisor exits
         self.launcher = Launcher(jobs_dir / "launcher.log")
-        jobs_dir.mkdir(parents=True, exist_ok=True)
+        jobs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def capacity(self) -> Capacity:
         resources = Resources(self.resources.cpus, self.resources.memory_bytes, len(self.gpus))

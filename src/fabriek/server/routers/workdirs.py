@@ -42,14 +42,10 @@ async def upload(request: Request, actor: ActorDep, runtime: RuntimeDep) -> Work
                 f.write(chunk)
 
         def keep() -> service.Workdir:
+            kept = service.keep_archive(upload=Path(tmp), store=store, max_unpacked=limit)
             with runtime.transaction() as session:
-                return service.store_workdir(
-                    session,
-                    actor=actor,
-                    upload=Path(tmp),
-                    store=store,
-                    max_unpacked=limit,
-                    now=runtime.clock(),
+                return service.record_workdir(
+                    session, actor=actor, workdir=kept, now=runtime.clock()
                 )
 
         return _out(await run_in_threadpool(keep))

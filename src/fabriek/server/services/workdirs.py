@@ -63,10 +63,11 @@ def inspect_archive(path: Path, *, max_unpacked: int) -> tuple[int, int]:
     return total, files
 
 
-def store_workdir(
-    session: Session, *, actor: Actor, upload: Path, store: Path, max_unpacked: int, now: datetime
-) -> Workdir:
-    """Keep the uploaded archive at `upload` (moved, not copied) and record it."""
+def keep_archive(*, upload: Path, store: Path, max_unpacked: int) -> Workdir:
+    """Check the uploaded archive at `upload` and move it into the store under its SHA-256.
+
+    Slow for big archives, so it runs before the transaction that records it, not inside it.
+    """
     unpacked, files = inspect_archive(upload, max_unpacked=max_unpacked)
     sha = hashlib.sha256()
     with open(upload, "rb") as f:
@@ -76,6 +77,17 @@ def store_workdir(
     size = upload.stat().st_size
     store.mkdir(parents=True, exist_ok=True)
     os.replace(upload, archive_path(store, digest))
+    return Workdir(digest, size, unpacked, files)
+
+
+def record_workdir(session: Session, *, actor: Actor, workdir: Workdir, now: datetime) -> Workdir:
+    """Record that `actor` uploaded `workdir` (kept by keep_archive); once per user and archive."""
+    digest, size, unpacked, files = (
+        workdir.digest,
+        workdir.size_bytes,
+        workdir.unpacked_bytes,
+        workdir.files,
+    )
     if session.get(WorkdirRow, digest) is None:
         session.add(
             WorkdirRow(
