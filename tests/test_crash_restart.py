@@ -63,7 +63,7 @@ def test_kill_and_restart(tmp_path: Path, database_env: dict[str, str]) -> None:
 
         server.kill9()
         wait_for(
-            lambda: (server.home / "jobs" / str(ending) / "result.json").exists(),
+            lambda: (_job_dir(server, ending) / "result.json").exists(),
             timeout=10,
             what="the job to end while the server is down",
         )
@@ -107,7 +107,12 @@ def state(server: ServerProcess, job_id: int) -> str:
 
 
 def _job_pid(server: ServerProcess, job_id: int) -> int:
-    return int(json.loads((server.home / "jobs" / str(job_id) / "started.json").read_text())["pid"])
+    return int(json.loads((_job_dir(server, job_id) / "started.json").read_text())["pid"])
+
+
+def _job_dir(server: ServerProcess, job_id: int) -> Path:
+    [found] = (server.home / "jobs").glob(f"{job_id}-*")
+    return found
 
 
 def test_two_servers_on_one_postgresql_database_are_refused(tmp_path: Path, pg_server: str) -> None:

@@ -8,10 +8,11 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from fabriek.backends.base import LaunchSpec
 from fabriek.backends.local.backend import LocalBackend
 from fabriek.backends.local.gpus import FakeInventory
 from fabriek.core.jobs import Job, JobState, Resources
-from fabriek.server.controller.loop import Controller
+from fabriek.server.controller.loop import Controller, launch_spec
 from fabriek.server.db.models import JobEventRow, JobRow
 from fabriek.server.services.actors import Actor
 from fabriek.server.services.jobs import cancel_job, get_job
@@ -151,22 +152,11 @@ def test_crash_between_admission_and_launch_launches_once(
     assert counter.read_text() == "run\n"
 
 
-def _spec_of(controller: Controller, job_id: int):  # type: ignore[no-untyped-def]
-    from fabriek.backends.base import LaunchSpec
-
+def _spec_of(controller: Controller, job_id: int) -> LaunchSpec:
     with controller.sessions() as session:
         row = session.get(JobRow, job_id)
         assert row is not None
-        return LaunchSpec(
-            job_id=row.id,
-            name=row.name,
-            argv=list(row.argv),
-            env={},
-            resources=Resources(row.cpus, row.memory_bytes, row.gpus),
-            gpu_ids=(),
-            time_limit_s=row.time_limit_s,
-            workdir_archive=None,
-        )
+        return launch_spec(row, controller.workdirs)
 
 
 @pytest.mark.parametrize("lost_state", ["admitted", "running"])

@@ -26,6 +26,9 @@ class LaunchSpec:
     gpu_ids: tuple[int, ...]
     time_limit_s: int
     workdir_archive: Path | None
+    # Tells this job from one with the same id in another database (say, after a database was
+    # reset under an existing home): a backend keys its files by id *and* instance.
+    instance: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,7 +73,7 @@ def test_success_records_exit_usage_and_output(backend: LocalBackend) -> None:
     assert seen.usage.max_rss_bytes > 60 * 2**20  # the bytearray was really held
     assert 0 < seen.usage.wall_s < 20
     assert (backend.job_dir(1) / "output.log").read_text() == "hi\n"
-    assert (backend.output_dir(1, None) / "r.txt").read_text() == "x"  # type: ignore[operator]
+    assert (backend.job_dir(1) / "output" / "r.txt").read_text() == "x"
 
 
 def test_failure_keeps_the_exit_code(backend: LocalBackend) -> None:
@@ -256,3 +256,25 @@ def test_supervisors_outlive_the_launcher(backend: LocalBackend) -> None:
     assert (
         seen.outcome == JobState.SUCCEEDED and seen.usage is not None and seen.usage.wall_s >= 0.9
     )
+
+
+def test_same_id_from_another_database_is_a_new_job(backend: LocalBackend, tmp_path: Path) -> None:
+    """A database reset under an existing home must not adopt the old job's directory."""
+    counter = tmp_path / "runs"
+    old = make_spec(1, ["sh", "-c", f"echo old >> {counter}"])
+    backend.submit(LaunchSpec(**{**_fields(old), "instance": "111"}))
+    backend.submit(
+        LaunchSpec(
+            **{**_fields(old), "instance": "222", "argv": ["sh", "-c", f"echo new >> {counter}"]}
+        )
+    )
+    for instance in ("111", "222"):
+        handle = {"dir": str(backend.job_dir(1, instance))}
+        wait_for(lambda h=handle: backend.poll({1: h})[1].phase == Phase.FINISHED)  # type: ignore[misc]
+    assert sorted(counter.read_text().split()) == ["new", "old"]
+
+
+def _fields(spec: LaunchSpec) -> dict[str, object]:
+    import dataclasses
+
+    return {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}

@@ -52,12 +52,12 @@ class LocalBackend:
         resources = Resources(self.resources.cpus, self.resources.memory_bytes, len(self.gpus))
         return Capacity(resources, tuple(g.index for g in self.gpus))
 
-    def job_dir(self, job_id: int) -> Path:
-        return self.jobs_dir / str(job_id)
+    def job_dir(self, job_id: int, instance: str = "") -> Path:
+        return self.jobs_dir / (f"{job_id}-{instance}" if instance else str(job_id))
 
     # --- submit -------------------------------------------------------------------------------
     def submit(self, spec: LaunchSpec) -> Handle:
-        job_dir = self.job_dir(spec.job_id)
+        job_dir = self.job_dir(spec.job_id, spec.instance)
         job_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         handle: Handle = {"dir": str(job_dir)}
         if (job_dir / "launched").exists():  # launched before a crash: adopt it, change nothing
@@ -126,7 +126,9 @@ class LocalBackend:
             self.on_change()
             return
         try:
-            select.select([pidfd], [], [])
+            poller = select.poll()  # not select(): that fails for descriptors past 1023
+            poller.register(pidfd, select.POLLIN)
+            poller.poll()
         finally:
             os.close(pidfd)
         self.on_change()
@@ -164,8 +166,8 @@ class LocalBackend:
         """A supervisor that died hard may leave its job running: end it, if it is still that process."""
         if not started:
             return
-        pid = started.get("pid")
-        if isinstance(pid, int) and shim.proc_start_ticks(pid) == started.get("pid_start"):
+        pid = _same_process(started)
+        if pid is not None:
             try:
                 os.killpg(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
@@ -174,13 +176,10 @@ class LocalBackend:
     # --- cancel -------------------------------------------------------------------------------
     def cancel(self, job_id: int, handle: Handle) -> None:
         job_dir = Path(handle["dir"])
-        (
-            job_dir / "cancel"
-        ).touch()  # noticed by the supervisor within a second even if the signal is lost
-        info = _read_json(job_dir / "shim.json")
-        pid = info.get("pid") if info else None
-        # Signal only the very process we started: a pid alone may have been reused since.
-        if isinstance(pid, int) and shim.proc_start_ticks(pid) == info.get("pid_start"):  # type: ignore[union-attr]
+        # The file is noticed by the supervisor within a second, even if the signal gets lost.
+        (job_dir / "cancel").touch()
+        pid = _same_process(_read_json(job_dir / "shim.json"))
+        if pid is not None:
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
@@ -188,10 +187,19 @@ class LocalBackend:
 
     # --- files --------------------------------------------------------------------------------
     def log_path(self, job_id: int, handle: Handle | None) -> Path | None:
-        return self.job_dir(job_id) / "output.log"
+        return Path(handle["dir"]) / "output.log" if handle else None
 
     def output_dir(self, job_id: int, handle: Handle | None) -> Path | None:
-        return self.job_dir(job_id) / "output"
+        return Path(handle["dir"]) / "output" if handle else None
+
+
+def _same_process(recorded: dict[str, object] | None) -> int | None:
+    """The recorded pid, if that process still runs: its pid *and* start time must match, since a
+    pid alone may have been reused by now."""
+    pid = recorded.get("pid") if recorded else None
+    if isinstance(pid, int) and shim.proc_start_ticks(pid) == recorded.get("pid_start"):  # type: ignore[union-attr]
+        return pid
+    return None
 
 
 def _lock_held(path: Path) -> bool:

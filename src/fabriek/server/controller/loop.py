@@ -344,18 +344,7 @@ class Controller:
             row = session.get(JobRow, job_id)
             if row is None or row.state != JobState.ADMITTED.value:
                 return
-            spec = LaunchSpec(
-                job_id=row.id,
-                name=row.name,
-                argv=list(row.argv),
-                env=dict(row.env),
-                resources=Resources(row.cpus, row.memory_bytes, row.gpus),
-                gpu_ids=tuple(row.gpu_ids or ()),
-                time_limit_s=row.time_limit_s,
-                workdir_archive=archive_path(self.workdirs, row.workdir_digest)
-                if row.workdir_digest
-                else None,
-            )
+            spec = launch_spec(row, self.workdirs)
         try:
             handle = self.backend.submit(spec)
         except Exception as exc:
@@ -377,4 +366,19 @@ class Controller:
             session.execute(update(JobRow).where(JobRow.id == job_id).values(handle=handle))
 
 
-__all__ = ["Controller", "IllegalTransition", "PassReport"]
+def launch_spec(row: JobRow, workdirs: Path) -> LaunchSpec:
+    """What the backend needs to start the job in `row`."""
+    return LaunchSpec(
+        job_id=row.id,
+        name=row.name,
+        argv=list(row.argv),
+        env=dict(row.env),
+        resources=Resources(row.cpus, row.memory_bytes, row.gpus),
+        gpu_ids=tuple(row.gpu_ids or ()),
+        time_limit_s=row.time_limit_s,
+        workdir_archive=archive_path(workdirs, row.workdir_digest) if row.workdir_digest else None,
+        instance=str(int(row.submitted_at.timestamp() * 1_000_000)),
+    )
+
+
+__all__ = ["Controller", "IllegalTransition", "PassReport", "launch_spec"]

@@ -170,8 +170,3 @@ class AuditEventRow(Base):
     target_type: Mapped[str] = mapped_column(String(32))
     target_id: Mapped[str] = mapped_column(String(64))
     details: Mapped[dict[str, Any]]
-
-
-def utcnow() -> datetime:
-    """Only for default values at the edges; logic takes a clock."""
-    return datetime.now(UTC)

@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import os
-import tarfile
-import tempfile
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
@@ -10,10 +8,10 @@ from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel
 from starlette.background import BackgroundTask
 
-from fabriek.core.errors import NotFound
 from fabriek.core.jobs import JobRequest, JobState, Resources
 from fabriek.server.schemas import JobOut, JobSubmit
 from fabriek.server.security.deps import ActorDep, RuntimeDep
+from fabriek.server.services import job_files
 from fabriek.server.services import jobs as service
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -103,12 +101,9 @@ def logs(
     with runtime.reading() as session:
         row = service.job_row_for_files(session, actor=actor, job_id=job_id)
         state, handle = row.state, row.handle
-    path = runtime.backend.log_path(job_id, handle)
-    data = b""
-    if path is not None and path.exists():
-        with open(path, "rb") as f:
-            f.seek(offset)
-            data = f.read(limit)
+    data = job_files.read_log(
+        runtime.backend, job_id=job_id, handle=handle, offset=offset, limit=limit
+    )
     return Response(
         data,
         media_type="application/octet-stream",
@@ -126,15 +121,12 @@ def outputs(job_id: JobId, actor: ActorDep, runtime: RuntimeDep) -> FileResponse
     with runtime.reading() as session:
         row = service.job_row_for_files(session, actor=actor, job_id=job_id)
         handle = row.handle
-    directory = runtime.backend.output_dir(job_id, handle)
-    if directory is None or not directory.is_dir():
-        raise NotFound(f"job {job_id} has no outputs yet")
-    fd, tmp = tempfile.mkstemp(suffix=".tar.gz")
-    with os.fdopen(fd, "wb") as f, tarfile.open(fileobj=f, mode="w:gz") as tar:
-        tar.add(directory, arcname=".")
+    archive = job_files.pack_outputs(
+        runtime.backend, job_id=job_id, handle=handle, scratch=runtime.settings.home / "tmp"
+    )
     return FileResponse(
-        tmp,
+        archive,
         media_type="application/gzip",
         filename=f"job-{job_id}-outputs.tar.gz",
-        background=BackgroundTask(os.unlink, tmp),
+        background=BackgroundTask(os.unlink, archive),
     )
