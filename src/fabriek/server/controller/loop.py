@@ -326,44 +326,27 @@ class Controller:
             if row is None or row.state != JobState.ADMITTED.value:
                 return
             cancelled = row.cancel_requested_at is not None
-        if cancelled:  # asked to stop between admission and launch: never start it
-            with transaction(self.sessions) as session:
-                row = session.get(JobRow, job_id, with_for_update=True)
-                if row is not None and row.state == JobState.ADMITTED.value:
-                    transition_job(
-                        session,
-                        row,
-                        JobState.CANCELLED,
-                        at=self.clock(),
-                        actor=SYSTEM.label,
-                        reason="cancelled before it started",
-                    )
-                    self._freed = True
-            return
-        with self.readers() as session:
-            row = session.get(JobRow, job_id)
-            if row is None or row.state != JobState.ADMITTED.value:
-                return
             spec = launch_spec(row, self.workdirs)
+        if cancelled:  # asked to stop between admission and launch: never start it
+            self._end_unlaunched(job_id, JobState.CANCELLED, "cancelled before it started")
+            return
         try:
             handle = self.backend.submit(spec)
         except Exception as exc:
             log.exception("launching job %s failed", job_id)
-            with transaction(self.sessions) as session:
-                row = session.get(JobRow, job_id)
-                if row is not None and row.state == JobState.ADMITTED.value:
-                    transition_job(
-                        session,
-                        row,
-                        JobState.FAILED,
-                        at=self.clock(),
-                        actor=SYSTEM.label,
-                        reason=f"the backend could not launch it: {exc}",
-                    )
-                    self._freed = True
+            self._end_unlaunched(job_id, JobState.FAILED, f"the backend could not launch it: {exc}")
             return
         with transaction(self.sessions) as session:
             session.execute(update(JobRow).where(JobRow.id == job_id).values(handle=handle))
+
+    def _end_unlaunched(self, job_id: int, target: JobState, reason: str) -> None:
+        with transaction(self.sessions) as session:
+            row = session.get(JobRow, job_id, with_for_update=True)
+            if row is not None and row.state == JobState.ADMITTED.value:
+                transition_job(
+                    session, row, target, at=self.clock(), actor=SYSTEM.label, reason=reason
+                )
+                self._freed = True
 
 
 def launch_spec(row: JobRow, workdirs: Path) -> LaunchSpec:
