@@ -51,7 +51,7 @@ def submit(body: JobSubmit, actor: ActorDep, runtime: RuntimeDep) -> Response:
             backend=runtime.backend.name,
             now=runtime.clock(),
         )
-    runtime.controller.wake()
+    runtime.controller.wake(submission=True)
     return _json(JobOut.of(job), 201)
 
 
