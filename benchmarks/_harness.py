@@ -177,6 +177,16 @@ def database(kind: str, pg_base: str = DEFAULT_PG) -> Iterator[str | None]:
 
 
 # --- processes ----------------------------------------------------------------------------------
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so that `finally` blocks still stop the server, kill the jobs
+    and drop the database when the benchmark is terminated rather than interrupted."""
+
+    def _exit(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -427,7 +437,8 @@ def fabriek_server(
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,
-        start_new_session=True,
+        # Same process group as the benchmark: killing the benchmark's group stops the server too.
+        # (Its jobs still run in their own sessions; kill_job_processes ends them.)
     )
     server: Server | None = None
     try:
@@ -465,7 +476,7 @@ def fabriek_server(
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                proc.kill()
                 proc.wait()
         log.close()
         kill_job_processes(home / "jobs")

@@ -31,6 +31,10 @@ PostgreSQL database, by default):
    pass reads (id, cpus, memory_bytes, gpus, submitted_at, reason, ordered by id) as plain rows.
 6. Kill the blocker, dispose of the engine, remove the home, drop the PostgreSQL database.
 
+Every result carries who used the CPUs meanwhile (this benchmark and its server, PostgreSQL, other
+processes, steal) and is flagged when other load took more than 0.2 cores; `--wait-quiet S` waits up
+to S seconds before each measurement for other load to end (the machine may be shared).
+
     python benchmarks/controller_pass.py                   # 10,000 jobs on SQLite and PostgreSQL
     python benchmarks/controller_pass.py --quick           # 1,000 jobs, few passes
     python benchmarks/controller_pass.py --databases postgres --profile 20 --json out.json
@@ -59,6 +63,7 @@ from _harness import (
     database,
     describe,
     describe_cpu,
+    exit_on_sigterm,
     foreign_load,
     kill_job_processes,
     machine,
@@ -258,7 +263,7 @@ def bench_database(kind: str, args: argparse.Namespace) -> dict[str, Any]:
                 profiler = cProfile.Profile()
                 profiler.enable()
                 for _ in range(args.profile):
-                    runtime.controller.run_pass()
+                    fresh_controller(runtime.controller).run_pass()
                 profiler.disable()
                 out = io.StringIO()
                 pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(25)
@@ -286,7 +291,10 @@ def bench_database(kind: str, args: argparse.Namespace) -> dict[str, Any]:
             if waiting == job_service.QUEUED_REASON:
                 problems.append("the first pass did not write the waiting reasons")
 
-            runtime.backend.cancel(blocker, {"dir": str(runtime.backend.job_dir(blocker))})
+            with runtime.reading() as session:
+                handle = session.scalar(select(JobRow.handle).where(JobRow.id == blocker))
+            if handle:
+                runtime.backend.cancel(blocker, handle)
             runtime.close()
             runtime = None
             steady_median = statistics.median(steady)
@@ -333,7 +341,7 @@ def main() -> None:
     )
     parser.add_argument("--pg-url", default=DEFAULT_PG, help="PostgreSQL server, no database")
     parser.add_argument(
-        "--profile", type=int, default=0, metavar="N", help="cProfile N more steady passes"
+        "--profile", type=int, default=0, metavar="N", help="cProfile N more full passes"
     )
     parser.add_argument("--quick", action="store_true", help="1,000 jobs, 10 passes, 5 incremental")
     parser.add_argument(
@@ -345,6 +353,7 @@ def main() -> None:
     )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args()
+    exit_on_sigterm()
     host = machine()
     print(describe(host), flush=True)
     if args.quick:
@@ -412,7 +421,7 @@ def main() -> None:
             )
         print(f"{r['database']}: inserted {r['pending_jobs']} jobs in {r['insert_seconds']:.1f} s")
         if r["profile"]:
-            print(f"--- {r['database']}: cProfile of {args.profile} steady passes ---")
+            print(f"--- {r['database']}: cProfile of {args.profile} full passes ---")
             print(r["profile"])
         for problem in r["problems"]:
             print(f"{r['database']}: PROBLEM: {problem}")

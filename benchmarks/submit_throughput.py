@@ -14,12 +14,16 @@ How it measures, for each database (SQLite, then a throwaway PostgreSQL database
    the raw rate.
 4. Submit `--jobs` jobs (1 CPU each, argv `true`) through `--concurrency` concurrent clients, each on
    its own keep-alive connection, timing each request. Reported: total time, rate, request latency
-   p50/p99, and the rate in each tenth of the run: the queue grows as it goes, and every submission
-   wakes the controller, whose pass reads the whole pending queue. The minimum of those ten rates is
-   the "sustained" rate the goal is checked against.
+   p50/p99, the server's CPU time per request (hardly moved by other load, unlike a rate), and the
+   rate in each tenth of the run: the queue grows as it goes, and every submission wakes the
+   controller. The minimum of those ten rates is the "sustained" rate the goal is checked against.
 5. Check the outcome: every response was 201, the newest job is pending with queue_position
    jobs - 1, the blocker still runs. Then cancel the blocker, stop the server (SIGINT), kill any job
    process left behind and drop the PostgreSQL database.
+
+Every result carries who used the CPUs meanwhile (this benchmark and its server, PostgreSQL, other
+processes, steal) and is flagged when other load took more than 0.2 cores; `--wait-quiet S` waits up
+to S seconds before each measurement for other load to end (the machine may be shared).
 
 The load generator runs in this process and its CPU time is reported next to the server's, so one
 can tell who was the bottleneck. `--client raw` (default) is a minimal HTTP/1.1 keep-alive client
@@ -56,6 +60,7 @@ from _harness import (
     database,
     describe,
     describe_cpu,
+    exit_on_sigterm,
     fabriek_server,
     foreign_load,
     job_body,
@@ -223,7 +228,7 @@ def _run_httpx_threads(
                 with lock:
                     run.record(began, start, end, status, content)
 
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
     for t in threads:
         t.start()
     for t in threads:
@@ -293,6 +298,10 @@ def phase_summary(run: Run) -> dict[str, Any]:
         "latency": summary_ms(run.latencies),
         "statuses": {str(k): v for k, v in sorted(run.statuses.items())},
         "server_cpu_util": run.server_cpu_s / run.seconds if run.seconds else None,
+        # CPU the server spent per request: unlike a rate, barely moved by other load on the machine
+        "server_cpu_ms_per_request": run.server_cpu_s / len(run.latencies) * 1000
+        if run.latencies
+        else None,
         "client_cpu_util": run.client_cpu_s / run.seconds if run.seconds else None,
         "stopped_early": run.stopped_early,
         "cpu_cores": run.cpu,
@@ -391,6 +400,7 @@ def main() -> None:
     )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args()
+    exit_on_sigterm()
     host = machine()
     print(describe(host), flush=True)
     if args.quick:
@@ -410,7 +420,9 @@ def main() -> None:
                 "p50 ms",
                 "p99 ms",
                 "server CPU",
+                "CPU ms/submit",
                 "health/s",
+                "CPU ms/health",
                 "health p50/p99 ms",
                 "ratio",
                 "goal 500/s",
@@ -425,7 +437,9 @@ def main() -> None:
                     r["submit"]["latency"].get("p50_ms", float("nan")),
                     r["submit"]["latency"].get("p99_ms", float("nan")),
                     f"{r['submit']['server_cpu_util']:.0%}",
+                    r["submit"]["server_cpu_ms_per_request"] or float("nan"),
                     r["health"]["rate_per_s"],
+                    r["health"]["server_cpu_ms_per_request"] or float("nan"),
                     "{:.1f} / {:.1f}".format(
                         r["health"]["latency"].get("p50_ms", float("nan")),
                         r["health"]["latency"].get("p99_ms", float("nan")),
