@@ -22,14 +22,19 @@ def record(
     at: datetime,
     **details: Any,
 ) -> None:
-    # Written at once (a Core INSERT): it is append-only, nothing reads it back in the same unit.
-    session.execute(
-        insert(AuditEventRow.__table__).values(
-            at=at,
-            actor=actor.label,
-            action=action,
-            target_type=target_type,
-            target_id=str(target_id),
-            details=details,
-        )
+    # Written at once (a prepared Core INSERT): it is append-only, nothing reads it back in the
+    # same unit of work.
+    session.connection().execute(
+        _INSERT,
+        {
+            "at": at,
+            "actor": actor.label,
+            "action": action,
+            "target_type": target_type,
+            "target_id": str(target_id),
+            "details": details,
+        },
     )
+
+
+_INSERT = insert(AuditEventRow.__table__)

@@ -18,6 +18,10 @@ from fabriek.server.services.transitions import record_submission, transition_jo
 from fabriek.server.services.workdirs import get_workdir
 
 QUEUED_REASON = "queued: waiting for the controller's next pass"
+_JOBS = JobRow.__table__
+_INSERT_JOB = insert(_JOBS).returning(
+    _JOBS.c.id
+)  # built once: building it costs more than running it
 
 
 def submit_job(
@@ -59,12 +63,9 @@ def submit_job(
         submitted_at=now,
         reason=QUEUED_REASON,
     )
-    # A Core INSERT, not the ORM's unit of work: submission is the API's hottest write.
-    values = {c.key: getattr(row, c.key) for c in JobRow.__table__.columns if c.key != "id"}
-    row.id = session.execute(
-        insert(JobRow).values(values).returning(JobRow.id),
-        execution_options={"synchronize_session": False},
-    ).scalar_one()
+    # A prepared Core INSERT, not the ORM's unit of work: submission is the API's hottest write.
+    values = {c.key: getattr(row, c.key) for c in _JOBS.columns if c.key != "id"}
+    row.id = session.connection().execute(_INSERT_JOB, values).scalar_one()
     record_submission(session, row, actor=actor.label)
     audit.record(
         session,

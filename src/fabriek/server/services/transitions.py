@@ -56,8 +56,17 @@ def transition_job(
 
 def record_submission(session: Session, job: JobRow, *, actor: str) -> None:
     """The first event of every job: it entered the queue."""
-    session.execute(
-        insert(JobEventRow.__table__).values(
-            job_id=job.id, at=job.submitted_at, from_state=None, to_state=job.state, actor=actor
-        )
+    session.connection().execute(
+        _INSERT_EVENT,
+        {
+            "job_id": job.id,
+            "at": job.submitted_at,
+            "from_state": None,
+            "to_state": job.state,
+            "actor": actor,
+            "reason": None,
+        },
     )
+
+
+_INSERT_EVENT = insert(JobEventRow.__table__)  # built once, for the hottest path
