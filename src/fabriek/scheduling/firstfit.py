@@ -7,6 +7,8 @@ backfill with a reserved start for the head job).
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from fabriek.core.jobs import Resources
 from fabriek.scheduling.snapshot import Admission, Decisions, PendingJob, Snapshot
 
@@ -32,7 +34,12 @@ def admit(snapshot: Snapshot) -> Decisions:
 
 def waiting_reason(job: PendingJob, free: Resources, total: Resources) -> str:
     """Name what the job lacks. Kept free of counts that change every pass, so it is rarely rewritten."""
-    want = job.resources
+    return _reason(job.resources, free)
+
+
+@lru_cache(maxsize=4096)
+def _reason(want: Resources, free: Resources) -> str:
+    # Thousands of waiting jobs ask for the same few shapes: one sentence per shape and free state.
     short = [
         label
         for label, needed, available in (

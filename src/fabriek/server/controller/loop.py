@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from fabriek.backends.base import Backend, LaunchSpec, Observation, Phase
@@ -290,24 +290,28 @@ class Controller:
         """The engine's input (pending jobs with ids above `after_id`), and their waiting reasons."""
         running = tuple(
             RunningJob(job_id, Resources(cpus, mem, gpus), tuple(gpu_ids or ()))
-            for job_id, cpus, mem, gpus, gpu_ids in session.execute(
+            for job_id, cpus, mem, gpus, gpu_ids in session.connection().execute(
                 select(
                     JobRow.id, JobRow.cpus, JobRow.memory_bytes, JobRow.gpus, JobRow.gpu_ids
                 ).where(JobRow.state.in_(ACTIVE))
             )
         )
-        pending_rows = session.execute(
-            select(
-                JobRow.id,
-                JobRow.cpus,
-                JobRow.memory_bytes,
-                JobRow.gpus,
-                JobRow.submitted_at,
-                JobRow.reason,
+        pending_rows = (
+            session.connection()
+            .execute(
+                select(
+                    JobRow.id,
+                    JobRow.cpus,
+                    JobRow.memory_bytes,
+                    JobRow.gpus,
+                    JobRow.submitted_at,
+                    JobRow.reason,
+                )
+                .where(JobRow.state == JobState.PENDING.value, JobRow.id > after_id)
+                .order_by(JobRow.id)
             )
-            .where(JobRow.state == JobState.PENDING.value, JobRow.id > after_id)
-            .order_by(JobRow.id)
-        ).all()
+            .all()
+        )
         pending = tuple(
             PendingJob(job_id, Resources(cpus, mem, gpus), submitted)
             for job_id, cpus, mem, gpus, submitted, _ in pending_rows
@@ -316,23 +320,26 @@ class Controller:
         return Snapshot(self.backend.capacity(), running, pending, self.clock()), known
 
     def _update_reasons(self, known: dict[int, str | None], reasons: dict[int, str]) -> None:
-        """Write the waiting reasons that changed, in one batch."""
-        changed = [
-            {"job_id": job_id, "new_reason": reason}
-            for job_id, reason in reasons.items()
-            if known.get(job_id) != reason
-        ]
-        if not changed:
+        """Write the waiting reasons that changed: one UPDATE per distinct reason, not per job."""
+        by_reason: dict[str, list[int]] = {}
+        for job_id, reason in reasons.items():
+            if known.get(job_id) != reason:
+                by_reason.setdefault(reason, []).append(job_id)
+        if not by_reason:
             return
         jobs = JobRow.__table__
-        statement = (
-            update(jobs)
-            # Only while still pending: never overwrite what a transition wrote meanwhile.
-            .where(jobs.c.id == bindparam("job_id"), jobs.c.state == JobState.PENDING.value)
-            .values(reason=bindparam("new_reason"))
-        )
         with transaction(self.sessions) as session:
-            session.connection().execute(statement, changed)
+            for reason, ids in by_reason.items():
+                for start in range(0, len(ids), 5000):  # within every database's parameter limit
+                    session.connection().execute(
+                        update(jobs)
+                        # Only while still pending: never overwrite what a transition wrote meanwhile.
+                        .where(
+                            jobs.c.id.in_(ids[start : start + 5000]),
+                            jobs.c.state == JobState.PENDING.value,
+                        )
+                        .values(reason=reason)
+                    )
 
     def _launch(self, job_id: int) -> None:
         """Hand an admitted job to the backend, then record the handle. Safe to repeat after a crash."""
