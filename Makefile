@@ -30,5 +30,11 @@ lint: $(VENV)/.stamp-dev
 	$(BIN)/ruff format --check src tests benchmarks examples
 	$(BIN)/mypy
 
+## bench: the benchmarks of BENCHMARKS.md, full size (about 15 minutes; needs PostgreSQL too)
+bench: $(VENV)/.stamp-dev
+	$(BIN)/python benchmarks/launch_latency.py --databases sqlite,postgres
+	$(BIN)/python benchmarks/controller_pass.py
+	$(BIN)/python benchmarks/submit_throughput.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
