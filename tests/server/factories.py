@@ -50,6 +50,7 @@ def make_request(
     project: str = "default",
     time_limit_s: int = 60,
     name: str = "job",
+    workdir_digest: str | None = None,
 ) -> JobRequest:
     return JobRequest(
         name=name,
@@ -58,6 +59,7 @@ def make_request(
         resources=Resources(cpus, mem, gpus),
         time_limit_s=time_limit_s,
         env={},
+        workdir_digest=workdir_digest,
     )
 
 

@@ -162,3 +162,46 @@ def test_transitions_stamp_times(sessions: sessionmaker[Session], clock: FrozenC
         "running",
         "succeeded",
     ]
+
+
+def test_logs_outputs_and_workdirs_are_tenant_private(
+    sessions: sessionmaker[Session], clock: FrozenClock, tmp_path
+) -> None:
+    import gzip
+    import io
+    import tarfile
+
+    from fabriek.server.services.jobs import job_row_for_files
+    from fabriek.server.services.workdirs import get_workdir, keep_archive, record_workdir
+
+    make_admin(sessions, clock())
+    alice = make_user(sessions, "alice", clock(), projects=("vision",))
+    bob = make_user(sessions, "bob", clock(), projects=("speech",))
+    job = make_job(sessions, alice, clock(), project="vision")
+    with sessions() as session:
+        assert job_row_for_files(session, actor=alice, job_id=job.id).id == job.id
+        with pytest.raises(NotFound):
+            job_row_for_files(session, actor=bob, job_id=job.id)
+    upload = tmp_path / "up.tar.gz"
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb") as gz, tarfile.open(fileobj=gz, mode="w") as tar:
+        info = tarfile.TarInfo("a.py")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    upload.write_bytes(buffer.getvalue())
+    kept = keep_archive(upload=upload, store=tmp_path / "store", max_unpacked=2**20)
+    with sessions() as session, session.begin():
+        record_workdir(session, actor=alice, workdir=kept, now=clock())
+    with sessions() as session:
+        assert get_workdir(session, actor=alice, digest=kept.digest).files == 1
+        with pytest.raises(NotFound):  # the same bytes uploaded by someone else are not bob's
+            get_workdir(session, actor=bob, digest=kept.digest)
+    with pytest.raises(NotFound), sessions() as session, session.begin():
+        submit_job(
+            session,
+            actor=bob,
+            request=make_request(project="speech", workdir_digest=kept.digest),  # type: ignore[arg-type]
+            largest=LARGEST,
+            backend="local",
+            now=clock(),
+        )
