@@ -6,6 +6,7 @@ directory on sys.path).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -500,3 +501,15 @@ def job_body(
         "env": {},
         "workdir": None,
     }
+
+
+def common_options(parser: argparse.ArgumentParser) -> None:
+    """The options every benchmark takes besides its own: --wait-quiet and --json."""
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0,
+        metavar="S",
+        help="before each measurement, wait up to S seconds for other load on the machine to end",
+    )
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")

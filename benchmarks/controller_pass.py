@@ -60,6 +60,7 @@ from _harness import (
     DEFAULT_PG,
     NOISY,
     CpuMonitor,
+    common_options,
     database,
     describe,
     describe_cpu,
@@ -344,14 +345,7 @@ def main() -> None:
         "--profile", type=int, default=0, metavar="N", help="cProfile N more full passes"
     )
     parser.add_argument("--quick", action="store_true", help="1,000 jobs, 10 passes, 5 incremental")
-    parser.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=0,
-        metavar="S",
-        help="before each measurement, wait up to S seconds for other load on the machine to end",
-    )
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    common_options(parser)
     args = parser.parse_args()
     exit_on_sigterm()
     host = machine()

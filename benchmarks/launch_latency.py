@@ -47,6 +47,7 @@ from _harness import (
     NOISY,
     CpuMonitor,
     Server,
+    common_options,
     database,
     describe,
     describe_cpu,
@@ -238,14 +239,7 @@ def main() -> None:
     parser.add_argument("--job-timeout", type=float, default=30, help="longest wait for one job")
     parser.add_argument("--max-seconds", type=float, default=600, help="stop after this long")
     parser.add_argument("--quick", action="store_true", help="50 jobs, 30 baseline runs")
-    parser.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=0,
-        metavar="S",
-        help="before each measurement, wait up to S seconds for other load on the machine to end",
-    )
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    common_options(parser)
     args = parser.parse_args()
     exit_on_sigterm()
     host = machine()

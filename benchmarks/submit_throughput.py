@@ -57,6 +57,7 @@ from _harness import (
     NOISY,
     CpuMonitor,
     Server,
+    common_options,
     database,
     describe,
     describe_cpu,
@@ -391,14 +392,7 @@ def main() -> None:
         "--max-seconds", type=float, default=300, help="stop each phase after this long"
     )
     parser.add_argument("--quick", action="store_true", help="500 jobs, 500 health requests")
-    parser.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=0,
-        metavar="S",
-        help="before each measurement, wait up to S seconds for other load on the machine to end",
-    )
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    common_options(parser)
     args = parser.parse_args()
     exit_on_sigterm()
     host = machine()

@@ -28,11 +28,11 @@ def admit(snapshot: Snapshot) -> Decisions:
             free = free - job.resources
             decisions.admissions.append(Admission(job.job_id, gpu_ids))
         else:
-            decisions.reasons[job.job_id] = waiting_reason(job, free, snapshot.capacity.resources)
+            decisions.reasons[job.job_id] = waiting_reason(job, free)
     return decisions
 
 
-def waiting_reason(job: PendingJob, free: Resources, total: Resources) -> str:
+def waiting_reason(job: PendingJob, free: Resources) -> str:
     """Name what the job lacks. Kept free of counts that change every pass, so it is rarely rewritten."""
     return _reason(job.resources, free)
 

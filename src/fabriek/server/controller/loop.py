@@ -20,7 +20,6 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from fabriek.backends.base import Backend, LaunchSpec, Observation, Phase
-from fabriek.core.errors import IllegalTransition
 from fabriek.core.jobs import JobState, Resources
 from fabriek.scheduling import PendingJob, RunningJob, Snapshot, admit
 from fabriek.server.db.engine import transaction
@@ -386,4 +385,4 @@ def launch_spec(row: JobRow, workdirs: Path) -> LaunchSpec:
     )
 
 
-__all__ = ["Controller", "IllegalTransition", "PassReport", "launch_spec"]
+__all__ = ["Controller", "PassReport", "launch_spec"]

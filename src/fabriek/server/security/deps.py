@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from fabriek.core.errors import Unauthenticated
 from fabriek.server.runtime import Runtime
 from fabriek.server.services.actors import Actor
-from fabriek.server.services.auth import authenticate, token_expiry
+from fabriek.server.services.auth import authenticate_with_expiry
 
 _bearer = HTTPBearer(auto_error=False, description="An API token: `Authorization: Bearer fbk_...`")
 
@@ -40,8 +40,7 @@ async def get_actor(
 
 def _check(runtime: Runtime, token: str) -> tuple[Actor, datetime | None]:
     with runtime.reading() as session:
-        actor = authenticate(session, token=token, now=runtime.clock())
-        return actor, token_expiry(session, token=token)
+        return authenticate_with_expiry(session, token=token, now=runtime.clock())
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
