@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, func, insert, select, true
+from sqlalchemy import ColumnElement, bindparam, func, insert, select, true
 from sqlalchemy.orm import Session
 
 from fabriek.core.errors import Conflict, Forbidden, InvalidRequest, NotFound, ResourcesUnavailable
@@ -44,12 +44,12 @@ def submit_job(
     _check_fits(request.resources, largest)
     if not request.project.isprintable() or len(request.project) > 128:
         raise InvalidRequest(f"invalid project name {request.project!r}")
-    project = _project_for(session, actor=actor, name=request.project)
+    project_id, project_name = _project_for(session, actor=actor, name=request.project)
     if request.workdir_digest is not None:
         get_workdir(session, actor=actor, digest=request.workdir_digest)
     row = JobRow(
         name=request.name,
-        project_id=project.id,
+        project_id=project_id,
         user_id=actor.user_id,
         state=JobState.PENDING.value,
         argv=list(request.argv),
@@ -74,10 +74,10 @@ def submit_job(
         target_type="job",
         target_id=row.id,
         at=now,
-        project=project.name,
+        project=project_name,
         name=request.name,
     )
-    return to_job(row, project=project.name, user=actor.name)
+    return to_job(row, project=project_name, user=actor.name)
 
 
 def _check_fits(want: Resources, largest: Resources) -> None:
@@ -96,22 +96,34 @@ def _check_fits(want: Resources, largest: Resources) -> None:
         )
 
 
-def _project_for(session: Session, *, actor: Actor, name: str) -> ProjectRow:
-    found = session.execute(
-        select(ProjectRow, ProjectMemberRow.user_id)
-        .outerjoin(
-            ProjectMemberRow,
-            (ProjectMemberRow.project_id == ProjectRow.id)
-            & (ProjectMemberRow.user_id == actor.user_id),
+_PROJECTS = ProjectRow.__table__
+_MEMBERS = ProjectMemberRow.__table__
+# The project by name, with the actor's membership of it (NULL if none); a Core statement built
+# once, because every submission asks it.
+_PROJECT_FOR = (
+    select(_PROJECTS.c.id, _PROJECTS.c.name, _MEMBERS.c.user_id)
+    .select_from(
+        _PROJECTS.outerjoin(
+            _MEMBERS,
+            (_MEMBERS.c.project_id == _PROJECTS.c.id)
+            & (_MEMBERS.c.user_id == bindparam("user_id")),
         )
-        .where(ProjectRow.name == name)
-    ).first()
+    )
+    .where(_PROJECTS.c.name == bindparam("name"))
+)
+
+
+def _project_for(session: Session, *, actor: Actor, name: str) -> tuple[int, str]:
+    """(id, name) of the project `name` in which the actor may submit."""
+    found = (
+        session.connection().execute(_PROJECT_FOR, {"user_id": actor.user_id, "name": name}).first()
+    )
     if found is None:
         raise NotFound(f"no project named {name!r}")
-    project, member = found
+    project_id, project_name, member = found
     if member is None and not actor.is_admin:
         raise Forbidden(f"you are not a member of project {name!r}")
-    return project  # type: ignore[no-any-return]
+    return project_id, project_name
 
 
 def _visible(actor: Actor) -> ColumnElement[bool]:
