@@ -386,8 +386,18 @@ class Server:
         return self.home / "jobs"
 
     def cpu_seconds(self) -> float:
-        """CPU time (user + system) the server process has used so far."""
-        return process_cpu_seconds(self.proc.pid)
+        """CPU time (user + system) the server has used so far: its main process and every live
+        process under it (the API workers, the launcher). Take differences over a measurement:
+        a descendant that ends takes its time with it unless the server waited for it."""
+        procs = _all_processes()
+        tree, changed = {self.proc.pid}, True
+        while changed:
+            changed = False
+            for pid, (ppid, _, _) in procs.items():
+                if ppid in tree and pid not in tree:
+                    tree.add(pid)
+                    changed = True
+        return sum(process_cpu_seconds(pid) for pid in tree)
 
     def log_tail(self, lines: int = 40) -> str:
         try:

@@ -59,11 +59,23 @@ class Settings(BaseSettings):
         gt=0,
         description="Longest the controller sleeps between passes when nothing wakes it.",
     )
+    workers: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="Processes serving the API (the first also runs the controller). "
+        "Default: one per CPU, at most 4.",
+    )
     log_level: str = Field("info", description="Log level of the server.")
 
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'fabriek.db'}"
+
+    @property
+    def api_processes(self) -> int:
+        """Processes serving the API: `workers`, else one per CPU, at most 4."""
+        return self.workers or max(1, min(4, len(os.sched_getaffinity(0))))
 
     @property
     def jobs_dir(self) -> Path:

@@ -199,6 +199,29 @@ def test_second_server_on_the_same_home_is_refused(server: ServerProcess) -> Non
     assert r.returncode == 5 and "already running" in r.stderr
 
 
+def test_up_refuses_bad_workers_and_a_taken_port(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+
+    env = server_env(tmp_path / "home")
+    r = subprocess.run(
+        [FABRIEK, "up", "--workers", "0"], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert r.returncode == 2 and "invalid setting workers" in r.stderr, r.stderr
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        r = subprocess.run(
+            [FABRIEK, "up", "--port", str(port)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert r.returncode == 5 and f"cannot listen on 127.0.0.1:{port}" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "home" / "fabriek.db").exists()  # nothing created, no token lost
+
+
 def test_db_upgrade_command(tmp_path: Path) -> None:
     import subprocess
 

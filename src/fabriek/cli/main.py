@@ -35,13 +35,20 @@ def _client():  # type: ignore[no-untyped-def]
     return Client()
 
 
-def _settings(home: Path | None = None, host: str | None = None, port: int | None = None):  # type: ignore[no-untyped-def]
+def _settings(  # type: ignore[no-untyped-def]
+    home: Path | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    workers: int | None = None,
+):
     from pydantic import ValidationError
 
     from fabriek.settings import Settings
 
     overrides = {
-        k: v for k, v in {"home": home, "host": host, "port": port}.items() if v is not None
+        k: v
+        for k, v in {"home": home, "host": host, "port": port, "workers": workers}.items()
+        if v is not None
     }
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
@@ -61,12 +68,18 @@ def up(
         Path | None,
         typer.Option(help="Data directory [default: FABRIEK_HOME or ~/.local/share/fabriek]."),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Processes serving the API [default: FABRIEK_WORKERS or one per CPU, at most 4]."
+        ),
+    ] = None,
 ) -> None:
     """Run fabriek on this machine: API, controller and local backend (SQLite unless configured)."""
     from fabriek.client.config import save_config
     from fabriek.server.serve import serve
 
-    settings = _settings(home, host, port)
+    settings = _settings(home, host, port, workers)
 
     def ready(runtime, token) -> None:  # type: ignore[no-untyped-def]
         url = f"http://{_client_host(settings.host)}:{settings.port}"

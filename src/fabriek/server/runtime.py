@@ -11,7 +11,8 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from fabriek.backends.local.backend import LocalBackend, detect_resources
-from fabriek.backends.local.gpus import inventory_from_setting
+from fabriek.backends.local.gpus import GpuInfo, inventory_from_setting
+from fabriek.core.jobs import Resources
 from fabriek.core.units import parse_memory
 from fabriek.server.controller.loop import Controller
 from fabriek.server.db.engine import make_engine, make_session_factory, reader, transaction
@@ -33,6 +34,15 @@ class Runtime:
     controller: Controller
     clock: Callable[[], datetime]
     tokens: TokenCache = field(default_factory=TokenCache)
+    # How a request wakes the controller: directly in the process that runs it, by a message
+    # from the API worker processes (see fabriek.server.workers).
+    waker: Callable[[bool], None] | None = None
+
+    def wake(self, *, submission: bool = False) -> None:
+        if self.waker is not None:
+            self.waker(submission)
+        else:
+            self.controller.wake(submission=submission)
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -50,16 +60,29 @@ class Runtime:
         self.engine.dispose()
 
 
-def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = system_clock) -> Runtime:
+def detect_machine(settings: Settings) -> tuple[Resources, list[GpuInfo]]:
+    """The local backend's CPUs, memory and GPUs: as declared in the settings, else detected."""
+    memory = parse_memory(settings.memory) if settings.memory else None
+    return detect_resources(settings.cpus, memory), inventory_from_setting(settings.gpus).detect()
+
+
+def build_runtime(
+    settings: Settings,
+    *,
+    clock: Callable[[], datetime] = system_clock,
+    machine: tuple[Resources, list[GpuInfo]] | None = None,
+) -> Runtime:
+    """Everything a server process needs. `machine` is what detect_machine() found, when the
+    caller knows it already (API workers take it from the main process)."""
     settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)
     engine = make_engine(settings.effective_database_url)
     sessions = make_session_factory(engine)
     readers = make_session_factory(reader(engine))
-    memory = parse_memory(settings.memory) if settings.memory else None
+    resources, gpus = machine or detect_machine(settings)
     backend = LocalBackend(
         jobs_dir=settings.jobs_dir,
-        resources=detect_resources(settings.cpus, memory),
-        gpus=inventory_from_setting(settings.gpus).detect(),
+        resources=resources,
+        gpus=gpus,
         kill_grace_seconds=settings.kill_grace_seconds,
     )
     controller = Controller(

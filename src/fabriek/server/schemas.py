@@ -24,6 +24,7 @@ class Health(BaseModel):
     database: str
     backend: str
     workdir_max_bytes: int = Field(description="Largest workdir an upload may unpack to.")
+    api_processes: int = Field(description="Processes serving this API.")
 
 
 class Me(BaseModel):

@@ -1,4 +1,7 @@
-"""`fabriek up`: API, controller and local backend in one process, on SQLite unless told otherwise."""
+"""`fabriek up`: API, controller and local backend, on SQLite unless told otherwise.
+
+The main process runs the controller, the local backend and the API; with more than one worker,
+more processes serve the API beside it (see fabriek.server.workers)."""
 
 from __future__ import annotations
 
@@ -14,10 +17,10 @@ import uvicorn
 from sqlalchemy import Connection, Engine, text
 
 from fabriek.core.errors import Conflict
-from fabriek.server.app import create_app
 from fabriek.server.db.migrate import upgrade
-from fabriek.server.runtime import Runtime, build_runtime
+from fabriek.server.runtime import Runtime, build_runtime, detect_machine
 from fabriek.server.services.auth import bootstrap
+from fabriek.server.workers import WakeListener, WorkerPool, bind, uvicorn_config
 from fabriek.settings import Settings
 
 log = logging.getLogger("fabriek")
@@ -61,7 +64,7 @@ def lock_database(engine: Engine) -> Connection | None:
 
 def prepare(settings: Settings) -> tuple[Runtime, str | None]:
     """Migrate the database and, on first start, create the administrator. Returns its new token."""
-    runtime = build_runtime(settings)
+    runtime = build_runtime(settings, machine=detect_machine(settings))
     upgrade(runtime.engine)
     with runtime.transaction() as session:
         token = bootstrap(session, admin_name=_admin_name(), now=runtime.clock())
@@ -82,29 +85,55 @@ def serve(settings: Settings, *, on_ready: Callable[[Runtime, str | None], None]
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)
     lock = lock_home(settings.home)
-    runtime, token = prepare(settings)
+    try:
+        # Before anything is written: a first start that fails here must not create the
+        # administrator's token without showing it.
+        sock = bind(settings.host, settings.port)
+    except Exception:
+        lock.close()
+        raise
+    try:
+        runtime, token = prepare(settings)
+    except Exception:
+        sock.close()
+        lock.close()
+        raise
     try:
         db_lock = lock_database(runtime.engine)
     except Exception:
         runtime.close()
+        sock.close()
         lock.close()
         raise
+    listener: WakeListener | None = None
+    pool: WorkerPool | None = None
     try:
+        workers = settings.api_processes
         on_ready(runtime, token)
         runtime.backend.launcher.warm()  # so that the first job starts as fast as the rest
         runtime.controller.start()
         runtime.controller.wake()
-        config = uvicorn.Config(
-            create_app(runtime),
-            host=settings.host,
-            port=settings.port,
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=5,
-        )
-        uvicorn.Server(config).run()
+        if workers > 1:
+            listener = WakeListener(runtime.controller.wake)
+            listener.start()
+            machine = (runtime.backend.resources, runtime.backend.gpus)
+            pool = WorkerPool(
+                count=workers - 1,
+                settings=settings,
+                listen=sock,
+                wake=listener.theirs,
+                machine=machine,
+            )
+            pool.start()
+            log.info("serving the API from %d processes (workers %s)", workers, pool.pids)
+        uvicorn.Server(uvicorn_config(runtime)).run(sockets=[sock])
     finally:
+        if pool is not None:
+            pool.stop()
+        if listener is not None:
+            listener.stop()
         if db_lock is not None:
             db_lock.close()
         runtime.close()
+        sock.close()
         lock.close()

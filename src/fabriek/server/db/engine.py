@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -60,21 +62,60 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-_SQLITE_WRITE_LOCKS: WeakKeyDictionary[Engine, threading.Lock] = WeakKeyDictionary()
+class WriteLock:
+    """SQLite has one writer at a time: writers of every process queue here for it.
+
+    Without it, writers poll SQLite's busy handler, which sleeps up to 100 ms between tries:
+    under concurrent submissions that cut throughput several times over. Threads of one process
+    queue on a lock; processes (the API workers of one server) on an flock of a file beside the
+    database, which the kernel hands to the next waiter at once.
+    """
+
+    def __init__(self, database: str | None) -> None:
+        self._threads = threading.Lock()
+        self._path = (
+            f"{database}-fabriek-writer.lock" if database and database != ":memory:" else None
+        )
+        self._fd: int | None = None
+        self._pid = 0
+
+    def __enter__(self) -> None:
+        self._threads.acquire()
+        try:
+            if self._path is not None:
+                if self._fd is None or self._pid != os.getpid():
+                    self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                    self._pid = os.getpid()
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._threads.release()
+            raise
+
+    def __del__(self) -> None:
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
+
+    def __exit__(self, *_exc: object) -> None:
+        try:
+            if self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._threads.release()
+
+
+_SQLITE_WRITE_LOCKS: WeakKeyDictionary[Engine, WriteLock] = WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 
 
-def _write_lock(factory: sessionmaker[Session]) -> threading.Lock | None:
-    """SQLite has one writer at a time: threads of this process queue on a lock for it.
-
-    Without it, writers poll SQLite's busy handler, which sleeps up to 100 ms between tries:
-    under concurrent submissions that cut throughput several times over.
-    """
+def _write_lock(factory: sessionmaker[Session]) -> WriteLock | None:
     bind = factory.kw.get("bind")
     if not isinstance(bind, Engine) or bind.dialect.name != "sqlite":
         return None
     with _LOCKS_GUARD:
-        return _SQLITE_WRITE_LOCKS.setdefault(bind.engine, threading.Lock())
+        lock = _SQLITE_WRITE_LOCKS.get(bind.engine)
+        if lock is None:
+            lock = _SQLITE_WRITE_LOCKS[bind.engine] = WriteLock(bind.engine.url.database)
+        return lock
 
 
 @contextmanager

@@ -51,7 +51,7 @@ def submit(body: JobSubmit, actor: ActorDep, runtime: RuntimeDep) -> Response:
             backend=runtime.backend.name,
             now=runtime.clock(),
         )
-    runtime.controller.wake(submission=True)
+    runtime.wake(submission=True)
     return _json(JobOut.of(job), 201)
 
 
@@ -80,7 +80,7 @@ def get(job_id: JobId, actor: ActorDep, runtime: RuntimeDep) -> Response:
 def cancel(job_id: JobId, actor: ActorDep, runtime: RuntimeDep) -> Response:
     with runtime.transaction() as session:
         job = service.cancel_job(session, actor=actor, job_id=job_id, now=runtime.clock())
-    runtime.controller.wake()
+    runtime.wake()
     return _json(JobOut.of(job))
 
 

@@ -21,6 +21,7 @@ def health(runtime: RuntimeDep) -> Health:
         database=runtime.engine.dialect.name,
         backend=runtime.backend.name,
         workdir_max_bytes=runtime.settings.workdir_max_bytes,
+        api_processes=runtime.settings.api_processes,
     )
 
 

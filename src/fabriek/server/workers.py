@@ -1,0 +1,209 @@
+"""API worker processes: the API on more than one core, with one controller.
+
+Python runs one thread at a time per process, so one process serves a few hundred requests a
+second at most. `fabriek up` therefore listens on one socket and serves it from several processes:
+the main one (which also runs the controller and the local backend) and `workers - 1` API workers,
+started with `spawn` so that none inherits the main process's threads. The kernel hands each new
+connection to whichever process accepts it first.
+
+A worker only answers requests. Where a request must wake the controller (a submission, a cancel),
+the worker sends one byte over a datagram socket to the main process, which wakes it. On SQLite,
+the writers of all processes queue on one file lock (see fabriek.server.db.engine.WriteLock).
+
+Workers die with the main process (PR_SET_PDEATHSIG), and the main process starts a new one when
+one dies.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from fabriek.backends.local.gpus import GpuInfo
+from fabriek.core.errors import Conflict
+from fabriek.core.jobs import Resources
+from fabriek.settings import Settings
+
+log = logging.getLogger("fabriek.workers")
+
+_SUBMISSION, _OTHER, _QUIT = b"s", b"w", b"q"
+_PR_SET_PDEATHSIG = 1
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The API's listening socket, shared by every API process."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        sock = socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        raise Conflict(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+class RemoteWaker:
+    """Wakes the controller of the main process from an API worker."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._sock.settimeout(0.1)
+
+    def __call__(self, submission: bool) -> None:
+        try:
+            self._sock.send(_SUBMISSION if submission else _OTHER)
+        except (TimeoutError, BlockingIOError):
+            # The queue holds hundreds of wake-ups the controller has not read yet: it will pass
+            # soon anyway, and every pass looks at the whole database.
+            pass
+        except OSError:
+            log.warning("cannot reach the controller; it will see this change on its next pass")
+
+
+class WakeListener:
+    """In the main process: turns the workers' messages into wake-ups (Controller.wake)."""
+
+    def __init__(self, wake: Callable[..., None]) -> None:
+        self.wake = wake
+        self._ours, self.theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._thread = threading.Thread(target=self._run, name="wake-listener", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                message = self._ours.recv(64)
+            except OSError:
+                return
+            if message == _QUIT:
+                return
+            self.wake(submission=message == _SUBMISSION)
+
+    def stop(self) -> None:
+        try:
+            self.theirs.send(_QUIT)
+        except OSError:
+            pass
+        self._thread.join(5)
+        self._ours.close()
+        self.theirs.close()
+
+
+class WorkerPool:
+    """`count` API worker processes on the shared socket, restarted when one dies."""
+
+    RESTART_BACKOFF_MAX = 30.0
+
+    def __init__(
+        self,
+        *,
+        count: int,
+        settings: Settings,
+        listen: socket.socket,
+        wake: socket.socket,
+        machine: tuple[Resources, list[GpuInfo]],
+    ) -> None:
+        self.count = count
+        self._args = (settings.model_dump(mode="json"), listen, wake, machine, os.getpid())
+        self._context = multiprocessing.get_context("spawn")
+        self._procs: list[BaseProcess] = []
+        self._stopping = threading.Event()
+        self._monitor = threading.Thread(target=self._watch, name="api-workers", daemon=True)
+
+    def start(self) -> None:
+        self._procs = [self._spawn() for _ in range(self.count)]
+        self._monitor.start()
+
+    def _spawn(self) -> BaseProcess:
+        proc = self._context.Process(
+            target=worker_main, args=self._args, name="fabriek-api-worker", daemon=False
+        )
+        proc.start()
+        return proc
+
+    def _watch(self) -> None:
+        backoff = 0.5
+        while not self._stopping.wait(0.5):
+            for i, proc in enumerate(self._procs):
+                if proc.is_alive() or self._stopping.is_set():
+                    continue
+                log.error("API worker %s exited with %s; starting another", proc.pid, proc.exitcode)
+                if self._stopping.wait(backoff):
+                    return
+                backoff = min(backoff * 2, self.RESTART_BACKOFF_MAX)
+                self._procs[i] = self._spawn()
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs if p.pid is not None]
+
+    def stop(self, timeout: float = 8.0) -> None:
+        """SIGTERM: each worker finishes the requests it has (uvicorn's graceful shutdown)."""
+        self._stopping.set()
+        for proc in self._procs:
+            if proc.is_alive():
+                proc.terminate()
+        deadline = time.monotonic() + timeout
+        for proc in self._procs:
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+                proc.join(2)
+
+
+def _die_with_parent(parent: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def worker_main(
+    settings_data: dict[str, Any],
+    listen: socket.socket,
+    wake: socket.socket,
+    machine: tuple[Resources, list[GpuInfo]],
+    parent: int,
+) -> None:
+    """The body of one API worker process."""
+    # Out of the terminal's process group: Ctrl-C stops the main process, which stops us in
+    # order; a worker that quit on its own would be restarted.
+    os.setpgrp()
+    _die_with_parent(parent)
+    import uvicorn
+
+    from fabriek.server.runtime import build_runtime
+
+    settings = Settings(**settings_data)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    runtime = build_runtime(settings, machine=machine)
+    runtime.waker = RemoteWaker(wake)
+    try:
+        uvicorn.Server(uvicorn_config(runtime)).run(sockets=[listen])
+    finally:
+        runtime.close()
+
+
+def uvicorn_config(runtime: Any) -> Any:
+    import uvicorn
+
+    from fabriek.server.app import create_app
+
+    return uvicorn.Config(
+        create_app(runtime),
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
