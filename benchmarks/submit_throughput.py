@@ -310,7 +310,11 @@ def phase_summary(run: Run) -> dict[str, Any]:
 
 
 def bench_database(kind: str, args: argparse.Namespace) -> dict[str, Any]:
-    with database(kind, args.pg_url) as url, fabriek_server(database_url=url, cpus=1) as server:
+    extra = {"FABRIEK_WORKERS": str(args.workers)} if args.workers else {}
+    with (
+        database(kind, args.pg_url) as url,
+        fabriek_server(database_url=url, cpus=1, extra_env=extra) as server,
+    ):
         blocker = httpx.post(
             f"{server.api}/jobs",
             headers=server.headers,
@@ -363,6 +367,7 @@ def bench_database(kind: str, args: argparse.Namespace) -> dict[str, Any]:
             "database": kind,
             "jobs": args.jobs,
             "concurrency": args.concurrency,
+            "workers": args.workers or None,
             "client": args.client,
             "submit": phase_summary(run),
             "health": phase_summary(baseline),
@@ -384,6 +389,9 @@ def main() -> None:
         "--health-requests", type=int, default=5_000, help="GET /health requests for the baseline"
     )
     parser.add_argument("--client", choices=CLIENTS, default="raw", help="load generator")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="API processes of the server (default: its own)"
+    )
     parser.add_argument(
         "--databases", default=",".join(DATABASES), help="comma-separated: sqlite,postgres"
     )

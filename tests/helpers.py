@@ -116,6 +116,7 @@ def server_env(home: Path, **extra: str) -> dict[str, str]:
         FABRIEK_GPUS="fake:2:test-gpu",
         FABRIEK_KILL_GRACE_SECONDS="1",
         FABRIEK_WORKDIR_MAX_BYTES=str(4 * 1024 * 1024),
+        FABRIEK_WORKERS="2",  # API workers as in production, but cheap to start on 2 cores
         PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}",
     )
     env.update(extra)

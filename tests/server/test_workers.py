@@ -112,10 +112,10 @@ def test_api_workers_serve_wake_restart_and_die_with_the_server(tmp_path: Path) 
     main = server.proc.pid
     try:
         assert httpx.get(server.url + "/api/v1/health").json()["api_processes"] == 3
-        workers = wait_for(lambda: len(_children(main)) == 2 and _children(main), what="2 workers")
+        workers = wait_for(lambda: len(_children(main)) == 3 and _children(main), what="3 workers")
 
-        # With the main process stopped only the workers accept; the job waits for the wake-up
-        # they sent, which the main process reads when it goes on.
+        # The workers answer while the main process (controller, backend) is stopped; the job
+        # waits for the wake-up they sent, which the main process reads when it goes on.
         os.kill(main, signal.SIGSTOP)
         try:
             with server.http() as http:
@@ -141,7 +141,7 @@ def test_api_workers_serve_wake_restart_and_die_with_the_server(tmp_path: Path) 
         victim = min(workers)
         os.kill(victim, signal.SIGKILL)
         wait_for(
-            lambda: len(_children(main)) == 2 and victim not in _children(main),
+            lambda: len(_children(main)) == 3 and victim not in _children(main),
             timeout=20,
             what="a new worker",
         )
@@ -153,5 +153,25 @@ def test_api_workers_serve_wake_restart_and_die_with_the_server(tmp_path: Path) 
         workers = _children(main)
         server.kill9()
         wait_for(lambda: not any(_alive(w) for w in workers), timeout=10, what="workers to end")
+    finally:
+        server.stop()
+
+
+def test_one_process_serves_everything_with_workers_1(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "home", FABRIEK_WORKERS="1")
+    assert server.proc is not None
+    try:
+        assert httpx.get(server.url + "/api/v1/health").json()["api_processes"] == 1
+        assert _children(server.proc.pid) == set()
+        with server.http() as http:
+            r = http.post(
+                "/jobs",
+                json={"name": "one", "argv": ["true"], "memory_bytes": 2**20, "time_limit_s": 60},
+            )
+            assert r.status_code == 201, r.text
+            wait_for(
+                lambda: http.get(f"/jobs/{r.json()['id']}").json()["state"] == "succeeded",
+                what="the job",
+            )
     finally:
         server.stop()

@@ -1,7 +1,8 @@
 """`fabriek up`: API, controller and local backend, on SQLite unless told otherwise.
 
-The main process runs the controller, the local backend and the API; with more than one worker,
-more processes serve the API beside it (see fabriek.server.workers)."""
+With one API process, one process runs the API, the controller and the local backend; with more,
+API worker processes serve the API and the main process runs the controller and the backend (see
+fabriek.server.workers)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import fcntl
 import getpass
 import logging
 import os
+import signal
+import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -88,45 +92,44 @@ def serve(settings: Settings, *, on_ready: Callable[[Runtime, str | None], None]
     try:
         # Before anything is written: a first start that fails here must not create the
         # administrator's token without showing it.
-        sock = bind(settings.host, settings.port)
+        sockets = bind(settings.host, settings.port, settings.api_processes)
     except Exception:
         lock.close()
         raise
     try:
         runtime, token = prepare(settings)
     except Exception:
-        sock.close()
+        _close_all(sockets)
         lock.close()
         raise
     try:
         db_lock = lock_database(runtime.engine)
     except Exception:
         runtime.close()
-        sock.close()
+        _close_all(sockets)
         lock.close()
         raise
     listener: WakeListener | None = None
     pool: WorkerPool | None = None
     try:
-        workers = settings.api_processes
         on_ready(runtime, token)
         runtime.backend.launcher.warm()  # so that the first job starts as fast as the rest
         runtime.controller.start()
         runtime.controller.wake()
-        if workers > 1:
+        if len(sockets) == 1:
+            uvicorn.Server(uvicorn_config(runtime)).run(sockets=sockets)
+        else:
+            # The API in worker processes; this one keeps the controller and the backend, so
+            # that neither waits for the GIL behind requests.
             listener = WakeListener(runtime.controller.wake)
             listener.start()
             machine = (runtime.backend.resources, runtime.backend.gpus)
             pool = WorkerPool(
-                count=workers - 1,
-                settings=settings,
-                listen=sock,
-                wake=listener.theirs,
-                machine=machine,
+                settings=settings, sockets=sockets, wake=listener.theirs, machine=machine
             )
             pool.start()
-            log.info("serving the API from %d processes (workers %s)", workers, pool.pids)
-        uvicorn.Server(uvicorn_config(runtime)).run(sockets=[sock])
+            log.info("serving the API from %d worker processes %s", len(sockets), pool.pids)
+            _wait_for_stop_signal()
     finally:
         if pool is not None:
             pool.stop()
@@ -135,5 +138,24 @@ def serve(settings: Settings, *, on_ready: Callable[[Runtime, str | None], None]
         if db_lock is not None:
             db_lock.close()
         runtime.close()
-        sock.close()
+        _close_all(sockets)
         lock.close()
+
+
+def _wait_for_stop_signal() -> None:
+    """Block until SIGINT (Ctrl-C) or SIGTERM."""
+    stop = threading.Event()
+    previous = {
+        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _close_all(sockets: list[socket.socket]) -> None:
+    for sock in sockets:
+        sock.close()

@@ -1,10 +1,11 @@
 """API worker processes: the API on more than one core, with one controller.
 
 Python runs one thread at a time per process, so one process serves a few hundred requests a
-second at most. `fabriek up` therefore listens on one socket and serves it from several processes:
-the main one (which also runs the controller and the local backend) and `workers - 1` API workers,
-started with `spawn` so that none inherits the main process's threads. The kernel hands each new
-connection to whichever process accepts it first.
+second at most. With `workers` above 1, `fabriek up` serves the API port from that many worker
+processes, started with `spawn` so that none inherits the main process's threads, while the main
+process runs the controller and the local backend. Each worker has its own SO_REUSEPORT socket,
+created by the main process (which keeps them, so a restarted worker gets its socket and the
+connections waiting on it back); the kernel spreads new connections over them.
 
 A worker only answers requests. Where a request must wake the controller (a submission, a cancel),
 the worker sends one byte over a datagram socket to the main process, which wakes it. On SQLite,
@@ -39,15 +40,27 @@ _SUBMISSION, _OTHER, _QUIT = b"s", b"w", b"q"
 _PR_SET_PDEATHSIG = 1
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """The API's listening socket, shared by every API process."""
+def bind(host: str, port: int, count: int = 1) -> list[socket.socket]:
+    """One listening socket per API process, all on host:port.
+
+    With more than one they are SO_REUSEPORT sockets, so that the kernel spreads new connections
+    evenly over the processes. On one shared socket the first process to wake would accept a
+    whole burst of connections, and keep-alive clients would then load it alone.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        sock = socket.create_server((host, port), family=family, backlog=2048)
+        # A plain socket first: it fails if anyone holds the port, also another server that
+        # would otherwise join our SO_REUSEPORT group and take half of our connections.
+        probe = socket.create_server((host, port), family=family, backlog=2048)
+        if count == 1:
+            return [probe]
+        probe.close()
+        return [
+            socket.create_server((host, port), family=family, backlog=2048, reuse_port=True)
+            for _ in range(count)
+        ]
     except OSError as exc:
         raise Conflict(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    sock.set_inheritable(True)
-    return sock
 
 
 class RemoteWaker:
@@ -100,33 +113,32 @@ class WakeListener:
 
 
 class WorkerPool:
-    """`count` API worker processes on the shared socket, restarted when one dies."""
+    """One API worker process per socket, restarted when it dies."""
 
     RESTART_BACKOFF_MAX = 30.0
 
     def __init__(
         self,
         *,
-        count: int,
         settings: Settings,
-        listen: socket.socket,
+        sockets: list[socket.socket],
         wake: socket.socket,
         machine: tuple[Resources, list[GpuInfo]],
     ) -> None:
-        self.count = count
-        self._args = (settings.model_dump(mode="json"), listen, wake, machine, os.getpid())
+        self._sockets = sockets
+        self._args = (settings.model_dump(mode="json"), wake, machine, os.getpid())
         self._context = multiprocessing.get_context("spawn")
         self._procs: list[BaseProcess] = []
         self._stopping = threading.Event()
         self._monitor = threading.Thread(target=self._watch, name="api-workers", daemon=True)
 
     def start(self) -> None:
-        self._procs = [self._spawn() for _ in range(self.count)]
+        self._procs = [self._spawn(sock) for sock in self._sockets]
         self._monitor.start()
 
-    def _spawn(self) -> BaseProcess:
+    def _spawn(self, sock: socket.socket) -> BaseProcess:
         proc = self._context.Process(
-            target=worker_main, args=self._args, name="fabriek-api-worker", daemon=False
+            target=worker_main, args=(sock, *self._args), name="fabriek-api-worker", daemon=False
         )
         proc.start()
         return proc
@@ -141,7 +153,7 @@ class WorkerPool:
                 if self._stopping.wait(backoff):
                     return
                 backoff = min(backoff * 2, self.RESTART_BACKOFF_MAX)
-                self._procs[i] = self._spawn()
+                self._procs[i] = self._spawn(self._sockets[i])
 
     @property
     def pids(self) -> list[int]:
@@ -169,8 +181,8 @@ def _die_with_parent(parent: int) -> None:
 
 
 def worker_main(
-    settings_data: dict[str, Any],
     listen: socket.socket,
+    settings_data: dict[str, Any],
     wake: socket.socket,
     machine: tuple[Resources, list[GpuInfo]],
     parent: int,
