@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from fabriek.server.db.migrate import head_revision
 from tests.helpers import FABRIEK, ServerProcess, free_port, server_env, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -227,10 +229,10 @@ def test_db_upgrade_command(tmp_path: Path) -> None:
 
     env = server_env(tmp_path / "fresh")
     first = subprocess.run([FABRIEK, "db", "upgrade"], env=env, capture_output=True, text=True)
-    assert first.returncode == 0 and "revision 0001" in first.stdout, first.stderr
+    assert first.returncode == 0 and f"revision {head_revision()}" in first.stdout, first.stderr
     assert (tmp_path / "fresh" / "fabriek.db").exists()
     again = subprocess.run([FABRIEK, "db", "upgrade"], env=env, capture_output=True, text=True)
-    assert again.returncode == 0 and "revision 0001" in again.stdout
+    assert again.returncode == 0 and f"revision {head_revision()}" in again.stdout
 
 
 def test_job_sees_its_variables_not_the_servers_secrets(server: ServerProcess) -> None:
@@ -270,3 +272,90 @@ def test_symlinks_in_the_workdir_are_refused_by_name(server: ServerProcess, proj
     (project / "link").symlink_to("/etc/passwd")
     r = server.cli("submit", "--", "true", cwd=project)
     assert r.returncode == 2 and "link" in r.stderr and "symbolic link" in r.stderr
+
+
+def test_tenancy_verbs_from_user_to_job(server: ServerProcess) -> None:
+    made = server.cli("user", "create", "anna-cli")
+    assert made.returncode == 0, made.stderr
+    anna_token = made.stdout.strip()
+    assert anna_token.startswith("fbk_") and "shown once" in made.stderr
+    for args in (
+        (
+            "org",
+            "create",
+            "rug-cli",
+            "--display-name",
+            "University of Groningen",
+            "--kind",
+            "university",
+            "--country",
+            "NL",
+            "--region",
+            "NL11",
+        ),
+        ("org", "verify", "rug-cli"),
+        ("org", "add-member", "rug-cli", "anna-cli"),
+        ("project", "create", "vision-cli", "--org", "rug-cli"),
+        ("project", "add-member", "vision-cli", "anna-cli"),
+    ):
+        r = server.cli(*args)
+        assert r.returncode == 0, (args, r.stderr)
+    shown = json.loads(server.cli("org", "show", "rug-cli", "--json").stdout)
+    assert shown["organisation"]["verified"] and shown["organisation"]["region"] == "NL11"
+    assert {m["user"]: m["role"] for m in shown["members"]}["anna-cli"] == "member"
+
+    anna = dict(server.env, FABRIEK_URL=server.url, FABRIEK_TOKEN=anna_token)
+    anna.pop("FABRIEK_CONFIG")
+
+    def as_anna(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [FABRIEK, *args], env=anna, capture_output=True, text=True, timeout=60
+        )
+
+    assert [p["name"] for p in json.loads(as_anna("project", "list", "--json").stdout)] == [
+        "vision-cli"
+    ]
+    r = as_anna("submit", "--parsable", "--no-workdir", "--project", "vision-cli", "--", "true")
+    assert r.returncode == 0 and r.stdout.strip().isdigit(), r.stderr
+    r = as_anna("user", "list")
+    assert r.returncode == 3 and "only operators" in r.stderr
+    r = as_anna("project", "create", "mine", "--org", "rug-cli")
+    assert r.returncode == 3 and "only owners and managers" in r.stderr
+
+    second = as_anna("token", "create", "laptop", "--days", "7")
+    assert second.returncode == 0, second.stderr
+    tokens = json.loads(as_anna("token", "list", "--json").stdout)
+    laptop = next(t for t in tokens if t["name"] == "laptop")
+    assert second.stdout.strip().startswith(laptop["prefix"])
+    assert as_anna("token", "revoke", str(laptop["id"])).returncode == 0
+    laptop_env = dict(anna, FABRIEK_TOKEN=second.stdout.strip())
+    r = subprocess.run(
+        [FABRIEK, "jobs"], env=laptop_env, capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 3 and "revoked" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ("org", "create", "BAD", "--display-name", "x", "--kind", "sme"),
+            "invalid organisation name",
+        ),
+        (("org", "create", "okname", "--display-name", "x", "--kind", "alien"), "alien"),
+        (
+            ("org", "create", "okname", "--display-name", "x", "--kind", "sme", "--region", "NL11"),
+            "needs a country",
+        ),
+        (("org", "show", "nowhere"), "no organisation named 'nowhere'"),
+        (("project", "add-member", "default", "nobody"), "no user named 'nobody'"),
+        (("token", "create", "x", "--days", "0"), "1 to 366 days"),
+        (("token", "revoke", "999999"), "no token 999999"),
+    ],
+)
+def test_tenancy_bad_input_is_one_clear_line(
+    server: ServerProcess, args: tuple[str, ...], message: str
+) -> None:
+    r = server.cli(*args)
+    assert r.returncode != 0 and message in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr

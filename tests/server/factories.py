@@ -7,7 +7,13 @@ from datetime import datetime
 from sqlalchemy.orm import Session, sessionmaker
 
 from fabriek.core.jobs import Job, JobRequest, Resources
-from fabriek.server.db.models import ProjectMemberRow, ProjectRow, UserRow
+from fabriek.server.db.models import (
+    OrganisationMemberRow,
+    OrganisationRow,
+    ProjectMemberRow,
+    ProjectRow,
+    UserRow,
+)
 from fabriek.server.services.actors import Actor
 from fabriek.server.services.auth import bootstrap
 from fabriek.server.services.jobs import submit_job
@@ -21,24 +27,45 @@ def make_admin(sessions: sessionmaker[Session], now: datetime) -> tuple[Actor, s
         token = bootstrap(session, admin_name="admin", now=now)
         user = session.query(UserRow).filter_by(name="admin").one()
     assert token is not None
-    return Actor(user.id, user.name, True), token
+    return Actor(user.id, user.name, is_operator=True), token
 
 
 def make_user(
-    sessions: sessionmaker[Session], name: str, now: datetime, *, projects: tuple[str, ...] = ()
+    sessions: sessionmaker[Session],
+    name: str,
+    now: datetime,
+    *,
+    projects: tuple[str, ...] = (),
+    org: str | None = None,
+    org_role: str = "member",
+    operator: bool = False,
 ) -> Actor:
+    """A user in organisation `org` (default: one of their own, NAME-org) with role `org_role`,
+    and a member of `projects`, which are created in that organisation when new."""
+    org = org or f"{name}-org"
     with sessions() as session, session.begin():
-        user = UserRow(name=name, is_admin=False, created_at=now)
+        user = UserRow(name=name, is_operator=operator, is_reviewer=False, created_at=now)
         session.add(user)
+        organisation = session.query(OrganisationRow).filter_by(name=org).one_or_none()
+        if organisation is None:
+            organisation = OrganisationRow(
+                name=org, display_name=org, kind="university", created_at=now
+            )
+            session.add(organisation)
         session.flush()
+        session.add(
+            OrganisationMemberRow(organisation_id=organisation.id, user_id=user.id, role=org_role)
+        )
         for project_name in projects:
             project = session.query(ProjectRow).filter_by(name=project_name).one_or_none()
             if project is None:
-                project = ProjectRow(name=project_name, created_at=now)
+                project = ProjectRow(
+                    name=project_name, organisation_id=organisation.id, created_at=now
+                )
                 session.add(project)
                 session.flush()
             session.add(ProjectMemberRow(project_id=project.id, user_id=user.id, role="member"))
-        return Actor(user.id, name, False)
+        return Actor(user.id, name, is_operator=operator)
 
 
 def make_request(

@@ -1,9 +1,12 @@
 """Migrations bring SQLite and PostgreSQL to exactly the schema the models describe."""
 
+from datetime import UTC, datetime
+
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
+from fabriek.server.db.engine import make_engine
 from fabriek.server.db.migrate import current_revision, head_revision, upgrade
 from fabriek.server.db.models import Base
 
@@ -19,3 +22,53 @@ def test_schema_matches_models(engine: Engine) -> None:
 
 def test_upgrade_is_repeatable(engine: Engine) -> None:
     assert upgrade(engine) == head_revision()
+
+
+def test_0002_moves_existing_projects_into_a_default_organisation(db_url: str) -> None:
+    """A database of the foundation (0001) with a project, its owner and a member keeps both."""
+    engine = make_engine(db_url)
+    try:
+        upgrade(engine, "0001")
+        now = datetime(2026, 11, 1, tzinfo=UTC)
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO users (id, name, is_admin, created_at) VALUES "
+                    "(1, 'root', :t, :now), (2, 'ann', :f, :now)"
+                ),
+                {"t": True, "f": False, "now": now},
+            )
+            conn.execute(
+                text("INSERT INTO projects (id, name, created_at) VALUES (1, 'default', :now)"),
+                {"now": now},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO project_members (project_id, user_id, role) VALUES "
+                    "(1, 1, 'owner'), (1, 2, 'member')"
+                )
+            )
+        assert upgrade(engine) == head_revision()
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT name, kind FROM organisations")).all() == [
+                ("default", "other")
+            ]
+            org_members = conn.execute(
+                text("SELECT user_id, role FROM organisation_members ORDER BY user_id")
+            ).all()
+            assert org_members == [(1, "owner"), (2, "member")]
+            projects = conn.execute(text("SELECT organisation_id IS NOT NULL FROM projects")).all()
+            assert projects == [(True,)]
+            roles = conn.execute(
+                text("SELECT user_id, role FROM project_members ORDER BY user_id")
+            ).all()
+            assert roles == [(1, "manager"), (2, "member")]
+            users = conn.execute(
+                text("SELECT name, is_operator, is_reviewer FROM users ORDER BY id")
+            ).all()
+            assert [(n, bool(o), bool(r)) for n, o, r in users] == [
+                ("root", True, False),
+                ("ann", False, False),
+            ]
+    finally:
+        engine.dispose()

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -21,7 +22,19 @@ from fabriek.core.errors import (
     error_from_code,
 )
 from fabriek.core.jobs import JobState
-from fabriek.server.schemas import Health, JobOut, Me, WorkdirOut
+from fabriek.server.schemas import (
+    Health,
+    JobOut,
+    Me,
+    MemberOut,
+    OrganisationOut,
+    ProjectOut,
+    TokenCreated,
+    TokenOut,
+    UserCreated,
+    UserOut,
+    WorkdirOut,
+)
 
 API = "/api/v1"
 
@@ -191,6 +204,116 @@ class Client:
             members = [m for m in tar.getmembers() if m.isfile() or m.isdir()]
             tar.extractall(target, members=members, filter="data")
         return sorted(m.name.removeprefix("./") for m in members if m.isfile())
+
+    # --- organisations, projects, users, tokens -------------------------------------------------
+    def organisations(self) -> list[OrganisationOut]:
+        return [OrganisationOut.model_validate(o) for o in self._get("/organisations")]
+
+    def organisation(self, name: str) -> OrganisationOut:
+        return OrganisationOut.model_validate(self._get(f"/organisations/{_seg(name)}"))
+
+    def create_organisation(
+        self,
+        name: str,
+        *,
+        display_name: str,
+        kind: str,
+        country: str | None = None,
+        region: str | None = None,
+    ) -> OrganisationOut:
+        body = {
+            "name": name,
+            "display_name": display_name,
+            "kind": kind,
+            "country": country,
+            "region": region,
+        }
+        return OrganisationOut.model_validate(self._send("POST", "/organisations", body))
+
+    def update_organisation(self, name: str, **changes: Any) -> OrganisationOut:
+        body = {k: v for k, v in changes.items() if v is not None}
+        return OrganisationOut.model_validate(
+            self._send("PATCH", f"/organisations/{_seg(name)}", body)
+        )
+
+    def verify_organisation(self, name: str, *, verified: bool = True) -> OrganisationOut:
+        path = f"/organisations/{_seg(name)}/verify"
+        return OrganisationOut.model_validate(self._send("POST", path, {"verified": verified}))
+
+    def organisation_members(self, name: str) -> list[MemberOut]:
+        return [
+            MemberOut.model_validate(m) for m in self._get(f"/organisations/{_seg(name)}/members")
+        ]
+
+    def set_organisation_member(self, name: str, user: str, role: str = "member") -> MemberOut:
+        path = f"/organisations/{_seg(name)}/members/{_seg(user)}"
+        return MemberOut.model_validate(self._send("PUT", path, {"role": role}))
+
+    def remove_organisation_member(self, name: str, user: str) -> None:
+        self._request("DELETE", f"/organisations/{_seg(name)}/members/{_seg(user)}")
+
+    def projects(self) -> list[ProjectOut]:
+        return [ProjectOut.model_validate(p) for p in self._get("/projects")]
+
+    def project(self, name: str) -> ProjectOut:
+        return ProjectOut.model_validate(self._get(f"/projects/{_seg(name)}"))
+
+    def create_project(self, name: str, *, organisation: str) -> ProjectOut:
+        body = {"name": name, "organisation": organisation}
+        return ProjectOut.model_validate(self._send("POST", "/projects", body))
+
+    def project_members(self, name: str) -> list[MemberOut]:
+        return [MemberOut.model_validate(m) for m in self._get(f"/projects/{_seg(name)}/members")]
+
+    def set_project_member(self, name: str, user: str, role: str = "member") -> MemberOut:
+        path = f"/projects/{_seg(name)}/members/{_seg(user)}"
+        return MemberOut.model_validate(self._send("PUT", path, {"role": role}))
+
+    def remove_project_member(self, name: str, user: str) -> None:
+        self._request("DELETE", f"/projects/{_seg(name)}/members/{_seg(user)}")
+
+    def users(self) -> list[UserOut]:
+        return [UserOut.model_validate(u) for u in self._get("/users")]
+
+    def create_user(
+        self, name: str, *, operator: bool = False, reviewer: bool = False, token_days: int = 90
+    ) -> UserCreated:
+        body = {
+            "name": name,
+            "is_operator": operator,
+            "is_reviewer": reviewer,
+            "token_days": token_days,
+        }
+        return UserCreated.model_validate(self._send("POST", "/users", body))
+
+    def set_user_roles(
+        self, name: str, *, operator: bool | None = None, reviewer: bool | None = None
+    ) -> UserOut:
+        body = {"is_operator": operator, "is_reviewer": reviewer}
+        return UserOut.model_validate(self._send("PATCH", f"/users/{_seg(name)}", body))
+
+    def tokens(self, user: str | None = None) -> list[TokenOut]:
+        params = {"user": user} if user else {}
+        return [TokenOut.model_validate(t) for t in self._get("/tokens", params=params)]
+
+    def create_token(self, name: str, *, days: int = 90) -> TokenCreated:
+        return TokenCreated.model_validate(
+            self._send("POST", "/tokens", {"name": name, "days": days})
+        )
+
+    def revoke_token(self, token_id: int) -> TokenOut:
+        return TokenOut.model_validate(self._request("DELETE", f"/tokens/{token_id}").json())
+
+    def _get(self, path: str, **kwargs: Any) -> Any:
+        return self._request("GET", path, **kwargs).json()
+
+    def _send(self, method: str, path: str, body: dict[str, Any]) -> Any:
+        return self._request(method, path, json=body).json()
+
+
+def _seg(value: str) -> str:
+    """A name as one URL path segment: '/', '?', '#' and the like cannot escape it."""
+    return quote(value, safe="")
 
 
 def _error_of(response: httpx.Response) -> FabriekError:

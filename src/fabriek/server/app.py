@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from fabriek import __version__
 from fabriek.server.errors import install_error_handlers
-from fabriek.server.routers import jobs, system, workdirs
+from fabriek.server.routers import jobs, organisations, projects, system, users, workdirs
 from fabriek.server.runtime import Runtime
 from fabriek.server.schemas import ErrorResponse
 
@@ -29,6 +29,14 @@ def create_app(runtime: Runtime) -> FastAPI:
     )
     app.state.runtime = runtime
     install_error_handlers(app)
-    for module in (system, jobs, workdirs):
-        app.include_router(module.router, prefix=API_PREFIX)
+    for router in (
+        system.router,
+        jobs.router,
+        workdirs.router,
+        organisations.router,
+        projects.router,
+        users.users,
+        users.tokens,
+    ):
+        app.include_router(router, prefix=API_PREFIX)
     return app

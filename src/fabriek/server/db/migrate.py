@@ -20,12 +20,29 @@ def alembic_config(url: str) -> Config:
     return config
 
 
-def upgrade(engine: Engine) -> str:
-    """Apply every migration not yet applied; return the revision the database is at."""
+def upgrade(engine: Engine, revision: str = "head") -> str:
+    """Apply every migration not yet applied (up to `revision`); return the revision the database
+    is at."""
     config = alembic_config(engine.url.render_as_string(hide_password=False))
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+    with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        # SQLite changes a table's schema by copying it into a new one and dropping the old,
+        # which foreign keys forbid while rows point at it. SQLite's own procedure: switch them
+        # off outside the transaction, check them all before committing, switch them on again.
+        driver = connection.connection.driver_connection if sqlite else None
+        if driver is not None:
+            driver.execute("PRAGMA foreign_keys=OFF")
+        try:
+            with connection.begin():
+                config.attributes["connection"] = connection
+                command.upgrade(config, revision)
+                if sqlite:
+                    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+                    if broken:
+                        raise RuntimeError(f"migration broke foreign keys: {broken[:5]}")
+        finally:
+            if driver is not None:
+                driver.execute("PRAGMA foreign_keys=ON")
     return current_revision(engine) or ""
 
 

@@ -28,4 +28,9 @@ def health(runtime: RuntimeDep) -> Health:
 @router.get("/whoami", response_model=Me)
 def whoami(actor: ActorDep) -> Me:
     assert actor.user_id is not None
-    return Me(id=actor.user_id, name=actor.name, is_admin=actor.is_admin)
+    return Me(
+        id=actor.user_id,
+        name=actor.name,
+        is_operator=actor.is_operator,
+        is_reviewer=actor.is_reviewer,
+    )

@@ -9,11 +9,12 @@ from dataclasses import dataclass
 class Actor:
     user_id: int | None
     name: str
-    is_admin: bool = False
+    is_operator: bool = False  # runs the factory: may see and change everything
+    is_reviewer: bool = False  # judges applications to access calls
 
     @property
     def label(self) -> str:
         return self.name if self.user_id is None else f"user:{self.name}"
 
 
-SYSTEM = Actor(user_id=None, name="controller", is_admin=True)
+SYSTEM = Actor(user_id=None, name="controller", is_operator=True)

@@ -10,12 +10,21 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from fabriek.core.errors import Unauthenticated
-from fabriek.server.db.models import ProjectMemberRow, ProjectRow, TokenRow, UserRow
+from fabriek.core.tenancy import OrgKind, OrgRole, ProjectRole
+from fabriek.server.db.models import (
+    OrganisationMemberRow,
+    OrganisationRow,
+    ProjectMemberRow,
+    ProjectRow,
+    TokenRow,
+    UserRow,
+)
 from fabriek.server.services import audit
 from fabriek.server.services.actors import SYSTEM, Actor
 
 TOKEN_PREFIX = "fbk_"
 DEFAULT_PROJECT = "default"
+DEFAULT_ORGANISATION = "default"
 
 
 def hash_token(token: str) -> str:
@@ -48,11 +57,37 @@ def authenticate_with_expiry(
         raise Unauthenticated("the API token was revoked")
     if tok.expires_at is not None and tok.expires_at <= now:
         raise Unauthenticated("the API token has expired")
-    return Actor(user_id=user.id, name=user.name, is_admin=user.is_admin), tok.expires_at
+    actor = Actor(
+        user_id=user.id, name=user.name, is_operator=user.is_operator, is_reviewer=user.is_reviewer
+    )
+    return actor, tok.expires_at
 
 
-def create_token(session: Session, *, user: UserRow, name: str, now: datetime, actor: Actor) -> str:
+def create_token(
+    session: Session,
+    *,
+    user: UserRow,
+    name: str,
+    now: datetime,
+    actor: Actor,
+    expires_at: datetime | None = None,
+) -> str:
     """Create a token for `user`; the token is returned once and only its hash is kept."""
+    return issue_token(session, user=user, name=name, now=now, actor=actor, expires_at=expires_at)[
+        1
+    ]
+
+
+def issue_token(
+    session: Session,
+    *,
+    user: UserRow,
+    name: str,
+    now: datetime,
+    actor: Actor,
+    expires_at: datetime | None = None,
+) -> tuple[TokenRow, str]:
+    """As create_token, with the new row."""
     token = new_token()
     row = TokenRow(
         user_id=user.id,
@@ -60,6 +95,7 @@ def create_token(session: Session, *, user: UserRow, name: str, now: datetime, a
         token_hash=hash_token(token),
         prefix=token[: len(TOKEN_PREFIX) + 4],
         created_at=now,
+        expires_at=expires_at,
     )
     session.add(row)
     session.flush()
@@ -72,22 +108,37 @@ def create_token(session: Session, *, user: UserRow, name: str, now: datetime, a
         at=now,
         user=user.name,
         name=name,
+        expires_at=expires_at.isoformat() if expires_at else None,
     )
-    return token
+    return row, token
 
 
 def bootstrap(session: Session, *, admin_name: str, now: datetime) -> str | None:
-    """On an empty database: create the administrator, the default project and a token for it.
+    """On an empty database: create the first operator, the default organisation (which it owns),
+    its default project (which it manages) and a token for the operator.
 
     Returns the new token, or None when the database already has users (nothing is changed then).
     """
     if session.scalar(select(UserRow.id).limit(1)) is not None:
         return None
-    admin = UserRow(name=admin_name, is_admin=True, created_at=now)
-    project = ProjectRow(name=DEFAULT_PROJECT, created_at=now)
-    session.add_all([admin, project])
+    admin = UserRow(name=admin_name, is_operator=True, is_reviewer=False, created_at=now)
+    org = OrganisationRow(
+        name=DEFAULT_ORGANISATION,
+        display_name="Default organisation",
+        kind=OrgKind.OTHER.value,
+        created_at=now,
+    )
+    session.add_all([admin, org])
     session.flush()
-    session.add(ProjectMemberRow(project_id=project.id, user_id=admin.id, role="owner"))
+    project = ProjectRow(name=DEFAULT_PROJECT, organisation_id=org.id, created_at=now)
+    session.add(project)
+    session.flush()
+    session.add_all(
+        [
+            OrganisationMemberRow(organisation_id=org.id, user_id=admin.id, role=OrgRole.OWNER),
+            ProjectMemberRow(project_id=project.id, user_id=admin.id, role=ProjectRole.MANAGER),
+        ]
+    )
     audit.record(
         session,
         actor=SYSTEM,
@@ -96,7 +147,17 @@ def bootstrap(session: Session, *, admin_name: str, now: datetime) -> str | None
         target_id=admin.id,
         at=now,
         name=admin_name,
-        is_admin=True,
+        is_operator=True,
+    )
+    audit.record(
+        session,
+        actor=SYSTEM,
+        action="organisation.create",
+        target_type="organisation",
+        target_id=org.id,
+        at=now,
+        name=DEFAULT_ORGANISATION,
+        kind=OrgKind.OTHER.value,
     )
     audit.record(
         session,
@@ -106,6 +167,7 @@ def bootstrap(session: Session, *, admin_name: str, now: datetime) -> str | None
         target_id=project.id,
         at=now,
         name=DEFAULT_PROJECT,
+        organisation=DEFAULT_ORGANISATION,
     )
     return create_token(session, user=admin, name="bootstrap", now=now, actor=SYSTEM)
 
@@ -129,6 +191,10 @@ class TokenCache:
         if monotonic > cached_until or (expires_at is not None and expires_at <= now):
             return None
         return actor
+
+    def forget(self, token_hash: str) -> None:
+        """Drop a token (by its hash) at once: it was revoked."""
+        self._entries.pop(token_hash, None)
 
     def put(
         self, token: str, actor: Actor, *, expires_at: datetime | None, monotonic: float

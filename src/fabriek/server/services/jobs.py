@@ -5,15 +5,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, bindparam, func, insert, select, true
+from sqlalchemy import ColumnElement, Select, bindparam, func, insert, select, true
 from sqlalchemy.orm import Session
 
 from fabriek.core.errors import Conflict, Forbidden, InvalidRequest, NotFound, ResourcesUnavailable
 from fabriek.core.jobs import Job, JobEvent, JobRequest, JobState, Resources, validate_request
 from fabriek.core.units import format_bytes
-from fabriek.server.db.models import JobEventRow, JobRow, ProjectMemberRow, ProjectRow, UserRow
+from fabriek.server.db.models import (
+    JobEventRow,
+    JobRow,
+    OrganisationMemberRow,
+    ProjectMemberRow,
+    ProjectRow,
+    UserRow,
+)
 from fabriek.server.services import audit
 from fabriek.server.services.actors import Actor
+from fabriek.server.services.tenancy import MANAGING
 from fabriek.server.services.transitions import record_submission, transition_job
 from fabriek.server.services.workdirs import get_workdir
 
@@ -121,18 +129,39 @@ def _project_for(session: Session, *, actor: Actor, name: str) -> tuple[int, str
     if found is None:
         raise NotFound(f"no project named {name!r}")
     project_id, project_name, member = found
-    if member is None and not actor.is_admin:
-        raise Forbidden(f"you are not a member of project {name!r}")
+    if member is None and not actor.is_operator:
+        if project_id in _managed_projects(session, actor):
+            raise Forbidden(
+                f"you manage project {name!r} through its organisation but are not a member of "
+                "it; add yourself to submit jobs"
+            )
+        raise NotFound(f"no project named {name!r}")  # someone else's: as if absent
     return project_id, project_name
 
 
-def _visible(actor: Actor) -> ColumnElement[bool]:
-    """A filter on jobs: those in the actor's projects (all of them for an administrator)."""
-    if actor.is_admin:
-        return true()
-    return JobRow.project_id.in_(
-        select(ProjectMemberRow.project_id).where(ProjectMemberRow.user_id == actor.user_id)
+def _managed_projects(session: Session, actor: Actor) -> set[int]:
+    return set(session.scalars(_managed_project_ids(actor)))
+
+
+def _managed_project_ids(actor: Actor) -> Select[tuple[int]]:
+    """Projects of the organisations the actor owns or manages."""
+    return select(ProjectRow.id).where(
+        ProjectRow.organisation_id.in_(
+            select(OrganisationMemberRow.organisation_id).where(
+                OrganisationMemberRow.user_id == actor.user_id,
+                OrganisationMemberRow.role.in_(MANAGING),
+            )
+        )
     )
+
+
+def _visible(actor: Actor) -> ColumnElement[bool]:
+    """A filter on jobs: those of the actor's projects and of the projects of organisations the
+    actor owns or manages (all of them for an operator)."""
+    if actor.is_operator:
+        return true()
+    mine = select(ProjectMemberRow.project_id).where(ProjectMemberRow.user_id == actor.user_id)
+    return JobRow.project_id.in_(mine.union(_managed_project_ids(actor)))
 
 
 def list_jobs(

@@ -1,0 +1,161 @@
+"""Tenants: organisations, their members and projects, users and their platform roles.
+
+Pure rules and value objects; the services apply them to the database.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from fabriek.core.errors import InvalidRequest
+
+
+class OrgKind(StrEnum):
+    SME = "sme"
+    LARGE_COMPANY = "large_company"
+    UNIVERSITY = "university"
+    RESEARCH_INSTITUTE = "research_institute"
+    GOVERNMENT = "government"
+    HEALTH = "health"
+    OTHER = "other"
+
+
+class OrgRole(StrEnum):
+    """Owners manage everything of their organisation, managers its projects and plain members,
+    members work in the projects they are added to."""
+
+    OWNER = "owner"
+    MANAGER = "manager"
+    MEMBER = "member"
+
+
+class ProjectRole(StrEnum):
+    """Project managers add and remove the project's members."""
+
+    MANAGER = "manager"
+    MEMBER = "member"
+
+
+# Handles used in URLs and on the command line.
+_ORG_NAME = re.compile(r"[a-z0-9][a-z0-9-]{1,63}")
+_PROJECT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
+_COUNTRY = re.compile(r"[A-Z]{2}")
+# A NUTS code: the country's two letters, then one to three characters for levels 1-3 (NL1, NL11,
+# NL113). Greece is EL in NUTS, not GR.
+_NUTS = re.compile(r"[A-Z]{2}[0-9A-Z]{1,3}")
+_NUTS_COUNTRY = {"GR": "EL"}
+
+# The Northern Netherlands: Groningen, Friesland, Drenthe.
+NORTHERN_NETHERLANDS = ("NL11", "NL12", "NL13")
+
+
+def check_org_name(name: str) -> str:
+    if not _ORG_NAME.fullmatch(name):
+        raise InvalidRequest(
+            f"invalid organisation name {name!r}: 2-64 characters, lower-case letters, digits and "
+            "'-', starting with a letter or digit (e.g. 'rug' or 'umcg'); the full name goes in "
+            "display_name"
+        )
+    return name
+
+
+def check_project_name(name: str) -> str:
+    if not _PROJECT_NAME.fullmatch(name):
+        raise InvalidRequest(
+            f"invalid project name {name!r}: 1-128 letters, digits, '.', '_' or '-', starting "
+            "with a letter or digit"
+        )
+    return name
+
+
+def check_user_name(name: str) -> str:
+    if not _USER_NAME.fullmatch(name):
+        raise InvalidRequest(
+            f"invalid user name {name!r}: 1-128 letters, digits, '.', '_', '@' or '-', starting "
+            "with a letter or digit"
+        )
+    return name
+
+
+def check_display_name(name: str) -> str:
+    if not name.strip() or not name.isprintable() or len(name) > 256:
+        raise InvalidRequest("invalid display name: 1-256 printable characters")
+    return name.strip()
+
+
+def check_location(country: str | None, region: str | None) -> tuple[str | None, str | None]:
+    """Validate an ISO 3166-1 country and a NUTS region code within it (upper-cased)."""
+    country = country.upper() if country else None
+    region = region.upper() if region else None
+    if country is not None and not _COUNTRY.fullmatch(country):
+        raise InvalidRequest(f"invalid country {country!r}: two letters, ISO 3166-1 (e.g. NL)")
+    if region is not None:
+        if not _NUTS.fullmatch(region):
+            raise InvalidRequest(
+                f"invalid region {region!r}: a NUTS code such as NL11 (Groningen), NL12 "
+                "(Friesland) or NL13 (Drenthe)"
+            )
+        if country is None:
+            raise InvalidRequest("a region needs a country")
+        if region[:2] != _NUTS_COUNTRY.get(country, country):
+            raise InvalidRequest(f"region {region} is not in country {country}")
+    return country, region
+
+
+def org_role_may_grant(granter: OrgRole, role: OrgRole) -> bool:
+    """Owners may grant any role; managers only plain membership."""
+    return granter == OrgRole.OWNER or (granter == OrgRole.MANAGER and role == OrgRole.MEMBER)
+
+
+@dataclass(frozen=True, slots=True)
+class Organisation:
+    name: str
+    display_name: str
+    kind: OrgKind
+    country: str | None
+    region: str | None
+    verified_at: datetime | None
+    verified_by: str | None
+    created_at: datetime
+    my_role: OrgRole | None  # the asking user's role, None for an operator outside it
+
+    @property
+    def verified(self) -> bool:
+        return self.verified_at is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    user: str
+    role: str
+
+
+@dataclass(frozen=True, slots=True)
+class Project:
+    name: str
+    organisation: str
+    created_at: datetime
+    my_role: ProjectRole | None
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    name: str
+    is_operator: bool
+    is_reviewer: bool
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    id: int
+    user: str
+    name: str
+    prefix: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None

@@ -1,0 +1,342 @@
+"""Tenant isolation: every API endpoint against every role and a foreign tenant.
+
+The endpoints come from the running server's own OpenAPI document, so an endpoint added without a
+rule here fails `test_every_endpoint_has_a_rule`. Each rule says how to call the endpoint on
+tenant A's objects and which status each role must get; list endpoints also say who must see A's
+object in the answer.
+
+Tenant A: organisation `org-a` (owner, manager, member) with project `pa` (project member) and a
+finished job and a workdir of the project member. Tenant B: `org-b`, whose owner is the foreign
+user. The operator is the bootstrap administrator.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import itertools
+import tarfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.helpers import ServerProcess, wait_for
+
+ROLES = ("anonymous", "operator", "owner", "manager", "member", "project_member", "foreign")
+API = "/api/v1"
+_unique = itertools.count()
+
+
+@dataclass
+class Tenants:
+    server: ServerProcess
+    tokens: dict[str, str]
+    job: int = 0
+    workdir: str = ""
+    names: dict[str, str] = field(default_factory=dict)  # role -> user name
+
+    def http(self, role: str) -> httpx.Client:
+        headers = {} if role == "anonymous" else {"Authorization": f"Bearer {self.tokens[role]}"}
+        return httpx.Client(base_url=self.server.url + API, headers=headers, timeout=20)
+
+    def call(self, role: str, method: str, path: str, **kw: Any) -> httpx.Response:
+        with self.http(role) as http:
+            return http.request(method, path, **kw)
+
+    def ok(self, role: str, method: str, path: str, **kw: Any) -> Any:
+        r = self.call(role, method, path, **kw)
+        assert r.is_success, (method, path, r.status_code, r.text)
+        return r.json() if r.content else None
+
+
+def _archive() -> bytes:
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb") as gz, tarfile.open(fileobj=gz, mode="w") as tar:
+        data = f"print({next(_unique)})\n".encode()
+        info = tarfile.TarInfo("run.py")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def tenants(server: ServerProcess) -> Iterator[Tenants]:
+    t = Tenants(server, {"operator": server.token})
+    op = "operator"
+    suffix = server.home.parent.name[-6:].replace("-", "")  # users are per server, names too
+    for role in ("owner", "manager", "member", "project_member", "foreign", "spare", "spare2"):
+        name = f"{role.replace('_', '-')}-{suffix}"
+        t.names[role] = name
+        t.tokens[role] = t.ok(op, "POST", "/users", json={"name": name})["token"]
+    org = {"display_name": "Org", "kind": "university", "country": "NL", "region": "NL11"}
+    t.ok("owner", "POST", "/organisations", json={"name": "org-a", **org})
+    t.ok("foreign", "POST", "/organisations", json={"name": "org-b", **org})
+    for role, org_role in (
+        ("manager", "manager"),
+        ("member", "member"),
+        ("project_member", "member"),
+        ("spare2", "member"),
+    ):
+        t.ok(
+            "owner", "PUT", f"/organisations/org-a/members/{t.names[role]}", json={"role": org_role}
+        )
+    t.ok("owner", "POST", "/projects", json={"name": "pa", "organisation": "org-a"})
+    t.ok("foreign", "POST", "/projects", json={"name": "pb", "organisation": "org-b"})
+    t.ok(
+        "owner", "PUT", f"/projects/pa/members/{t.names['project_member']}", json={"role": "member"}
+    )
+    t.workdir = t.ok(
+        "project_member",
+        "POST",
+        "/workdirs",
+        content=_archive(),
+        headers={"Content-Type": "application/gzip"},
+    )["digest"]
+    body = {
+        "name": "a",
+        "project": "pa",
+        "argv": ["true"],
+        "memory_bytes": 2**20,
+        "time_limit_s": 60,
+    }
+    t.job = t.ok("project_member", "POST", "/jobs", json=body)["id"]
+    wait_for(
+        lambda: t.ok(op, "GET", f"/jobs/{t.job}")["state"] == "succeeded", what="tenant A's job"
+    )
+    yield t
+    for job in t.ok(op, "GET", "/jobs", params={"state": ["pending", "admitted", "running"]}):
+        t.call(op, "POST", f"/jobs/{job['id']}/cancel")
+
+
+# --- the rules ----------------------------------------------------------------------------------
+Request = tuple[str, dict[str, Any]]  # path under /api/v1 with its ids filled in, httpx kwargs
+Build = Callable[[Tenants, str], Request]
+
+
+@dataclass(frozen=True)
+class Rule:
+    build: Build
+    expect: dict[str, int]
+    # For list endpoints: the roles that must find tenant A's object in the answer; the others
+    # must not.
+    sees: tuple[str, ...] | None = None
+    finds: Callable[[Tenants, Any], bool] | None = None
+
+
+def expect(default: int, **by_role: int) -> dict[str, int]:
+    statuses = {role: default for role in ROLES}
+    statuses["anonymous"] = 401
+    statuses.update(by_role)
+    return statuses
+
+
+def fixed(path: str, **kw: Any) -> Build:
+    return lambda t, role: (path, kw)
+
+
+def _job_body(t: Tenants, role: str) -> Request:
+    return "/jobs", {
+        "json": {
+            "name": "m",
+            "project": "pa",
+            "argv": ["true"],
+            "memory_bytes": 2**20,
+            "time_limit_s": 60,
+        }
+    }
+
+
+def _fresh_job(t: Tenants, role: str) -> Request:
+    body = {
+        "name": f"c-{role}",
+        "project": "pa",
+        "argv": ["sleep", "30"],
+        "memory_bytes": 2**20,
+        "time_limit_s": 60,
+    }
+    job = t.ok("project_member", "POST", "/jobs", json=body)["id"]
+    return f"/jobs/{job}/cancel", {}
+
+
+def _victim_in_org(t: Tenants, role: str) -> Request:
+    name = f"victim-{next(_unique)}-{role.replace('_', '-')}"
+    t.ok("operator", "POST", "/users", json={"name": name})
+    t.ok("operator", "PUT", f"/organisations/org-a/members/{name}", json={"role": "member"})
+    return f"/organisations/org-a/members/{name}", {}
+
+
+def _victim_in_project(t: Tenants, role: str) -> Request:
+    path, _ = _victim_in_org(t, role)
+    name = path.rsplit("/", 1)[1]
+    t.ok("operator", "PUT", f"/projects/pa/members/{name}", json={"role": "member"})
+    return f"/projects/pa/members/{name}", {}
+
+
+def _token_of_project_member(t: Tenants, role: str) -> Request:
+    token = t.ok("project_member", "POST", "/tokens", json={"name": f"for-{role}"})
+    return f"/tokens/{token['id']}", {}
+
+
+def _new_org(t: Tenants, role: str) -> Request:
+    body = {"name": f"new-{next(_unique)}", "display_name": "New", "kind": "sme"}
+    return "/organisations", {"json": body}
+
+
+def _new_project(t: Tenants, role: str) -> Request:
+    return "/projects", {"json": {"name": f"p-{next(_unique)}", "organisation": "org-a"}}
+
+
+def _new_user(t: Tenants, role: str) -> Request:
+    return "/users", {"json": {"name": f"u-{next(_unique)}"}}
+
+
+def _upload(t: Tenants, role: str) -> Request:
+    return "/workdirs", {"content": _archive(), "headers": {"Content-Type": "application/gzip"}}
+
+
+A_SEERS = ("operator", "owner", "manager", "project_member")  # see project pa and its jobs
+ORG_SEERS = ("operator", "owner", "manager", "member", "project_member")
+
+RULES: dict[tuple[str, str], Rule] = {
+    ("GET", "/health"): Rule(fixed("/health"), expect(200, anonymous=200)),
+    ("GET", "/whoami"): Rule(fixed("/whoami"), expect(200)),
+    # jobs
+    ("POST", "/jobs"): Rule(
+        _job_body,
+        # The owner created pa and so manages it; the organisation's manager is not in it.
+        expect(404, operator=201, project_member=201, owner=201, manager=403),
+    ),
+    ("GET", "/jobs"): Rule(
+        fixed("/jobs"),
+        expect(200),
+        sees=A_SEERS,
+        finds=lambda t, body: any(j["id"] == t.job for j in body),
+    ),
+    ("GET", "/jobs/{job_id}"): Rule(
+        lambda t, r: (f"/jobs/{t.job}", {}), expect(404, **dict.fromkeys(A_SEERS, 200))
+    ),
+    ("POST", "/jobs/{job_id}/cancel"): Rule(_fresh_job, expect(404, **dict.fromkeys(A_SEERS, 200))),
+    ("GET", "/jobs/{job_id}/logs"): Rule(
+        lambda t, r: (f"/jobs/{t.job}/logs", {}), expect(404, **dict.fromkeys(A_SEERS, 200))
+    ),
+    ("GET", "/jobs/{job_id}/outputs"): Rule(
+        lambda t, r: (f"/jobs/{t.job}/outputs", {}), expect(404, **dict.fromkeys(A_SEERS, 200))
+    ),
+    # workdirs: private to whoever uploaded them, operators included
+    ("POST", "/workdirs"): Rule(_upload, expect(201)),
+    ("GET", "/workdirs/{digest}"): Rule(
+        lambda t, r: (f"/workdirs/{t.workdir}", {}), expect(404, project_member=200)
+    ),
+    # organisations
+    ("POST", "/organisations"): Rule(_new_org, expect(201)),
+    ("GET", "/organisations"): Rule(
+        fixed("/organisations"),
+        expect(200),
+        sees=ORG_SEERS,
+        finds=lambda t, body: any(o["name"] == "org-a" for o in body),
+    ),
+    ("GET", "/organisations/{org}"): Rule(
+        fixed("/organisations/org-a"), expect(404, **dict.fromkeys(ORG_SEERS, 200))
+    ),
+    ("PATCH", "/organisations/{org}"): Rule(
+        fixed("/organisations/org-a", json={"display_name": "Org"}),
+        expect(403, operator=200, owner=200, foreign=404),
+    ),
+    ("POST", "/organisations/{org}/verify"): Rule(
+        fixed("/organisations/org-a/verify", json={"verified": True}),
+        expect(403, operator=200, foreign=404),
+    ),
+    ("GET", "/organisations/{org}/members"): Rule(
+        fixed("/organisations/org-a/members"), expect(404, **dict.fromkeys(ORG_SEERS, 200))
+    ),
+    ("PUT", "/organisations/{org}/members/{user}"): Rule(
+        lambda t, r: (
+            f"/organisations/org-a/members/{t.names['spare']}",
+            {"json": {"role": "member"}},
+        ),
+        expect(403, operator=200, owner=200, manager=200, foreign=404),
+    ),
+    ("DELETE", "/organisations/{org}/members/{user}"): Rule(
+        _victim_in_org, expect(403, operator=204, owner=204, manager=204, foreign=404)
+    ),
+    # projects
+    ("POST", "/projects"): Rule(
+        _new_project, expect(403, operator=201, owner=201, manager=201, foreign=404)
+    ),
+    ("GET", "/projects"): Rule(
+        fixed("/projects"),
+        expect(200),
+        sees=A_SEERS,
+        finds=lambda t, body: any(p["name"] == "pa" for p in body),
+    ),
+    ("GET", "/projects/{project}"): Rule(
+        fixed("/projects/pa"), expect(404, **dict.fromkeys(A_SEERS, 200))
+    ),
+    ("GET", "/projects/{project}/members"): Rule(
+        fixed("/projects/pa/members"), expect(404, **dict.fromkeys(A_SEERS, 200))
+    ),
+    ("PUT", "/projects/{project}/members/{user}"): Rule(
+        lambda t, r: (f"/projects/pa/members/{t.names['spare2']}", {"json": {"role": "member"}}),
+        expect(404, operator=200, owner=200, manager=200, project_member=403),
+    ),
+    ("DELETE", "/projects/{project}/members/{user}"): Rule(
+        _victim_in_project, expect(404, operator=204, owner=204, manager=204, project_member=403)
+    ),
+    # users: operators manage them; everyone may look at themselves
+    ("POST", "/users"): Rule(_new_user, expect(403, operator=201)),
+    ("GET", "/users"): Rule(fixed("/users"), expect(403, operator=200)),
+    ("GET", "/users/{user}"): Rule(
+        lambda t, r: (f"/users/{t.names['project_member']}", {}),
+        expect(403, operator=200, project_member=200),
+    ),
+    ("PATCH", "/users/{user}"): Rule(
+        lambda t, r: (f"/users/{t.names['spare']}", {"json": {"is_reviewer": False}}),
+        expect(403, operator=200),
+    ),
+    # tokens: personal
+    ("POST", "/tokens"): Rule(fixed("/tokens", json={"name": "t"}), expect(201)),
+    ("GET", "/tokens"): Rule(fixed("/tokens"), expect(200)),
+    ("DELETE", "/tokens/{token_id}"): Rule(
+        _token_of_project_member, expect(404, operator=200, project_member=200)
+    ),
+}
+
+
+def _routes(server: ServerProcess) -> list[tuple[str, str]]:
+    spec = httpx.get(server.url + "/openapi.json").json()
+    return sorted(
+        (method.upper(), path.removeprefix(API))
+        for path, methods in spec["paths"].items()
+        for method in methods
+    )
+
+
+def test_every_endpoint_has_a_rule(server: ServerProcess) -> None:
+    missing = [route for route in _routes(server) if route not in RULES]
+    assert not missing, f"endpoints without an isolation rule: {missing}"
+    stale = [route for route in RULES if route not in _routes(server)]
+    assert not stale, f"rules for endpoints that do not exist: {stale}"
+
+
+@pytest.mark.parametrize("route", sorted(RULES), ids=lambda r: f"{r[0]} {r[1]}")
+def test_each_role_gets_its_answer(tenants: Tenants, route: tuple[str, str]) -> None:
+    method, _ = route
+    rule = RULES[route]
+    got: dict[str, int] = {}
+    for role in ROLES:
+        path, kw = rule.build(tenants, role)
+        response = tenants.call(role, method, path, **kw)
+        got[role] = response.status_code
+        if response.status_code >= 400:  # refusals carry a stable code, never a 500
+            assert response.json()["error"]["code"] in (
+                "unauthenticated",
+                "forbidden",
+                "not_found",
+            ), (role, response.text)
+        if rule.sees is not None and response.status_code == 200:
+            assert rule.finds is not None
+            assert rule.finds(tenants, response.json()) == (role in rule.sees), (role, route)
+    assert got == rule.expect
