@@ -64,8 +64,8 @@ class Settings(BaseSettings):
         ge=1,
         le=64,
         description="Processes serving the API. 1: one process runs the API, the controller and "
-        "the local backend; more: that many API workers beside the main process. Default: two per "
-        "CPU, at most 4 (workers wait for the database much of the time).",
+        "the local backend; more: that many API workers beside the main process. Default: one per "
+        "CPU, at most 4.",
     )
     log_level: str = Field("info", description="Log level of the server.")
 
@@ -75,8 +75,9 @@ class Settings(BaseSettings):
 
     @property
     def api_processes(self) -> int:
-        """Processes serving the API: `workers`, else two per CPU, at most 4."""
-        return self.workers or min(4, 2 * len(os.sched_getaffinity(0)))
+        """Processes serving the API: `workers`, else one per CPU, at most 4. (More than one per
+        CPU measured slower on 2 cores: more CPU per request, and SQLite's writer preempted.)"""
+        return self.workers or min(4, len(os.sched_getaffinity(0)))
 
     @property
     def jobs_dir(self) -> Path:

@@ -76,7 +76,7 @@ def up(
     workers: Annotated[
         int | None,
         typer.Option(
-            help="Processes serving the API [default: FABRIEK_WORKERS or 2 per CPU, at most 4]."
+            help="Processes serving the API [default: FABRIEK_WORKERS or 1 per CPU, at most 4]."
         ),
     ] = None,
 ) -> None:

@@ -21,6 +21,7 @@ import ctypes
 import logging
 import multiprocessing
 import os
+import select
 import signal
 import socket
 import threading
@@ -64,21 +65,36 @@ def bind(host: str, port: int, count: int = 1) -> list[socket.socket]:
 
 
 class RemoteWaker:
-    """Wakes the controller of the main process from an API worker."""
+    """Wakes the controller of the main process from an API worker.
+
+    A Unix datagram socket queues only a few messages (net.unix.max_dgram_qlen, 10 by default).
+    When the queue is full a submission's wake-up is dropped, which loses nothing: the listener
+    has yet to read the queued ones, so the controller's pass after them starts after this
+    submission committed, and sees it. Other wake-ups (a cancel) wait up to 0.1 s for room,
+    because a pass woken only by submissions does not forward cancels.
+    """
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
-        self._sock.settimeout(0.1)
+        self._sock.setblocking(False)
 
     def __call__(self, submission: bool) -> None:
+        message = _SUBMISSION if submission else _OTHER
         try:
-            self._sock.send(_SUBMISSION if submission else _OTHER)
-        except (TimeoutError, BlockingIOError):
-            # The queue holds hundreds of wake-ups the controller has not read yet: it will pass
-            # soon anyway, and every pass looks at the whole database.
-            pass
+            self._sock.send(message)
+        except BlockingIOError:
+            if not submission:
+                self._send_waiting(message)
         except OSError:
             log.warning("cannot reach the controller; it will see this change on its next pass")
+
+    def _send_waiting(self, message: bytes) -> None:
+        _readable, writable = select.select([], [self._sock], [], 0.1)
+        if writable:
+            try:
+                self._sock.send(message)
+            except OSError:
+                pass  # the controller's next timed pass (every second) sees it anyway
 
 
 class WakeListener:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from functools import cache
 
-from sqlalchemy import ColumnElement, Select, bindparam, func, insert, select, true
+from sqlalchemy import ColumnElement, Insert, Select, bindparam, cast, func, insert, select, true
 from sqlalchemy.orm import Session
 
 from fabriek.core.errors import Conflict, Forbidden, InvalidRequest, NotFound, ResourcesUnavailable
@@ -23,13 +24,40 @@ from fabriek.server.services import audit
 from fabriek.server.services.actors import Actor
 from fabriek.server.services.tenancy import MANAGING
 from fabriek.server.services.transitions import record_submission, transition_job
-from fabriek.server.services.workdirs import get_workdir
+from fabriek.server.services.workdirs import check_workdir
 
 QUEUED_REASON = "queued: waiting for the controller's next pass"
 _JOBS = JobRow.__table__
+_PROJECTS = ProjectRow.__table__
+_MEMBERS = ProjectMemberRow.__table__
 _INSERT_JOB = insert(_JOBS).returning(
     _JOBS.c.id
 )  # built once: building it costs more than running it
+
+
+@cache
+def _insert_as_member(dialect: str) -> Insert:
+    """INSERT INTO jobs ... SELECT ... FROM the project, joined with the submitter's membership:
+    on the usual path (a member submits) one statement finds the project, checks the membership
+    and writes the job. PostgreSQL types the parameters of a SELECT list as text, so there they
+    are cast to the columns' types (SQLite must not cast: CAST(text AS JSON) is a number there)."""
+    columns = [c for c in _JOBS.columns if c.key not in ("id", "project_id")]
+    params = [bindparam(c.key, type_=c.type) for c in columns]
+    if dialect == "postgresql":
+        params = [cast(p, c.type) for p, c in zip(params, columns, strict=True)]  # type: ignore[misc]
+    member = (_MEMBERS.c.project_id == _PROJECTS.c.id) & (
+        _MEMBERS.c.user_id == bindparam("member_id")
+    )
+    source = (
+        select(*params, _PROJECTS.c.id)
+        .select_from(_PROJECTS.join(_MEMBERS, member))
+        .where(_PROJECTS.c.name == bindparam("project_name"))
+    )
+    return (
+        insert(_JOBS)
+        .from_select([c.key for c in columns] + ["project_id"], source)
+        .returning(_JOBS.c.id, _JOBS.c.project_id)
+    )
 
 
 def submit_job(
@@ -52,12 +80,10 @@ def submit_job(
     _check_fits(request.resources, largest)
     if not request.project.isprintable() or len(request.project) > 128:
         raise InvalidRequest(f"invalid project name {request.project!r}")
-    project_id, project_name = _project_for(session, actor=actor, name=request.project)
     if request.workdir_digest is not None:
-        get_workdir(session, actor=actor, digest=request.workdir_digest)
+        check_workdir(session, actor=actor, digest=request.workdir_digest)
     row = JobRow(
         name=request.name,
-        project_id=project_id,
         user_id=actor.user_id,
         state=JobState.PENDING.value,
         argv=list(request.argv),
@@ -71,9 +97,22 @@ def submit_job(
         submitted_at=now,
         reason=QUEUED_REASON,
     )
-    # A prepared Core INSERT, not the ORM's unit of work: submission is the API's hottest write.
-    values = {c.key: getattr(row, c.key) for c in _JOBS.columns if c.key != "id"}
-    row.id = session.connection().execute(_INSERT_JOB, values).scalar_one()
+    # Prepared Core statements, not the ORM's unit of work: submission is the API's hottest write.
+    values = {
+        c.key: getattr(row, c.key) for c in _JOBS.columns if c.key not in ("id", "project_id")
+    }
+    connection = session.connection()
+    found = connection.execute(
+        _insert_as_member(connection.dialect.name),
+        {**values, "member_id": actor.user_id, "project_name": request.project},
+    ).first()
+    if found is not None:
+        row.id, row.project_id = found
+    else:  # not a member: an operator may submit anyway; anyone else gets the reason
+        row.project_id, _ = _project_for(session, actor=actor, name=request.project)
+        row.id = connection.execute(
+            _INSERT_JOB, {**values, "project_id": row.project_id}
+        ).scalar_one()
     record_submission(session, row, actor=actor.label)
     audit.record(
         session,
@@ -82,10 +121,10 @@ def submit_job(
         target_type="job",
         target_id=row.id,
         at=now,
-        project=project_name,
+        project=request.project,
         name=request.name,
     )
-    return to_job(row, project=project_name, user=actor.name)
+    return to_job(row, project=request.project, user=actor.name)
 
 
 def _check_fits(want: Resources, largest: Resources) -> None:
@@ -104,8 +143,6 @@ def _check_fits(want: Resources, largest: Resources) -> None:
         )
 
 
-_PROJECTS = ProjectRow.__table__
-_MEMBERS = ProjectMemberRow.__table__
 # The project by name, with the actor's membership of it (NULL if none); a Core statement built
 # once, because every submission asks it.
 _PROJECT_FOR = (

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from fabriek.core.errors import InvalidRequest, NotFound, WorkdirTooLarge
@@ -114,6 +115,23 @@ def record_workdir(session: Session, *, actor: Actor, workdir: Workdir, now: dat
             files=files,
         )
     return Workdir(digest, size, unpacked, files)
+
+
+def check_workdir(session: Session, *, actor: Actor, digest: str) -> None:
+    """That this user uploaded the workdir `digest` (one indexed read; see get_workdir)."""
+    found = (
+        session.connection()
+        .execute(_UPLOADED_BY, {"digest": digest, "user_id": actor.user_id})
+        .first()
+    )
+    if found is None:
+        raise NotFound(f"no workdir {digest} uploaded by you; upload it first")
+
+
+_UPLOADED_BY = select(WorkdirUserRow.__table__.c.digest).where(
+    WorkdirUserRow.__table__.c.digest == bindparam("digest"),
+    WorkdirUserRow.__table__.c.user_id == bindparam("user_id"),
+)
 
 
 def get_workdir(session: Session, *, actor: Actor, digest: str) -> Workdir:
