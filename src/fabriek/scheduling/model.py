@@ -1,0 +1,148 @@
+"""The pool-aware admission engine's input and output: plain, immutable data.
+
+Times are seconds (floats) on the caller's clock: the live controller passes Unix time, the
+simulator its virtual clock. Nothing here reads a clock, a database or the environment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    name: str
+    gpus: int
+    cpus: int
+    memory_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Partition:
+    """Nodes with one GPU type (or none), e.g. Slurm partition `gpu-h100` or the local machine."""
+
+    name: str
+    gpu_type: str
+    nodes: tuple[Node, ...]
+    billing_weight: float = 1.0  # GPU-hours charged per GPU-hour used on this type
+
+    @property
+    def gpus(self) -> int:
+        return sum(n.gpus for n in self.nodes)
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """A share of the factory: `guarantee` is the fraction of each GPU type it is owed whenever it
+    has demand. It may borrow idle GPUs of other pools up to `borrow_limit` (a fraction of each
+    type, None: no limit) and lends at most `lend_limit` of its guarantee to others."""
+
+    name: str
+    guarantee: float
+    borrow_limit: float | None = None
+    lend_limit: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    """A project's budget in a pool: GPU-hours left after what finished jobs were charged."""
+
+    id: int
+    project: str
+    pool: str
+    remaining_gpu_hours: float
+    size_gpu_hours: float  # the budget as granted: fair share divides usage by it
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What a job asks for: `nodes` nodes with this much on each, for at most `time_limit_s`."""
+
+    gpus_per_node: int = 0
+    cpus_per_node: int = 1
+    memory_per_node: int = 0
+    nodes: int = 1
+    gpu_type: str | None = None  # None: any partition
+    time_limit_s: float = 3600.0
+
+    @property
+    def gpus(self) -> int:
+        return self.gpus_per_node * self.nodes
+
+
+@dataclass(frozen=True, slots=True)
+class PendingJob:
+    id: int
+    project: str
+    pool: str
+    allocation: int | None
+    request: Request
+    submitted_at: float
+    priority: int = 0
+    preemptible: bool = False
+    # Preempted to give a pool its guarantee back: may not borrow again while its lender wants
+    # the capacity (no ping-pong). Its place in the queue is its original submission time.
+    reclaimed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    partition: str
+    nodes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RunningJob:
+    id: int
+    project: str
+    pool: str
+    allocation: int | None
+    request: Request
+    placement: Placement
+    started_at: float
+    preemptible: bool = False
+    borrowed: bool = False  # admitted beyond its pool's guarantee
+    preempting: bool = False  # asked to stop by an earlier cycle, still on its nodes
+
+    @property
+    def ends_by(self) -> float:
+        return self.started_at + self.request.time_limit_s
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    now: float
+    partitions: tuple[Partition, ...]
+    pools: tuple[Pool, ...]
+    allocations: tuple[Allocation, ...] = ()
+    running: tuple[RunningJob, ...] = ()
+    pending: tuple[PendingJob, ...] = ()
+    # Recent use per project (GPU-seconds, decayed with the fair-share half-life; fairshare.py).
+    usage: dict[str, float] = field(default_factory=dict)
+    # How many pending jobs after each blocked head the backfill step looks at (Slurm's
+    # bf_max_job_test is 500 by default).
+    backfill_depth: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    job_id: int
+    placement: Placement
+    borrowed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Preemption:
+    job_id: int
+    reason: str
+
+
+@dataclass(slots=True)
+class Decisions:
+    admissions: list[Admission] = field(default_factory=list)
+    preemptions: list[Preemption] = field(default_factory=list)
+    # The start time reserved for the job at the head of each blocked pool queue (EASY backfill
+    # promises it), and the estimate for others where one is known.
+    reservations: dict[int, float] = field(default_factory=dict)
+    reasons: dict[int, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # step -> seconds
