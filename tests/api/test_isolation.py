@@ -193,6 +193,12 @@ def _new_user(t: Tenants, role: str) -> Request:
     return "/users", {"json": {"name": f"u-{next(_unique)}"}}
 
 
+def _new_pool(t: Tenants, role: str) -> Request:
+    # A zero guarantee, so that any number of them fits within 100 %.
+    body = {"name": f"pool-{next(_unique)}", "display_name": "P", "guarantee": 0.0}
+    return "/pools", {"json": body}
+
+
 def _upload(t: Tenants, role: str) -> Request:
     return "/workdirs", {"content": _archive(), "headers": {"Content-Type": "application/gzip"}}
 
@@ -295,6 +301,17 @@ RULES: dict[tuple[str, str], Rule] = {
     ("PATCH", "/users/{user}"): Rule(
         lambda t, r: (f"/users/{t.names['spare']}", {"json": {"is_reviewer": False}}),
         expect(403, operator=200),
+    ),
+    # pools: public to everyone signed in, changed by operators
+    ("GET", "/pools"): Rule(fixed("/pools"), expect(200)),
+    ("GET", "/pools/{pool}"): Rule(fixed("/pools/regional"), expect(200)),
+    ("POST", "/pools"): Rule(_new_pool, expect(403, operator=201)),
+    ("PATCH", "/pools/{pool}"): Rule(
+        fixed("/pools/commercial", json={"display_name": "Commercial use"}),
+        expect(403, operator=200),
+    ),
+    ("GET", "/organisations/{org}/pools"): Rule(
+        fixed("/organisations/org-a/pools"), expect(404, **dict.fromkeys(ORG_SEERS, 200))
     ),
     # tokens: personal
     ("POST", "/tokens"): Rule(fixed("/tokens", json={"name": "t"}), expect(201)),

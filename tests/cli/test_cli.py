@@ -300,6 +300,15 @@ def test_tenancy_verbs_from_user_to_job(server: ServerProcess) -> None:
     ):
         r = server.cli(*args)
         assert r.returncode == 0, (args, r.stderr)
+    eligible = json.loads(server.cli("org", "pools", "rug-cli", "--json").stdout)
+    assert {p["pool"] for p in eligible if p["eligible"]} == {
+        "regional",
+        "eurohpc",
+        "national",
+        "commercial",
+    }
+    listed = server.cli("pool", "list")
+    assert listed.returncode == 0 and "guarantees sum to 100%" in listed.stdout
     shown = json.loads(server.cli("org", "show", "rug-cli", "--json").stdout)
     assert shown["organisation"]["verified"] and shown["organisation"]["region"] == "NL11"
     assert {m["user"]: m["role"] for m in shown["members"]}["anna-cli"] == "member"
@@ -351,6 +360,9 @@ def test_tenancy_verbs_from_user_to_job(server: ServerProcess) -> None:
         (("project", "add-member", "default", "nobody"), "no user named 'nobody'"),
         (("token", "create", "x", "--days", "0"), "1 to 366 days"),
         (("token", "revoke", "999999"), "no token 999999"),
+        (("pool", "create", "more", "--guarantee", "0.5"), "would sum to 150%"),
+        (("pool", "update", "regional", "--guarantee", "2"), "fraction from 0 to 1"),
+        (("pool", "update", "nowhere", "--guarantee", "0.1"), "no pool named 'nowhere'"),
     ],
 )
 def test_tenancy_bad_input_is_one_clear_line(

@@ -66,6 +66,7 @@ def test_0002_moves_existing_projects_into_a_default_organisation(db_url: str) -
             users = conn.execute(
                 text("SELECT name, is_operator, is_reviewer FROM users ORDER BY id")
             ).all()
+            assert conn.execute(text("SELECT COUNT(*) FROM pools")).scalar() == 4
             assert [(n, bool(o), bool(r)) for n, o, r in users] == [
                 ("root", True, False),
                 ("ann", False, False),

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fabriek.cli.output import STATE_STYLE, age, console, err_console, fail, handled, print_json
-from fabriek.cli.tenancy import org_app, project_app, token_app, user_app
+from fabriek.cli.tenancy import org_app, pool_app, project_app, token_app, user_app
 from fabriek.core.errors import FabriekError
 from fabriek.core.jobs import JobState
 from fabriek.core.units import format_bytes, format_duration, parse_duration, parse_memory
@@ -30,6 +30,7 @@ app.add_typer(org_app, name="org")
 app.add_typer(project_app, name="project")
 app.add_typer(user_app, name="user")
 app.add_typer(token_app, name="token")
+app.add_typer(pool_app, name="pool")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 

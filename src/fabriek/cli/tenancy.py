@@ -17,6 +17,9 @@ org_app = typer.Typer(help="Organisations and their members.", no_args_is_help=T
 project_app = typer.Typer(help="Projects and their members.", no_args_is_help=True)
 user_app = typer.Typer(help="Users and platform roles (operators).", no_args_is_help=True)
 token_app = typer.Typer(help="Your personal API tokens.", no_args_is_help=True)
+pool_app = typer.Typer(
+    help="Pools: shares of the factory (operators change them).", no_args_is_help=True
+)
 
 
 def _client():  # type: ignore[no-untyped-def]
@@ -335,3 +338,144 @@ def token_revoke(
     with handled():
         t = _client().revoke_token(token_id)
     console.print(f"revoked token {t.id} ({escape(t.name)})", highlight=False)
+
+
+# --- pools --------------------------------------------------------------------------------------
+def _eligibility_text(e) -> str:  # type: ignore[no-untyped-def]
+    parts = []
+    if e.verified:
+        parts.append("verified")
+    if e.countries:
+        parts.append("in " + "/".join(e.countries))
+    if e.regions:
+        parts.append("region " + "/".join(e.regions))
+    if e.kinds:
+        parts.append("/".join(k.value for k in e.kinds))
+    return ", ".join(parts) or "anyone"
+
+
+@pool_app.command("list")
+def pool_list(json_out: JsonOpt = False) -> None:
+    """All pools: guarantee, limits, who is eligible."""
+    with handled():
+        found = _client().pools()
+    if json_out:
+        print_json(found)
+        return
+    table = _table("NAME", "GUARANTEE", "BORROW LIMIT", "LENDS", "ELIGIBLE", "DISPLAY NAME")
+    for p in found:
+        table.add_row(
+            escape(p.name),
+            f"{p.guarantee:.0%}",
+            "none" if p.borrow_limit is None else f"{p.borrow_limit:.0%}",
+            f"{p.lend_limit:.0%}",
+            escape(_eligibility_text(p.eligibility)),
+            escape(p.display_name),
+        )
+    console.print(table)
+    total = sum(p.guarantee for p in found)
+    console.print(f"guarantees sum to {total:.0%}; the rest is shared", highlight=False)
+
+
+def _eligibility_body(
+    verified: bool | None,
+    countries: list[str] | None,
+    regions: list[str] | None,
+    kinds: list[OrgKind] | None,
+) -> dict[str, object] | None:
+    if verified is None and not countries and not regions and not kinds:
+        return None
+    return {
+        "verified": bool(verified),
+        "countries": countries or [],
+        "regions": regions or [],
+        "kinds": [k.value for k in kinds or []],
+    }
+
+
+VerifiedOpt = Annotated[
+    bool | None,
+    typer.Option("--verified-only/--anyone", help="Only organisations an operator verified."),
+]
+CountryOpt = Annotated[
+    list[str] | None, typer.Option("--country", help="Eligible country (repeatable).")
+]
+RegionOpt = Annotated[
+    list[str] | None, typer.Option("--region", help="Eligible NUTS region prefix (repeatable).")
+]
+KindOpt = Annotated[
+    list[OrgKind] | None, typer.Option("--kind", help="Eligible organisation kind (repeatable).")
+]
+
+
+@pool_app.command("create")
+def pool_create(
+    name: str,
+    guarantee: Annotated[float, typer.Option(help="Fraction of each GPU type, e.g. 0.25.")],
+    display_name: Annotated[str | None, typer.Option()] = None,
+    borrow_limit: Annotated[
+        float | None, typer.Option(help="Fraction it may borrow beyond its guarantee.")
+    ] = None,
+    lend_limit: Annotated[float, typer.Option(help="Fraction of its guarantee it lends.")] = 1.0,
+    verified: VerifiedOpt = None,
+    country: CountryOpt = None,
+    region: RegionOpt = None,
+    kind: KindOpt = None,
+) -> None:
+    """Operators: a new pool. All guarantees together may not exceed 100 %."""
+    eligibility = _eligibility_body(verified, country, region, kind) or {}
+    with handled():
+        p = _client().create_pool(
+            name,
+            display_name=display_name or name,
+            guarantee=guarantee,
+            borrow_limit=borrow_limit,
+            lend_limit=lend_limit,
+            eligibility=eligibility,
+        )
+    console.print(f"created pool {escape(p.name)} ({p.guarantee:.0%})", highlight=False)
+
+
+@pool_app.command("update")
+def pool_update(
+    name: str,
+    guarantee: Annotated[float | None, typer.Option()] = None,
+    display_name: Annotated[str | None, typer.Option()] = None,
+    borrow_limit: Annotated[float | None, typer.Option()] = None,
+    no_borrow_limit: Annotated[bool, typer.Option(help="Lift the borrow limit.")] = False,
+    lend_limit: Annotated[float | None, typer.Option()] = None,
+    verified: VerifiedOpt = None,
+    country: CountryOpt = None,
+    region: RegionOpt = None,
+    kind: KindOpt = None,
+) -> None:
+    """Operators: change a pool. Eligibility options replace the whole rule."""
+    with handled():
+        p = _client().update_pool(
+            name,
+            guarantee=guarantee,
+            display_name=display_name,
+            borrow_limit=borrow_limit,
+            no_borrow_limit=no_borrow_limit or None,
+            lend_limit=lend_limit,
+            eligibility=_eligibility_body(verified, country, region, kind),
+        )
+    console.print(
+        f"pool {escape(p.name)}: guarantee {p.guarantee:.0%}, eligible: "
+        f"{escape(_eligibility_text(p.eligibility))}",
+        highlight=False,
+    )
+
+
+@org_app.command("pools")
+def org_pools(name: str, json_out: JsonOpt = False) -> None:
+    """Which pools the organisation may get allocations in, and why not where it may not."""
+    with handled():
+        found = _client().organisation_pools(name)
+    if json_out:
+        print_json(found)
+        return
+    table = _table("POOL", "ELIGIBLE", "WHY NOT")
+    for p in found:
+        table.add_row(escape(p.pool), "yes" if p.eligible else "no", escape(p.why_not or "-"))
+    console.print(table)

@@ -28,6 +28,8 @@ from fabriek.server.schemas import (
     Me,
     MemberOut,
     OrganisationOut,
+    PoolEligibilityOut,
+    PoolOut,
     ProjectOut,
     TokenCreated,
     TokenOut,
@@ -303,6 +305,25 @@ class Client:
 
     def revoke_token(self, token_id: int) -> TokenOut:
         return TokenOut.model_validate(self._request("DELETE", f"/tokens/{token_id}").json())
+
+    def pools(self) -> list[PoolOut]:
+        return [PoolOut.model_validate(p) for p in self._get("/pools")]
+
+    def pool(self, name: str) -> PoolOut:
+        return PoolOut.model_validate(self._get(f"/pools/{_seg(name)}"))
+
+    def create_pool(self, name: str, **fields: Any) -> PoolOut:
+        return PoolOut.model_validate(self._send("POST", "/pools", {"name": name, **fields}))
+
+    def update_pool(self, name: str, **changes: Any) -> PoolOut:
+        body = {k: v for k, v in changes.items() if v is not None}
+        return PoolOut.model_validate(self._send("PATCH", f"/pools/{_seg(name)}", body))
+
+    def organisation_pools(self, organisation: str) -> list[PoolEligibilityOut]:
+        return [
+            PoolEligibilityOut.model_validate(p)
+            for p in self._get(f"/organisations/{_seg(organisation)}/pools")
+        ]
 
     def _get(self, path: str, **kwargs: Any) -> Any:
         return self._request("GET", path, **kwargs).json()

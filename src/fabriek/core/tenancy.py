@@ -63,6 +63,15 @@ def check_org_name(name: str) -> str:
     return name
 
 
+def check_pool_name(name: str) -> str:
+    if not _ORG_NAME.fullmatch(name):
+        raise InvalidRequest(
+            f"invalid pool name {name!r}: 2-64 characters, lower-case letters, digits and '-' "
+            "(e.g. 'regional')"
+        )
+    return name
+
+
 def check_project_name(name: str) -> str:
     if not _PROJECT_NAME.fullmatch(name):
         raise InvalidRequest(
@@ -159,3 +168,75 @@ class Token:
     created_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None
+
+
+# --- pools ----------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Eligibility:
+    """Who may get an allocation in a pool. Empty: everyone. Regions match by NUTS prefix, so
+    NL1 (Noord-Nederland) covers NL11, NL12 and NL13."""
+
+    verified: bool = False
+    countries: tuple[str, ...] = ()
+    regions: tuple[str, ...] = ()
+    kinds: tuple[OrgKind, ...] = ()
+
+    def check(self, org: Organisation) -> str | None:
+        """None if `org` is eligible, else why not (one sentence)."""
+        if self.verified and not org.verified:
+            return f"organisation {org.name} is not verified by an operator"
+        if self.countries and org.country not in self.countries:
+            return f"organisation {org.name} is not in {', '.join(self.countries)}"
+        if self.regions and not any((org.region or "").startswith(r) for r in self.regions):
+            return f"organisation {org.name} is not in region {', '.join(self.regions)}"
+        if self.kinds and org.kind not in self.kinds:
+            kinds = ", ".join(k.value for k in self.kinds)
+            return f"organisation {org.name} is a {org.kind.value}, not one of {kinds}"
+        return None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "verified": self.verified,
+            "countries": list(self.countries),
+            "regions": list(self.regions),
+            "kinds": [k.value for k in self.kinds],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, object] | None) -> Eligibility:
+        data = data or {}
+        return cls(
+            verified=bool(data.get("verified", False)),
+            countries=tuple(str(c).upper() for c in data.get("countries", ()) or ()),  # type: ignore[attr-defined]
+            regions=tuple(str(r).upper() for r in data.get("regions", ()) or ()),  # type: ignore[attr-defined]
+            kinds=tuple(OrgKind(k) for k in data.get("kinds", ()) or ()),  # type: ignore[attr-defined]
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PoolInfo:
+    name: str
+    display_name: str
+    guarantee: float
+    borrow_limit: float | None
+    lend_limit: float
+    eligibility: Eligibility
+    created_at: datetime
+
+
+def check_fraction(label: str, value: float | None, *, optional: bool = False) -> float | None:
+    if value is None and optional:
+        return None
+    if value is None or not 0.0 <= value <= 1.0:
+        raise InvalidRequest(f"{label} must be a fraction from 0 to 1, e.g. 0.25 for 25 %")
+    return float(value)
+
+
+def check_shares(guarantees: dict[str, float]) -> None:
+    """The pools' guarantees may not promise more than the whole machine."""
+    total = sum(guarantees.values())
+    if total > 1.0 + 1e-9:
+        parts = ", ".join(f"{name} {share:.0%}" for name, share in sorted(guarantees.items()))
+        raise InvalidRequest(
+            f"the pools' guarantees would sum to {total:.0%} ({parts}); at most 100 %"
+        )

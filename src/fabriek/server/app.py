@@ -6,7 +6,15 @@ from fastapi import FastAPI
 
 from fabriek import __version__
 from fabriek.server.errors import install_error_handlers
-from fabriek.server.routers import jobs, organisations, projects, system, users, workdirs
+from fabriek.server.routers import (
+    jobs,
+    organisations,
+    pools,
+    projects,
+    system,
+    users,
+    workdirs,
+)
 from fabriek.server.runtime import Runtime
 from fabriek.server.schemas import ErrorResponse
 
@@ -37,6 +45,8 @@ def create_app(runtime: Runtime) -> FastAPI:
         projects.router,
         users.users,
         users.tokens,
+        pools.router,
+        pools.eligibility,
     ):
         app.include_router(router, prefix=API_PREFIX)
     return app

@@ -8,9 +8,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fabriek.core.jobs import Job, JobState
 from fabriek.core.tenancy import (
+    Eligibility,
     Organisation,
     OrgKind,
     OrgRole,
+    PoolInfo,
     Project,
     ProjectRole,
     Token,
@@ -303,3 +305,83 @@ class TokenCreated(TokenOut):
 
 class UserCreated(UserOut):
     token: str = Field(description="The user's first token. Shown only now: hand it over.")
+
+
+# --- pools ----------------------------------------------------------------------------------------
+class EligibilityIO(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    verified: bool = Field(False, description="Only organisations an operator verified.")
+    countries: list[str] = Field(default_factory=list, description="ISO 3166-1 codes; empty: any.")
+    regions: list[str] = Field(
+        default_factory=list, description="NUTS prefixes, e.g. NL11 or NL1; empty: any."
+    )
+    kinds: list[OrgKind] = Field(
+        default_factory=list, description="Organisation kinds; empty: any."
+    )
+
+    def to_domain(self) -> Eligibility:
+        return Eligibility(
+            verified=self.verified,
+            countries=tuple(c.upper() for c in self.countries),
+            regions=tuple(r.upper() for r in self.regions),
+            kinds=tuple(self.kinds),
+        )
+
+    @classmethod
+    def of(cls, e: Eligibility) -> EligibilityIO:
+        return cls(
+            verified=e.verified,
+            countries=list(e.countries),
+            regions=list(e.regions),
+            kinds=list(e.kinds),
+        )
+
+
+class PoolCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    display_name: str
+    guarantee: float = Field(description="Fraction of each GPU type it is owed, e.g. 0.25.")
+    borrow_limit: float | None = Field(
+        None, description="How far beyond its guarantee it may borrow idle GPUs; none: no limit."
+    )
+    lend_limit: float = Field(1.0, description="Fraction of its guarantee it lends while idle.")
+    eligibility: EligibilityIO = Field(default_factory=EligibilityIO)
+
+
+class PoolUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    display_name: str | None = None
+    guarantee: float | None = None
+    borrow_limit: float | None = None
+    no_borrow_limit: bool = False
+    lend_limit: float | None = None
+    eligibility: EligibilityIO | None = None
+
+
+class PoolOut(BaseModel):
+    name: str
+    display_name: str
+    guarantee: float
+    borrow_limit: float | None
+    lend_limit: float
+    eligibility: EligibilityIO
+    created_at: datetime
+
+    @classmethod
+    def of(cls, p: PoolInfo) -> PoolOut:
+        return cls(
+            name=p.name,
+            display_name=p.display_name,
+            guarantee=p.guarantee,
+            borrow_limit=p.borrow_limit,
+            lend_limit=p.lend_limit,
+            eligibility=EligibilityIO.of(p.eligibility),
+            created_at=p.created_at,
+        )
+
+
+class PoolEligibilityOut(BaseModel):
+    pool: str
+    eligible: bool
+    why_not: str | None

@@ -116,6 +116,21 @@ class ProjectMemberRow(Base):
     role: Mapped[str] = mapped_column(String(32))  # manager | member
 
 
+class PoolRow(Base):
+    """A share of the factory's capacity (see docs/scheduling.md); operators configure them."""
+
+    __tablename__ = "pools"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    display_name: Mapped[str] = mapped_column(String(256))
+    guarantee: Mapped[float] = mapped_column(Float)  # fraction of each GPU type
+    borrow_limit: Mapped[float | None] = mapped_column(Float)  # None: no limit
+    lend_limit: Mapped[float] = mapped_column(Float)
+    eligibility: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+
+
 class WorkdirRow(Base):
     """An uploaded workdir archive, stored once by its SHA-256 and shared by the jobs that use it."""
 
