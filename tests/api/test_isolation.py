@@ -36,6 +36,7 @@ class Tenants:
     tokens: dict[str, str]
     job: int = 0
     workdir: str = ""
+    allocation: int = 0
     names: dict[str, str] = field(default_factory=dict)  # role -> user name
 
     def http(self, role: str) -> httpx.Client:
@@ -88,6 +89,8 @@ def tenants(server: ServerProcess) -> Iterator[Tenants]:
     t.ok(
         "owner", "PUT", f"/projects/pa/members/{t.names['project_member']}", json={"role": "member"}
     )
+    grant = {"project": "pa", "pool": "commercial", "gpu_hours": 100, "days": 30}
+    t.allocation = t.ok(op, "POST", "/allocations", json=grant)["id"]
     t.workdir = t.ok(
         "project_member",
         "POST",
@@ -312,6 +315,23 @@ RULES: dict[tuple[str, str], Rule] = {
     ),
     ("GET", "/organisations/{org}/pools"): Rule(
         fixed("/organisations/org-a/pools"), expect(404, **dict.fromkeys(ORG_SEERS, 200))
+    ),
+    # allocations: granted by operators, seen with their project
+    ("POST", "/allocations"): Rule(
+        fixed(
+            "/allocations", json={"project": "pa", "pool": "commercial", "gpu_hours": 1, "days": 1}
+        ),
+        expect(403, operator=201),
+    ),
+    ("GET", "/allocations"): Rule(
+        fixed("/allocations"),
+        expect(200),
+        sees=A_SEERS,
+        finds=lambda t, body: any(a["id"] == t.allocation for a in body),
+    ),
+    ("GET", "/allocations/{allocation_id}"): Rule(
+        lambda t, r: (f"/allocations/{t.allocation}", {}),
+        expect(404, **dict.fromkeys(A_SEERS, 200)),
     ),
     # tokens: personal
     ("POST", "/tokens"): Rule(fixed("/tokens", json={"name": "t"}), expect(201)),

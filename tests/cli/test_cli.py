@@ -326,6 +326,44 @@ def test_tenancy_verbs_from_user_to_job(server: ServerProcess) -> None:
     ]
     r = as_anna("submit", "--parsable", "--no-workdir", "--project", "vision-cli", "--", "true")
     assert r.returncode == 0 and r.stdout.strip().isdigit(), r.stderr
+    granted = server.cli(
+        "allocation",
+        "grant",
+        "--project",
+        "vision-cli",
+        "--pool",
+        "regional",
+        "--gpu-hours",
+        "1",
+        "--days",
+        "30",
+        "--json",
+    )
+    assert granted.returncode == 0, granted.stderr
+    allocation = json.loads(granted.stdout)["id"]
+    r = as_anna(
+        "submit", "--parsable", "--no-workdir", "--project", "vision-cli", "--gpus", "1",
+        "--time", "30m", "--allocation", str(allocation), "--", "sleep", "30",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    charged_job = int(r.stdout)
+    r = as_anna(
+        "submit", "--no-workdir", "--project", "vision-cli", "--gpus", "1", "--time", "1h",
+        "--allocation", str(allocation), "--", "true",
+    )  # fmt: skip
+    assert r.returncode == 5 and "0.500 GPU-hours left" in r.stderr, r.stderr
+    listed = json.loads(as_anna("allocation", "list", "--json").stdout)
+    assert [(a["id"], a["held_gpu_hours"]) for a in listed] == [(allocation, 0.5)]
+    assert as_anna("cancel", str(charged_job)).returncode == 0
+    wait_for(
+        lambda: (
+            json.loads(as_anna("status", str(charged_job), "--json").stdout)["charged_gpu_hours"]
+            is not None
+        ),
+        what="the charge of the cancelled job",
+    )
+    listed = json.loads(as_anna("allocation", "list", "--json").stdout)
+    assert listed[0]["held_gpu_hours"] == 0 and 0 <= listed[0]["charged_gpu_hours"] < 0.5
     r = as_anna("user", "list")
     assert r.returncode == 3 and "only operators" in r.stderr
     r = as_anna("project", "create", "mine", "--org", "rug-cli")

@@ -12,7 +12,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from fabriek.cli.output import STATE_STYLE, age, console, err_console, fail, handled, print_json
-from fabriek.cli.tenancy import org_app, pool_app, project_app, token_app, user_app
+from fabriek.cli.tenancy import (
+    allocation_app,
+    org_app,
+    pool_app,
+    project_app,
+    token_app,
+    user_app,
+)
 from fabriek.core.errors import FabriekError
 from fabriek.core.jobs import JobState
 from fabriek.core.units import format_bytes, format_duration, parse_duration, parse_memory
@@ -31,6 +38,7 @@ app.add_typer(project_app, name="project")
 app.add_typer(user_app, name="user")
 app.add_typer(token_app, name="token")
 app.add_typer(pool_app, name="pool")
+app.add_typer(allocation_app, name="allocation")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
@@ -191,6 +199,10 @@ def submit(
         Path, typer.Option(help="Directory to upload; the job runs in a copy.")
     ] = Path("."),
     no_workdir: Annotated[bool, typer.Option("--no-workdir", help="Upload nothing.")] = False,
+    allocation: Annotated[
+        int | None,
+        typer.Option(help="Charge it to this allocation of the project (see allocation list)."),
+    ] = None,
     wait: Annotated[
         bool, typer.Option(help="Stream the logs and exit with the job's exit code.")
     ] = False,
@@ -213,6 +225,7 @@ def submit(
             time_limit_s=parse_duration(time),
             env=variables,
             workdir=None if no_workdir else workdir,
+            allocation=allocation,
         )
     if parsable:
         print(job.id, flush=True)
@@ -297,6 +310,17 @@ def status(
         ("state", f"[{STATE_STYLE.get(job.state.value, '')}]{job.state.value}[/]"),
         ("reason", escape(job.reason or "-")),
         ("project", escape(f"{job.project}  user {job.user}")),
+        (
+            "allocation",
+            "-"
+            if job.allocation is None
+            else f"{job.allocation}: holds {job.hold_gpu_hours:.2f} GPU-hours"
+            + (
+                f", charged {job.charged_gpu_hours:.2f}"
+                if job.charged_gpu_hours is not None
+                else ""
+            ),
+        ),
         ("command", escape(" ".join(job.argv))),
         (
             "asked",

@@ -17,6 +17,9 @@ org_app = typer.Typer(help="Organisations and their members.", no_args_is_help=T
 project_app = typer.Typer(help="Projects and their members.", no_args_is_help=True)
 user_app = typer.Typer(help="Users and platform roles (operators).", no_args_is_help=True)
 token_app = typer.Typer(help="Your personal API tokens.", no_args_is_help=True)
+allocation_app = typer.Typer(
+    help="Allocations: projects' budgets of GPU-hours in pools.", no_args_is_help=True
+)
 pool_app = typer.Typer(
     help="Pools: shares of the factory (operators change them).", no_args_is_help=True
 )
@@ -478,4 +481,60 @@ def org_pools(name: str, json_out: JsonOpt = False) -> None:
     table = _table("POOL", "ELIGIBLE", "WHY NOT")
     for p in found:
         table.add_row(escape(p.pool), "yes" if p.eligible else "no", escape(p.why_not or "-"))
+    console.print(table)
+
+
+# --- allocations --------------------------------------------------------------------------------
+@allocation_app.command("grant")
+def allocation_grant(
+    project: Annotated[str, typer.Option(help="The project that gets it.")],
+    pool: Annotated[str, typer.Option(help="The pool it is in.")],
+    gpu_hours: Annotated[float, typer.Option(help="The budget in GPU-hours.")],
+    days: Annotated[int, typer.Option(help="How long it lasts.")] = 365,
+    starts: Annotated[
+        str | None, typer.Option(help="When it begins, ISO 8601 [default: now].")
+    ] = None,
+    note: Annotated[
+        str | None, typer.Option(help="e.g. the call or decision it comes from.")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Operators: give a project GPU-hours in a pool for a period."""
+    with handled():
+        a = _client().grant_allocation(
+            project=project, pool=pool, gpu_hours=gpu_hours, days=days, starts_at=starts, note=note
+        )
+    if json_out:
+        print_json(a)
+    else:
+        console.print(
+            f"allocation {a.id}: {a.gpu_hours:g} GPU-hours for {escape(a.project)} in pool "
+            f"{escape(a.pool)}, {a.starts_at:%Y-%m-%d} to {a.ends_at:%Y-%m-%d}",
+            highlight=False,
+        )
+
+
+@allocation_app.command("list")
+def allocation_list(
+    project: Annotated[str | None, typer.Option(help="Only this project's.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Allocations of the projects you see: budget, held by running or waiting jobs, charged."""
+    with handled():
+        found = _client().allocations(project)
+    if json_out:
+        print_json(found)
+        return
+    table = _table("ID", "PROJECT", "POOL", "GPU-HOURS", "HELD", "CHARGED", "LEFT", "UNTIL")
+    for a in found:
+        table.add_row(
+            str(a.id),
+            escape(a.project),
+            escape(a.pool),
+            f"{a.gpu_hours:g}",
+            f"{a.held_gpu_hours:.2f}",
+            f"{a.charged_gpu_hours:.2f}",
+            f"{a.left_gpu_hours:.2f}",
+            f"{a.ends_at:%Y-%m-%d}",
+        )
     console.print(table)

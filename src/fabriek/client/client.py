@@ -23,6 +23,7 @@ from fabriek.core.errors import (
 )
 from fabriek.core.jobs import JobState
 from fabriek.server.schemas import (
+    AllocationOut,
     Health,
     JobOut,
     Me,
@@ -129,6 +130,7 @@ class Client:
         time_limit_s: int = 3600,
         env: dict[str, str] | None = None,
         workdir: str | Path | None = None,
+        allocation: int | None = None,
     ) -> JobOut:
         """Queue a job. `workdir` is packed and uploaded; the job runs in a fresh copy of it."""
         if not argv:
@@ -146,6 +148,7 @@ class Client:
             "time_limit_s": time_limit_s,
             "env": env or {},
             "workdir": digest,
+            "allocation": allocation,
         }
         return JobOut.model_validate(self._request("POST", "/jobs", json=body).json())
 
@@ -324,6 +327,33 @@ class Client:
             PoolEligibilityOut.model_validate(p)
             for p in self._get(f"/organisations/{_seg(organisation)}/pools")
         ]
+
+    def allocations(self, project: str | None = None) -> list[AllocationOut]:
+        params = {"project": project} if project else {}
+        return [AllocationOut.model_validate(a) for a in self._get("/allocations", params=params)]
+
+    def allocation(self, allocation_id: int) -> AllocationOut:
+        return AllocationOut.model_validate(self._get(f"/allocations/{allocation_id}"))
+
+    def grant_allocation(
+        self,
+        *,
+        project: str,
+        pool: str,
+        gpu_hours: float,
+        days: int,
+        starts_at: str | None = None,
+        note: str | None = None,
+    ) -> AllocationOut:
+        body = {
+            "project": project,
+            "pool": pool,
+            "gpu_hours": gpu_hours,
+            "days": days,
+            "starts_at": starts_at,
+            "note": note,
+        }
+        return AllocationOut.model_validate(self._send("POST", "/allocations", body))
 
     def _get(self, path: str, **kwargs: Any) -> Any:
         return self._request("GET", path, **kwargs).json()

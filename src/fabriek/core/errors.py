@@ -71,6 +71,18 @@ class IllegalTransition(Conflict):
     code = "illegal_transition"
 
 
+class AllocationExhausted(Conflict):
+    """The allocation has too few GPU-hours left for what the job may use."""
+
+    code = "allocation_exhausted"
+
+
+class AllocationExpired(Conflict):
+    """The allocation's period has not begun or is over."""
+
+    code = "allocation_expired"
+
+
 class ServerUnavailable(FabriekError):
     """The client could not reach a fabriek server."""
 
@@ -85,6 +97,8 @@ ERRORS_BY_CODE: dict[str, type[FabriekError]] = {
         FabriekError,
         InvalidRequest,
         ResourcesUnavailable,
+        AllocationExhausted,
+        AllocationExpired,
         WorkdirTooLarge,
         Unauthenticated,
         Forbidden,

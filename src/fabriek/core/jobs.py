@@ -142,6 +142,7 @@ class JobRequest:
     time_limit_s: int
     env: dict[str, str]
     workdir_digest: str | None = None
+    allocation_id: int | None = None  # charged against this allocation when given
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +183,9 @@ class Job:
     gpu_s: float | None
     queue_position: int | None = None
     events: tuple[JobEvent, ...] = ()
+    allocation_id: int | None = None
+    hold_gpu_hours: float | None = None
+    charged_gpu_hours: float | None = None
 
 
 def _check_text(what: str, text: str) -> None:

@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from fabriek import __version__
 from fabriek.server.errors import install_error_handlers
 from fabriek.server.routers import (
+    allocations,
     jobs,
     organisations,
     pools,
@@ -47,6 +48,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         users.tokens,
         pools.router,
         pools.eligibility,
+        allocations.router,
     ):
         app.include_router(router, prefix=API_PREFIX)
     return app

@@ -59,6 +59,13 @@ class JobSubmit(BaseModel):
     workdir: str | None = Field(
         None, pattern="^[0-9a-f]{64}$", description="SHA-256 of an uploaded workdir, or none."
     )
+    allocation: int | None = Field(
+        None,
+        ge=1,
+        le=2**63 - 1,
+        description="Charge it to this allocation of the project: it holds GPUs x time limit "
+        "until it ends, then pays GPUs x wall time.",
+    )
 
 
 class ResourcesOut(BaseModel):
@@ -104,6 +111,11 @@ class JobOut(BaseModel):
     signal: int | None
     usage: UsageOut
     queue_position: int | None = Field(None, description="Pending jobs ahead of this one.")
+    allocation: int | None = None
+    hold_gpu_hours: float | None = Field(
+        None, description="Held from the allocation until it ends."
+    )
+    charged_gpu_hours: float | None = Field(None, description="Charged when it ended.")
     events: list[JobEventOut] = Field(default_factory=list)
 
     @classmethod
@@ -136,6 +148,9 @@ class JobOut(BaseModel):
                 wall_s=job.wall_s, cpu_s=job.cpu_s, max_rss_bytes=job.max_rss_bytes, gpu_s=job.gpu_s
             ),
             queue_position=job.queue_position,
+            allocation=job.allocation_id,
+            hold_gpu_hours=job.hold_gpu_hours,
+            charged_gpu_hours=job.charged_gpu_hours,
             events=[
                 JobEventOut(
                     at=e.at,
@@ -385,3 +400,28 @@ class PoolEligibilityOut(BaseModel):
     pool: str
     eligible: bool
     why_not: str | None
+
+
+# --- allocations ------------------------------------------------------------------------------------
+class AllocationGrant(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    project: str
+    pool: str
+    gpu_hours: float = Field(description="The budget, in GPU-hours.")
+    days: int = Field(description="How long it lasts.")
+    starts_at: datetime | None = Field(None, description="When it begins; default now.")
+    note: str | None = Field(None, max_length=1000)
+
+
+class AllocationOut(BaseModel):
+    id: int
+    project: str
+    pool: str
+    gpu_hours: float
+    held_gpu_hours: float = Field(description="Held by accepted jobs that have not ended.")
+    charged_gpu_hours: float = Field(description="Used by jobs that ended.")
+    left_gpu_hours: float = Field(description="What new jobs may still ask for.")
+    starts_at: datetime
+    ends_at: datetime
+    granted_by: str
+    note: str | None

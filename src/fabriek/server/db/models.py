@@ -131,6 +131,27 @@ class PoolRow(Base):
     created_at: Mapped[datetime]
 
 
+class AllocationRow(Base):
+    """A project's budget of GPU-hours in a pool for a period.
+
+    held: what accepted, unfinished jobs may still use (GPUs x time limit each); charged: what
+    finished jobs used. gpu_hours - held - charged is what new jobs may ask for."""
+
+    __tablename__ = "allocations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    pool_id: Mapped[int] = mapped_column(ForeignKey("pools.id"), index=True)
+    gpu_hours: Mapped[float] = mapped_column(Float)
+    held_gpu_hours: Mapped[float] = mapped_column(Float)
+    charged_gpu_hours: Mapped[float] = mapped_column(Float)
+    starts_at: Mapped[datetime]
+    ends_at: Mapped[datetime]
+    granted_by: Mapped[str] = mapped_column(String(128))
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+
+
 class WorkdirRow(Base):
     """An uploaded workdir archive, stored once by its SHA-256 and shared by the jobs that use it."""
 
@@ -184,6 +205,9 @@ class JobRow(Base):
     cpu_s: Mapped[float | None] = mapped_column(Float)
     max_rss_bytes: Mapped[int | None] = mapped_column(BigInteger)
     gpu_s: Mapped[float | None] = mapped_column(Float)
+    allocation_id: Mapped[int | None] = mapped_column(ForeignKey("allocations.id"), index=True)
+    hold_gpu_hours: Mapped[float | None] = mapped_column(Float)  # released when it ends
+    charged_gpu_hours: Mapped[float | None] = mapped_column(Float)  # GPUs x wall time
 
 
 class JobEventRow(Base):

@@ -41,6 +41,7 @@ def submit(body: JobSubmit, actor: ActorDep, runtime: RuntimeDep) -> Response:
         time_limit_s=body.time_limit_s,
         env=body.env,
         workdir_digest=body.workdir,
+        allocation_id=body.allocation,
     )
     with runtime.transaction() as session:
         job = service.submit_job(

@@ -6,7 +6,18 @@ from collections.abc import Sequence
 from datetime import datetime
 from functools import cache
 
-from sqlalchemy import ColumnElement, Insert, Select, bindparam, cast, func, insert, select, true
+from sqlalchemy import (
+    ColumnElement,
+    Insert,
+    Select,
+    bindparam,
+    cast,
+    func,
+    insert,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from fabriek.core.errors import Conflict, Forbidden, InvalidRequest, NotFound, ResourcesUnavailable
@@ -20,7 +31,7 @@ from fabriek.server.db.models import (
     ProjectRow,
     UserRow,
 )
-from fabriek.server.services import audit
+from fabriek.server.services import allocations, audit
 from fabriek.server.services.actors import Actor
 from fabriek.server.services.tenancy import MANAGING
 from fabriek.server.services.transitions import record_submission, transition_job
@@ -113,6 +124,22 @@ def submit_job(
         row.id = connection.execute(
             _INSERT_JOB, {**values, "project_id": row.project_id}
         ).scalar_one()
+    if request.allocation_id is not None:  # refused here, the whole submission rolls back
+        held = allocations.hold(
+            session,
+            allocation_id=request.allocation_id,
+            project_id=row.project_id,
+            project=request.project,
+            gpus=request.resources.gpus,
+            time_limit_s=request.time_limit_s,
+            now=now,
+        )
+        row.allocation_id, row.hold_gpu_hours = request.allocation_id, held
+        connection.execute(
+            update(_JOBS)
+            .where(_JOBS.c.id == row.id)
+            .values(allocation_id=request.allocation_id, hold_gpu_hours=held)
+        )
     record_submission(session, row, actor=actor.label)
     audit.record(
         session,
@@ -321,4 +348,7 @@ def to_job(
         gpu_s=row.gpu_s,
         queue_position=queue_position,
         events=events,
+        allocation_id=row.allocation_id,
+        hold_gpu_hours=row.hold_gpu_hours,
+        charged_gpu_hours=row.charged_gpu_hours,
     )

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from fabriek.core.jobs import JobState, check_transition
 from fabriek.server.db.models import JobEventRow, JobRow
+from fabriek.server.services.allocations import settle
 
 _TIMESTAMP_FOR = {
     JobState.ADMITTED: "admitted_at",
@@ -42,6 +43,8 @@ def transition_job(
     job.reason = reason  # a waiting reason ends with the wait
     for name, value in fields.items():
         setattr(job, name, value)
+    if to.is_final:  # whatever way it ended: release its hold, charge what it used
+        settle(session, job)
     session.add(
         JobEventRow(
             job_id=job.id,
