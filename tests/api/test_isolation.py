@@ -25,7 +25,16 @@ import pytest
 
 from tests.helpers import ServerProcess, wait_for
 
-ROLES = ("anonymous", "operator", "owner", "manager", "member", "project_member", "foreign")
+ROLES = (
+    "anonymous",
+    "operator",
+    "owner",
+    "manager",
+    "member",
+    "project_member",
+    "foreign",
+    "reviewer",
+)
 API = "/api/v1"
 _unique = itertools.count()
 
@@ -37,6 +46,7 @@ class Tenants:
     job: int = 0
     workdir: str = ""
     allocation: int = 0
+    application: int = 0
     names: dict[str, str] = field(default_factory=dict)  # role -> user name
 
     def http(self, role: str) -> httpx.Client:
@@ -68,10 +78,20 @@ def tenants(server: ServerProcess) -> Iterator[Tenants]:
     t = Tenants(server, {"operator": server.token})
     op = "operator"
     suffix = server.home.parent.name[-6:].replace("-", "")  # users are per server, names too
-    for role in ("owner", "manager", "member", "project_member", "foreign", "spare", "spare2"):
+    for role in (
+        "owner",
+        "manager",
+        "member",
+        "project_member",
+        "foreign",
+        "spare",
+        "spare2",
+        "reviewer",
+    ):
         name = f"{role.replace('_', '-')}-{suffix}"
         t.names[role] = name
-        t.tokens[role] = t.ok(op, "POST", "/users", json={"name": name})["token"]
+        body = {"name": name, "is_reviewer": role == "reviewer"}
+        t.tokens[role] = t.ok(op, "POST", "/users", json=body)["token"]
     org = {"display_name": "Org", "kind": "university", "country": "NL", "region": "NL11"}
     t.ok("owner", "POST", "/organisations", json={"name": "org-a", **org})
     t.ok("foreign", "POST", "/organisations", json={"name": "org-b", **org})
@@ -91,6 +111,19 @@ def tenants(server: ServerProcess) -> Iterator[Tenants]:
     )
     grant = {"project": "pa", "pool": "commercial", "gpu_hours": 100, "days": 30}
     t.allocation = t.ok(op, "POST", "/allocations", json=grant)["id"]
+    for name, mode in (("c-a", "fast_lane"), ("c-big", "large_scale")):
+        call = {
+            "name": name,
+            "title": name,
+            "pool": "commercial",
+            "mode": mode,
+            "opens_at": "2020-01-01T00:00:00Z",
+            "closes_at": "2100-01-01T00:00:00Z",
+            "total_gpu_hours": 100000,
+            "max_gpu_hours": 10,
+        }
+        t.ok(op, "POST", "/calls", json=call)
+    t.application = t.ok("owner", "POST", "/applications", json=_application_body("c-a"))["id"]
     t.workdir = t.ok(
         "project_member",
         "POST",
@@ -130,9 +163,12 @@ class Rule:
 
 
 def expect(default: int, **by_role: int) -> dict[str, int]:
+    """Statuses by role. The reviewer, a user of no organisation, gets what the foreign user
+    gets unless said otherwise."""
     statuses = {role: default for role in ROLES}
     statuses["anonymous"] = 401
     statuses.update(by_role)
+    statuses["reviewer"] = by_role.get("reviewer", statuses["foreign"])
     return statuses
 
 
@@ -194,6 +230,37 @@ def _new_project(t: Tenants, role: str) -> Request:
 
 def _new_user(t: Tenants, role: str) -> Request:
     return "/users", {"json": {"name": f"u-{next(_unique)}"}}
+
+
+def _application_body(call: str, submit: bool = True) -> dict[str, Any]:
+    return {"call": call, "project": "pa", "gpu_hours": 1, "title": "t", "submit": submit}
+
+
+def _new_call(t: Tenants, role: str) -> Request:
+    body = {
+        "name": f"call-{next(_unique)}",
+        "title": "T",
+        "pool": "commercial",
+        "mode": "playground",
+        "opens_at": "2020-01-01T00:00:00Z",
+        "closes_at": "2100-01-01T00:00:00Z",
+        "total_gpu_hours": 10,
+        "max_gpu_hours": 1,
+    }
+    return "/calls", {"json": body}
+
+
+def _draft(action: str) -> Build:
+    def build(t: Tenants, role: str) -> Request:
+        draft = t.ok("owner", "POST", "/applications", json=_application_body("c-a", submit=False))
+        return f"/applications/{draft['id']}/{action}", {}
+
+    return build
+
+
+def _submitted_for_review(t: Tenants, role: str) -> Request:
+    app = t.ok("owner", "POST", "/applications", json=_application_body("c-big"))
+    return f"/applications/{app['id']}/reviews", {"json": {"score": 4, "comment": "fine"}}
 
 
 def _new_pool(t: Tenants, role: str) -> Request:
@@ -332,6 +399,33 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/allocations/{allocation_id}"): Rule(
         lambda t, r: (f"/allocations/{t.allocation}", {}),
         expect(404, **dict.fromkeys(A_SEERS, 200)),
+    ),
+    # access calls: public; applications: the project's managers apply, reviewers review
+    ("POST", "/calls"): Rule(_new_call, expect(403, operator=201)),
+    ("GET", "/calls"): Rule(fixed("/calls"), expect(200)),
+    ("GET", "/calls/{call}"): Rule(fixed("/calls/c-a"), expect(200)),
+    ("POST", "/applications"): Rule(
+        lambda t, r: ("/applications", {"json": _application_body("c-a", submit=False)}),
+        expect(404, operator=201, owner=201, manager=201, project_member=403),
+    ),
+    ("GET", "/applications"): Rule(
+        fixed("/applications"),
+        expect(200),
+        sees=(*A_SEERS, "reviewer"),
+        finds=lambda t, body: any(a["id"] == t.application for a in body),
+    ),
+    ("GET", "/applications/{application_id}"): Rule(
+        lambda t, r: (f"/applications/{t.application}", {}),
+        expect(404, reviewer=200, **dict.fromkeys(A_SEERS, 200)),
+    ),
+    ("POST", "/applications/{application_id}/submit"): Rule(
+        _draft("submit"), expect(404, operator=200, owner=200, manager=200, project_member=403)
+    ),
+    ("POST", "/applications/{application_id}/withdraw"): Rule(
+        _draft("withdraw"), expect(404, operator=200, owner=200, manager=200, project_member=403)
+    ),
+    ("POST", "/applications/{application_id}/reviews"): Rule(
+        _submitted_for_review, expect(403, reviewer=201)
     ),
     # tokens: personal
     ("POST", "/tokens"): Rule(fixed("/tokens", json={"name": "t"}), expect(201)),

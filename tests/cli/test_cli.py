@@ -409,3 +409,46 @@ def test_tenancy_bad_input_is_one_clear_line(
     r = server.cli(*args)
     assert r.returncode != 0 and message in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_call_application_review_allocation(server: ServerProcess) -> None:
+    for args in (
+        ("org", "create", "umcg-cli", "--display-name", "UMCG", "--kind", "health",
+         "--country", "NL", "--region", "NL11"),
+        ("org", "verify", "umcg-cli"),
+        ("project", "create", "mri-cli", "--org", "umcg-cli"),
+        ("call", "create", "fl-cli", "--title", "Fast Lane", "--pool", "regional",
+         "--mode", "fast_lane", "--opens", "2020-01-01T00:00Z", "--closes", "2100-01-01T00:00Z",
+         "--total-gpu-hours", "100", "--max-gpu-hours", "20"),
+    ):  # fmt: skip
+        r = server.cli(*args)
+        assert r.returncode == 0, (args, r.stderr)
+    assert "fl-cli" in server.cli("call", "list").stdout
+    r = server.cli("apply", "fl-cli", "--project", "mri-cli", "--gpu-hours", "30", "--title", "x")
+    assert r.returncode == 2 and "at most 20 per application" in r.stderr, r.stderr
+    r = server.cli(
+        "apply", "fl-cli", "--project", "mri-cli", "--gpu-hours", "10", "--title", "MRI", "--json"
+    )
+    assert r.returncode == 0, r.stderr
+    app = json.loads(r.stdout)
+    assert app["state"] == "submitted"
+
+    made = server.cli("user", "create", "rev-cli", "--reviewer")
+    reviewer = dict(server.env, FABRIEK_URL=server.url, FABRIEK_TOKEN=made.stdout.strip())
+    reviewer.pop("FABRIEK_CONFIG")
+
+    def as_reviewer(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [FABRIEK, *args], env=reviewer, capture_output=True, text=True, timeout=60
+        )
+
+    r = as_reviewer("review", str(app["id"]), "--score", "4", "--comment", "well planned")
+    assert r.returncode == 0 and "is approved" in r.stdout, r.stderr
+    r = as_reviewer("review", str(app["id"]), "--score", "1", "--comment", "again")
+    assert r.returncode == 5 and "takes no reviews" in r.stderr
+    shown = json.loads(server.cli("application", "show", str(app["id"]), "--json").stdout)
+    assert shown["allocation"] is not None and shown["reviews"][0]["reviewer"] == "rev-cli"
+    grants = json.loads(server.cli("allocation", "list", "--project", "mri-cli", "--json").stdout)
+    assert [(g["id"], g["gpu_hours"], g["pool"]) for g in grants] == [
+        (shown["allocation"], 10, "regional")
+    ]

@@ -11,6 +11,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from fabriek.cli.calls import application_app, call_app
+from fabriek.cli.calls import apply as apply_to_call
+from fabriek.cli.calls import review as review_application
 from fabriek.cli.output import STATE_STYLE, age, console, err_console, fail, handled, print_json
 from fabriek.cli.tenancy import (
     allocation_app,
@@ -39,6 +42,10 @@ app.add_typer(user_app, name="user")
 app.add_typer(token_app, name="token")
 app.add_typer(pool_app, name="pool")
 app.add_typer(allocation_app, name="allocation")
+app.add_typer(call_app, name="call")
+app.add_typer(application_app, name="application")
+app.command("apply")(apply_to_call)
+app.command("review")(review_application)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 

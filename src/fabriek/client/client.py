@@ -24,6 +24,8 @@ from fabriek.core.errors import (
 from fabriek.core.jobs import JobState
 from fabriek.server.schemas import (
     AllocationOut,
+    ApplicationOut,
+    CallOut,
     Health,
     JobOut,
     Me,
@@ -354,6 +356,41 @@ class Client:
             "note": note,
         }
         return AllocationOut.model_validate(self._send("POST", "/allocations", body))
+
+    def calls(self) -> list[CallOut]:
+        return [CallOut.model_validate(c) for c in self._get("/calls")]
+
+    def call(self, name: str) -> CallOut:
+        return CallOut.model_validate(self._get(f"/calls/{_seg(name)}"))
+
+    def create_call(self, **fields: Any) -> CallOut:
+        return CallOut.model_validate(self._send("POST", "/calls", fields))
+
+    def apply(self, **fields: Any) -> ApplicationOut:
+        return ApplicationOut.model_validate(self._send("POST", "/applications", fields))
+
+    def applications(self, call: str | None = None) -> list[ApplicationOut]:
+        params = {"call": call} if call else {}
+        return [ApplicationOut.model_validate(a) for a in self._get("/applications", params=params)]
+
+    def application(self, application_id: int) -> ApplicationOut:
+        return ApplicationOut.model_validate(self._get(f"/applications/{application_id}"))
+
+    def submit_application(self, application_id: int) -> ApplicationOut:
+        return ApplicationOut.model_validate(
+            self._send("POST", f"/applications/{application_id}/submit", {})
+        )
+
+    def withdraw_application(self, application_id: int) -> ApplicationOut:
+        return ApplicationOut.model_validate(
+            self._send("POST", f"/applications/{application_id}/withdraw", {})
+        )
+
+    def review(self, application_id: int, *, score: int, comment: str) -> ApplicationOut:
+        body = {"score": score, "comment": comment}
+        return ApplicationOut.model_validate(
+            self._send("POST", f"/applications/{application_id}/reviews", body)
+        )
 
     def _get(self, path: str, **kwargs: Any) -> Any:
         return self._request("GET", path, **kwargs).json()

@@ -8,6 +8,7 @@ from fabriek import __version__
 from fabriek.server.errors import install_error_handlers
 from fabriek.server.routers import (
     allocations,
+    calls,
     jobs,
     organisations,
     pools,
@@ -49,6 +50,8 @@ def create_app(runtime: Runtime) -> FastAPI:
         pools.router,
         pools.eligibility,
         allocations.router,
+        calls.calls,
+        calls.applications,
     ):
         app.include_router(router, prefix=API_PREFIX)
     return app

@@ -6,6 +6,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fabriek.core.calls import ApplicationState, CallMode
 from fabriek.core.jobs import Job, JobState
 from fabriek.core.tenancy import (
     Eligibility,
@@ -425,3 +426,78 @@ class AllocationOut(BaseModel):
     ends_at: datetime
     granted_by: str
     note: str | None
+
+
+# --- access calls and applications -------------------------------------------------------------------
+class CallCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    title: str
+    pool: str
+    mode: CallMode
+    opens_at: datetime
+    closes_at: datetime
+    total_gpu_hours: float
+    max_gpu_hours: float = Field(description="At most this much per application.")
+    allocation_days: int = Field(365, description="How long the allocations it grants last.")
+    reviewers: int | None = Field(None, description="Reviews a decision needs (by mode if none).")
+    threshold: float = Field(3.0, description="Mean score (1-5) an application needs.")
+    eligibility: EligibilityIO = Field(default_factory=EligibilityIO)
+
+
+class CallOut(BaseModel):
+    name: str
+    title: str
+    pool: str
+    mode: CallMode
+    opens_at: datetime
+    closes_at: datetime
+    open: bool
+    total_gpu_hours: float
+    granted_gpu_hours: float
+    max_gpu_hours: float
+    allocation_days: int
+    reviewers: int
+    threshold: float
+    eligibility: EligibilityIO
+    created_by: str
+
+
+class ApplicationCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    call: str
+    project: str
+    gpu_hours: float
+    title: str
+    summary: str = ""
+    submit: bool = Field(True, description="Submit at once; false keeps a draft.")
+
+
+class ReviewCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    score: int = Field(description="1 (poor) to 5 (excellent).")
+    comment: str
+
+
+class ReviewOut(BaseModel):
+    reviewer: str | None = Field(description="Shown to operators only.")
+    score: int
+    comment: str
+    at: datetime
+
+
+class ApplicationOut(BaseModel):
+    id: int
+    call: str
+    project: str
+    title: str
+    summary: str
+    gpu_hours: float
+    state: ApplicationState
+    applicant: str
+    created_at: datetime
+    submitted_at: datetime | None
+    decided_at: datetime | None
+    decision: str | None
+    allocation: int | None
+    reviews: list[ReviewOut]

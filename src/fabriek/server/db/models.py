@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -149,6 +150,73 @@ class AllocationRow(Base):
     ends_at: Mapped[datetime]
     granted_by: Mapped[str] = mapped_column(String(128))
     note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+
+
+class CallRow(Base):
+    """An access call into a pool (EuroHPC-style modes: playground, fast_lane, large_scale)."""
+
+    __tablename__ = "access_calls"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    title: Mapped[str] = mapped_column(String(256))
+    pool_id: Mapped[int] = mapped_column(ForeignKey("pools.id"), index=True)
+    mode: Mapped[str] = mapped_column(String(16))
+    opens_at: Mapped[datetime]
+    closes_at: Mapped[datetime]
+    total_gpu_hours: Mapped[float] = mapped_column(Float)
+    granted_gpu_hours: Mapped[float] = mapped_column(Float)  # by approved applications
+    max_gpu_hours: Mapped[float] = mapped_column(Float)  # per application
+    allocation_days: Mapped[int] = mapped_column(Integer)
+    reviewers: Mapped[int] = mapped_column(Integer)  # reviews a decision needs
+    threshold: Mapped[float] = mapped_column(Float)  # mean score to approve
+    eligibility: Mapped[dict[str, Any]]  # on top of the pool's
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime]
+
+
+class ApplicationRow(Base):
+    __tablename__ = "applications"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    call_id: Mapped[int] = mapped_column(ForeignKey("access_calls.id"), index=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    title: Mapped[str] = mapped_column(String(256))
+    summary: Mapped[str] = mapped_column(Text)
+    gpu_hours: Mapped[float] = mapped_column(Float)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    applicant: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime]
+    submitted_at: Mapped[datetime | None]
+    decided_at: Mapped[datetime | None]
+    decision: Mapped[str | None] = mapped_column(Text)
+    allocation_id: Mapped[int | None] = mapped_column(ForeignKey("allocations.id"))
+
+
+class ApplicationEventRow(Base):
+    """Append-only history of an application: written only by its transition function."""
+
+    __tablename__ = "application_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    application_id: Mapped[int] = mapped_column(ForeignKey("applications.id"), index=True)
+    at: Mapped[datetime]
+    from_state: Mapped[str | None] = mapped_column(String(16))
+    to_state: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
+class ReviewRow(Base):
+    __tablename__ = "reviews"
+    __table_args__ = (UniqueConstraint("application_id", "reviewer_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    application_id: Mapped[int] = mapped_column(ForeignKey("applications.id"), index=True)
+    reviewer_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    score: Mapped[int] = mapped_column(Integer)
+    comment: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime]
 
 

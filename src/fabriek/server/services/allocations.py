@@ -112,22 +112,19 @@ def grant(
     why_not = pool_info.eligibility.check(get_organisation(session, actor=actor, name=org_handle))
     if why_not:
         raise Conflict(f"project {project!r} may not get GPU-hours in pool {pool!r}: {why_not}")
-    start = starts_at or now
     pool_id = session.scalar(select(PoolRow.id).where(PoolRow.name == pool))
-    row = AllocationRow(
+    assert pool_id is not None
+    row = create(
+        session,
         project_id=project_id,
         pool_id=pool_id,
-        gpu_hours=float(gpu_hours),
-        held_gpu_hours=0.0,
-        charged_gpu_hours=0.0,
-        starts_at=start,
-        ends_at=start + timedelta(days=days),
+        gpu_hours=gpu_hours,
+        starts_at=starts_at or now,
+        days=days,
         granted_by=actor.name,
         note=note,
-        created_at=now,
+        now=now,
     )
-    session.add(row)
-    session.flush()
     audit.record(
         session,
         actor=actor,
@@ -143,6 +140,36 @@ def grant(
         ends_at=row.ends_at.isoformat(),
     )
     return _to_allocation(row, project, pool)
+
+
+def create(
+    session: Session,
+    *,
+    project_id: int,
+    pool_id: int,
+    gpu_hours: float,
+    starts_at: datetime,
+    days: int,
+    granted_by: str,
+    note: str | None,
+    now: datetime,
+) -> AllocationRow:
+    """The row of a new allocation (callers check who may, and write the audit event)."""
+    row = AllocationRow(
+        project_id=project_id,
+        pool_id=pool_id,
+        gpu_hours=float(gpu_hours),
+        held_gpu_hours=0.0,
+        charged_gpu_hours=0.0,
+        starts_at=starts_at,
+        ends_at=starts_at + timedelta(days=days),
+        granted_by=granted_by,
+        note=note,
+        created_at=now,
+    )
+    session.add(row)
+    session.flush()
+    return row
 
 
 def _visible_projects(actor: Actor):  # type: ignore[no-untyped-def]
