@@ -427,6 +427,22 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/applications/{application_id}/reviews"): Rule(
         _submitted_for_review, expect(403, reviewer=201)
     ),
+    # reports: usage of what one sees (project pa's job for A's seers); shares for operators
+    ("GET", "/usage"): Rule(
+        fixed(
+            "/usage",
+            params={"by": "project", "from": "2020-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"},
+        ),
+        expect(200),
+        sees=A_SEERS,
+        finds=lambda t, body: any(r["key"] == "pa" for r in body),
+    ),
+    ("GET", "/reports/shares"): Rule(
+        fixed(
+            "/reports/shares", params={"from": "2020-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"}
+        ),
+        expect(403, operator=200),
+    ),
     # tokens: personal
     ("POST", "/tokens"): Rule(fixed("/tokens", json={"name": "t"}), expect(201)),
     ("GET", "/tokens"): Rule(fixed("/tokens"), expect(200)),

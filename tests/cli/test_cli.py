@@ -452,3 +452,22 @@ def test_call_application_review_allocation(server: ServerProcess) -> None:
     assert [(g["id"], g["gpu_hours"], g["pool"]) for g in grants] == [
         (shown["allocation"], 10, "regional")
     ]
+
+
+def test_usage_and_share_report(server: ServerProcess) -> None:
+    r = server.cli("submit", "--parsable", "--no-workdir", "--gpus", "1", "--", "true")
+    job = int(r.stdout)
+    wait_for(
+        lambda: json.loads(server.cli("status", str(job), "--json").stdout)["state"] == "succeeded",
+        what="a GPU job",
+    )
+    rows = json.loads(server.cli("usage", "--by", "pool", "--json").stdout)
+    assert any(row["key"] == "-" and row["jobs"] >= 1 for row in rows)
+    table = server.cli("usage", "--by", "organisation")
+    assert table.returncode == 0 and "default" in table.stdout
+    shares = json.loads(server.cli("report", "shares", "--json").stdout)
+    assert {row["pool"] for row in shares} >= {"regional", "eurohpc", "national", "commercial"}
+    r = server.cli("usage", "--from", "2026-12-01", "--to", "2026-11-01")
+    assert r.returncode == 2 and "ends after it begins" in r.stderr
+    r = server.cli("usage", "--by", "colour")
+    assert r.returncode == 2 and "colour" in r.stderr

@@ -15,6 +15,8 @@ from fabriek.cli.calls import application_app, call_app
 from fabriek.cli.calls import apply as apply_to_call
 from fabriek.cli.calls import review as review_application
 from fabriek.cli.output import STATE_STYLE, age, console, err_console, fail, handled, print_json
+from fabriek.cli.reports import report_app
+from fabriek.cli.reports import usage as usage_report
 from fabriek.cli.tenancy import (
     allocation_app,
     org_app,
@@ -46,6 +48,8 @@ app.add_typer(call_app, name="call")
 app.add_typer(application_app, name="application")
 app.command("apply")(apply_to_call)
 app.command("review")(review_application)
+app.command("usage")(usage_report)
+app.add_typer(report_app, name="report")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 

@@ -34,8 +34,10 @@ from fabriek.server.schemas import (
     PoolEligibilityOut,
     PoolOut,
     ProjectOut,
+    ShareOut,
     TokenCreated,
     TokenOut,
+    UsageReportOut,
     UserCreated,
     UserOut,
     WorkdirOut,
@@ -391,6 +393,14 @@ class Client:
         return ApplicationOut.model_validate(
             self._send("POST", f"/applications/{application_id}/reviews", body)
         )
+
+    def usage(self, *, by: str, start: str, end: str) -> list[UsageReportOut]:
+        params = {"by": by, "from": start, "to": end}
+        return [UsageReportOut.model_validate(r) for r in self._get("/usage", params=params)]
+
+    def share_report(self, *, start: str, end: str) -> list[ShareOut]:
+        params = {"from": start, "to": end}
+        return [ShareOut.model_validate(r) for r in self._get("/reports/shares", params=params)]
 
     def _get(self, path: str, **kwargs: Any) -> Any:
         return self._request("GET", path, **kwargs).json()

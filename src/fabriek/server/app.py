@@ -13,6 +13,7 @@ from fabriek.server.routers import (
     organisations,
     pools,
     projects,
+    reports,
     system,
     users,
     workdirs,
@@ -52,6 +53,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         allocations.router,
         calls.calls,
         calls.applications,
+        reports.router,
     ):
         app.include_router(router, prefix=API_PREFIX)
     return app

@@ -501,3 +501,24 @@ class ApplicationOut(BaseModel):
     decision: str | None
     allocation: int | None
     reviews: list[ReviewOut]
+
+
+# --- reports ------------------------------------------------------------------------------------------
+class UsageReportOut(BaseModel):
+    key: str = Field(description="The pool, organisation, kind or project.")
+    gpu_hours: float
+    jobs: int = Field(description="Jobs that ran in the period.")
+    started: int = Field(description="Jobs that started in the period.")
+    mean_wait_s: float | None = Field(description="Mean time from submission to start.")
+
+
+class ShareOut(BaseModel):
+    pool: str
+    guarantee: float
+    guaranteed_gpu_hours: float
+    delivered_gpu_hours: float
+    demand_hours: float = Field(description="Time the pool had work waiting.")
+    served_fraction: float | None = Field(
+        description="Of that time, the part with at least its guarantee running."
+    )
+    worst_shortfall_gpus: int

@@ -219,7 +219,7 @@ def _managed_project_ids(actor: Actor) -> Select[tuple[int]]:
     )
 
 
-def _visible(actor: Actor) -> ColumnElement[bool]:
+def visible_jobs(actor: Actor) -> ColumnElement[bool]:
     """A filter on jobs: those of the actor's projects and of the projects of organisations the
     actor owns or manages (all of them for an operator)."""
     if actor.is_operator:
@@ -235,7 +235,7 @@ def list_jobs(
         select(JobRow, ProjectRow.name, UserRow.name)
         .join(ProjectRow, ProjectRow.id == JobRow.project_id)
         .join(UserRow, UserRow.id == JobRow.user_id)
-        .where(_visible(actor))
+        .where(visible_jobs(actor))
         .order_by(JobRow.id.desc())
         .limit(limit)
     )
@@ -251,7 +251,7 @@ def _load(
         select(JobRow, ProjectRow.name, UserRow.name)
         .join(ProjectRow, ProjectRow.id == JobRow.project_id)
         .join(UserRow, UserRow.id == JobRow.user_id)
-        .where(JobRow.id == job_id, _visible(actor))
+        .where(JobRow.id == job_id, visible_jobs(actor))
     )
     if for_update:  # the controller may be moving this job at the same moment (PostgreSQL)
         query = query.with_for_update(of=JobRow)

@@ -1,0 +1,215 @@
+"""Usage and share reports, computed from the jobs' own timestamps.
+
+- `usage`: GPU-hours, jobs and waits per pool, organisation, organisation kind or project, for a
+  period. A job counts for the part of its run inside the period; its wait (submission to start)
+  counts for the jobs that started in it.
+- `shares`: what funders ask: for each pool, the GPU-hours it got against its guarantee, and how
+  much of the time it had work waiting it also had at least its guaranteed GPUs, with the worst
+  shortfall. Computed by sweeping the jobs' submit, start and end times.
+
+Jobs without an allocation count under the pool "-".
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from fabriek.core.errors import Forbidden, InvalidRequest
+from fabriek.server.db.models import (
+    AllocationRow,
+    JobRow,
+    OrganisationRow,
+    PoolRow,
+    ProjectRow,
+)
+from fabriek.server.services.actors import Actor
+from fabriek.server.services.jobs import visible_jobs
+
+GROUPS = ("pool", "organisation", "kind", "project")
+NO_POOL = "-"
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    key: str
+    gpu_hours: float
+    jobs: int  # that ran in the period
+    started: int  # that started in it
+    mean_wait_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ShareRow:
+    pool: str
+    guarantee: float
+    guaranteed_gpu_hours: float
+    delivered_gpu_hours: float
+    demand_hours: float  # time with work waiting
+    served_fraction: float | None  # of that time, with at least its guarantee running
+    worst_shortfall_gpus: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    gpus: int
+    pool: str
+    organisation: str
+    kind: str
+    project: str
+    submitted: float
+    started: float | None
+    ended: float | None
+
+
+def _check_period(start: datetime, end: datetime) -> None:
+    if end <= start:
+        raise InvalidRequest("the period ends after it begins (--from before --to)")
+
+
+def _jobs(session: Session, actor: Actor, start: datetime, end: datetime) -> list[_Job]:
+    query = (
+        select(
+            JobRow.gpus,
+            PoolRow.name,
+            OrganisationRow.name,
+            OrganisationRow.kind,
+            ProjectRow.name,
+            JobRow.submitted_at,
+            JobRow.started_at,
+            JobRow.finished_at,
+        )
+        .join(ProjectRow, ProjectRow.id == JobRow.project_id)
+        .join(OrganisationRow, OrganisationRow.id == ProjectRow.organisation_id)
+        .outerjoin(AllocationRow, AllocationRow.id == JobRow.allocation_id)
+        .outerjoin(PoolRow, PoolRow.id == AllocationRow.pool_id)
+        .where(JobRow.submitted_at < end)
+        .where((JobRow.finished_at.is_(None)) | (JobRow.finished_at > start))
+        .where(visible_jobs(actor))
+    )
+    return [
+        _Job(
+            gpus,
+            pool or NO_POOL,
+            org,
+            kind,
+            project,
+            submitted.timestamp(),
+            started.timestamp() if started else None,
+            ended.timestamp() if ended else None,
+        )
+        for gpus, pool, org, kind, project, submitted, started, ended in session.execute(query)
+    ]
+
+
+def usage(
+    session: Session, *, actor: Actor, by: str, start: datetime, end: datetime, now: datetime
+) -> list[UsageRow]:
+    """Per group: GPU-hours of the runs inside [start, end), jobs, and the mean wait to start."""
+    if by not in GROUPS:
+        raise InvalidRequest(f"usage is grouped by one of {', '.join(GROUPS)}, not {by!r}")
+    _check_period(start, end)
+    t0, t1, t_now = start.timestamp(), end.timestamp(), now.timestamp()
+    gpu_s: dict[str, float] = defaultdict(float)
+    ran: dict[str, int] = defaultdict(int)
+    waits: dict[str, list[float]] = defaultdict(list)
+    for job in _jobs(session, actor, start, end):
+        key = getattr(job, by)
+        if job.started is None:
+            continue
+        began, ended = max(job.started, t0), min(job.ended or t_now, t1)
+        if ended > began:
+            gpu_s[key] += job.gpus * (ended - began)
+            ran[key] += 1
+        if t0 <= job.started < t1:
+            waits[key].append(job.started - job.submitted)
+    keys = sorted(set(ran) | set(waits), key=lambda k: (-gpu_s.get(k, 0.0), k))
+    return [
+        UsageRow(
+            key,
+            gpu_s.get(key, 0.0) / 3600,
+            ran.get(key, 0),
+            len(waits.get(key, ())),
+            sum(waits[key]) / len(waits[key]) if waits.get(key) else None,
+        )
+        for key in keys
+    ]
+
+
+def shares(
+    session: Session,
+    *,
+    actor: Actor,
+    start: datetime,
+    end: datetime,
+    now: datetime,
+    total_gpus: int,
+) -> list[ShareRow]:
+    """The share report, for operators (it covers every tenant)."""
+    if not actor.is_operator:
+        raise Forbidden("only operators see the share report")
+    _check_period(start, end)
+    t0, t1, t_now = start.timestamp(), min(end, now).timestamp(), now.timestamp()
+    pools = session.execute(select(PoolRow.name, PoolRow.guarantee).order_by(PoolRow.name)).all()
+    jobs = _jobs(session, actor, start, end)
+    result = []
+    for name, guarantee in pools:
+        owed = int(guarantee * total_gpus)
+        mine = [j for j in jobs if j.pool == name]
+        delivered = sum(
+            j.gpus * max(0.0, min(j.ended or t_now, t1) - max(j.started, t0))
+            for j in mine
+            if j.started is not None
+        )
+        demand_s, served_s, worst = _sweep(mine, t0, t1, t_now, owed)
+        result.append(
+            ShareRow(
+                pool=name,
+                guarantee=guarantee,
+                guaranteed_gpu_hours=owed * max(0.0, t1 - t0) / 3600,
+                delivered_gpu_hours=delivered / 3600,
+                demand_hours=demand_s / 3600,
+                served_fraction=served_s / demand_s if demand_s > 0 else None,
+                worst_shortfall_gpus=worst,
+            )
+        )
+    return result
+
+
+def _sweep(
+    jobs: list[_Job], t0: float, t1: float, now: float, owed: int
+) -> tuple[float, float, int]:
+    """Seconds with GPU work waiting, seconds of those with at least `owed` GPUs running (or all
+    that was wanted), and the largest shortfall then."""
+    changes: list[tuple[float, int, int]] = []  # time, change in running GPUs, in waiting GPUs
+    for job in jobs:
+        if job.gpus == 0:
+            continue
+        start_wait = job.submitted
+        end_wait = job.started if job.started is not None else (job.ended or now)
+        changes += [(start_wait, 0, job.gpus), (end_wait, 0, -job.gpus)]
+        if job.started is not None:
+            changes += [(job.started, job.gpus, 0), (job.ended or now, -job.gpus, 0)]
+    changes.sort()
+    running = waiting = 0
+    demand = served = 0.0
+    worst = 0
+    last = t0
+    for at, d_run, d_wait in [*changes, (t1, 0, 0)]:
+        at_clipped = min(max(at, t0), t1)
+        if at_clipped > last and waiting > 0:
+            span = at_clipped - last
+            demand += span
+            want = min(owed, running + waiting)
+            if running >= want:
+                served += span
+            else:
+                worst = max(worst, want - running)
+        last = max(last, at_clipped)
+        running += d_run
+        waiting += d_wait
+    return demand, served, worst
