@@ -180,3 +180,10 @@ def test_cancel_running_then_conflict(server: ServerProcess) -> None:
         assert job["state"] == "cancelled"
         again = http.post(f"/jobs/{job_id}/cancel")
         assert (again.status_code, again.json()["error"]["code"]) == (409, "conflict")
+
+
+def test_times_without_a_zone_are_a_clear_422(server: ServerProcess) -> None:
+    with server.http() as http:
+        r = http.get("/usage", params={"from": "2026-11-01T00:00:00", "to": "2026-12-01T00:00:00Z"})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
+        assert "timezone" in r.json()["error"]["message"]

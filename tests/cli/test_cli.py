@@ -467,6 +467,7 @@ def test_usage_and_share_report(server: ServerProcess) -> None:
     assert table.returncode == 0 and "default" in table.stdout
     shares = json.loads(server.cli("report", "shares", "--json").stdout)
     assert {row["pool"] for row in shares} >= {"regional", "eurohpc", "national", "commercial"}
+    assert server.cli("usage", "--from", "2026-01-01", "--to", "2100-01-01").returncode == 0
     r = server.cli("usage", "--from", "2026-12-01", "--to", "2026-11-01")
     assert r.returncode == 2 and "ends after it begins" in r.stderr
     r = server.cli("usage", "--by", "colour")

@@ -314,3 +314,48 @@ def test_cpu_only_jobs_need_no_pool_share() -> None:
     cpu = PendingJob(1, "p", "commercial", None, Request(0, 4, G, 1, None, 60), NOW)
     d = decide(snap(h100(1), [cpu]))
     assert admitted(d) == [1]
+
+
+def test_a_guarantee_is_counted_on_the_gpu_type_a_job_lands_on() -> None:
+    """Untyped jobs of pool P may not take pool Q's guarantee on a second GPU type."""
+
+    def part(name: str, gpu_type: str) -> Partition:
+        return Partition(
+            name, gpu_type, tuple(Node(f"{name}{i}", 2, 32, 256 * G) for i in range(2))
+        )
+
+    parts = (part("h", "h100"), part("a", "a100"))
+    pools = (Pool("P", 0.5), Pool("Q", 0.5))
+    q_own = RunningJob(1, "q", "Q", None, Request(2, 1, 0, 1, "h100"), Placement("h", ("h0",)), 0.0)
+    q_lent = RunningJob(
+        2, "q", "Q", None, Request(2, 1, 0, 1, "h100"), Placement("h", ("h1",)), 0.0,
+        preemptible=True, borrowed=True,
+    )  # fmt: skip
+    pending = (
+        PendingJob(10, "p", "P", None, Request(2, 1, 0, 1, None), 1.0),
+        PendingJob(11, "p", "P", None, Request(2, 1, 0, 1, None), 2.0),
+    )
+    d = decide(Snapshot(10.0, parts, pools, running=(q_own, q_lent), pending=pending))
+    assert [(a.job_id, a.placement.partition, a.borrowed) for a in d.admissions] == [
+        (10, "a", False)
+    ]  # P's a100 guarantee is 2 GPUs: the second job may not take Q's
+    assert 11 in d.reasons
+
+
+def test_backfill_leaves_the_guarantee_a_blocked_head_will_need() -> None:
+    machine = Partition("h", "h100", tuple(Node(f"n{i}", 2, 32, 256 * G) for i in range(6)))
+    pools = (Pool("P", 0.34), Pool("Q", 0.66))  # P is owed 4 of 12 GPUs
+    running = (
+        RunningJob(
+            1, "p", "P", None, Request(2, 1, 0, 1, "h100", 100.0), Placement("h", ("n0",)), 0.0
+        ),
+        RunningJob(
+            2, "q", "Q", None, Request(2, 1, 0, 1, "h100", 1e4), Placement("h", ("n1",)), 0.0
+        ),
+    )
+    head = PendingJob(10, "p", "P", None, Request(2, 1, 0, 2, "h100", 3600.0), 1.0)  # 4 GPUs
+    long = PendingJob(11, "p", "P", None, Request(2, 1, 0, 1, "h100", 1000.0), 2.0)
+    d = decide(Snapshot(10.0, (machine,), pools, running=running, pending=(head, long)))
+    # At t=100 job 1 ends and P may use its 4 GPUs for the head; job 11 would still hold 2.
+    assert d.reservations == {10: 100.0}
+    assert d.admissions == []

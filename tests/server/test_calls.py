@@ -290,3 +290,33 @@ def test_calls_are_opened_by_operators_with_sane_numbers(
     ):
         with pytest.raises((InvalidRequest, NotFound), match=message):
             _call(sessions, world, clock, CallMode.LARGE_SCALE, **kw)
+
+
+def test_concurrent_playground_approvals_never_overdraw_the_call(
+    sessions: sessionmaker[Session], clock: FrozenClock, world: dict[str, Actor]
+) -> None:
+    import threading
+
+    _call(sessions, world, clock, CallMode.PLAYGROUND, total=10, most=8)
+    outcomes: list[ApplicationState] = []
+    errors: list[Exception] = []
+    start = threading.Barrier(8)
+
+    def one() -> None:
+        start.wait()
+        try:
+            outcomes.append(_apply(sessions, world["alice"], clock, "playground", 8).state)
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert outcomes.count(ApplicationState.APPROVED) == 1
+    assert outcomes.count(ApplicationState.REJECTED) == 7
+    with sessions() as session:
+        assert calls.get_call(session, name="playground").granted_gpu_hours == 8
+        assert len(allocations.list_allocations(session, actor=world["admin"])) == 1

@@ -70,8 +70,15 @@ def test_creator_owns_an_unverified_organisation_that_an_operator_verifies(
             session, actor=alice, name="rug", region="NL12", now=clock()
         )
     assert moved.region == "NL12" and not moved.verified
-    assert [d["region"] for d in _audit(sessions, "organisation.update")] == ["NL12"]
-    assert len(_audit(sessions, "organisation.verify")) == 1
+    # So does a new kind: pools and calls may admit by kind.
+    with sessions() as session, session.begin():
+        tenancy.verify_organisation(session, actor=admin, name="rug", verified=True, now=clock())
+        changed = tenancy.update_organisation(
+            session, actor=alice, name="rug", kind=OrgKind.HEALTH, now=clock()
+        )
+    assert changed.kind == OrgKind.HEALTH and not changed.verified
+    assert [d.get("region") for d in _audit(sessions, "organisation.update")] == ["NL12", None]
+    assert len(_audit(sessions, "organisation.verify")) == 2
 
 
 @pytest.mark.parametrize(
@@ -161,10 +168,14 @@ def test_roles_grant_what_they_may_and_the_last_owner_stays(
     with sessions() as session:
         members = {m.user: m.role for m in tenancy.list_org_members(session, actor=bob, name="rug")}
     assert members == {"alice": "owner", "bob": "manager", "carol": "member"}
-    assert [(d["user"], d["role"]) for d in _audit(sessions, "organisation.member.set")] == [
-        ("bob", "manager"),
-        ("carol", "member"),
-    ]
+    assert [
+        (d["user"], d["role"], d["previous"]) for d in _audit(sessions, "organisation.member.set")
+    ] == [("bob", "manager", None), ("carol", "member", None)]
+    with sessions() as session, session.begin():
+        tenancy.set_org_member(
+            session, actor=alice, name="rug", user="carol", role=OrgRole.MANAGER, now=clock()
+        )
+    assert _audit(sessions, "organisation.member.set")[-1]["previous"] == "member"
 
 
 def test_projects_belong_to_an_organisation_and_membership_follows_it(

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from fabriek.cli.output import age, console, err_console, handled, print_json
+from fabriek.cli.output import age, console, err_console, handled, print_json, utc_iso
 from fabriek.cli.tenancy import JsonOpt, _client, _table
 from fabriek.core.calls import CallMode
 
@@ -36,8 +36,8 @@ def call_create(
             title=title,
             pool=pool,
             mode=mode.value,
-            opens_at=opens,
-            closes_at=closes,
+            opens_at=utc_iso(opens),
+            closes_at=utc_iso(closes),
             total_gpu_hours=total_gpu_hours,
             max_gpu_hours=max_gpu_hours,
             allocation_days=allocation_days,

@@ -63,3 +63,12 @@ STATE_STYLE = {
     "cancelled": "magenta",
     "timed_out": "red",
 }
+
+
+def utc_iso(text: str) -> str:
+    """An ISO 8601 date or time as the API wants it: without a zone, it is taken as UTC."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        fail(f"{text!r} is not an ISO 8601 date or time, e.g. 2026-11-01 or 2026-11-01T08:00Z", 2)
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 import typer
 from rich.markup import escape
 
-from fabriek.cli.output import console, handled, print_json
+from fabriek.cli.output import console, handled, print_json, utc_iso
 from fabriek.cli.tenancy import JsonOpt, _client, _table
 from fabriek.core.units import format_duration
 
@@ -22,7 +22,10 @@ ToOpt = Annotated[str | None, typer.Option("--to", help="End, ISO 8601 [default:
 
 def _period(start: str | None, end: str | None) -> tuple[str, str]:
     now = datetime.now(UTC)
-    return start or (now - timedelta(days=30)).isoformat(), end or now.isoformat()
+    return (
+        utc_iso(start) if start else (now - timedelta(days=30)).isoformat(),
+        utc_iso(end) if end else now.isoformat(),
+    )
 
 
 def usage(

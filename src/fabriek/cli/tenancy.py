@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from fabriek.cli.output import age, console, err_console, handled, print_json
+from fabriek.cli.output import age, console, err_console, handled, print_json, utc_iso
 from fabriek.core.tenancy import OrgKind, OrgRole, ProjectRole
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -502,7 +502,12 @@ def allocation_grant(
     """Operators: give a project GPU-hours in a pool for a period."""
     with handled():
         a = _client().grant_allocation(
-            project=project, pool=pool, gpu_hours=gpu_hours, days=days, starts_at=starts, note=note
+            project=project,
+            pool=pool,
+            gpu_hours=gpu_hours,
+            days=days,
+            starts_at=utc_iso(starts) if starts else None,
+            note=note,
         )
     if json_out:
         print_json(a)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -41,6 +41,7 @@ from fabriek.scheduling.model import (
     Partition,
     PendingJob,
     Placement,
+    Pool,
     Preemption,
     Request,
     RunningJob,
@@ -97,6 +98,7 @@ class _Blocked:
     gpu_type: str
     reserved_at: float | None = None
     reserved_nodes: frozenset[tuple[str, str]] = field(default_factory=frozenset)
+    pool_used_at: int = 0  # its pool's GPUs of its type still running at reserved_at
 
 
 class _Nodes:
@@ -149,7 +151,7 @@ class _State:
         for p in snapshot.partitions:
             self.total[p.gpu_type or NO_GPU] += p.gpus
         self.pools = {p.name: p for p in snapshot.pools}
-        self.guarantee = _guarantees(snapshot, self.total)
+        self.guarantee = guarantees(snapshot.pools, self.total)
         self.used: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self.left: dict[int, float] = {a.id: a.remaining_gpu_hours for a in snapshot.allocations}
         self.share_divisor = {(a.project, a.pool): a.size_gpu_hours for a in snapshot.allocations}
@@ -160,6 +162,9 @@ class _State:
         self._type_by_request: dict[Request, str] = {}
         self._ending: list[RunningJob] | None = None
         gpu_partitions = [p for p in snapshot.partitions if p.gpu_type]
+        self.gpu_types = list(dict.fromkeys(p.gpu_type for p in gpu_partitions))
+        # The cheapest GPU-hour a request could be charged: what nomination may assume.
+        self.min_weight = min((p.billing_weight for p in gpu_partitions), default=1.0)
         self.default_gpu_type = gpu_partitions[0].gpu_type if gpu_partitions else NO_GPU
         # What every node of every GPU partition could hold: most requests need no closer look.
         nodes = [n for p in gpu_partitions for n in p.nodes]
@@ -199,14 +204,36 @@ class _State:
         return [p for p in self.snapshot.partitions if p.gpu_type]
 
     def place(
-        self, request: Request, avoid: frozenset[tuple[str, str]] = frozenset()
+        self,
+        request: Request,
+        avoid: frozenset[tuple[str, str]] = frozenset(),
+        gpu_type: str | None = None,
     ) -> Placement | None:
-        """Nodes for the whole job (gang) in one partition, or None."""
+        """Nodes for the whole job (gang) in one partition (of `gpu_type` if given), or None."""
         for partition in self.candidates(request):
+            if gpu_type is not None and (partition.gpu_type or NO_GPU) != gpu_type:
+                continue
             nodes = self.nodes[partition.name].find(request, avoid)
             if nodes is not None:
                 return Placement(partition.name, nodes)
         return None
+
+    def place_for(
+        self, job: PendingJob, avoid: frozenset[tuple[str, str]] = frozenset()
+    ) -> tuple[Placement | None, bool]:
+        """Room for the job, preferring a GPU type where its pool is within its guarantee.
+        Returns the placement and whether it is within the guarantee (the guarantee is counted
+        on the type of the partition the job lands on)."""
+        request = job.request
+        if request.gpus_per_node == 0:
+            return self.place(request, avoid), True
+        types = [request.gpu_type] if request.gpu_type else self.gpu_types
+        for gpu_type in types:
+            if self.within_guarantee(job.pool, gpu_type, request.gpus):
+                placement = self.place(request, avoid, gpu_type)
+                if placement is not None:
+                    return placement, True
+        return self.place(request, avoid), False
 
     def take(self, request: Request, placement: Placement, sign: int = 1) -> None:
         nodes = self.nodes[placement.partition]
@@ -275,13 +302,14 @@ class _State:
         decisions.admissions.append(Admission(job.id, placement, borrowed))
 
 
-def _guarantees(snapshot: Snapshot, total: dict[str, int]) -> dict[str, dict[str, int]]:
-    """Each pool's guarantee in whole GPUs of each type, by largest remainder."""
-    result: dict[str, dict[str, int]] = {p.name: {} for p in snapshot.pools}
+def guarantees(pools: Sequence[Pool], total: Mapping[str, int]) -> dict[str, dict[str, int]]:
+    """Each pool's guarantee in whole GPUs of each type, by largest remainder (reports use it
+    too, so that they judge pools by the numbers the engine gives them)."""
+    result: dict[str, dict[str, int]] = {p.name: {} for p in pools}
     for gpu_type, count in total.items():
         if gpu_type == NO_GPU:
             continue
-        exact = [(p.guarantee * count, p.name) for p in snapshot.pools]
+        exact = [(p.guarantee * count, p.name) for p in pools]
         whole = {name: int(share) for share, name in exact}
         owed = min(count, round(sum(share for share, _ in exact)))
         spare = owed - sum(whole.values())
@@ -328,7 +356,7 @@ def _nominate(
                 continue
         if job.allocation is not None:
             have = left.get(job.allocation)
-            need = gpus * request.nodes * request.time_limit_s / 3600.0
+            need = gpus * request.nodes * request.time_limit_s / 3600.0 * state.min_weight
             if have is None or have < need - 1e-9:
                 reasons[job.id] = _short_allocation(job.allocation, have or 0.0, need)
                 continue
@@ -419,13 +447,12 @@ def _admit_within_guarantees(
         _, pool = heapq.heappop(turns)
         at = position[pool]
         job = queues[pool][at]
-        gpu_type = state.gpu_type_of(job.request)
-        placement = state.place(job.request)
+        placement, within = state.place_for(job)
         if placement is None:  # no room on the nodes, whatever the pool's share
-            blocked[pool] = _Blocked(job, at, "room", gpu_type)
+            blocked[pool] = _Blocked(job, at, "room", state.gpu_type_of(job.request))
             continue
-        if not state.within_guarantee(pool, gpu_type, job.request.gpus):
-            blocked[pool] = _Blocked(job, at, "guarantee", gpu_type)
+        if not within:
+            blocked[pool] = _Blocked(job, at, "guarantee", state.type_of(placement.partition))
             continue
         if state.affordable(job, placement, decisions):  # else it waits, and does not block
             state.admit(job, placement, decisions, borrowed=False)
@@ -554,18 +581,14 @@ def _borrow(
         at = head.at
         while at < len(queue):
             job = queue[at]
-            gpu_type = state.gpu_type_of(job.request)
-            if not state.within_guarantee(pool, gpu_type, job.request.gpus) and not _may_borrow(
-                state, job, gpu_type
-            ):
-                break
-            placement = state.place(job.request)
+            placement, within = state.place_for(job)
             if placement is None:
                 head.kind = "room"
                 break
-            borrowed = not state.within_guarantee(pool, gpu_type, job.request.gpus)
+            if not within and not _may_borrow(state, job, state.type_of(placement.partition)):
+                break
             if state.affordable(job, placement, decisions):
-                state.admit(job, placement, decisions, borrowed=borrowed)
+                state.admit(job, placement, decisions, borrowed=not within)
             at += 1
         if at >= len(queue):
             del blocked[pool]
@@ -592,6 +615,7 @@ def _reserve(state: _State, pool: str, head: _Blocked) -> None:
         if placement is not None:
             head.reserved_at = max(job.ends_by, state.now)
             head.reserved_nodes = frozenset((placement.partition, n) for n in placement.nodes)
+            head.pool_used_at = pool_used
             break
     for job in released:
         state.take(job.request, job.placement)
@@ -612,19 +636,32 @@ def _backfill(
     reservations = [(h.reserved_at, h.reserved_nodes) for h in heads if h.reserved_at is not None]
     for pool, head in blocked.items():
         queue = queues[pool]
+        owed = state.guarantee[pool].get(head.gpu_type, 0)
+        later = 0  # GPUs of this pool's type that backfilled jobs still hold at the reservation
         for job in queue[head.at + 1 : head.at + 1 + depth]:
-            gpu_type = state.gpu_type_of(job.request)
-            within = state.within_guarantee(pool, gpu_type, job.request.gpus)
-            if not within and not _may_borrow(state, job, gpu_type):
-                continue
             ends = state.now + job.request.time_limit_s
             avoid = frozenset().union(
                 *(nodes for at, nodes in reservations if at is not None and ends > at)
             )
-            placement = state.place(job.request, avoid=avoid)
-            if placement is None or not state.affordable(job, placement, decisions):
+            placement, within = state.place_for(job, avoid)
+            if placement is None:
+                continue
+            gpu_type = state.type_of(placement.partition) if job.request.gpus else NO_GPU
+            if not within and not _may_borrow(state, job, gpu_type):
+                continue
+            # Nor may it use the guarantee the head will need at its reserved start.
+            outlives = head.reserved_at is not None and ends > head.reserved_at
+            if (
+                outlives
+                and gpu_type == head.gpu_type != NO_GPU
+                and head.pool_used_at + later + job.request.gpus + head.job.request.gpus > owed
+            ):
+                continue
+            if not state.affordable(job, placement, decisions):
                 continue
             state.admit(job, placement, decisions, borrowed=not within)
+            if outlives and gpu_type == head.gpu_type:
+                later += job.request.gpus
 
 
 def _explain(

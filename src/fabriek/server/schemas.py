@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from fabriek.core.calls import ApplicationState, CallMode
 from fabriek.core.jobs import Job, JobState
@@ -410,7 +410,7 @@ class AllocationGrant(BaseModel):
     pool: str
     gpu_hours: float = Field(description="The budget, in GPU-hours.")
     days: int = Field(description="How long it lasts.")
-    starts_at: datetime | None = Field(None, description="When it begins; default now.")
+    starts_at: AwareDatetime | None = Field(None, description="When it begins; default now.")
     note: str | None = Field(None, max_length=1000)
 
 
@@ -435,8 +435,8 @@ class CallCreate(BaseModel):
     title: str
     pool: str
     mode: CallMode
-    opens_at: datetime
-    closes_at: datetime
+    opens_at: AwareDatetime
+    closes_at: AwareDatetime
     total_gpu_hours: float
     max_gpu_hours: float = Field(description="At most this much per application.")
     allocation_days: int = Field(365, description="How long the allocations it grants last.")

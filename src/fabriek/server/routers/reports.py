@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
+from pydantic import AwareDatetime
 
 from fabriek.server.schemas import ShareOut, UsageReportOut
 from fabriek.server.security.deps import ActorDep, RuntimeDep
@@ -13,8 +13,12 @@ from fabriek.server.services import reports as service
 
 router = APIRouter(tags=["reports"])
 
-From = Annotated[datetime, Query(alias="from", description="Start of the period (ISO 8601).")]
-To = Annotated[datetime, Query(alias="to", description="End of the period (ISO 8601).")]
+From = Annotated[
+    AwareDatetime, Query(alias="from", description="Start of the period (ISO 8601, with a zone).")
+]
+To = Annotated[
+    AwareDatetime, Query(alias="to", description="End of the period (ISO 8601, with a zone).")
+]
 
 
 @router.get("/usage", response_model=list[UsageReportOut])

@@ -226,7 +226,10 @@ def hold(
     """Take what a new job may use from the allocation, or refuse with the reason. The row is
     locked until the submission commits, so concurrent submissions cannot overdraw it."""
     row = session.scalar(
-        select(AllocationRow).where(AllocationRow.id == allocation_id).with_for_update()
+        select(AllocationRow)
+        .where(AllocationRow.id == allocation_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
     )
     if row is None or row.project_id != project_id:
         raise NotFound(f"no allocation {allocation_id} in project {project!r}")
@@ -259,7 +262,10 @@ def settle(session: Session, job: JobRow) -> None:
     if job.allocation_id is None or job.hold_gpu_hours is None or job.charged_gpu_hours is not None:
         return
     row = session.scalar(
-        select(AllocationRow).where(AllocationRow.id == job.allocation_id).with_for_update()
+        select(AllocationRow)
+        .where(AllocationRow.id == job.allocation_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
     )
     used = min(gpu_hours_of(job.gpus, job.wall_s or 0.0), job.hold_gpu_hours)
     job.charged_gpu_hours = used

@@ -318,7 +318,9 @@ def create_application(
         raise InvalidRequest(f"the summary is at most {MAX_SUMMARY} characters")
     if not gpu_hours > 0:
         raise InvalidRequest("an application asks for more than 0 GPU-hours")
-    call_id = session.scalar(select(CallRow.id).where(CallRow.name == call))
+    # The call's row is locked first, by every path that may decide an application: the FK
+    # check of the insert below would otherwise take a share lock that deadlocks with it.
+    call_id = session.scalar(select(CallRow.id).where(CallRow.name == call).with_for_update())
     row = ApplicationRow(
         call_id=call_id,
         project_id=project_id,
@@ -363,7 +365,8 @@ def _row(session: Session, application_id: int) -> tuple[ApplicationRow, CallRow
         .join(CallRow, CallRow.id == ApplicationRow.call_id)
         .join(ProjectRow, ProjectRow.id == ApplicationRow.project_id)
         .where(ApplicationRow.id == application_id)
-        .with_for_update(of=ApplicationRow)
+        .with_for_update(of=(ApplicationRow, CallRow))  # the call too: see create_application
+        .execution_options(populate_existing=True)
     ).first()
     if found is None:
         raise NotFound(f"no application {application_id}")
@@ -436,7 +439,13 @@ def _settle(
 ) -> None:
     """Decide: approval creates the allocation if the call still has the GPU-hours."""
     if approve:
-        locked = session.scalar(select(CallRow).where(CallRow.id == call.id).with_for_update())
+        # populate_existing: the call was read before the lock; take its committed numbers.
+        locked = session.scalar(
+            select(CallRow)
+            .where(CallRow.id == call.id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
         assert locked is not None
         left = locked.total_gpu_hours - locked.granted_gpu_hours
         if app.gpu_hours > left + 1e-9:

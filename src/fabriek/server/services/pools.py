@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from fabriek.core.errors import Conflict, Forbidden, NotFound
@@ -55,8 +55,12 @@ def get_pool(session: Session, *, name: str) -> PoolInfo:
 
 
 def _check_total(session: Session, name: str, guarantee: float) -> None:
-    # Locked, so that two operators raising two pools at once cannot together pass 100 %.
-    rows = session.scalars(select(PoolRow).with_for_update()).all()
+    # Locked, so that two operators raising or creating two pools at once cannot together pass
+    # 100 %: row locks would not see a pool being created, so PostgreSQL locks the table (SQLite
+    # has one writer anyway).
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("LOCK TABLE pools IN SHARE ROW EXCLUSIVE MODE"))
+    rows = session.scalars(select(PoolRow)).all()
     shares = {r.name: r.guarantee for r in rows}
     shares[name] = guarantee
     check_shares(shares)

@@ -20,6 +20,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from fabriek.core.errors import Forbidden, InvalidRequest
+from fabriek.scheduling.engine import guarantees
+from fabriek.scheduling.model import Pool
 from fabriek.server.db.models import (
     AllocationRow,
     JobRow,
@@ -155,10 +157,11 @@ def shares(
     _check_period(start, end)
     t0, t1, t_now = start.timestamp(), min(end, now).timestamp(), now.timestamp()
     pools = session.execute(select(PoolRow.name, PoolRow.guarantee).order_by(PoolRow.name)).all()
+    owed_by_pool = guarantees([Pool(n, g) for n, g in pools], {"gpu": total_gpus})
     jobs = _jobs(session, actor, start, end)
     result = []
     for name, guarantee in pools:
-        owed = int(guarantee * total_gpus)
+        owed = owed_by_pool[name].get("gpu", 0)
         mine = [j for j in jobs if j.pool == name]
         delivered = sum(
             j.gpus * max(0.0, min(j.ended or t_now, t1) - max(j.started, t0))

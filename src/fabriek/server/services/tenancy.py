@@ -155,8 +155,8 @@ def update_organisation(
     region: str | None = None,
     now: datetime,
 ) -> Organisation:
-    """Change what is given. A change of country or region by anyone but an operator takes the
-    verification away: eligibility for regional pools rests on it."""
+    """Change what is given. A change of kind, country or region by anyone but an operator takes
+    the verification away: eligibility for pools and calls rests on them."""
     row, role = _visible_org(session, actor, name)
     if role != OrgRole.OWNER and not actor.is_operator:
         raise Forbidden(f"only owners of {name!r} and operators may change it")
@@ -174,7 +174,8 @@ def update_organisation(
     changes = {k: v for k, v in changes.items() if getattr(row, k) != v}
     if not changes:
         return _to_org(row, role)
-    unverify = ("country" in changes or "region" in changes) and not actor.is_operator
+    # Eligibility rests on kind, country and region: an owner changing them needs a new check.
+    unverify = bool({"kind", "country", "region"} & changes.keys()) and not actor.is_operator
     for key, value in changes.items():
         setattr(row, key, value)
     if unverify and row.verified_at is not None:
@@ -237,6 +238,11 @@ def _user_by_name(session: Session, name: str) -> UserRow:
 
 
 def _owners(session: Session, org_id: int) -> int:
+    """Owners of the organisation, counted with its row locked, so that two owners removing
+    each other at once cannot both pass the last-owner check."""
+    session.execute(
+        select(OrganisationRow.id).where(OrganisationRow.id == org_id).with_for_update()
+    )
     return (
         session.scalar(
             select(func.count()).where(
@@ -264,6 +270,7 @@ def set_org_member(
         return Member(user, role.value)
     if current is not None and current.role == OrgRole.OWNER and _owners(session, org.id) == 1:
         raise Conflict(f"{user!r} is the last owner of {name!r}; make someone else owner first")
+    previous = current.role if current is not None else None
     if current is None:
         session.add(OrganisationMemberRow(organisation_id=org.id, user_id=target.id, role=role))
     else:
@@ -278,7 +285,7 @@ def set_org_member(
         name=name,
         user=user,
         role=role.value,
-        previous=current.role if current is not None else None,
+        previous=previous,
     )
     return Member(user, role.value)
 
@@ -432,7 +439,8 @@ def set_project_member(
     if not _may_manage_project(actor, org_role, mine):
         raise Forbidden(f"only managers of project {name!r} and of its organisation add members")
     target = _user_by_name(session, user)
-    in_org = session.get(OrganisationMemberRow, (org.id, target.id))
+    # Locked: a concurrent removal from the organisation must not leave them in the project.
+    in_org = session.get(OrganisationMemberRow, (org.id, target.id), with_for_update=True)
     if in_org is None:
         raise Conflict(
             f"{user!r} is not a member of organisation {org.name!r}; add them there first"
@@ -440,6 +448,7 @@ def set_project_member(
     current = session.get(ProjectMemberRow, (project.id, target.id), with_for_update=True)
     if current is not None and current.role == role.value:
         return Member(user, role.value)
+    previous = current.role if current is not None else None
     if current is None:
         session.add(ProjectMemberRow(project_id=project.id, user_id=target.id, role=role.value))
     else:
@@ -454,7 +463,7 @@ def set_project_member(
         name=name,
         user=user,
         role=role.value,
-        previous=current.role if current is not None else None,
+        previous=previous,
     )
     return Member(user, role.value)
 

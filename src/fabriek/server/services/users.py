@@ -103,6 +103,8 @@ def set_user_roles(
         if value is not None and getattr(row, key) != value
     }
     if changes.get("is_operator") is False:
+        # Locked, so that two operators demoting each other at once cannot both pass.
+        session.execute(select(UserRow.id).where(UserRow.is_operator.is_(True)).with_for_update())
         operators = session.scalar(select(func.count()).where(UserRow.is_operator.is_(True)))
         if operators == 1:
             raise Conflict(f"{name!r} is the last operator; make someone else operator first")
