@@ -228,12 +228,19 @@ class _State:
         if request.gpus_per_node == 0:
             return self.place(request, avoid), True
         types = [request.gpu_type] if request.gpu_type else self.gpu_types
+        beyond = []
         for gpu_type in types:
             if self.within_guarantee(job.pool, gpu_type, request.gpus):
                 placement = self.place(request, avoid, gpu_type)
                 if placement is not None:
                     return placement, True
-        return self.place(request, avoid), False
+            else:
+                beyond.append(gpu_type)
+        for gpu_type in beyond:  # each type is searched once: a full machine is the usual case
+            placement = self.place(request, avoid, gpu_type)
+            if placement is not None:
+                return placement, False
+        return None, False
 
     def take(self, request: Request, placement: Placement, sign: int = 1) -> None:
         nodes = self.nodes[placement.partition]
