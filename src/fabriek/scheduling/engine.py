@@ -641,6 +641,9 @@ def _backfill(
         if head.reserved_at is not None:
             decisions.reservations[head.job.id] = head.reserved_at
     reservations = [(h.reserved_at, h.reserved_nodes) for h in heads if h.reserved_at is not None]
+    # Within this step the nodes only fill up, so a shape that found no room (with the same
+    # reserved nodes to avoid) finds none later either: most waiting jobs share a few shapes.
+    no_room: set[tuple[Request, frozenset[tuple[str, str]]]] = set()
     for pool, head in blocked.items():
         queue = queues[pool]
         owed = state.guarantee[pool].get(head.gpu_type, 0)
@@ -650,8 +653,11 @@ def _backfill(
             avoid = frozenset().union(
                 *(nodes for at, nodes in reservations if at is not None and ends > at)
             )
+            if (job.request, avoid) in no_room:
+                continue
             placement, within = state.place_for(job, avoid)
             if placement is None:
+                no_room.add((job.request, avoid))
                 continue
             gpu_type = state.type_of(placement.partition) if job.request.gpus else NO_GPU
             if not within and not _may_borrow(state, job, gpu_type):
