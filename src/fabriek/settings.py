@@ -67,6 +67,11 @@ class Settings(BaseSettings):
         "the local backend; more: that many API workers beside the main process. Default: one per "
         "CPU, at most 4.",
     )
+    require_allocation: bool = Field(
+        False,
+        description="GPU jobs must name an allocation to be charged to (a production factory); "
+        "off for the embedded default, where jobs run uncharged.",
+    )
     log_level: str = Field("info", description="Log level of the server.")
 
     @property

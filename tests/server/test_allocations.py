@@ -252,3 +252,28 @@ def test_concurrent_submissions_never_overdraw(
         )
     assert a.held_gpu_hours == pytest.approx(10) and holds == pytest.approx(10)
     assert a.left_gpu_hours == pytest.approx(0)
+
+
+def test_a_factory_may_require_an_allocation_for_gpu_jobs(
+    sessions: sessionmaker[Session], clock: FrozenClock
+) -> None:
+    admin, alice = _tenant(sessions, clock)
+    grant = _grant(sessions, admin, clock)
+
+    def submit(gpus: int, allocation: int | None) -> int:
+        request = replace(make_request(project="vision", gpus=gpus), allocation_id=allocation)
+        with sessions() as session, session.begin():
+            return submit_job(
+                session,
+                actor=alice,
+                request=request,
+                largest=LARGEST,
+                backend="local",
+                now=clock(),
+                require_allocation=True,
+            ).id
+
+    with pytest.raises(InvalidRequest, match="charged to an allocation: add --allocation"):
+        submit(1, None)
+    assert submit(0, None) > 0  # CPU work needs none
+    assert submit(1, grant.id) > 0

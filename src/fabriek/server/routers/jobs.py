@@ -51,6 +51,7 @@ def submit(body: JobSubmit, actor: ActorDep, runtime: RuntimeDep) -> Response:
             largest=runtime.backend.capacity().resources,
             backend=runtime.backend.name,
             now=runtime.clock(),
+            require_allocation=runtime.settings.require_allocation,
         )
     runtime.wake(submission=True)
     return _json(JobOut.of(job), 201)

@@ -79,8 +79,10 @@ def submit_job(
     largest: Resources,
     backend: str,
     now: datetime,
+    require_allocation: bool = False,
 ) -> Job:
-    """Queue a job. `largest` is the biggest machine the backend has: a job beyond it could never run."""
+    """Queue a job. `largest` is the biggest machine the backend has: a job beyond it could never run.
+    With `require_allocation`, a GPU job must name the allocation it is charged to."""
     validate_request(
         name=request.name,
         argv=request.argv,
@@ -89,6 +91,11 @@ def submit_job(
         env=request.env,
     )
     _check_fits(request.resources, largest)
+    if require_allocation and request.resources.gpus > 0 and request.allocation_id is None:
+        raise InvalidRequest(
+            "GPU jobs on this factory are charged to an allocation: add --allocation ID "
+            "(see `fabriek allocation list`)"
+        )
     if not request.project.isprintable() or len(request.project) > 128:
         raise InvalidRequest(f"invalid project name {request.project!r}")
     if request.workdir_digest is not None:
