@@ -25,20 +25,17 @@ from fabriek.core.errors import (
     InvalidRequest,
     NotFound,
 )
-from fabriek.core.tenancy import OrgRole
 from fabriek.server.db.models import (
     AllocationRow,
     JobRow,
-    OrganisationMemberRow,
     OrganisationRow,
     PoolRow,
-    ProjectMemberRow,
     ProjectRow,
 )
 from fabriek.server.services import audit
 from fabriek.server.services.actors import Actor
 from fabriek.server.services.pools import get_pool
-from fabriek.server.services.tenancy import get_organisation
+from fabriek.server.services.tenancy import get_organisation, visible_project_ids
 
 MAX_DAYS = 3 * 366
 
@@ -172,19 +169,6 @@ def create(
     return row
 
 
-def _visible_projects(actor: Actor):  # type: ignore[no-untyped-def]
-    mine = select(ProjectMemberRow.project_id).where(ProjectMemberRow.user_id == actor.user_id)
-    managed = select(ProjectRow.id).where(
-        ProjectRow.organisation_id.in_(
-            select(OrganisationMemberRow.organisation_id).where(
-                OrganisationMemberRow.user_id == actor.user_id,
-                OrganisationMemberRow.role.in_((OrgRole.OWNER.value, OrgRole.MANAGER.value)),
-            )
-        )
-    )
-    return mine.union(managed)
-
-
 def _query(actor: Actor):  # type: ignore[no-untyped-def]
     query = (
         select(AllocationRow, ProjectRow.name, PoolRow.name)
@@ -192,7 +176,7 @@ def _query(actor: Actor):  # type: ignore[no-untyped-def]
         .join(PoolRow, PoolRow.id == AllocationRow.pool_id)
     )
     if not actor.is_operator:
-        query = query.where(AllocationRow.project_id.in_(_visible_projects(actor)))
+        query = query.where(AllocationRow.project_id.in_(visible_project_ids(actor)))
     return query
 
 

@@ -38,8 +38,6 @@ from fabriek.core.calls import (
 from fabriek.core.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from fabriek.core.tenancy import (
     Eligibility,
-    OrgRole,
-    ProjectRole,
     check_display_name,
     check_pool_name,
 )
@@ -50,14 +48,13 @@ from fabriek.server.db.models import (
     OrganisationMemberRow,
     OrganisationRow,
     PoolRow,
-    ProjectMemberRow,
     ProjectRow,
     ReviewRow,
     UserRow,
 )
 from fabriek.server.services import allocations, audit
 from fabriek.server.services.actors import Actor
-from fabriek.server.services.tenancy import get_organisation
+from fabriek.server.services.tenancy import get_organisation, may_manage_project, project_access
 
 MAX_SUMMARY = 20_000
 # Who decides by the call's rules, in events and audit records; also reads any organisation.
@@ -260,35 +257,13 @@ def transition_application(
     )
 
 
-def _manages_project(session: Session, actor: Actor, project_id: int, org_id: int) -> bool:
-    if actor.is_operator:
-        return True
-    role = session.scalar(
-        select(ProjectMemberRow.role).where(
-            ProjectMemberRow.project_id == project_id, ProjectMemberRow.user_id == actor.user_id
-        )
-    )
-    org_role = session.scalar(
-        select(OrganisationMemberRow.role).where(
-            OrganisationMemberRow.organisation_id == org_id,
-            OrganisationMemberRow.user_id == actor.user_id,
-        )
-    )
-    return role == ProjectRole.MANAGER.value or org_role in (OrgRole.OWNER, OrgRole.MANAGER)
-
-
-def _sees_project(session: Session, actor: Actor, project_id: int, org_id: int) -> bool:
-    if _manages_project(session, actor, project_id, org_id):
-        return True
-    return (
-        session.scalar(
-            select(ProjectMemberRow.role).where(
-                ProjectMemberRow.project_id == project_id,
-                ProjectMemberRow.user_id == actor.user_id,
-            )
-        )
-        is not None
-    )
+def _access(session: Session, actor: Actor, project: str) -> tuple[bool, bool]:
+    """Whether the actor sees the project, and whether they manage it (tenancy's rules)."""
+    try:
+        _, _, org_role, role = project_access(session, actor, project)
+    except NotFound:
+        return False, False
+    return True, may_manage_project(actor, org_role, role)
 
 
 def create_application(
@@ -304,14 +279,12 @@ def create_application(
     now: datetime,
 ) -> Application:
     """A project's application to a call, as a draft or (`submit`) submitted at once."""
-    found = session.execute(
-        select(ProjectRow.id, ProjectRow.organisation_id).where(ProjectRow.name == project)
-    ).first()
-    if found is None or not _sees_project(session, actor, *found):
+    sees, manages = _access(session, actor, project)
+    if not sees:
         raise NotFound(f"no project named {project!r}")
-    project_id, org_id = found
-    if not _manages_project(session, actor, project_id, org_id):
+    if not manages:
         raise Forbidden(f"only managers of project {project!r} apply for it")
+    project_id = session.scalar(select(ProjectRow.id).where(ProjectRow.name == project))
     call_info = get_call(session, name=call)
     title = check_display_name(title)
     if len(summary) > MAX_SUMMARY:
@@ -377,9 +350,10 @@ def _check_manager(
     session: Session, actor: Actor, application_id: int
 ) -> tuple[ApplicationRow, CallRow, ProjectRow]:
     app, call, project = _row(session, application_id)
-    if not _sees_project(session, actor, project.id, project.organisation_id):
+    sees, manages = _access(session, actor, project.name)
+    if not sees:
         raise NotFound(f"no application {application_id}")
-    if not _manages_project(session, actor, project.id, project.organisation_id):
+    if not manages:
         raise Forbidden(f"only managers of project {project.name!r} submit or withdraw it")
     return app, call, project
 
@@ -597,7 +571,7 @@ def _visible(session: Session, actor: Actor, app: ApplicationRow, project: Proje
         return True
     if actor.is_reviewer and app.state != ApplicationState.DRAFT.value:
         return True
-    return _sees_project(session, actor, project.id, project.organisation_id)
+    return _access(session, actor, project.name)[0]
 
 
 def _load(session: Session, *, actor: Actor, application_id: int) -> Application:

@@ -9,7 +9,6 @@ from functools import cache
 from sqlalchemy import (
     ColumnElement,
     Insert,
-    Select,
     bindparam,
     cast,
     func,
@@ -26,14 +25,13 @@ from fabriek.core.units import format_bytes
 from fabriek.server.db.models import (
     JobEventRow,
     JobRow,
-    OrganisationMemberRow,
     ProjectMemberRow,
     ProjectRow,
     UserRow,
 )
 from fabriek.server.services import allocations, audit
 from fabriek.server.services.actors import Actor
-from fabriek.server.services.tenancy import MANAGING
+from fabriek.server.services.tenancy import managed_project_ids, visible_project_ids
 from fabriek.server.services.transitions import record_submission, transition_job
 from fabriek.server.services.workdirs import check_workdir
 
@@ -211,19 +209,7 @@ def _project_for(session: Session, *, actor: Actor, name: str) -> tuple[int, str
 
 
 def _managed_projects(session: Session, actor: Actor) -> set[int]:
-    return set(session.scalars(_managed_project_ids(actor)))
-
-
-def _managed_project_ids(actor: Actor) -> Select[tuple[int]]:
-    """Projects of the organisations the actor owns or manages."""
-    return select(ProjectRow.id).where(
-        ProjectRow.organisation_id.in_(
-            select(OrganisationMemberRow.organisation_id).where(
-                OrganisationMemberRow.user_id == actor.user_id,
-                OrganisationMemberRow.role.in_(MANAGING),
-            )
-        )
-    )
+    return set(session.scalars(managed_project_ids(actor)))
 
 
 def visible_jobs(actor: Actor) -> ColumnElement[bool]:
@@ -231,8 +217,7 @@ def visible_jobs(actor: Actor) -> ColumnElement[bool]:
     actor owns or manages (all of them for an operator)."""
     if actor.is_operator:
         return true()
-    mine = select(ProjectMemberRow.project_id).where(ProjectMemberRow.user_id == actor.user_id)
-    return JobRow.project_id.in_(mine.union(_managed_project_ids(actor)))
+    return JobRow.project_id.in_(visible_project_ids(actor))
 
 
 def list_jobs(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import CompoundSelect, Select, delete, func, select
 from sqlalchemy.orm import Session
 
 from fabriek.core.errors import Conflict, Forbidden, NotFound
@@ -326,7 +326,26 @@ def remove_org_member(
 
 
 # --- projects -----------------------------------------------------------------------------------
-def _project_access(
+def managed_project_ids(actor: Actor) -> Select[tuple[int]]:
+    """The projects of the organisations the actor owns or manages."""
+    return select(ProjectRow.id).where(
+        ProjectRow.organisation_id.in_(
+            select(OrganisationMemberRow.organisation_id).where(
+                OrganisationMemberRow.user_id == actor.user_id,
+                OrganisationMemberRow.role.in_(MANAGING),
+            )
+        )
+    )
+
+
+def visible_project_ids(actor: Actor) -> CompoundSelect:
+    """The projects a (non-operator) actor sees: theirs, and those of organisations they own
+    or manage. Jobs, allocations and applications are seen with their project."""
+    mine = select(ProjectMemberRow.project_id).where(ProjectMemberRow.user_id == actor.user_id)
+    return mine.union(managed_project_ids(actor))
+
+
+def project_access(
     session: Session, actor: Actor, name: str
 ) -> tuple[ProjectRow, OrganisationRow, OrgRole | None, ProjectRole | None]:
     found = session.execute(
@@ -350,7 +369,7 @@ def _project_access(
     return project, org, org_role, project_role
 
 
-def _may_manage_project(actor: Actor, org_role: OrgRole | None, role: ProjectRole | None) -> bool:
+def may_manage_project(actor: Actor, org_role: OrgRole | None, role: ProjectRole | None) -> bool:
     return (
         actor.is_operator
         or org_role in (OrgRole.OWNER, OrgRole.MANAGER)
@@ -401,12 +420,8 @@ def list_projects(session: Session, *, actor: Actor) -> list[Project]:
         .order_by(ProjectRow.name)
     )
     if not actor.is_operator:
-        managed = select(OrganisationMemberRow.organisation_id).where(
-            OrganisationMemberRow.user_id == actor.user_id,
-            OrganisationMemberRow.role.in_(MANAGING),
-        )
         query = query.where(
-            ProjectMemberRow.user_id.is_not(None) | ProjectRow.organisation_id.in_(managed)
+            ProjectMemberRow.user_id.is_not(None) | ProjectRow.id.in_(managed_project_ids(actor))
         )
     return [
         Project(row.name, org, row.created_at, ProjectRole(role) if role else None)
@@ -415,12 +430,12 @@ def list_projects(session: Session, *, actor: Actor) -> list[Project]:
 
 
 def get_project(session: Session, *, actor: Actor, name: str) -> Project:
-    project, org, _, role = _project_access(session, actor, name)
+    project, org, _, role = project_access(session, actor, name)
     return Project(project.name, org.name, project.created_at, role)
 
 
 def list_project_members(session: Session, *, actor: Actor, name: str) -> list[Member]:
-    project, *_ = _project_access(session, actor, name)
+    project, *_ = project_access(session, actor, name)
     return [
         Member(user, role)
         for user, role in session.execute(
@@ -435,8 +450,8 @@ def list_project_members(session: Session, *, actor: Actor, name: str) -> list[M
 def set_project_member(
     session: Session, *, actor: Actor, name: str, user: str, role: ProjectRole, now: datetime
 ) -> Member:
-    project, org, org_role, mine = _project_access(session, actor, name)
-    if not _may_manage_project(actor, org_role, mine):
+    project, org, org_role, mine = project_access(session, actor, name)
+    if not may_manage_project(actor, org_role, mine):
         raise Forbidden(f"only managers of project {name!r} and of its organisation add members")
     target = _user_by_name(session, user)
     # Locked: a concurrent removal from the organisation must not leave them in the project.
@@ -471,8 +486,8 @@ def set_project_member(
 def remove_project_member(
     session: Session, *, actor: Actor, name: str, user: str, now: datetime
 ) -> None:
-    project, _, org_role, mine = _project_access(session, actor, name)
-    if not _may_manage_project(actor, org_role, mine):
+    project, _, org_role, mine = project_access(session, actor, name)
+    if not may_manage_project(actor, org_role, mine):
         raise Forbidden(f"only managers of project {name!r} and of its organisation remove members")
     target = _user_by_name(session, user)
     current = session.get(ProjectMemberRow, (project.id, target.id), with_for_update=True)
