@@ -54,7 +54,12 @@ from fabriek.server.db.models import (
 )
 from fabriek.server.services import allocations, audit
 from fabriek.server.services.actors import Actor
-from fabriek.server.services.tenancy import get_organisation, may_manage_project, project_access
+from fabriek.server.services.tenancy import (
+    get_organisation,
+    may_manage_project,
+    project_access,
+    visible_project_ids,
+)
 
 MAX_SUMMARY = 20_000
 # Who decides by the call's rules, in events and audit records; also reads any organisation.
@@ -566,49 +571,66 @@ def review(
 
 
 # --- reading ------------------------------------------------------------------------------------
-def _visible(session: Session, actor: Actor, app: ApplicationRow, project: ProjectRow) -> bool:
-    if actor.is_operator:
-        return True
-    if actor.is_reviewer and app.state != ApplicationState.DRAFT.value:
-        return True
-    return _access(session, actor, project.name)[0]
+def _applications(
+    session: Session, actor: Actor, *, application_id: int | None = None, call: str | None = None
+) -> list[Application]:
+    """The applications the actor may see (one query, and one for all their reviews)."""
+    query = (
+        select(ApplicationRow, CallRow.name, ProjectRow.name)
+        .join(CallRow, CallRow.id == ApplicationRow.call_id)
+        .join(ProjectRow, ProjectRow.id == ApplicationRow.project_id)
+        .order_by(ApplicationRow.id)
+    )
+    if application_id is not None:
+        query = query.where(ApplicationRow.id == application_id)
+    if call is not None:
+        query = query.where(CallRow.name == call)
+    if not actor.is_operator:
+        theirs = ApplicationRow.project_id.in_(visible_project_ids(actor))
+        if actor.is_reviewer:  # reviewers see every application once it is submitted
+            theirs = theirs | (ApplicationRow.state != ApplicationState.DRAFT.value)
+        query = query.where(theirs)
+    rows = session.execute(query).all()
+    reviews: dict[int, list[Review]] = {app.id: [] for app, _, _ in rows}
+    for app_id, score, comment, at, name in session.execute(
+        select(
+            ReviewRow.application_id,
+            ReviewRow.score,
+            ReviewRow.comment,
+            ReviewRow.created_at,
+            UserRow.name,
+        )
+        .join(UserRow, UserRow.id == ReviewRow.reviewer_id)
+        .where(ReviewRow.application_id.in_(list(reviews)))
+        .order_by(ReviewRow.id)
+    ):
+        reviews[app_id].append(Review(name if actor.is_operator else None, score, comment, at))
+    return [
+        Application(
+            app.id,
+            call_name,
+            project,
+            app.title,
+            app.summary,
+            app.gpu_hours,
+            ApplicationState(app.state),
+            app.applicant,
+            app.created_at,
+            app.submitted_at,
+            app.decided_at,
+            app.decision,
+            app.allocation_id,
+            tuple(reviews[app.id]),
+        )
+        for app, call_name, project in rows
+    ]
 
 
 def _load(session: Session, *, actor: Actor, application_id: int) -> Application:
-    found = session.execute(
-        select(ApplicationRow, CallRow.name, ProjectRow)
-        .join(CallRow, CallRow.id == ApplicationRow.call_id)
-        .join(ProjectRow, ProjectRow.id == ApplicationRow.project_id)
-        .where(ApplicationRow.id == application_id)
-    ).first()
-    if found is None or not _visible(session, actor, found[0], found[2]):
+    found = _applications(session, actor, application_id=application_id)
+    if not found:
         raise NotFound(f"no application {application_id}")
-    app, call, project = found
-    reviews = tuple(
-        Review(name if actor.is_operator else None, score, comment, at)
-        for score, comment, at, name in session.execute(
-            select(ReviewRow.score, ReviewRow.comment, ReviewRow.created_at, UserRow.name)
-            .join(UserRow, UserRow.id == ReviewRow.reviewer_id)
-            .where(ReviewRow.application_id == app.id)
-            .order_by(ReviewRow.id)
-        )
-    )
-    return Application(
-        app.id,
-        call,
-        project.name,
-        app.title,
-        app.summary,
-        app.gpu_hours,
-        ApplicationState(app.state),
-        app.applicant,
-        app.created_at,
-        app.submitted_at,
-        app.decided_at,
-        app.decision,
-        app.allocation_id,
-        reviews,
-    )
+    return found[0]
 
 
 def get_application(session: Session, *, actor: Actor, application_id: int) -> Application:
@@ -619,15 +641,4 @@ def list_applications(
     session: Session, *, actor: Actor, call: str | None = None
 ) -> list[Application]:
     """The applications the actor may see: their projects', and (reviewers) all submitted ones."""
-    query = select(ApplicationRow.id).order_by(ApplicationRow.id)
-    if call is not None:
-        query = query.join(CallRow, CallRow.id == ApplicationRow.call_id).where(
-            CallRow.name == call
-        )
-    found = []
-    for application_id in session.scalars(query):
-        try:
-            found.append(_load(session, actor=actor, application_id=application_id))
-        except NotFound:
-            continue
-    return found
+    return _applications(session, actor, call=call)
