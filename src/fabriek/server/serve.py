@@ -14,6 +14,7 @@ import signal
 import socket
 import threading
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import IO
 
@@ -88,58 +89,35 @@ def serve(settings: Settings, *, on_ready: Callable[[Runtime, str | None], None]
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    lock = lock_home(settings.home)
-    try:
+    with ExitStack() as cleanup:  # undone in reverse order, whatever fails on the way
+        cleanup.callback(lock_home(settings.home).close)
         # Before anything is written: a first start that fails here must not create the
         # administrator's token without showing it.
         sockets = bind(settings.host, settings.port, settings.api_processes)
-    except Exception:
-        lock.close()
-        raise
-    try:
+        cleanup.callback(_close_all, sockets)
         runtime, token = prepare(settings)
-    except Exception:
-        _close_all(sockets)
-        lock.close()
-        raise
-    try:
+        cleanup.callback(runtime.close)
         db_lock = lock_database(runtime.engine)
-    except Exception:
-        runtime.close()
-        _close_all(sockets)
-        lock.close()
-        raise
-    listener: WakeListener | None = None
-    pool: WorkerPool | None = None
-    try:
+        if db_lock is not None:
+            cleanup.callback(db_lock.close)
         on_ready(runtime, token)
         runtime.backend.launcher.warm()  # so that the first job starts as fast as the rest
         runtime.controller.start()
         runtime.controller.wake()
         if len(sockets) == 1:
             uvicorn.Server(uvicorn_config(runtime)).run(sockets=sockets)
-        else:
-            # The API in worker processes; this one keeps the controller and the backend, so
-            # that neither waits for the GIL behind requests.
-            listener = WakeListener(runtime.controller.wake)
-            listener.start()
-            machine = (runtime.backend.resources, runtime.backend.gpus)
-            pool = WorkerPool(
-                settings=settings, sockets=sockets, wake=listener.theirs, machine=machine
-            )
-            pool.start()
-            log.info("serving the API from %d worker processes %s", len(sockets), pool.pids)
-            _wait_for_stop_signal()
-    finally:
-        if pool is not None:
-            pool.stop()
-        if listener is not None:
-            listener.stop()
-        if db_lock is not None:
-            db_lock.close()
-        runtime.close()
-        _close_all(sockets)
-        lock.close()
+            return
+        # The API in worker processes; this one keeps the controller and the backend, so that
+        # neither waits for the GIL behind requests.
+        listener = WakeListener(runtime.controller.wake)
+        listener.start()
+        cleanup.callback(listener.stop)
+        machine = (runtime.backend.resources, runtime.backend.gpus)
+        pool = WorkerPool(settings=settings, sockets=sockets, wake=listener.theirs, machine=machine)
+        cleanup.callback(pool.stop)
+        pool.start()
+        log.info("serving the API from %d worker processes %s", len(sockets), pool.pids)
+        _wait_for_stop_signal()
 
 
 def _wait_for_stop_signal() -> None:
