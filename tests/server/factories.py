@@ -39,12 +39,13 @@ def make_user(
     org: str | None = None,
     org_role: str = "member",
     operator: bool = False,
+    reviewer: bool = False,
 ) -> Actor:
     """A user in organisation `org` (default: one of their own, NAME-org) with role `org_role`,
     and a member of `projects`, which are created in that organisation when new."""
     org = org or f"{name}-org"
     with sessions() as session, session.begin():
-        user = UserRow(name=name, is_operator=operator, is_reviewer=False, created_at=now)
+        user = UserRow(name=name, is_operator=operator, is_reviewer=reviewer, created_at=now)
         session.add(user)
         organisation = session.query(OrganisationRow).filter_by(name=org).one_or_none()
         if organisation is None:
@@ -65,7 +66,7 @@ def make_user(
                 session.add(project)
                 session.flush()
             session.add(ProjectMemberRow(project_id=project.id, user_id=user.id, role="member"))
-        return Actor(user.id, name, is_operator=operator)
+        return Actor(user.id, name, is_operator=operator, is_reviewer=reviewer)
 
 
 def make_request(

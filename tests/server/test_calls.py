@@ -21,22 +21,17 @@ from tests.server.factories import make_admin, make_user
 @pytest.fixture
 def world(sessions: sessionmaker[Session], clock: FrozenClock) -> dict[str, Actor]:
     """An operator; alice manages project vision of the verified Groningen university rug; carol
-    is a plain member of rug and of vision; two reviewers, one of whom (rita) also belongs to rug; bob is of
-    another organisation."""
+    is a plain member of rug and of vision; four reviewers, one of whom (rita) also belongs to rug;
+    bob is of another organisation."""
     admin, _ = make_admin(sessions, clock())
     alice = make_user(sessions, "alice", clock())
     carol = make_user(sessions, "carol", clock())
     bob = make_user(sessions, "bob", clock())
-    rev = make_user(sessions, "rev", clock(), operator=False)
-    rev2 = make_user(sessions, "rev2", clock())
-    rev3 = make_user(sessions, "rev3", clock())
-    rita = make_user(sessions, "rita", clock())
-    reviewers = {}
+    reviewers = {
+        name: make_user(sessions, name, clock(), reviewer=True)
+        for name in ("rev", "rev2", "rev3", "rita")
+    }
     with sessions() as session, session.begin():
-        from fabriek.server.services import users
-
-        for name in ("rev", "rev2", "rev3", "rita"):
-            users.set_user_roles(session, actor=admin, name=name, is_reviewer=True, now=clock())
         tenancy.create_organisation(
             session,
             actor=alice,
@@ -66,8 +61,6 @@ def world(sessions: sessionmaker[Session], clock: FrozenClock) -> dict[str, Acto
             role=tenancy.ProjectRole.MEMBER,
             now=clock(),
         )
-    for actor in (rev, rev2, rev3, rita):
-        reviewers[actor.name] = Actor(actor.user_id, actor.name, is_reviewer=True)
     return {"admin": admin, "alice": alice, "carol": carol, "bob": bob, **reviewers}
 
 

@@ -102,9 +102,7 @@ def test_bad_location_is_refused_and_nothing_is_written(
     with pytest.raises(InvalidRequest, match=error):
         _org(sessions, alice, clock, country=country or "", region=region or "")  # type: ignore[arg-type]
     with sessions() as session:
-        assert tenancy.list_organisations(session, actor=alice) == [
-            o for o in tenancy.list_organisations(session, actor=alice) if o.name != "rug"
-        ]
+        assert "rug" not in {o.name for o in tenancy.list_organisations(session, actor=alice)}
     assert _audit(sessions, "organisation.create") == []
 
 
@@ -216,9 +214,7 @@ def test_projects_belong_to_an_organisation_and_membership_follows_it(
     job = make_job(sessions, carol, clock(), project="vision")
     with sessions() as session:
         assert [p.name for p in tenancy.list_projects(session, actor=carol)] == ["vision"]
-        assert tenancy.list_projects(session, actor=dave) == [
-            p for p in tenancy.list_projects(session, actor=dave) if p.organisation != "rug"
-        ]
+        assert "rug" not in {p.organisation for p in tenancy.list_projects(session, actor=dave)}
         # The organisation's owner sees the project's jobs without being a member of it.
         assert get_job(session, actor=alice, job_id=job.id).id == job.id
         with pytest.raises(NotFound):
