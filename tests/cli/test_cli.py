@@ -472,3 +472,32 @@ def test_usage_and_share_report(server: ServerProcess) -> None:
     assert r.returncode == 2 and "ends after it begins" in r.stderr
     r = server.cli("usage", "--by", "colour")
     assert r.returncode == 2 and "colour" in r.stderr
+
+
+def test_status_says_why_a_job_waits_in_which_pool_and_when_it_may_start(
+    server: ServerProcess,
+) -> None:
+    hog = server.cli(
+        "submit", "--parsable", "--no-workdir", "--gpus", "2", "--time", "10m", "--preemptible",
+        "--", "sleep", "60",
+    ).stdout.strip()  # fmt: skip
+    wait_for(lambda: json.loads(server.cli("status", hog, "--json").stdout)["state"] == "running")
+    waiting = server.cli(
+        "submit", "--parsable", "--no-workdir", "--gpus", "1", "--", "true"
+    ).stdout.strip()
+
+    def estimated() -> dict[str, object] | None:
+        shown = json.loads(server.cli("status", waiting, "--json").stdout)
+        return shown if shown["estimated_start_at"] else None
+
+    shown = wait_for(estimated, what="the waiting job's estimated start")
+    assert shown["state"] == "pending" and shown["pool"] is None and shown["preemptible"] is True
+    assert shown["reason"] == "waiting for 1 test-gpu GPUs on 1 node to free up"
+    hog_shown = json.loads(server.cli("status", hog, "--json").stdout)
+    assert hog_shown["borrowed"] is True and hog_shown["preemptible"] is True
+    text = server.cli("status", waiting).stdout
+    assert "unallocated (runs on idle GPUs)" in text
+    assert "0 older jobs waiting in its pool; estimated start" in text
+    for job in (waiting, hog):
+        assert server.cli("cancel", job).returncode == 0
+    wait_for(lambda: json.loads(server.cli("status", hog, "--json").stdout)["state"] == "cancelled")

@@ -19,6 +19,10 @@ LEGAL = {
     ("running", "failed"),
     ("running", "cancelled"),
     ("running", "timed_out"),
+    # Preempted to give a pool its guarantee back, and requeued at once.
+    ("admitted", "preempted"),
+    ("running", "preempted"),
+    ("preempted", "pending"),
 }
 
 

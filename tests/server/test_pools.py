@@ -66,6 +66,10 @@ def test_shares_beyond_the_whole_machine_are_refused_and_nothing_is_written(
             pools.update_pool(session, actor=admin, name="national", guarantee=0.2, now=clock())
         with pytest.raises(InvalidRequest, match="fraction from 0 to 1"):
             pools.update_pool(session, actor=admin, name="national", lend_limit=1.5, now=clock())
+        with pytest.raises(InvalidRequest, match="'unallocated' is reserved"):
+            pools.create_pool(
+                session, actor=admin, name="unallocated", display_name="x", guarantee=0, now=clock()
+            )
     with sessions() as session:
         assert session.scalar(select(PoolRow.guarantee).where(PoolRow.name == "national")) == 0.15
         assert session.scalars(select(AuditEventRow.action)).all().count("pool.update") == 0

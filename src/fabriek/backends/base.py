@@ -10,7 +10,17 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fabriek.core.jobs import JobState, Resources
-from fabriek.scheduling.snapshot import Capacity
+
+
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    """What one machine offers: its resources, the ids of its GPUs and their type (the model
+    name, e.g. `NVIDIA H100 80GB HBM3`; empty without GPUs)."""
+
+    resources: Resources
+    gpu_ids: tuple[int, ...] = ()
+    gpu_type: str = ""
+
 
 Handle = dict[str, Any]
 """What a backend needs to find a job again, after a restart too. JSON-serialisable; stored in the job row."""

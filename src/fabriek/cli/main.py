@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -28,6 +28,9 @@ from fabriek.cli.tenancy import (
 from fabriek.core.errors import FabriekError
 from fabriek.core.jobs import JobState
 from fabriek.core.units import format_bytes, format_duration, parse_duration, parse_memory
+
+if TYPE_CHECKING:
+    from fabriek.server.schemas import JobOut
 
 app = typer.Typer(
     help="fabriek: run and follow jobs on an AI Factory.",
@@ -214,6 +217,14 @@ def submit(
         int | None,
         typer.Option(help="Charge it to this allocation of the project (see allocation list)."),
     ] = None,
+    preemptible: Annotated[
+        bool,
+        typer.Option(
+            help="May borrow idle GPUs beyond its pool's guarantee, and be stopped (SIGTERM, a "
+            "grace period, requeued keeping its place) when their pool needs them back. Jobs "
+            "without an allocation always are."
+        ),
+    ] = False,
     wait: Annotated[
         bool, typer.Option(help="Stream the logs and exit with the job's exit code.")
     ] = False,
@@ -237,6 +248,7 @@ def submit(
             env=variables,
             workdir=None if no_workdir else workdir,
             allocation=allocation,
+            preemptible=preemptible,
         )
     if parsable:
         print(job.id, flush=True)
@@ -340,8 +352,9 @@ def status(
         ),
         ("backend", job.backend + (f", GPUs {job.gpu_ids}" if job.gpu_ids else "")),
     ]
-    if job.queue_position is not None:
-        rows.append(("queue", f"{job.queue_position} pending jobs ahead"))
+    rows.append(("pool", _pool_line(job)))
+    if job.state == JobState.PENDING:
+        rows.append(("start", _start_line(job)))
     if job.exit_code is not None or job.signal is not None:
         rows.append(
             ("exit", f"code {job.exit_code}" if job.signal is None else f"signal {job.signal}")
@@ -368,6 +381,33 @@ def status(
             escape(e.reason or ""),
         )
     console.print(events)
+
+
+def _pool_line(job: JobOut) -> str:
+    line = escape(job.pool or "unallocated (runs on idle GPUs)")
+    notes = []
+    if job.borrowed:
+        notes.append("on borrowed GPUs")
+    if job.preemptible:
+        notes.append("preemptible")
+    if job.preempting:
+        notes.append("being preempted: asked to stop, then requeued")
+    if job.preemptions:
+        notes.append(f"preempted {job.preemptions} time{'s' if job.preemptions > 1 else ''}")
+    return line + (f" ({', '.join(notes)})" if notes else "")
+
+
+def _start_line(job: JobOut) -> str:
+    """Position and estimate, added when shown: the stored reason stays stable between passes."""
+    ahead = job.queue_position or 0
+    waiting = f"{ahead} older job{'s' if ahead != 1 else ''} waiting in its pool"
+    if job.estimated_start_at is None:
+        return f"{waiting}; no estimate (it is not first in its pool's queue)"
+    local = job.estimated_start_at.astimezone()
+    return (
+        f"{waiting}; estimated start {local:%Y-%m-%d %H:%M} "
+        "(if running jobs end by their time limits)"
+    )
 
 
 @app.command()

@@ -135,8 +135,10 @@ class Client:
         env: dict[str, str] | None = None,
         workdir: str | Path | None = None,
         allocation: int | None = None,
+        preemptible: bool = False,
     ) -> JobOut:
-        """Queue a job. `workdir` is packed and uploaded; the job runs in a fresh copy of it."""
+        """Queue a job. `workdir` is packed and uploaded; the job runs in a fresh copy of it.
+        A `preemptible` job may borrow idle GPUs beyond its pool's guarantee."""
         if not argv:
             raise InvalidRequest(
                 "the command is empty; give it after `--`, e.g. -- python train.py"
@@ -153,6 +155,7 @@ class Client:
             "env": env or {},
             "workdir": digest,
             "allocation": allocation,
+            "preemptible": preemptible,
         }
         return JobOut.model_validate(self._request("POST", "/jobs", json=body).json())
 

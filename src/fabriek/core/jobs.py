@@ -17,6 +17,9 @@ class JobState(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     TIMED_OUT = "timed_out"
+    # Stopped to give a pool its guaranteed capacity back; requeued (pending) at once, keeping
+    # its place in the queue.
+    PREEMPTED = "preempted"
 
     @property
     def is_final(self) -> bool:
@@ -35,9 +38,12 @@ _FINISHED = {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.T
 
 LEGAL_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.PENDING: frozenset({JobState.ADMITTED, JobState.CANCELLED}),
-    # An admitted job may fail or be cancelled before its process ever started.
-    JobState.ADMITTED: frozenset({JobState.RUNNING, JobState.FAILED, JobState.CANCELLED}),
-    JobState.RUNNING: frozenset(_FINISHED),
+    # An admitted job may fail, be cancelled or be preempted before its process ever started.
+    JobState.ADMITTED: frozenset(
+        {JobState.RUNNING, JobState.FAILED, JobState.CANCELLED, JobState.PREEMPTED}
+    ),
+    JobState.RUNNING: frozenset(_FINISHED | {JobState.PREEMPTED}),
+    JobState.PREEMPTED: frozenset({JobState.PENDING}),
     JobState.SUCCEEDED: frozenset(),
     JobState.FAILED: frozenset(),
     JobState.CANCELLED: frozenset(),
@@ -143,6 +149,9 @@ class JobRequest:
     env: dict[str, str]
     workdir_digest: str | None = None
     allocation_id: int | None = None  # charged against this allocation when given
+    # May be stopped (SIGTERM, a grace period, requeued) when the capacity it borrowed beyond its
+    # pool's guarantee is reclaimed. Only preemptible jobs borrow.
+    preemptible: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +195,12 @@ class Job:
     allocation_id: int | None = None
     hold_gpu_hours: float | None = None
     charged_gpu_hours: float | None = None
+    pool: str | None = None  # the pool of its allocation; None: no allocation
+    preemptible: bool = False
+    borrowed: bool = False  # runs on capacity beyond its pool's guarantee
+    preempting: bool = False  # asked to stop for a reclaim, still ending
+    preemptions: int = 0  # times it was preempted and requeued
+    estimated_start_at: datetime | None = None
 
 
 def _check_text(what: str, text: str) -> None:

@@ -63,7 +63,15 @@ def check_org_name(name: str) -> str:
     return name
 
 
+# The pool of jobs without an allocation (the controller's snapshot): no operator's pool has it.
+RESERVED_POOL_NAMES = frozenset({"unallocated"})
+
+
 def check_pool_name(name: str) -> str:
+    if name in RESERVED_POOL_NAMES:
+        raise InvalidRequest(
+            f"the pool name {name!r} is reserved: jobs without an allocation wait in it"
+        )
     if not _ORG_NAME.fullmatch(name):
         raise InvalidRequest(
             f"invalid pool name {name!r}: 2-64 characters, lower-case letters, digits and '-' "

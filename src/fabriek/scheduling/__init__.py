@@ -1,13 +1,3 @@
-"""The admission engine: pure functions from a snapshot of the factory to decisions."""
-
-from fabriek.scheduling.firstfit import admit
-from fabriek.scheduling.snapshot import (
-    Admission,
-    Capacity,
-    Decisions,
-    PendingJob,
-    RunningJob,
-    Snapshot,
-)
-
-__all__ = ["Admission", "Capacity", "Decisions", "PendingJob", "RunningJob", "Snapshot", "admit"]
+"""The admission engine: a pure function from a snapshot of the factory to decisions
+(engine.decide over the data of model.py), called by the controller each pass and by the
+simulator over a virtual clock."""

@@ -691,20 +691,26 @@ def _explain(
         used = state.used[pool].get(head.gpu_type, 0)
         owed = state.guarantee[pool].get(head.gpu_type, 0)
         request = head.job.request
+        decisions.heads[pool] = head.job.id
         if head.kind == "guarantee":
-            why = (
-                f"waiting: pool {pool} uses {used} of its {owed} guaranteed {head.gpu_type} GPUs"
-                + (
-                    "; none are idle to borrow"
-                    if head.job.preemptible
-                    else "; only preemptible jobs may borrow beyond it"
-                )
+            share = (
+                f"pool {pool} uses {used} of its {owed} guaranteed {head.gpu_type} GPUs"
+                if owed
+                else f"pool {pool} has no guaranteed {head.gpu_type} GPUs: it runs on idle ones"
+            )
+            why = f"waiting: {share}" + (
+                "; none are idle to borrow"
+                if head.job.preemptible
+                else "; only preemptible jobs may borrow beyond it"
             )
         elif head.kind == "room" and request.gpus:
             why = (
                 f"waiting for {request.gpus} {head.gpu_type} GPUs on {request.nodes} "
                 f"node{'s' if request.nodes > 1 else ''} to free up; pool {pool} uses {used} of "
                 f"its {owed} guaranteed"
+                if owed
+                else f"waiting for {request.gpus} {head.gpu_type} GPUs on {request.nodes} "
+                f"node{'s' if request.nodes > 1 else ''} to free up"
             )
         elif head.kind == "room":
             why = "waiting for CPUs or memory to free up on the nodes"

@@ -145,4 +145,7 @@ class Decisions:
     # promises it), and the estimate for others where one is known.
     reservations: dict[int, float] = field(default_factory=dict)
     reasons: dict[int, str] = field(default_factory=dict)
+    # The job each pool's queue stopped at. Until capacity frees, a later cycle need only look at
+    # these and at newly submitted jobs (the controller's incremental passes).
+    heads: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)  # step -> seconds

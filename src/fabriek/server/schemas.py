@@ -67,6 +67,12 @@ class JobSubmit(BaseModel):
         description="Charge it to this allocation of the project: it holds GPUs x time limit "
         "until it ends, then pays GPUs x wall time.",
     )
+    preemptible: bool = Field(
+        False,
+        description="May borrow idle GPUs beyond its pool's guarantee, and be stopped (SIGTERM, "
+        "a grace period, requeued keeping its place) when their pool reclaims them. Jobs "
+        "without an allocation are always preemptible.",
+    )
 
 
 class ResourcesOut(BaseModel):
@@ -111,12 +117,26 @@ class JobOut(BaseModel):
     exit_code: int | None
     signal: int | None
     usage: UsageOut
-    queue_position: int | None = Field(None, description="Pending jobs ahead of this one.")
+    queue_position: int | None = Field(
+        None,
+        description="Jobs of its pool waiting since before it (the engine orders them by "
+        "fair share, so this is a guide, not a promise).",
+    )
     allocation: int | None = None
     hold_gpu_hours: float | None = Field(
         None, description="Held from the allocation until it ends."
     )
     charged_gpu_hours: float | None = Field(None, description="Charged when it ended.")
+    pool: str | None = Field(None, description="The pool of its allocation; none without one.")
+    preemptible: bool = False
+    borrowed: bool = Field(False, description="Runs on GPUs beyond its pool's guarantee.")
+    preempting: bool = Field(False, description="Asked to stop for a reclaim; still ending.")
+    preemptions: int = Field(0, description="Times it was preempted and requeued.")
+    estimated_start_at: datetime | None = Field(
+        None,
+        description="The start the admission engine reserved for it (when running jobs end by "
+        "their time limits); set for the first waiting job of each pool.",
+    )
     events: list[JobEventOut] = Field(default_factory=list)
 
     @classmethod
@@ -152,6 +172,12 @@ class JobOut(BaseModel):
             allocation=job.allocation_id,
             hold_gpu_hours=job.hold_gpu_hours,
             charged_gpu_hours=job.charged_gpu_hours,
+            pool=job.pool,
+            preemptible=job.preemptible,
+            borrowed=job.borrowed,
+            preempting=job.preempting,
+            preemptions=job.preemptions,
+            estimated_start_at=job.estimated_start_at,
             events=[
                 JobEventOut(
                     at=e.at,

@@ -17,11 +17,10 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fabriek.backends.base import Handle, LaunchSpec, Observation, Phase, Usage
+from fabriek.backends.base import Capacity, Handle, LaunchSpec, Observation, Phase, Usage
 from fabriek.backends.local import shim
 from fabriek.backends.local.gpus import GpuInfo
 from fabriek.core.jobs import FINAL_STATES, JobState, Resources
-from fabriek.scheduling.snapshot import Capacity
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +49,10 @@ class LocalBackend:
 
     def capacity(self) -> Capacity:
         resources = Resources(self.resources.cpus, self.resources.memory_bytes, len(self.gpus))
-        return Capacity(resources, tuple(g.index for g in self.gpus))
+        # One GPU type per machine: the first GPU's model names them all (a mixed machine is
+        # rare, and its jobs ask for a count, not a model).
+        gpu_type = self.gpus[0].model if self.gpus else ""
+        return Capacity(resources, tuple(g.index for g in self.gpus), gpu_type)
 
     def job_dir(self, job_id: int, instance: str = "") -> Path:
         return self.jobs_dir / (f"{job_id}-{instance}" if instance else str(job_id))

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import select, update
@@ -21,9 +21,19 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fabriek.backends.base import Backend, LaunchSpec, Observation, Phase
 from fabriek.core.jobs import JobState, Resources
-from fabriek.scheduling import PendingJob, RunningJob, Snapshot, admit
+from fabriek.scheduling.engine import decide
+from fabriek.scheduling.fairshare import DEFAULT_HALF_LIFE_S
+from fabriek.scheduling.model import Decisions
+from fabriek.server.controller.snapshot import (
+    ACTIVE,
+    Read,
+    partition_of,
+    read_snapshot,
+    recent_usage,
+)
 from fabriek.server.db.engine import transaction
 from fabriek.server.db.models import JobRow
+from fabriek.server.services import audit
 from fabriek.server.services.actors import SYSTEM
 from fabriek.server.services.transitions import transition_job
 from fabriek.server.services.workdirs import archive_path
@@ -31,8 +41,9 @@ from fabriek.server.services.workdirs import archive_path
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
-ACTIVE = (JobState.ADMITTED.value, JobState.RUNNING.value)
 FULL_PASS_EVERY = 5.0
+USAGE_EVERY = 60.0  # fair share changes over days: recent usage is read once a minute
+REQUEUED = "requeued after preemption: it keeps its place in the queue"
 # Under a stream of wake-ups (news came while a pass ran), the least time between passes: the next
 # pass then takes a batch of submissions at once instead of one or two.
 BATCH_GAP = 0.025
@@ -46,6 +57,8 @@ class PassReport:
     finished: int = 0
     cancelled: int = 0
     admitted: int = 0
+    preempted: int = 0
+    requeued: int = 0
     pending: int = 0
     starting: int = 0
     timings: dict[str, float] = field(default_factory=dict)
@@ -61,6 +74,7 @@ class Controller:
         clock: Clock,
         workdirs: Path,
         interval: float = 1.0,
+        half_life_s: float = DEFAULT_HALF_LIFE_S,
     ) -> None:
         self.sessions = sessions
         self.readers = readers or sessions
@@ -68,6 +82,10 @@ class Controller:
         self.clock = clock
         self.workdirs = workdirs
         self.interval = interval
+        self.half_life_s = half_life_s
+        self._usage: dict[str, float] = {}
+        self._usage_at = -USAGE_EVERY
+        self._heads: set[int] = set()  # the jobs the pools' queues stopped at in the last pass
         self._freed = True  # resources were freed since the last full admission pass
         self._last_full_pass = 0.0
         self._seen_up_to = 0  # the highest pending job id an admission pass has looked at
@@ -134,12 +152,15 @@ class Controller:
             began = time.perf_counter()
             step(report)
             report.timings[step.__name__.lstrip("_")] = time.perf_counter() - began
-        if report.admitted or report.finished or report.cancelled:
+        if report.admitted or report.finished or report.cancelled or report.preempted:
             log.info(
-                "pass: %d admitted, %d finished, %d cancelling, %d pending (%s)",
+                "pass: %d admitted, %d finished, %d cancelling, %d preempted, %d requeued, "
+                "%d pending (%s)",
                 report.admitted,
                 report.finished,
                 report.cancelled,
+                report.preempted,
+                report.requeued,
                 report.pending,
                 ", ".join(f"{k} {v * 1000:.1f}ms" for k, v in report.timings.items()),
             )
@@ -188,7 +209,16 @@ class Controller:
                     actor=SYSTEM.label,
                     reason=None,
                 )
-            if seen.phase == Phase.FINISHED and seen.outcome is not None:
+            if (
+                seen.phase in (Phase.FINISHED, Phase.LOST)
+                and row.preempt_requested_at is not None
+                and row.cancel_requested_at is None
+                and seen.outcome != JobState.SUCCEEDED
+            ):
+                self._requeue(session, row, now, seen)
+                report.requeued += 1
+                self._freed = True
+            elif seen.phase == Phase.FINISHED and seen.outcome is not None:
                 self._finish(session, row, seen, now)
                 report.finished += 1
                 self._freed = True
@@ -230,12 +260,47 @@ class Controller:
             **fields,
         )
 
+    def _requeue(
+        self, session: Session, row: JobRow, now: datetime, seen: Observation | None
+    ) -> None:
+        """A preempted job has stopped: back to pending, with its place in the queue (its
+        submission time). The stopped run is not charged to its allocation: it ran on capacity
+        lent to it, and lost its work unless it saved a checkpoint when asked to stop."""
+        ran = seen.usage.wall_s if seen is not None and seen.usage is not None else None
+        transition_job(
+            session,
+            row,
+            JobState.PREEMPTED,
+            at=seen.finished_at if seen is not None and seen.finished_at else now,
+            actor=SYSTEM.label,
+            reason=(row.reason or "preempted")
+            + (f" (stopped after {ran:.0f}s)" if ran is not None else ""),
+        )
+        transition_job(
+            session,
+            row,
+            JobState.PENDING,
+            at=now,
+            actor=SYSTEM.label,
+            reason=REQUEUED,
+            admitted_at=None,
+            started_at=None,
+            handle=None,
+            gpu_ids=None,
+            borrowed=False,
+            preempt_requested_at=None,
+            preemptions=row.preemptions + 1,
+        )
+
     def _forward_cancels(self, report: PassReport) -> None:
+        """Cancels and preemptions alike: the backend stops the job (SIGTERM, the grace period,
+        SIGKILL); the next polls see how it ended."""
         with self.readers() as session:
             rows = session.execute(
                 select(JobRow.id, JobRow.handle).where(
                     JobRow.state.in_(ACTIVE),
-                    JobRow.cancel_requested_at.is_not(None),
+                    (JobRow.cancel_requested_at.is_not(None))
+                    | (JobRow.preempt_requested_at.is_not(None)),
                     JobRow.handle.is_not(None),
                 )
             ).all()
@@ -247,84 +312,135 @@ class Controller:
         report.cancelled = len(rows)
 
     def _admit(self, report: PassReport) -> None:
-        # First-fit gives an old pending job a different answer only when resources were freed.
-        # Until then a pass need only look at jobs newer than those it has seen: at 10,000 waiting
-        # jobs that is the difference between milliseconds and a tenth of a second per submission.
-        # A full pass also runs every FULL_PASS_EVERY seconds, for jobs whose ids committed out of
-        # order (possible on PostgreSQL, where ids come from a sequence before the commit).
+        # Capacity only shrinks while no job ends: a pending job the last pass left waiting
+        # behind its pool's blocked head still waits. Until resources are freed a pass need only
+        # look at the heads and at jobs newer than those it has seen; at 10,000 waiting jobs that
+        # is the difference between milliseconds and a tenth of a second per submission. A full
+        # pass also runs every FULL_PASS_EVERY seconds: for jobs whose ids committed out of order
+        # (possible on PostgreSQL), and pools or allocations an operator changed.
         now_mono = time.monotonic()
         full = self._freed or now_mono - self._last_full_pass >= FULL_PASS_EVERY
-        after = 0 if full else self._seen_up_to
+        now = self.clock()
+        began = time.perf_counter()
         with self.readers() as session:
-            snapshot, known_reasons = self._snapshot(session, after_id=after)
+            connection = session.connection()
+            if now_mono - self._usage_at >= USAGE_EVERY:
+                self._usage = recent_usage(connection, now=now, half_life_s=self.half_life_s)
+                self._usage_at = now_mono
+            read = read_snapshot(
+                connection,
+                partition=partition_of(self.backend.name, self.backend.capacity()),
+                now=now,
+                usage=self._usage,
+                after_id=0 if full else self._seen_up_to,
+                heads=() if full else self._heads,
+            )
+        report.timings["read"] = time.perf_counter() - began
         if full:
             self._freed, self._last_full_pass = False, now_mono
-        if snapshot.pending:
-            self._seen_up_to = max(self._seen_up_to, snapshot.pending[-1].job_id)
-        report.pending = len(snapshot.pending)
-        if not snapshot.pending:
+        pending = read.snapshot.pending
+        if pending:
+            self._seen_up_to = max(self._seen_up_to, pending[-1].id)
+        report.pending = len(pending)
+        if not pending:
+            self._heads = set()
             return
-        decisions = admit(snapshot)
-        now = self.clock()
-        admitted: list[int] = []
-        if decisions.admissions:
-            with transaction(self.sessions) as session:
-                for admission in decisions.admissions:
-                    row = session.get(JobRow, admission.job_id, with_for_update=True)
-                    if row is None or row.state != JobState.PENDING.value:
-                        continue  # cancelled since the snapshot was taken
-                    transition_job(
-                        session,
-                        row,
-                        JobState.ADMITTED,
-                        at=now,
-                        actor=SYSTEM.label,
-                        gpu_ids=list(admission.gpu_ids),
-                    )
-                    admitted.append(row.id)
-        self._update_reasons(known_reasons, decisions.reasons)
+        decisions = decide(read.snapshot)
+        for step, took in decisions.timings.items():
+            report.timings[f"engine.{step}"] = took
+        self._heads = set(decisions.heads.values())
+        admitted = self._record_admissions(read, decisions, now)
+        self._record_preemptions(decisions, now, report)
+        self._update_reasons(read, decisions)
+        self._update_estimates(read, decisions)
         for job_id in admitted:
             self._launch(job_id)
         report.admitted = len(admitted)
         report.starting += len(admitted)
 
-    def _snapshot(
-        self, session: Session, *, after_id: int = 0
-    ) -> tuple[Snapshot, dict[int, str | None]]:
-        """The engine's input (pending jobs with ids above `after_id`), and their waiting reasons."""
-        running = tuple(
-            RunningJob(job_id, Resources(cpus, mem, gpus), tuple(gpu_ids or ()))
-            for job_id, cpus, mem, gpus, gpu_ids in session.connection().execute(
-                select(
-                    JobRow.id, JobRow.cpus, JobRow.memory_bytes, JobRow.gpus, JobRow.gpu_ids
-                ).where(JobRow.state.in_(ACTIVE))
-            )
-        )
-        pending_rows = (
-            session.connection()
-            .execute(
-                select(
-                    JobRow.id,
-                    JobRow.cpus,
-                    JobRow.memory_bytes,
-                    JobRow.gpus,
-                    JobRow.submitted_at,
-                    JobRow.reason,
+    def _record_admissions(self, read: Read, decisions: Decisions, now: datetime) -> list[int]:
+        """Admit in one transaction; each job gets its own GPUs (CUDA_VISIBLE_DEVICES)."""
+        if not decisions.admissions:
+            return []
+        taken = {gpu for ids in read.gpu_ids.values() for gpu in ids}
+        free = [g for g in self.backend.capacity().gpu_ids if g not in taken]
+        requests = {job.id: job.request for job in read.snapshot.pending}
+        admitted: list[int] = []
+        with transaction(self.sessions) as session:
+            for admission in decisions.admissions:
+                row = session.get(JobRow, admission.job_id, with_for_update=True)
+                if row is None or row.state != JobState.PENDING.value:
+                    continue  # cancelled since the snapshot was taken
+                gpus = requests[admission.job_id].gpus
+                if gpus > len(free):  # the engine counted the same GPUs: never happens
+                    log.error("no free GPUs left for job %s; it waits", admission.job_id)
+                    continue
+                gpu_ids, free = free[:gpus], free[gpus:]
+                transition_job(
+                    session,
+                    row,
+                    JobState.ADMITTED,
+                    at=now,
+                    actor=SYSTEM.label,
+                    gpu_ids=gpu_ids,
+                    borrowed=admission.borrowed,
+                    estimated_start_at=None,
                 )
-                .where(JobRow.state == JobState.PENDING.value, JobRow.id > after_id)
-                .order_by(JobRow.id)
-            )
-            .all()
-        )
-        pending = tuple(
-            PendingJob(job_id, Resources(cpus, mem, gpus), submitted)
-            for job_id, cpus, mem, gpus, submitted, _ in pending_rows
-        )
-        known = {row[0]: row[5] for row in pending_rows}
-        return Snapshot(self.backend.capacity(), running, pending, self.clock()), known
+                admitted.append(row.id)
+        return admitted
 
-    def _update_reasons(self, known: dict[int, str | None], reasons: dict[int, str]) -> None:
+    def _record_preemptions(self, decisions: Decisions, now: datetime, report: PassReport) -> None:
+        """Ask the chosen jobs to stop; each is requeued when its process has ended."""
+        if not decisions.preemptions:
+            return
+        chosen: list[tuple[int, dict[str, object] | None, str]] = []
+        with transaction(self.sessions) as session:
+            for preemption in decisions.preemptions:
+                row = session.get(JobRow, preemption.job_id, with_for_update=True)
+                if (
+                    row is None
+                    or row.state not in ACTIVE
+                    or row.preempt_requested_at is not None
+                    or row.cancel_requested_at is not None
+                ):
+                    continue
+                row.preempt_requested_at = now
+                row.reason = preemption.reason
+                audit.record(
+                    session,
+                    actor=SYSTEM,
+                    action="job.preempt",
+                    target_type="job",
+                    target_id=row.id,
+                    at=now,
+                    reason=preemption.reason,
+                )
+                chosen.append((row.id, row.handle, preemption.reason))
+        for job_id, handle, why in chosen:
+            log.info("preempting job %s: %s", job_id, why)
+            if handle is None:  # admitted, not yet launched: it never starts
+                self._requeue_unlaunched(job_id)
+                continue
+            try:
+                self.backend.cancel(job_id, handle)  # repeated by later passes until it ends
+            except Exception:
+                log.exception("cannot stop job %s; trying again next pass", job_id)
+        report.preempted = len(chosen)
+
+    def _requeue_unlaunched(self, job_id: int) -> None:
+        with transaction(self.sessions) as session:
+            row = session.get(JobRow, job_id, with_for_update=True)
+            if row is not None and row.state == JobState.ADMITTED.value and row.handle is None:
+                self._requeue(session, row, self.clock(), None)
+                self._freed = True
+
+    def _update_reasons(self, read: Read, decisions: Decisions) -> None:
         """Write the waiting reasons that changed: one UPDATE per distinct reason, not per job."""
+        reasons = decisions.reasons
+        for job_id, why in read.out_of_period.items():  # say which end of the period, not "0 left"
+            if job_id in reasons:
+                reasons[job_id] = why
+        known = read.reasons
         by_reason: dict[str, list[int]] = {}
         for job_id, reason in reasons.items():
             if known.get(job_id) != reason:
@@ -345,6 +461,29 @@ class Controller:
                         .values(reason=reason)
                     )
 
+    def _update_estimates(self, read: Read, decisions: Decisions) -> None:
+        """The start reserved for each blocked head (EASY backfill keeps it); others none. Written
+        when it moved by a minute or more: estimates shift a little every pass."""
+        changes: dict[int, datetime | None] = {}
+        for job_id, known in read.estimates.items():
+            at = decisions.reservations.get(job_id)
+            estimate = datetime.fromtimestamp(at, UTC) if at is not None else None
+            if estimate is None or known is None:
+                if estimate != known:
+                    changes[job_id] = estimate
+            elif abs((estimate - known).total_seconds()) >= 60:
+                changes[job_id] = estimate
+        if not changes:
+            return
+        jobs = JobRow.__table__
+        with transaction(self.sessions) as session:
+            for job_id, estimate in changes.items():
+                session.connection().execute(
+                    update(jobs)
+                    .where(jobs.c.id == job_id, jobs.c.state == JobState.PENDING.value)
+                    .values(estimated_start_at=estimate)
+                )
+
     def _launch(self, job_id: int) -> None:
         """Hand an admitted job to the backend, then record the handle. Safe to repeat after a crash."""
         with self.readers() as session:
@@ -352,9 +491,13 @@ class Controller:
             if row is None or row.state != JobState.ADMITTED.value:
                 return
             cancelled = row.cancel_requested_at is not None
+            preempted = row.preempt_requested_at is not None
             spec = launch_spec(row, self.workdirs)
         if cancelled:  # asked to stop between admission and launch: never start it
             self._end_unlaunched(job_id, JobState.CANCELLED, "cancelled before it started")
+            return
+        if preempted:
+            self._requeue_unlaunched(job_id)
             return
         try:
             handle = self.backend.submit(spec)
@@ -386,7 +529,9 @@ def launch_spec(row: JobRow, workdirs: Path) -> LaunchSpec:
         gpu_ids=tuple(row.gpu_ids or ()),
         time_limit_s=row.time_limit_s,
         workdir_archive=archive_path(workdirs, row.workdir_digest) if row.workdir_digest else None,
-        instance=str(int(row.submitted_at.timestamp() * 1_000_000)),
+        # Each run of a requeued job is a new launch, with its own directory and log.
+        instance=str(int(row.submitted_at.timestamp() * 1_000_000))
+        + (f"r{row.preemptions}" if row.preemptions else ""),
     )
 
 

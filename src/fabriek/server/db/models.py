@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -276,6 +277,11 @@ class JobRow(Base):
     allocation_id: Mapped[int | None] = mapped_column(ForeignKey("allocations.id"), index=True)
     hold_gpu_hours: Mapped[float | None] = mapped_column(Float)  # released when it ends
     charged_gpu_hours: Mapped[float | None] = mapped_column(Float)  # GPUs x wall time
+    preemptible: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    borrowed: Mapped[bool] = mapped_column(Boolean, server_default=false())  # beyond its guarantee
+    preemptions: Mapped[int] = mapped_column(Integer, server_default="0")
+    preempt_requested_at: Mapped[datetime | None]
+    estimated_start_at: Mapped[datetime | None]  # the start the engine reserved for it
 
 
 class JobEventRow(Base):

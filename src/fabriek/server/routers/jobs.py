@@ -42,6 +42,7 @@ def submit(body: JobSubmit, actor: ActorDep, runtime: RuntimeDep) -> Response:
         env=body.env,
         workdir_digest=body.workdir,
         allocation_id=body.allocation,
+        preemptible=body.preemptible,
     )
     with runtime.transaction() as session:
         job = service.submit_job(

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 from functools import cache
+from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
     Insert,
+    Select,
     bindparam,
     cast,
     func,
@@ -23,8 +25,10 @@ from fabriek.core.errors import Conflict, Forbidden, InvalidRequest, NotFound, R
 from fabriek.core.jobs import Job, JobEvent, JobRequest, JobState, Resources, validate_request
 from fabriek.core.units import format_bytes
 from fabriek.server.db.models import (
+    AllocationRow,
     JobEventRow,
     JobRow,
+    PoolRow,
     ProjectMemberRow,
     ProjectRow,
     UserRow,
@@ -112,6 +116,12 @@ def submit_job(
         backend=backend,
         submitted_at=now,
         reason=QUEUED_REASON,
+        # Work outside any allocation runs on capacity lent to it, and yields it when a pool
+        # needs its guarantee back: it is preemptible, asked or not.
+        preemptible=request.preemptible
+        or (request.allocation_id is None and request.resources.gpus > 0),
+        borrowed=False,
+        preemptions=0,
     )
     # Prepared Core statements, not the ORM's unit of work: submission is the API's hottest write.
     values = {
@@ -129,6 +139,7 @@ def submit_job(
         row.id = connection.execute(
             _INSERT_JOB, {**values, "project_id": row.project_id}
         ).scalar_one()
+    pool = None
     if request.allocation_id is not None:  # refused here, the whole submission rolls back
         held = allocations.hold(
             session,
@@ -140,6 +151,11 @@ def submit_job(
             now=now,
         )
         row.allocation_id, row.hold_gpu_hours = request.allocation_id, held
+        pool = session.scalar(
+            select(PoolRow.name)
+            .join(AllocationRow, AllocationRow.pool_id == PoolRow.id)
+            .where(AllocationRow.id == request.allocation_id)
+        )
         connection.execute(
             update(_JOBS)
             .where(_JOBS.c.id == row.id)
@@ -156,7 +172,7 @@ def submit_job(
         project=request.project,
         name=request.name,
     )
-    return to_job(row, project=request.project, user=actor.name)
+    return to_job(row, project=request.project, user=actor.name, pool=pool)
 
 
 def _check_fits(want: Resources, largest: Resources) -> None:
@@ -224,37 +240,42 @@ def list_jobs(
     session: Session, *, actor: Actor, states: Sequence[JobState] = (), limit: int = 100
 ) -> list[Job]:
     query = (
-        select(JobRow, ProjectRow.name, UserRow.name)
-        .join(ProjectRow, ProjectRow.id == JobRow.project_id)
-        .join(UserRow, UserRow.id == JobRow.user_id)
+        _with_names(select(JobRow, ProjectRow.name, UserRow.name, PoolRow.name))
         .where(visible_jobs(actor))
         .order_by(JobRow.id.desc())
         .limit(limit)
     )
     if states:
         query = query.where(JobRow.state.in_([s.value for s in states]))
-    return [to_job(row, project=p, user=u) for row, p, u in session.execute(query)]
+    return [to_job(row, project=p, user=u, pool=pool) for row, p, u, pool in session.execute(query)]
+
+
+def _with_names(query: Select[Any]) -> Select[Any]:
+    """Join a job to the names of its project, user and (through its allocation) pool."""
+    return (
+        query.join(ProjectRow, ProjectRow.id == JobRow.project_id)
+        .join(UserRow, UserRow.id == JobRow.user_id)
+        .outerjoin(AllocationRow, AllocationRow.id == JobRow.allocation_id)
+        .outerjoin(PoolRow, PoolRow.id == AllocationRow.pool_id)
+    )
 
 
 def _load(
     session: Session, *, actor: Actor, job_id: int, for_update: bool = False
-) -> tuple[JobRow, str, str]:
-    query = (
-        select(JobRow, ProjectRow.name, UserRow.name)
-        .join(ProjectRow, ProjectRow.id == JobRow.project_id)
-        .join(UserRow, UserRow.id == JobRow.user_id)
-        .where(JobRow.id == job_id, visible_jobs(actor))
+) -> tuple[JobRow, str, str, str | None]:
+    query = _with_names(select(JobRow, ProjectRow.name, UserRow.name, PoolRow.name)).where(
+        JobRow.id == job_id, visible_jobs(actor)
     )
     if for_update:  # the controller may be moving this job at the same moment (PostgreSQL)
         query = query.with_for_update(of=JobRow)
     found = session.execute(query).first()
     if found is None:  # another tenant's job is indistinguishable from no job
         raise NotFound(f"no job {job_id}")
-    return found[0], found[1], found[2]
+    return found[0], found[1], found[2], found[3]
 
 
 def get_job(session: Session, *, actor: Actor, job_id: int, with_events: bool = True) -> Job:
-    row, project, user = _load(session, actor=actor, job_id=job_id)
+    row, project, user, pool = _load(session, actor=actor, job_id=job_id)
     events: tuple[JobEvent, ...] = ()
     if with_events:
         events = tuple(
@@ -270,11 +291,30 @@ def get_job(session: Session, *, actor: Actor, job_id: int, with_events: bool = 
             )
         )
     position = None
-    if row.state == JobState.PENDING.value:
-        position = session.scalar(
-            select(func.count()).where(JobRow.state == JobState.PENDING.value, JobRow.id < row.id)
+    if row.state == JobState.PENDING.value:  # older jobs waiting in the same pool
+        same_pool = (
+            JobRow.allocation_id.is_(None)
+            if row.allocation_id is None
+            else JobRow.allocation_id.in_(
+                select(AllocationRow.id).where(
+                    AllocationRow.pool_id
+                    == select(AllocationRow.pool_id)
+                    .where(AllocationRow.id == row.allocation_id)
+                    .scalar_subquery()
+                )
+            )
         )
-    return to_job(row, project=project, user=user, events=events, queue_position=position)
+        position = session.scalar(
+            select(func.count()).where(
+                JobRow.state == JobState.PENDING.value,
+                (JobRow.submitted_at < row.submitted_at)
+                | ((JobRow.submitted_at == row.submitted_at) & (JobRow.id < row.id)),
+                same_pool,
+            )
+        )
+    return to_job(
+        row, project=project, user=user, pool=pool, events=events, queue_position=position
+    )
 
 
 def job_row_for_files(session: Session, *, actor: Actor, job_id: int) -> JobRow:
@@ -284,7 +324,7 @@ def job_row_for_files(session: Session, *, actor: Actor, job_id: int) -> JobRow:
 
 def cancel_job(session: Session, *, actor: Actor, job_id: int, now: datetime) -> Job:
     """Cancel a job: at once if it waits; through the controller and its backend if it runs."""
-    row, project, user = _load(session, actor=actor, job_id=job_id, for_update=True)
+    row, project, user, pool = _load(session, actor=actor, job_id=job_id, for_update=True)
     state = JobState(row.state)
     if state.is_final:
         raise Conflict(f"job {job_id} has already finished ({state.value})")
@@ -303,7 +343,7 @@ def cancel_job(session: Session, *, actor: Actor, job_id: int, now: datetime) ->
     audit.record(
         session, actor=actor, action="job.cancel", target_type="job", target_id=job_id, at=now
     )
-    return to_job(row, project=project, user=user)
+    return to_job(row, project=project, user=user, pool=pool)
 
 
 def to_job(
@@ -311,6 +351,7 @@ def to_job(
     *,
     project: str,
     user: str,
+    pool: str | None = None,
     events: tuple[JobEvent, ...] = (),
     queue_position: int | None = None,
 ) -> Job:
@@ -343,4 +384,10 @@ def to_job(
         allocation_id=row.allocation_id,
         hold_gpu_hours=row.hold_gpu_hours,
         charged_gpu_hours=row.charged_gpu_hours,
+        pool=pool,
+        preemptible=bool(row.preemptible),
+        borrowed=bool(row.borrowed),
+        preempting=row.preempt_requested_at is not None,
+        preemptions=row.preemptions or 0,
+        estimated_start_at=row.estimated_start_at,
     )

@@ -1,0 +1,257 @@
+"""The admission engine's input, read from the database in a handful of Core queries.
+
+No ORM objects: a pass may read tens of thousands of waiting jobs. What the engine needs and the
+database does not say (the machine's capacity, the clock, recent usage) is passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection, or_, select
+
+from fabriek.backends.base import Capacity
+from fabriek.core.jobs import JobState
+from fabriek.scheduling.fairshare import Use, decayed_usage
+from fabriek.scheduling.model import (
+    Allocation,
+    Node,
+    Partition,
+    PendingJob,
+    Placement,
+    Pool,
+    Request,
+    RunningJob,
+    Snapshot,
+)
+from fabriek.server.db.models import AllocationRow, JobRow, PoolRow
+
+ACTIVE = (JobState.ADMITTED.value, JobState.RUNNING.value)
+
+# Jobs without an allocation wait in this pool. Its guarantee is the capacity that no operator's
+# pool is guaranteed (none, with the seeded pools); beyond it its jobs borrow idle capacity, and
+# so they are always preemptible. The name is reserved: no operator's pool may take it.
+UNALLOCATED = "unallocated"
+
+
+@dataclass(slots=True)
+class Read:
+    """The snapshot and what the controller needs beside it to act on the decisions."""
+
+    snapshot: Snapshot
+    reasons: dict[int, str | None] = field(default_factory=dict)  # pending job -> stored reason
+    estimates: dict[int, datetime | None] = field(default_factory=dict)  # pending job -> stored
+    gpu_ids: dict[int, tuple[int, ...]] = field(default_factory=dict)  # running job -> its GPUs
+    # Pending jobs whose allocation has ended or not yet begun -> the sentence that says so.
+    out_of_period: dict[int, str] = field(default_factory=dict)
+
+
+def partition_of(name: str, capacity: Capacity) -> Partition:
+    """The backend's machine as the engine sees it: one partition of one node."""
+    r = capacity.resources
+    gpu_type = (capacity.gpu_type or "gpu") if r.gpus else ""
+    return Partition(name, gpu_type, (Node(name, r.gpus, r.cpus, r.memory_bytes),))
+
+
+def read_snapshot(
+    conn: Connection,
+    *,
+    partition: Partition,
+    now: datetime,
+    usage: dict[str, float],
+    after_id: int = 0,
+    heads: Collection[int] = (),
+) -> Read:
+    """Everything the engine decides on. Only pending jobs with ids above `after_id` are read,
+    and the blocked heads of the last pass (`heads`): see Controller._admit."""
+    t = now.timestamp()
+    pools_by_id: dict[int, str] = {}
+    pools: list[Pool] = []
+    for pool_id, name, guarantee, borrow_limit, lend_limit in conn.execute(
+        select(
+            PoolRow.id, PoolRow.name, PoolRow.guarantee, PoolRow.borrow_limit, PoolRow.lend_limit
+        ).order_by(PoolRow.id)
+    ):
+        pools_by_id[pool_id] = name
+        pools.append(Pool(name, guarantee, borrow_limit, lend_limit))
+    unassigned = max(0.0, 1.0 - sum(p.guarantee for p in pools))
+    pools.append(Pool(UNALLOCATED, round(unassigned, 9), None, 1.0))
+
+    allocations: list[Allocation] = []
+    ended: dict[int, str] = {}
+    for alloc_id, project_id, pool_id, size, charged, starts, ends in conn.execute(
+        select(
+            AllocationRow.id,
+            AllocationRow.project_id,
+            AllocationRow.pool_id,
+            AllocationRow.gpu_hours,
+            AllocationRow.charged_gpu_hours,
+            AllocationRow.starts_at,
+            AllocationRow.ends_at,
+        )
+    ):
+        if starts <= now < ends:
+            allocations.append(
+                Allocation(alloc_id, str(project_id), pools_by_id[pool_id], size - charged, size)
+            )
+        elif now >= ends:
+            ended[alloc_id] = (
+                f"waiting: allocation {alloc_id} ended on {ends:%Y-%m-%d %H:%M} UTC; this job "
+                "cannot start on it (cancel it, or ask for a new allocation)"
+            )
+        else:
+            ended[alloc_id] = (
+                f"waiting: allocation {alloc_id} begins on {starts:%Y-%m-%d %H:%M} UTC"
+            )
+
+    requests: dict[tuple[int, int, int, int], Request] = {}  # shared: the engine caches by it
+
+    def request(gpus: int, cpus: int, memory: int, limit: int) -> Request:
+        key = (gpus, cpus, memory, limit)
+        found = requests.get(key)
+        if found is None:
+            found = requests[key] = Request(gpus, cpus, memory, 1, None, float(limit))
+        return found
+
+    jobs = JobRow.__table__.c
+    pool_of = AllocationRow.__table__.c.pool_id
+    joined = JobRow.__table__.outerjoin(
+        AllocationRow.__table__, AllocationRow.__table__.c.id == jobs.allocation_id
+    )
+    read = Read(Snapshot(t, (partition,), ()))
+    placement = Placement(partition.name, tuple(n.name for n in partition.nodes))
+    running: list[RunningJob] = []
+    for (
+        job_id,
+        project_id,
+        alloc_id,
+        pool_id,
+        gpus,
+        cpus,
+        memory,
+        limit,
+        admitted_at,
+        preemptible,
+        borrowed,
+        preempt_requested_at,
+        gpu_ids,
+    ) in conn.execute(
+        select(
+            jobs.id,
+            jobs.project_id,
+            jobs.allocation_id,
+            pool_of,
+            jobs.gpus,
+            jobs.cpus,
+            jobs.memory_bytes,
+            jobs.time_limit_s,
+            jobs.admitted_at,
+            jobs.preemptible,
+            jobs.borrowed,
+            jobs.preempt_requested_at,
+            jobs.gpu_ids,
+        )
+        .select_from(joined)
+        .where(jobs.state.in_(ACTIVE))
+    ):
+        running.append(
+            RunningJob(
+                job_id,
+                str(project_id),
+                pools_by_id[pool_id] if pool_id is not None else UNALLOCATED,
+                alloc_id,
+                request(gpus, cpus, memory, limit),
+                placement,
+                admitted_at.timestamp() if admitted_at else t,
+                preemptible,
+                borrowed,
+                preempt_requested_at is not None,
+            )
+        )
+        read.gpu_ids[job_id] = tuple(gpu_ids or ())
+
+    which = jobs.id > after_id
+    if heads:
+        which = or_(which, jobs.id.in_(list(heads)))
+    pending: list[PendingJob] = []
+    for (
+        job_id,
+        project_id,
+        alloc_id,
+        pool_id,
+        gpus,
+        cpus,
+        memory,
+        limit,
+        submitted_at,
+        preemptible,
+        preemptions,
+        reason,
+        estimate,
+    ) in conn.execute(
+        select(
+            jobs.id,
+            jobs.project_id,
+            jobs.allocation_id,
+            pool_of,
+            jobs.gpus,
+            jobs.cpus,
+            jobs.memory_bytes,
+            jobs.time_limit_s,
+            jobs.submitted_at,
+            jobs.preemptible,
+            jobs.preemptions,
+            jobs.reason,
+            jobs.estimated_start_at,
+        )
+        .select_from(joined)
+        .where(jobs.state == JobState.PENDING.value, which)
+        .order_by(jobs.id)
+    ):
+        pending.append(
+            PendingJob(
+                job_id,
+                str(project_id),
+                pools_by_id[pool_id] if pool_id is not None else UNALLOCATED,
+                alloc_id,
+                request(gpus, cpus, memory, limit),
+                submitted_at.timestamp(),
+                0,
+                preemptible,
+                preemptions > 0,
+            )
+        )
+        read.reasons[job_id] = reason
+        read.estimates[job_id] = estimate
+        if alloc_id in ended:
+            read.out_of_period[job_id] = ended[alloc_id]
+    read.snapshot = Snapshot(
+        t,
+        (partition,),
+        tuple(pools),
+        tuple(allocations),
+        tuple(running),
+        tuple(pending),
+        usage,
+    )
+    return read
+
+
+def recent_usage(conn: Connection, *, now: datetime, half_life_s: float) -> dict[str, float]:
+    """Each project's GPU use, decayed with the half-life (fair share with memory). Use older
+    than eight half-lives (under 0.4 %) is not read."""
+    since = now - timedelta(seconds=8 * half_life_s)
+    jobs = JobRow.__table__.c
+    uses = [
+        Use(str(project_id), gpus, started.timestamp(), (finished or now).timestamp())
+        for project_id, gpus, started, finished in conn.execute(
+            select(jobs.project_id, jobs.gpus, jobs.started_at, jobs.finished_at).where(
+                jobs.gpus > 0,
+                jobs.started_at.is_not(None),
+                or_(jobs.finished_at.is_(None), jobs.finished_at >= since),
+            )
+        )
+    ]
+    return decayed_usage(uses, now=now.timestamp(), half_life_s=half_life_s)
