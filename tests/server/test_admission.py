@@ -8,11 +8,14 @@ from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from fabriek.core.errors import Forbidden, InvalidRequest
 from fabriek.core.jobs import JobState
 from fabriek.server.controller.loop import Controller
+from fabriek.server.controller.snapshot import UNALLOCATED
 from fabriek.server.db.models import AuditEventRow, JobEventRow, JobRow
 from fabriek.server.services import allocations
 from fabriek.server.services.actors import Actor
@@ -47,7 +50,12 @@ def _submit(
     sessions: sessionmaker[Session], actor: Actor, clock: FrozenClock, **kwargs: object
 ) -> int:
     allocation = kwargs.pop("allocation", None)
-    request = replace(make_request(**kwargs), allocation_id=allocation)  # type: ignore[arg-type]
+    priority = kwargs.pop("priority", 0)
+    request = replace(
+        make_request(**kwargs),  # type: ignore[arg-type]
+        allocation_id=allocation,
+        priority=priority,
+    )
     with sessions() as session, session.begin():
         return submit_job(
             session, actor=actor, request=request, largest=LARGEST, backend="local", now=clock()
@@ -223,3 +231,34 @@ def test_a_pending_job_on_an_ended_allocation_says_so(
     row = _row(sessions, job)
     assert row.state == "pending"
     assert (row.reason or "").startswith(f"waiting: allocation {allocation} ended on ")
+
+
+def test_priority_orders_a_projects_jobs_and_only_operators_raise_it(
+    sessions: sessionmaker[Session], tmp_path: Path, clock: FrozenClock
+) -> None:
+    admin, alice, _ = _vision_with_allocation(sessions, clock)
+    controller = make_controller(sessions, tmp_path, clock)
+    hog = _submit(sessions, alice, clock, project="vision", cpus=2, argv=["sleep", "30"])
+    _until(controller, sessions, hog)
+    low = _submit(sessions, alice, clock, project="vision", cpus=2, argv=["true"], priority=-5)
+    normal = _submit(sessions, alice, clock, project="vision", cpus=2, argv=["true"])
+    controller.run_pass()
+    assert (
+        _row(sessions, low).reason
+        == f"waiting behind job {normal}, first in pool {UNALLOCATED}'s queue"
+    )
+    with pytest.raises(Forbidden, match="only operators raise"):
+        _submit(sessions, alice, clock, project="vision", argv=["true"], priority=1)
+    with pytest.raises(InvalidRequest, match="from -1000 to 1000"):
+        _submit(sessions, admin, clock, project="vision", argv=["true"], priority=1001)
+    with sessions() as session, session.begin():
+        cancel_job(session, actor=alice, job_id=hog, now=clock())
+    done = settle(controller, sessions, admin, [hog, low, normal])
+    assert done[2].started_at is not None and done[1].started_at is not None
+    with sessions() as session:
+        order = session.scalars(
+            select(JobEventRow.job_id)
+            .where(JobEventRow.to_state == "admitted")
+            .order_by(JobEventRow.id)
+        ).all()
+    assert order == [hog, normal, low]

@@ -225,6 +225,13 @@ def submit(
             "without an allocation always are."
         ),
     ] = False,
+    priority: Annotated[
+        int,
+        typer.Option(
+            help="Orders your jobs of equal fair share, higher first (-1000 to 1000); only "
+            "operators go above 0."
+        ),
+    ] = 0,
     wait: Annotated[
         bool, typer.Option(help="Stream the logs and exit with the job's exit code.")
     ] = False,
@@ -249,6 +256,7 @@ def submit(
             workdir=None if no_workdir else workdir,
             allocation=allocation,
             preemptible=preemptible,
+            priority=priority,
         )
     if parsable:
         print(job.id, flush=True)
@@ -392,6 +400,8 @@ def _pool_line(job: JobOut) -> str:
         notes.append("preemptible")
     if job.preempting:
         notes.append("being preempted: asked to stop, then requeued")
+    if job.priority:
+        notes.append(f"priority {job.priority}")
     if job.preemptions:
         notes.append(f"preempted {job.preemptions} time{'s' if job.preemptions > 1 else ''}")
     return line + (f" ({', '.join(notes)})" if notes else "")

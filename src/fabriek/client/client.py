@@ -136,6 +136,7 @@ class Client:
         workdir: str | Path | None = None,
         allocation: int | None = None,
         preemptible: bool = False,
+        priority: int = 0,
     ) -> JobOut:
         """Queue a job. `workdir` is packed and uploaded; the job runs in a fresh copy of it.
         A `preemptible` job may borrow idle GPUs beyond its pool's guarantee."""
@@ -156,6 +157,7 @@ class Client:
             "workdir": digest,
             "allocation": allocation,
             "preemptible": preemptible,
+            "priority": priority,
         }
         return JobOut.model_validate(self._request("POST", "/jobs", json=body).json())
 

@@ -68,6 +68,7 @@ MAX_NAME_LEN = 128
 MAX_ARGV_ITEMS = 4096
 MAX_ARGV_BYTES = 128 * 1024
 MAX_ENV_ITEMS = 256
+MAX_PRIORITY = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +153,9 @@ class JobRequest:
     # May be stopped (SIGTERM, a grace period, requeued) when the capacity it borrowed beyond its
     # pool's guarantee is reclaimed. Only preemptible jobs borrow.
     preemptible: bool = False
+    # Orders jobs of equal fair share (higher first). Anyone may lower their own jobs' priority;
+    # only operators raise it above 0.
+    priority: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +204,7 @@ class Job:
     borrowed: bool = False  # runs on capacity beyond its pool's guarantee
     preempting: bool = False  # asked to stop for a reclaim, still ending
     preemptions: int = 0  # times it was preempted and requeued
+    priority: int = 0
     estimated_start_at: datetime | None = None
 
 

@@ -73,6 +73,11 @@ class JobSubmit(BaseModel):
         "a grace period, requeued keeping its place) when their pool reclaims them. Jobs "
         "without an allocation are always preemptible.",
     )
+    priority: int = Field(
+        0,
+        description="Orders jobs of equal fair share, higher first (-1000 to 1000). Anyone may "
+        "lower their own jobs' priority; only operators raise it above 0.",
+    )
 
 
 class ResourcesOut(BaseModel):
@@ -132,6 +137,7 @@ class JobOut(BaseModel):
     borrowed: bool = Field(False, description="Runs on GPUs beyond its pool's guarantee.")
     preempting: bool = Field(False, description="Asked to stop for a reclaim; still ending.")
     preemptions: int = Field(0, description="Times it was preempted and requeued.")
+    priority: int = 0
     estimated_start_at: datetime | None = Field(
         None,
         description="The start the admission engine reserved for it (when running jobs end by "
@@ -177,6 +183,7 @@ class JobOut(BaseModel):
             borrowed=job.borrowed,
             preempting=job.preempting,
             preemptions=job.preemptions,
+            priority=job.priority,
             estimated_start_at=job.estimated_start_at,
             events=[
                 JobEventOut(

@@ -188,6 +188,7 @@ def read_snapshot(
         submitted_at,
         preemptible,
         preemptions,
+        priority,
         reason,
         estimate,
     ) in conn.execute(
@@ -203,6 +204,7 @@ def read_snapshot(
             jobs.submitted_at,
             jobs.preemptible,
             jobs.preemptions,
+            jobs.priority,
             jobs.reason,
             jobs.estimated_start_at,
         )
@@ -218,7 +220,7 @@ def read_snapshot(
                 alloc_id,
                 request(gpus, cpus, memory, limit),
                 submitted_at.timestamp(),
-                0,
+                priority,
                 preemptible,
                 preemptions > 0,
             )

@@ -282,6 +282,7 @@ class JobRow(Base):
     preemptions: Mapped[int] = mapped_column(Integer, server_default="0")
     preempt_requested_at: Mapped[datetime | None]
     estimated_start_at: Mapped[datetime | None]  # the start the engine reserved for it
+    priority: Mapped[int] = mapped_column(Integer, server_default="0")  # after fair share
 
 
 class JobEventRow(Base):

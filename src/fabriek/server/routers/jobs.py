@@ -43,6 +43,7 @@ def submit(body: JobSubmit, actor: ActorDep, runtime: RuntimeDep) -> Response:
         workdir_digest=body.workdir,
         allocation_id=body.allocation,
         preemptible=body.preemptible,
+        priority=body.priority,
     )
     with runtime.transaction() as session:
         job = service.submit_job(

@@ -22,7 +22,15 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from fabriek.core.errors import Conflict, Forbidden, InvalidRequest, NotFound, ResourcesUnavailable
-from fabriek.core.jobs import Job, JobEvent, JobRequest, JobState, Resources, validate_request
+from fabriek.core.jobs import (
+    MAX_PRIORITY,
+    Job,
+    JobEvent,
+    JobRequest,
+    JobState,
+    Resources,
+    validate_request,
+)
 from fabriek.core.units import format_bytes
 from fabriek.server.db.models import (
     AllocationRow,
@@ -93,6 +101,12 @@ def submit_job(
         env=request.env,
     )
     _check_fits(request.resources, largest)
+    if not -MAX_PRIORITY <= request.priority <= MAX_PRIORITY:
+        raise InvalidRequest(
+            f"the priority must be from -{MAX_PRIORITY} to {MAX_PRIORITY}, got {request.priority}"
+        )
+    if request.priority > 0 and not actor.is_operator:
+        raise Forbidden("only operators raise a job's priority above 0; lower ones are yours")
     if require_allocation and request.resources.gpus > 0 and request.allocation_id is None:
         raise InvalidRequest(
             "GPU jobs on this factory are charged to an allocation: add --allocation ID "
@@ -122,6 +136,7 @@ def submit_job(
         or (request.allocation_id is None and request.resources.gpus > 0),
         borrowed=False,
         preemptions=0,
+        priority=request.priority,
     )
     # Prepared Core statements, not the ORM's unit of work: submission is the API's hottest write.
     values = {
@@ -390,4 +405,5 @@ def to_job(
         preempting=row.preempt_requested_at is not None,
         preemptions=row.preemptions or 0,
         estimated_start_at=row.estimated_start_at,
+        priority=row.priority or 0,
     )

@@ -1,4 +1,5 @@
-"""preemption: jobs may be preemptible, run on borrowed capacity, be stopped and requeued
+"""preemption and priority: jobs may be preemptible, run on borrowed capacity, be stopped and
+requeued; a priority orders them within a project's fair share
 
 Revision ID: 0006
 Revises: 0005
@@ -31,10 +32,12 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("estimated_start_at", sa.DateTime(timezone=True), nullable=True)
         )
+        batch_op.add_column(sa.Column("priority", sa.Integer(), nullable=False, server_default="0"))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.drop_column("priority")
         batch_op.drop_column("estimated_start_at")
         batch_op.drop_column("preempt_requested_at")
         batch_op.drop_column("preemptions")
