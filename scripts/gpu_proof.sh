@@ -38,7 +38,7 @@ main() {
     WORK=$(mktemp -d /tmp/fabriek-gpu-proof.XXXXXX)
     export FABRIEK_HOME="$WORK/home" FABRIEK_CONFIG="$WORK/client.json"
     unset FABRIEK_URL FABRIEK_TOKEN
-    SERVER_PID="" J1="" J2="" FAILED=1
+    SERVER_PID="" J1="" J2="" FAILED=1 SAMPLER_PID=""
     trap cleanup EXIT
     trap 'exit 130' INT TERM
     T0=$SECONDS
@@ -158,6 +158,7 @@ stop_server() {
 
 cleanup() {
     local rc=$? job dir
+    if [[ -n "${SAMPLER_PID:-}" ]]; then kill "$SAMPLER_PID" 2>/dev/null || true; fi
     trap - EXIT INT TERM
     if [[ "$FAILED" == 1 ]]; then
         echo "!!! failed (exit $rc): cancelling the jobs, then stopping the server"
@@ -211,6 +212,10 @@ run_jobs() {
     fi
     local args=(--parsable --gpus 1 --cpus 1 --mem 4G --time 5m --workdir "$WORK/job"
         --env "TRAIN_SECONDS=$TRAIN_SECONDS" --env PYTHONUNBUFFERED=1 "${require[@]}")
+    if [[ ${#require[@]} -gt 0 ]]; then # an independent witness of the GPUs' energy
+        "$PY" "$WORK/power.py" "$WORK/power.csv" &
+        SAMPLER_PID=$!
+    fi
     step "submitting two 1-GPU training jobs at once"
     J1=$(fab submit --name gpu-proof-1 "${args[@]}" -- "$JOB_PY" examples/train_gpu.py)
     J2=$(fab submit --name gpu-proof-2 "${args[@]}" -- "$JOB_PY" examples/train_gpu.py)
@@ -235,6 +240,12 @@ run_jobs() {
     step "job $J1 ended; job $J2 got the GPU"
     fab jobs
     wait_until $((TRAIN_SECONDS + 180)) "job $J2 to end" job_ended "$J2"
+    if [[ -n "${SAMPLER_PID:-}" ]]; then
+        kill "$SAMPLER_PID" 2>/dev/null || true
+        wait "$SAMPLER_PID" 2>/dev/null || true
+        echo "power sampler: $(wc -l <"$WORK/power.csv") samples in $WORK/power.csv"
+        cp "$WORK/power.csv" "$OUT/power.csv"
+    fi
 }
 
 show_results() {
@@ -368,6 +379,22 @@ for path in sys.argv[1:]:
     brief["events"] = [{k: e[k] for k in ("at", "from_state", "to_state", "actor", "reason")} for e in j["events"]]
     print(json.dumps(brief, indent=1))
 EOF
+    cat >"$WORK/power.py" <<'EOF'
+# Samples every GPU's power draw and energy counter every 0.1 s until killed: a witness,
+# independent of fabriek, to compare its metered energy against.
+import signal, sys, time
+import pynvml
+pynvml.nvmlInit()
+handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+with open(sys.argv[1], "w", buffering=1) as f:
+    f.write("t,index,power_mw,energy_mj\n")
+    while True:
+        now = time.time()
+        for i, h in enumerate(handles):
+            f.write(f"{now:.3f},{i},{pynvml.nvmlDeviceGetPowerUsage(h)},{pynvml.nvmlDeviceGetTotalEnergyConsumption(h)}\n")
+        time.sleep(0.1)
+EOF
     cat >"$WORK/checks.py" <<'EOF'
 import json, re, sys
 from datetime import datetime
@@ -411,6 +438,39 @@ for j, log in ((j1, log1), (j2, log2)):
 check(t(j2["started_at"]) >= t(j1["finished_at"]),
       f"no overlap: job {j2['id']} started {(t(j2['started_at']) - t(j1['finished_at'])).total_seconds():.2f}s after job {j1['id']} finished")
 check((w / "out" / "checkpoint.pt").is_file(), "the checkpoint came back with fabriek download")
+# Energy: fabriek's metered GPU energy against a witness that integrated NVML power samples
+# (every 0.1 s) over the same interval, and against the counter read by the witness.
+power = w / "power.csv"
+rows = []
+if power.exists():
+    for line in power.read_text().splitlines()[1:]:
+        ts, index, mw, mj = line.split(",")
+        rows.append((float(ts), int(index), int(mw), int(mj)))
+for j in (j1, j2):
+    e = j.get("energy") or {}
+    gpu = e.get("gpu")
+    if not real:
+        check(gpu is not None and not gpu["measured"], f"job {j['id']} GPU energy estimated (no NVML): {gpu}")
+        continue
+    check(gpu is not None and gpu["measured"] and gpu["method"] == "NVML energy counter",
+          f"job {j['id']} GPU energy measured by NVML's counter: {gpu}")
+    if gpu is None or not rows:
+        continue
+    index = j["gpu_ids"][0]
+    a, b = t(j["started_at"]).timestamp(), t(j["finished_at"]).timestamp()
+    mine = [(ts, mw / 1000, mj / 1000) for ts, i, mw, mj in rows if i == index and a <= ts <= b]
+    integral = sum((t1 - t0) * (p0 + p1) / 2 for (t0, p0, _), (t1, p1, _) in zip(mine, mine[1:]))
+    counter = mine[-1][2] - mine[0][2] if len(mine) > 1 else 0.0
+    span = mine[-1][0] - mine[0][0] if len(mine) > 1 else 0.0
+    scale = (b - a) / span if span else 0.0  # the witness's samples cover slightly less than the run
+    print(f"job {j['id']}: fabriek {gpu['joules']:.0f} J over {b - a:.1f}s ({gpu['joules'] / (b - a):.0f} W mean); "
+          f"witness: power integral {integral:.0f} J and counter {counter:.0f} J over {span:.1f}s "
+          f"({len(mine)} samples), scaled to the run {integral * scale:.0f} J / {counter * scale:.0f} J; "
+          f"fabriek / power integral = {gpu['joules'] / (integral * scale) if integral else float('nan'):.3f}")
+    check(integral > 0 and abs(gpu["joules"] / (integral * scale) - 1) < 0.10,
+          f"job {j['id']}: NVML energy counter within 10% of the integrated power samples")
+    cpu = e.get("cpu")
+    check(cpu is not None and cpu["joules"] > 0, f"job {j['id']} CPU energy: {cpu}")
 print("\ntimeline (seconds after the first submission):")
 t0 = min(t(j["submitted_at"]) for j in (j1, j2))
 for j in (j1, j2):

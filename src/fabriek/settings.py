@@ -72,6 +72,13 @@ class Settings(BaseSettings):
         description="GPU jobs must name an allocation to be charged to (a production factory); "
         "off for the embedded default, where jobs run uncharged.",
     )
+    energy_sample_seconds: float = Field(
+        15.0,
+        gt=0,
+        le=3600,
+        description="How often each job's energy is sampled (NVML, RAPL), so energy is placed in "
+        "the hour it was used. GPUs without an energy counter are sampled every second.",
+    )
     log_level: str = Field("info", description="Log level of the server.")
 
     @property

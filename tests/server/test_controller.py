@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from fabriek.backends.local.backend import LocalBackend
 from fabriek.backends.local.gpus import FakeInventory
 from fabriek.core.jobs import Job, JobState, Resources
 from fabriek.server.controller.loop import Controller, launch_spec
-from fabriek.server.db.models import JobEventRow, JobRow
+from fabriek.server.db.models import JobEnergyHourRow, JobEventRow, JobRow
 from fabriek.server.services.actors import Actor
 from fabriek.server.services.jobs import cancel_job, get_job
 from fabriek.server.services.transitions import transition_job
@@ -221,3 +222,40 @@ def test_incremental_passes_admit_new_jobs_and_full_passes_the_old(
     jobs = settle(controller, sessions, admin, [holder, big, small])
     assert [j.state for j in jobs] == [JobState.SUCCEEDED] * 3
     assert jobs[1].started_at is not None and jobs[1].started_at >= jobs[0].finished_at  # type: ignore[operator]
+
+
+def test_every_finished_job_carries_its_metered_energy(
+    sessions: sessionmaker[Session], tmp_path: Path, clock: FrozenClock
+) -> None:
+    """The supervisor meters the job's GPU through the NVML interface (a fake counter at 100 W
+    here: CI has no GPU) and its CPU and memory (estimated: no RAPL on this machine), samples it
+    over its life, and the controller keeps the totals and the hours."""
+    admin, _ = make_admin(sessions, clock())
+    backend = LocalBackend(
+        jobs_dir=tmp_path / "jobs",
+        resources=Resources(2, 4 * G),
+        gpus=FakeInventory(2).detect(),
+        kill_grace_seconds=0.5,
+        gpu_energy="fake-counter:100",
+        sample_every_s=0.2,
+    )
+    controller = Controller(
+        sessions=sessions, backend=backend, clock=clock, workdirs=tmp_path / "workdirs"
+    )
+    burn = "import time\nend = time.time() + 1\nwhile time.time() < end: pass"
+    job = make_job(sessions, admin, clock(), gpus=1, argv=[sys.executable, "-c", burn])
+    [done] = settle(controller, sessions, admin, [job.id])
+    assert done.state == JobState.SUCCEEDED
+    gpu, cpu, dram = done.energy["gpu"], done.energy["cpu"], done.energy["dram"]
+    assert gpu.measured and gpu.method == "NVML energy counter"
+    assert done.wall_s is not None and gpu.joules == pytest.approx(100 * done.wall_s, rel=0.3)
+    assert not cpu.measured and cpu.joules == pytest.approx(12 * (done.cpu_s or 0), rel=0.01)
+    assert not dram.measured and dram.joules > 0
+    samples = (tmp_path / "jobs").glob("*/energy.jsonl")
+    assert len(next(samples).read_text().splitlines()) >= 4  # sampled on the way, not only ends
+    with sessions() as session:
+        hours = session.scalars(
+            select(JobEnergyHourRow.joules).where(JobEnergyHourRow.job_id == job.id)
+        ).all()
+    total = gpu.joules + cpu.joules + dram.joules
+    assert sum(hours) == pytest.approx(total)

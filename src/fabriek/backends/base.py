@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -50,6 +51,53 @@ class Usage:
     max_rss_bytes: int
 
 
+@dataclass(frozen=True, slots=True)
+class EnergyReading:
+    joules: float
+    method: str  # in words: how it was measured, or how estimated
+    measured: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Energy:
+    """What a job's run used: per component (gpu, cpu, dram) and per clock hour (IT energy)."""
+
+    components: dict[str, EnergyReading]
+    by_hour: dict[datetime, float]  # the hour's start (UTC) -> joules used in it
+
+    @property
+    def joules(self) -> float:
+        return sum(r.joules for r in self.components.values())
+
+
+def hourly(points: list[tuple[float, float]], total: float) -> dict[datetime, float]:
+    """Spread cumulative samples (unix time, joules so far) over the clock hours they span, each
+    interval's energy in proportion to its time in each hour. Energy the samples do not cover
+    (e.g. after the last one a crash cut off) goes to the hour of the last sample."""
+    points = sorted(points)
+    result: dict[datetime, float] = {}
+
+    def add(at: float, joules: float) -> None:
+        hour = datetime.fromtimestamp(at - at % 3600, UTC)
+        result[hour] = result.get(hour, 0.0) + joules
+
+    for (t0, e0), (t1, e1) in pairwise(points):
+        delta = max(0.0, e1 - e0)
+        if t1 <= t0:
+            if delta:
+                add(t1, delta)
+            continue
+        t = t0
+        while t < t1:
+            end = min(t1, t - t % 3600 + 3600)
+            add(t, delta * (end - t) / (t1 - t0))
+            t = end
+    covered = sum(result.values())
+    if points and total > covered + 1e-9:
+        add(points[-1][0], total - covered)
+    return result
+
+
 class Phase(StrEnum):
     STARTING = "starting"  # accepted by the backend; the job's process has not started yet
     RUNNING = "running"
@@ -67,6 +115,7 @@ class Observation:
     signal: int | None = None
     reason: str | None = None
     usage: Usage | None = field(default=None)
+    energy: Energy | None = None  # metered by the backend, where it meters
 
 
 class Backend(Protocol):

@@ -375,6 +375,14 @@ def status(
                 f"peak memory {format_bytes(u.max_rss_bytes)}, GPU {u.gpu_s or 0:.1f}s",
             )
         )
+    for component, e in job.energy.items():
+        how = "measured" if e.measured else "estimated"
+        rows.append(
+            (
+                f"energy {component}",
+                f"{_wh(e.joules)} {how} ({escape(e.method)})",
+            )
+        )
     info = Table.grid(padding=(0, 2))
     for key, value in rows:
         info.add_row(f"[bold]{key}[/]", value)
@@ -389,6 +397,12 @@ def status(
             escape(e.reason or ""),
         )
     console.print(events)
+
+
+def _wh(joules: float) -> str:
+    """Energy to read: Wh below a kWh, kWh above."""
+    wh = joules / 3600
+    return f"{wh / 1000:,.2f} kWh" if wh >= 1000 else f"{wh:,.3g} Wh"
 
 
 def _pool_line(job: JobOut) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
@@ -168,6 +168,15 @@ class JobEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class ComponentEnergy:
+    """What one part of the machine (gpu, cpu, dram) used for a job, and how that is known."""
+
+    joules: float
+    method: str
+    measured: bool  # False: an estimate (the method says from what)
+
+
+@dataclass(frozen=True, slots=True)
 class Job:
     """A job as the rest of fabriek sees it (services build it from a database row)."""
 
@@ -206,6 +215,7 @@ class Job:
     preemptions: int = 0  # times it was preempted and requeued
     priority: int = 0
     estimated_start_at: datetime | None = None
+    energy: dict[str, ComponentEnergy] = field(default_factory=dict)  # empty: not metered
 
 
 def _check_text(what: str, text: str) -> None:

@@ -84,6 +84,9 @@ def build_runtime(
         resources=resources,
         gpus=gpus,
         kill_grace_seconds=settings.kill_grace_seconds,
+        # GPUs NVML found are metered by NVML; declared ones (fake:N) have no meter: estimated.
+        gpu_energy="nvml" if settings.gpus in (None, "nvml") else "estimate",
+        sample_every_s=settings.energy_sample_seconds,
     )
     controller = Controller(
         sessions=sessions,

@@ -101,6 +101,13 @@ class UsageOut(BaseModel):
     gpu_s: float | None
 
 
+class EnergyOut(BaseModel):
+    joules: float
+    kwh: float
+    method: str = Field(description="How it was measured, or from what it was estimated.")
+    measured: bool = Field(description="False: an estimate.")
+
+
 class JobOut(BaseModel):
     id: int
     name: str
@@ -138,6 +145,11 @@ class JobOut(BaseModel):
     preempting: bool = Field(False, description="Asked to stop for a reclaim; still ending.")
     preemptions: int = Field(0, description="Times it was preempted and requeued.")
     priority: int = 0
+    energy: dict[str, EnergyOut] = Field(
+        default_factory=dict,
+        description="IT energy per component (gpu, cpu, dram) over all its runs; empty until it "
+        "has ended, or where nothing was metered.",
+    )
     estimated_start_at: datetime | None = Field(
         None,
         description="The start the admission engine reserved for it (when running jobs end by "
@@ -184,6 +196,12 @@ class JobOut(BaseModel):
             preempting=job.preempting,
             preemptions=job.preemptions,
             priority=job.priority,
+            energy={
+                component: EnergyOut(
+                    joules=e.joules, kwh=e.joules / 3.6e6, method=e.method, measured=e.measured
+                )
+                for component, e in job.energy.items()
+            },
             estimated_start_at=job.estimated_start_at,
             events=[
                 JobEventOut(

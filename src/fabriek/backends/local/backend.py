@@ -17,7 +17,17 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fabriek.backends.base import Capacity, Handle, LaunchSpec, Observation, Phase, Usage
+from fabriek.backends.base import (
+    Capacity,
+    Energy,
+    EnergyReading,
+    Handle,
+    LaunchSpec,
+    Observation,
+    Phase,
+    Usage,
+    hourly,
+)
 from fabriek.backends.local import shim
 from fabriek.backends.local.gpus import GpuInfo
 from fabriek.core.jobs import FINAL_STATES, JobState, Resources
@@ -25,6 +35,19 @@ from fabriek.core.jobs import FINAL_STATES, JobState, Resources
 log = logging.getLogger(__name__)
 
 SHIM = Path(shim.__file__)
+
+
+def _meter_sys_path() -> list[str]:
+    """Where the supervisor (run with `python -I -S`) finds fabriek.metering and nvidia-ml-py."""
+    import importlib.util
+
+    import fabriek
+
+    paths = [str(Path(fabriek.__file__).resolve().parent.parent)]
+    found = importlib.util.find_spec("pynvml")
+    if found is not None and found.origin:
+        paths.append(str(Path(found.origin).resolve().parent))
+    return list(dict.fromkeys(paths))
 
 
 class LocalBackend:
@@ -38,8 +61,17 @@ class LocalBackend:
         gpus: list[GpuInfo],
         kill_grace_seconds: float,
         on_change: Callable[[], None] = lambda: None,
+        gpu_energy: str = "estimate",
+        metering: bool = True,
+        sample_every_s: float = 15.0,
     ) -> None:
+        """`gpu_energy`: how the supervisors meter GPUs: `nvml` (GPUs NVML found), `estimate`
+        (declared fake GPUs: rated power x time), or `fake-counter:WATTS` (tests)."""
         self.jobs_dir = jobs_dir
+        self.gpu_energy = gpu_energy
+        self.metering = metering
+        self.sample_every_s = sample_every_s
+        self._meter_path = _meter_sys_path()
         self.resources = resources
         self.gpus = gpus
         self.kill_grace_seconds = kill_grace_seconds
@@ -115,6 +147,15 @@ class LocalBackend:
             "time_limit_s": spec.time_limit_s,
             "kill_grace_seconds": self.kill_grace_seconds,
             "workdir_archive": str(spec.workdir_archive) if spec.workdir_archive else None,
+            "meter": {
+                "sys_path": self._meter_path,
+                "gpu_indices": list(spec.gpu_ids),
+                "gpu_source": self.gpu_energy,
+                "memory_bytes": spec.resources.memory_bytes,
+                "sample_every_s": self.sample_every_s,
+            }
+            if self.metering
+            else None,
         }
 
     def _gpu_uuid(self, index: int) -> str:
@@ -157,7 +198,7 @@ class LocalBackend:
             return Observation(Phase.RUNNING if started else Phase.STARTING, started_at=started_at)
         result = _read_json(job_dir / "result.json")
         if result:
-            return _finished(result, started_at)
+            return _finished(result, started_at, job_dir / "energy.jsonl")
         self._kill_orphan(started)
         return Observation(
             Phase.LOST, started_at=started_at, reason="the job's supervisor ended without a result"
@@ -232,7 +273,9 @@ def _parse_time(value: object) -> datetime | None:
     return datetime.fromtimestamp(value, UTC) if isinstance(value, int | float) else None
 
 
-def _finished(result: dict[str, object], started_at: datetime | None) -> Observation:
+def _finished(
+    result: dict[str, object], started_at: datetime | None, samples: Path | None = None
+) -> Observation:
     outcome = result.get("outcome")
     usage = result.get("usage")
     exit_code, signum = result.get("exit_code"), result.get("signal")
@@ -256,7 +299,43 @@ def _finished(result: dict[str, object], started_at: datetime | None) -> Observa
         signal=signum,  # type: ignore[arg-type]
         reason=reason if isinstance(reason, str) else None,
         usage=Usage(**usage) if isinstance(usage, dict) else None,
+        energy=_energy(result.get("energy"), samples),
     )
+
+
+def _energy(totals: object, samples: Path | None) -> Energy | None:
+    """The supervisor's totals, and the samples placed in the hours they fell in. Anything
+    unreadable means no energy figure, never a wrong one."""
+    if not isinstance(totals, dict) or not totals:
+        return None
+    readings: dict[str, EnergyReading] = {}
+    for component, value in totals.items():
+        if not (
+            isinstance(value, dict)
+            and isinstance(value.get("joules"), int | float)
+            and isinstance(value.get("method"), str)
+            and isinstance(value.get("measured"), bool)
+        ):
+            return None
+        readings[component] = EnergyReading(
+            float(value["joules"]), value["method"], value["measured"]
+        )
+    points: list[tuple[float, float]] = []
+    if samples is not None:
+        try:
+            lines = samples.read_text().splitlines()
+        except OSError:
+            lines = []
+        for line in lines:
+            try:
+                sample = json.loads(line)
+                points.append(
+                    (float(sample["t"]), sum(float(sample.get(c, 0.0)) for c in readings))
+                )
+            except (ValueError, TypeError, KeyError):
+                continue  # a line cut short by a crash
+    total = sum(r.joules for r in readings.values())
+    return Energy(readings, hourly(points, total))
 
 
 def _valid_usage(usage: object) -> bool:

@@ -10,7 +10,10 @@ in its own process group, enforces the time limit (SIGTERM, grace, SIGKILL), for
 writes JOB_DIR/result.json atomically before it exits. The server may die and come back meanwhile:
 the job does not notice.
 
-Files it writes in JOB_DIR: started.json, result.json, output.log, work/, output/.
+Once the job runs, it meters its energy (fabriek.metering, imported only then) and samples it
+while it supervises.
+
+Files it writes in JOB_DIR: started.json, result.json, output.log, energy.jsonl, work/, output/.
 """
 
 from __future__ import annotations
@@ -121,7 +124,30 @@ class Supervisor:
             {"pid": pid, "pid_start": proc_start_ticks(pid), "started_at": started_at},
             durable=False,
         )
-        self._supervise(pid, started)
+        self._supervise(pid, started, self._start_meter(pid))
+
+    def _start_meter(self, pgid: int) -> Any:
+        """The job's energy meter (fabriek.metering), imported only now that the job runs: it
+        costs the launch nothing. Metering trouble is logged and never stops the job."""
+        orders = self.spec.get("meter")
+        if not orders:
+            return None
+        try:
+            sys.path[:0] = orders["sys_path"]
+            from fabriek.metering.meter import job_meter
+
+            return job_meter(
+                self.dir,
+                pgid=pgid,
+                gpu_indices=orders["gpu_indices"],
+                gpu_source=orders["gpu_source"],
+                memory_bytes=orders["memory_bytes"],
+                rapl_root=orders.get("rapl_root", "/sys/class/powercap"),
+                sample_every_s=orders.get("sample_every_s", 15.0),
+            )
+        except Exception as exc:
+            print(f"fabriek: energy metering off for this job: {exc!r}", file=sys.stderr)
+            return None
 
     def _unpack(self, workdir: str) -> None:
         os.makedirs(workdir, exist_ok=True)
@@ -132,7 +158,7 @@ class Supervisor:
             with tarfile.open(archive, "r:gz") as tar:
                 tar.extractall(workdir, filter="data")
 
-    def _supervise(self, pid: int, started: float) -> None:
+    def _supervise(self, pid: int, started: float, meter: Any = None) -> None:
         pidfd = os.pidfd_open(pid)
         deadline = started + self.spec["time_limit_s"]
         grace = float(self.spec["kill_grace_seconds"])
@@ -152,11 +178,15 @@ class Supervisor:
             timers = [t for t in (deadline if outcome is None else None, kill_at) if t is not None]
             # Wake at least every second: that is how a cancel file written after a crash is noticed.
             timeout = min([1.0] + [max(0.0, t - now) for t in timers])
+            if meter is not None:
+                timeout = min(timeout, meter.due())
             ready, _, _ = select.select([pidfd, self.wake_r], [], [], timeout)
             if self.wake_r in ready:
                 os.read(self.wake_r, 512)
             if pidfd in ready:
                 break
+            if meter is not None:
+                meter = self._sample(meter)
         os.close(pidfd)
         # The main process has exited but is not reaped yet, so its process group id cannot be reused:
         # end whatever it left behind in its group, then reap it with its resource usage.
@@ -175,17 +205,30 @@ class Supervisor:
             reason = (
                 f"exited with code {exit_code}" if signum is None else f"killed by signal {signum}"
             )
+        cpu_s = rusage.ru_utime + rusage.ru_stime
+        energy = None
+        if meter is not None:
+            try:
+                energy = meter.finish(cpu_seconds=cpu_s)
+            except Exception as exc:
+                print(f"fabriek: the last energy reading failed: {exc!r}", file=sys.stderr)
         self._finish(
             outcome,
             exit_code=exit_code,
             signal=signum,
             reason=reason,
-            usage={
-                "wall_s": wall,
-                "cpu_s": rusage.ru_utime + rusage.ru_stime,
-                "max_rss_bytes": rusage.ru_maxrss * 1024,
-            },
+            usage={"wall_s": wall, "cpu_s": cpu_s, "max_rss_bytes": rusage.ru_maxrss * 1024},
+            energy=energy,
         )
+
+    @staticmethod
+    def _sample(meter: Any) -> Any:
+        try:
+            meter.sample()
+            return meter
+        except Exception as exc:
+            print(f"fabriek: energy metering stopped: {exc!r}", file=sys.stderr)
+            return None
 
     @staticmethod
     def _signal_group(pgid: int, signum: int) -> None:

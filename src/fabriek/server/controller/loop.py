@@ -35,6 +35,7 @@ from fabriek.server.db.engine import transaction
 from fabriek.server.db.models import JobRow
 from fabriek.server.services import audit
 from fabriek.server.services.actors import SYSTEM
+from fabriek.server.services.energy import record_energy
 from fabriek.server.services.transitions import transition_job
 from fabriek.server.services.workdirs import archive_path
 
@@ -246,6 +247,7 @@ class Controller:
                 max_rss_bytes=usage.max_rss_bytes,
                 gpu_s=usage.wall_s * row.gpus,
             )
+        record_energy(session, row, seen.energy)
         target = seen.outcome
         assert target is not None
         if row.state == JobState.ADMITTED.value and target != JobState.CANCELLED:
@@ -267,6 +269,8 @@ class Controller:
         submission time). The stopped run is not charged to its allocation: it ran on capacity
         lent to it, and lost its work unless it saved a checkpoint when asked to stop."""
         ran = seen.usage.wall_s if seen is not None and seen.usage is not None else None
+        if seen is not None:  # the stopped run's energy was really used: it counts
+            record_energy(session, row, seen.energy)
         transition_job(
             session,
             row,

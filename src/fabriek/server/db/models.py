@@ -283,6 +283,23 @@ class JobRow(Base):
     preempt_requested_at: Mapped[datetime | None]
     estimated_start_at: Mapped[datetime | None]  # the start the engine reserved for it
     priority: Mapped[int] = mapped_column(Integer, server_default="0")  # after fair share
+    # Energy of all its runs, per component; None: not metered. Methods: component ->
+    # {"method": words, "measured": bool}.
+    gpu_energy_j: Mapped[float | None] = mapped_column(Float)
+    cpu_energy_j: Mapped[float | None] = mapped_column(Float)
+    dram_energy_j: Mapped[float | None] = mapped_column(Float)
+    energy_methods: Mapped[dict[str, Any] | None]
+
+
+class JobEnergyHourRow(Base):
+    """A job's IT energy in one clock hour (UTC): what carbon accounting multiplies by the
+    grid's intensity of that hour."""
+
+    __tablename__ = "job_energy_hours"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    hour: Mapped[datetime] = mapped_column(primary_key=True)
+    joules: Mapped[float] = mapped_column(Float)
 
 
 class JobEventRow(Base):

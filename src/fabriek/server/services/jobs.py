@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from fabriek.core.errors import Conflict, Forbidden, InvalidRequest, NotFound, ResourcesUnavailable
 from fabriek.core.jobs import (
     MAX_PRIORITY,
+    ComponentEnergy,
     Job,
     JobEvent,
     JobRequest,
@@ -406,4 +407,11 @@ def to_job(
         preemptions=row.preemptions or 0,
         estimated_start_at=row.estimated_start_at,
         priority=row.priority or 0,
+        energy={
+            component: ComponentEnergy(
+                getattr(row, f"{component}_energy_j"), info["method"], bool(info["measured"])
+            )
+            for component, info in (row.energy_methods or {}).items()
+            if getattr(row, f"{component}_energy_j", None) is not None
+        },
     )
