@@ -18,6 +18,7 @@ import itertools
 import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -273,6 +274,21 @@ def _upload(t: Tenants, role: str) -> Request:
     return "/workdirs", {"content": _archive(), "headers": {"Content-Type": "application/gzip"}}
 
 
+_CSV = {"Content-Type": "text/csv"}
+
+
+def _new_reading(t: Tenants, role: str) -> Request:
+    day = datetime(2031, 1, 1, tzinfo=UTC) + timedelta(days=next(_unique))  # periods never overlap
+    body = {
+        "starts_at": day.isoformat(),
+        "ends_at": (day + timedelta(days=1)).isoformat(),
+        "total_kwh": 1200,
+        "it_kwh": 1000,
+        "water_m3": 2,
+    }
+    return "/facility/readings", {"json": body}
+
+
 A_SEERS = ("operator", "owner", "manager", "project_member")  # see project pa and its jobs
 ORG_SEERS = ("operator", "owner", "manager", "member", "project_member")
 
@@ -440,6 +456,30 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/reports/shares"): Rule(
         fixed(
             "/reports/shares", params={"from": "2020-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"}
+        ),
+        expect(403, operator=200),
+    ),
+    # the facility: its model is read by everyone signed in; operators change it and report
+    ("GET", "/facility"): Rule(fixed("/facility"), expect(200)),
+    ("PATCH", "/facility"): Rule(fixed("/facility", json={"pue": 1.2}), expect(403, operator=200)),
+    ("PUT", "/facility/pue"): Rule(
+        fixed("/facility/pue", content=b"from,pue\n2026-01-01,1.2\n", headers=_CSV),
+        expect(403, operator=200),
+    ),
+    ("POST", "/facility/carbon"): Rule(
+        fixed(
+            "/facility/carbon",
+            content=b"hour,direct_g_per_kwh,life_cycle_g_per_kwh\n2030-01-01T00:00Z,100,120\n",
+            headers=_CSV,
+        ),
+        expect(403, operator=201),
+    ),
+    ("GET", "/facility/readings"): Rule(fixed("/facility/readings"), expect(403, operator=200)),
+    ("POST", "/facility/readings"): Rule(_new_reading, expect(403, operator=201)),
+    ("GET", "/facility/report"): Rule(
+        fixed(
+            "/facility/report",
+            params={"from": "2020-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"},
         ),
         expect(403, operator=200),
     ),

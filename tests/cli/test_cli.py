@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -464,7 +465,7 @@ def test_usage_and_share_report(server: ServerProcess) -> None:
         what="a GPU job",
     )
     rows = json.loads(server.cli("usage", "--by", "pool", "--json").stdout)
-    assert any(row["key"] == "-" and row["jobs"] >= 1 for row in rows)
+    assert any(row["key"] == "unallocated" and row["jobs"] >= 1 for row in rows)
     table = server.cli("usage", "--by", "organisation")
     assert table.returncode == 0 and "default" in table.stdout
     shares = json.loads(server.cli("report", "shares", "--json").stdout)
@@ -503,3 +504,44 @@ def test_status_says_why_a_job_waits_in_which_pool_and_when_it_may_start(
     for job in (waiting, hog):
         assert server.cli("cancel", job).returncode == 0
     wait_for(lambda: json.loads(server.cli("status", hog, "--json").stdout)["state"] == "cancelled")
+
+
+def test_facility_carbon_footprints_and_the_facility_report(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    assert server.cli("facility", "set", "--pue", "1.25", "--wue-onsite", "0.3").returncode == 0
+    r = server.cli("facility", "set", "--pue", "0.9")
+    assert r.returncode == 2 and "PUE below 1 is impossible" in r.stderr
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
+    lines = [f"{(hour + timedelta(hours=i)).isoformat()},{200 + i},{300 + i}" for i in range(48)]
+    series = tmp_path / "nl.csv"
+    series.write_text("hour,direct_g_per_kwh,life_cycle_g_per_kwh\n" + "\n".join(lines) + "\n")
+    r = server.cli("facility", "carbon", "load", str(series))
+    assert r.returncode == 0 and "loaded 48 hours of NL (direct, life_cycle)" in r.stdout
+    broken = tmp_path / "gap.csv"
+    broken.write_text(series.read_text().replace(lines[3] + "\n", ""))
+    r = server.cli("facility", "carbon", "load", str(broken))
+    assert r.returncode == 2 and "row 5, column 'hour': a gap" in r.stderr
+    shown = server.cli("facility", "show").stdout
+    assert "PUE 1.25" in shown and "48" in shown
+
+    r = server.cli("submit", "--no-workdir", "--flexible", "2h", "--", "true")
+    assert r.returncode == 2 and "needs a time limit (--time)" in r.stderr
+    job = server.cli("submit", "--parsable", "--no-workdir", "--", "sleep", "0.3").stdout.strip()
+    wait_for(lambda: json.loads(server.cli("status", job, "--json").stdout)["state"] == "succeeded")
+    footprint = json.loads(server.cli("status", job, "--json").stdout)["footprint"]
+    assert footprint["facility_kwh"] == pytest.approx(footprint["it_kwh"] * 1.25)
+    assert footprint["carbon_kg"] > 0 and "NL grid, life-cycle intensity" in footprint["note"]
+    assert "footprint" in server.cli("status", job).stdout
+    usage = json.loads(server.cli("usage", "--by", "project", "--json").stdout)
+    assert any(row["facility_kwh"] > 0 and row["carbon_kg"] for row in usage)
+
+    r = server.cli(
+        "facility", "reading", "add", "--from", "2026-01-01", "--to", "2026-02-01",
+        "--total-kwh", "1300", "--it-kwh", "1000", "--water-m3", "2",
+        "--renewable-kwh", "650",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    report = server.cli("facility", "report", "--from", "2026-01-01", "--to", "2026-03-01", "--csv")
+    header, row = report.stdout.splitlines()
+    assert header.startswith("period_start,") and ",1.3," in row and ",0.5," in row

@@ -359,3 +359,71 @@ def test_backfill_leaves_the_guarantee_a_blocked_head_will_need() -> None:
     # At t=100 job 1 ends and P may use its 4 GPUs for the head; job 11 would still hold 2.
     assert d.reservations == {10: 100.0}
     assert d.admissions == []
+
+
+# --- green scheduling -----------------------------------------------------------------------------
+HOUR_START = NOW - NOW % 3600  # the forecast begins at the hour NOW falls in
+# Dirty now, clean two hours on, dirty again after.
+FORECAST = (400.0, 380.0, 120.0, 110.0, 390.0, 400.0, 410.0, 420.0)
+
+
+def flexible(job_id: int, *, slack_h: float, limit: float = 3600, **kw: object) -> PendingJob:
+    return replace(job(job_id, limit=limit, **kw), deadline=NOW + slack_h * 3600 + limit)  # type: ignore[arg-type]
+
+
+def green(
+    pending: tuple[PendingJob, ...], *, forecast: tuple[float | None, ...] = FORECAST
+) -> Decisions:
+    return decide(
+        Snapshot(
+            NOW, (h100(1),), POOLS, pending=pending, forecast=forecast, forecast_start=HOUR_START
+        )
+    )
+
+
+def test_a_flexible_job_waits_for_the_greenest_hours_within_its_deadline() -> None:
+    decisions = green((flexible(1, slack_h=6), job(2)))
+    assert [a.job_id for a in decisions.admissions] == [2]  # the other job is not held up
+    window = decisions.deferrals[1]
+    assert window.start == HOUR_START + 3 * 3600 and window.intensity == pytest.approx(110)
+    assert decisions.reasons[1].startswith("waiting for a greener hour: forecast 110 g/kWh at ")
+    assert " vs " in decisions.reasons[1] and "; deadline " in decisions.reasons[1]
+
+
+@pytest.mark.parametrize(
+    ("case", "pending", "forecast"),
+    [
+        ("no slack to wait", flexible(1, slack_h=0), FORECAST),
+        ("greener hours lie beyond its deadline", flexible(1, slack_h=1), FORECAST),
+        ("no forecast", flexible(1, slack_h=6), ()),
+        (
+            "its chosen hour has come",
+            replace(flexible(1, slack_h=6), green_start=NOW - 60),
+            FORECAST,
+        ),
+        ("a job without a deadline", job(1), FORECAST),
+    ],
+)
+def test_when_a_flexible_job_is_not_held_back(
+    case: str, pending: PendingJob, forecast: tuple[float | None, ...]
+) -> None:
+    decisions = green((pending,), forecast=forecast)
+    assert [a.job_id for a in decisions.admissions] == [1], case
+    assert not decisions.deferrals
+
+
+def test_a_flexible_job_at_its_latest_start_goes_first_in_its_pool() -> None:
+    # One GPU free: the urgent flexible job (submitted last) takes it before older work.
+    full = h100(1, gpus=1)
+    urgent = replace(flexible(3, slack_h=0), submitted_at=NOW)
+    decisions = decide(
+        Snapshot(
+            NOW,
+            (full,),
+            POOLS,
+            pending=(job(1), job(2), urgent),
+            forecast=FORECAST,
+            forecast_start=HOUR_START,
+        )
+    )
+    assert [a.job_id for a in decisions.admissions] == [3]

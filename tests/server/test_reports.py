@@ -125,7 +125,7 @@ def test_usage_by_pool_project_and_kind(
     admin = history["admin"]
     assert _usage(sessions, admin, "pool", t0, now, now) == {
         "regional": (6.0, 2, 2, H),
-        "-": (1.0, 1, 1, 0.0),
+        "unallocated": (1.0, 1, 1, 0.0),
     }
     assert _usage(sessions, admin, "kind", t0, now, now) == {
         "university": (6.0, 2, 2, H),

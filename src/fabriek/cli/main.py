@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -14,7 +15,17 @@ from rich.table import Table
 from fabriek.cli.calls import application_app, call_app
 from fabriek.cli.calls import apply as apply_to_call
 from fabriek.cli.calls import review as review_application
-from fabriek.cli.output import STATE_STYLE, age, console, err_console, fail, handled, print_json
+from fabriek.cli.facility import facility_app
+from fabriek.cli.output import (
+    STATE_STYLE,
+    age,
+    console,
+    err_console,
+    fail,
+    handled,
+    print_json,
+    utc_iso,
+)
 from fabriek.cli.reports import report_app
 from fabriek.cli.reports import usage as usage_report
 from fabriek.cli.tenancy import (
@@ -53,6 +64,7 @@ app.command("apply")(apply_to_call)
 app.command("review")(review_application)
 app.command("usage")(usage_report)
 app.add_typer(report_app, name="report")
+app.add_typer(facility_app, name="facility")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
@@ -204,8 +216,9 @@ def submit(
     mem: Annotated[str, typer.Option(help="Memory, e.g. 512M, 2G.")] = "2G",
     gpus: Annotated[int, typer.Option(help="GPUs.")] = 0,
     time: Annotated[
-        str, typer.Option("--time", "-t", help="Time limit, e.g. 10m, 2h, 1:30:00.")
-    ] = "1h",
+        str | None,
+        typer.Option("--time", "-t", help="Time limit, e.g. 10m, 2h, 1:30:00 [default: 1h]."),
+    ] = None,
     env: Annotated[
         list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE, repeatable.")
     ] = None,
@@ -232,6 +245,19 @@ def submit(
             "operators go above 0."
         ),
     ] = 0,
+    deadline: Annotated[
+        str | None,
+        typer.Option(
+            help="It must end by then (ISO 8601; UTC unless it names a zone); until then it may "
+            "wait for the hours with the lowest forecast carbon intensity. Needs --time."
+        ),
+    ] = None,
+    flexible: Annotated[
+        str | None,
+        typer.Option(
+            help="It may start up to this much later, e.g. 12h, for greener hours. Needs --time."
+        ),
+    ] = None,
     wait: Annotated[
         bool, typer.Option(help="Stream the logs and exit with the job's exit code.")
     ] = False,
@@ -251,12 +277,14 @@ def submit(
             cpus=cpus,
             memory_bytes=parse_memory(mem),
             gpus=gpus,
-            time_limit_s=parse_duration(time),
+            time_limit_s=parse_duration(time) if time is not None else None,
             env=variables,
             workdir=None if no_workdir else workdir,
             allocation=allocation,
             preemptible=preemptible,
             priority=priority,
+            deadline=datetime.fromisoformat(utc_iso(deadline)) if deadline else None,
+            flexible_s=parse_duration(flexible) if flexible else None,
         )
     if parsable:
         print(job.id, flush=True)
@@ -375,6 +403,8 @@ def status(
                 f"peak memory {format_bytes(u.max_rss_bytes)}, GPU {u.gpu_s or 0:.1f}s",
             )
         )
+    if job.deadline is not None:
+        rows.append(("deadline", _green_line(job)))
     for component, e in job.energy.items():
         how = "measured" if e.measured else "estimated"
         rows.append(
@@ -383,6 +413,18 @@ def status(
                 f"{_wh(e.joules)} {how} ({escape(e.method)})",
             )
         )
+    if job.footprint is not None:
+        f = job.footprint
+        carbon = "carbon unknown" if f.carbon_kg is None else f"{f.carbon_kg:,.3g} kg CO2e"
+        rows.append(
+            (
+                "footprint",
+                f"{_wh(f.facility_kwh * 3.6e6)} at the meter, {f.water_l:,.3g} L water, {carbon}"
+                + (f" ({escape(f.note)})" if f.note else ""),
+            )
+        )
+        if f.carbon_saved_kg is not None:
+            rows.append(("saved", f"{f.carbon_saved_kg:,.3g} kg CO2e by waiting for greener hours"))
     info = Table.grid(padding=(0, 2))
     for key, value in rows:
         info.add_row(f"[bold]{key}[/]", value)
@@ -397,6 +439,14 @@ def status(
             escape(e.reason or ""),
         )
     console.print(events)
+
+
+def _green_line(job: JobOut) -> str:
+    assert job.deadline is not None
+    line = f"ends by {job.deadline.astimezone():%Y-%m-%d %H:%M}"
+    if job.green_start_at is not None:
+        line += f"; held for greener hours until {job.green_start_at.astimezone():%H:%M}"
+    return line
 
 
 def _wh(joules: float) -> str:

@@ -37,14 +37,17 @@ def usage(
     end: ToOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """GPU-hours, jobs and waits per pool, organisation, kind or project (what you may see)."""
+    """GPU-hours, jobs, waits, energy at the facility's meter, water and carbon per pool,
+    organisation, kind or project (what you may see)."""
     begin, finish = _period(start, end)
     with handled():
         rows = _client().usage(by=by, start=begin, end=finish)
     if json_out:
         print_json(rows)
         return
-    table = _table(by.upper(), "GPU-HOURS", "JOBS", "STARTED", "MEAN WAIT")
+    table = _table(
+        by.upper(), "GPU-HOURS", "JOBS", "STARTED", "MEAN WAIT", "KWH", "WATER L", "KG CO2E"
+    )
     for r in rows:
         table.add_row(
             escape(r.key),
@@ -52,6 +55,9 @@ def usage(
             str(r.jobs),
             str(r.started),
             "-" if r.mean_wait_s is None else format_duration(int(r.mean_wait_s)),
+            f"{r.facility_kwh:,.3g}",
+            f"{r.water_l:,.3g}",
+            "-" if r.carbon_kg is None else f"{r.carbon_kg:,.3g}",
         )
     console.print(table)
 

@@ -6,6 +6,7 @@ import io
 import tarfile
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -26,6 +27,7 @@ from fabriek.server.schemas import (
     AllocationOut,
     ApplicationOut,
     CallOut,
+    FacilityOut,
     Health,
     JobOut,
     Me,
@@ -34,6 +36,8 @@ from fabriek.server.schemas import (
     PoolEligibilityOut,
     PoolOut,
     ProjectOut,
+    ReadingOut,
+    SeriesOut,
     ShareOut,
     TokenCreated,
     TokenOut,
@@ -131,12 +135,14 @@ class Client:
         cpus: int = 1,
         memory_bytes: int = 2 * 1024**3,
         gpus: int = 0,
-        time_limit_s: int = 3600,
+        time_limit_s: int | None = None,
         env: dict[str, str] | None = None,
         workdir: str | Path | None = None,
         allocation: int | None = None,
         preemptible: bool = False,
         priority: int = 0,
+        deadline: datetime | None = None,
+        flexible_s: int | None = None,
     ) -> JobOut:
         """Queue a job. `workdir` is packed and uploaded; the job runs in a fresh copy of it.
         A `preemptible` job may borrow idle GPUs beyond its pool's guarantee."""
@@ -145,20 +151,23 @@ class Client:
                 "the command is empty; give it after `--`, e.g. -- python train.py"
             )
         digest = self.upload_workdir(workdir) if workdir is not None else None
-        body = {
+        body: dict[str, Any] = {
             "name": name or Path(argv[0]).name,
             "project": project,
             "argv": argv,
             "cpus": cpus,
             "memory_bytes": memory_bytes,
             "gpus": gpus,
-            "time_limit_s": time_limit_s,
             "env": env or {},
             "workdir": digest,
             "allocation": allocation,
             "preemptible": preemptible,
             "priority": priority,
+            "deadline": deadline.isoformat() if deadline else None,
+            "flexible_s": flexible_s,
         }
+        if time_limit_s is not None:  # else the server's default: 1 hour
+            body["time_limit_s"] = time_limit_s
         return JobOut.model_validate(self._request("POST", "/jobs", json=body).json())
 
     def jobs(self, *, states: list[JobState] | None = None, limit: int = 100) -> list[JobOut]:
@@ -407,11 +416,48 @@ class Client:
         params = {"from": start, "to": end}
         return [ShareOut.model_validate(r) for r in self._get("/reports/shares", params=params)]
 
+    # --- facility -----------------------------------------------------------------------------
+    def facility(self) -> FacilityOut:
+        return FacilityOut.model_validate(self._get("/facility"))
+
+    def update_facility(self, **changes: Any) -> FacilityOut:
+        body = {k: v for k, v in changes.items() if v is not None}
+        return FacilityOut.model_validate(self._send("PATCH", "/facility", body))
+
+    def load_pue(self, csv_text: str) -> FacilityOut:
+        response = self._request("PUT", "/facility/pue", content=csv_text.encode(), headers=_CSV)
+        return FacilityOut.model_validate(response.json())
+
+    def load_carbon(self, csv_text: str, *, zone: str = "NL", forecast: bool = False) -> SeriesOut:
+        response = self._request(
+            "POST",
+            "/facility/carbon",
+            params={"zone": zone, "forecast": forecast},
+            content=csv_text.encode(),
+            headers=_CSV,
+        )
+        return SeriesOut.model_validate(response.json())
+
+    def readings(self) -> list[ReadingOut]:
+        return [ReadingOut.model_validate(r) for r in self._get("/facility/readings")]
+
+    def add_reading(self, **fields: Any) -> ReadingOut:
+        return ReadingOut.model_validate(self._send("POST", "/facility/readings", fields))
+
+    def facility_report(self, *, start: str, end: str, csv: bool = False) -> Any:
+        """The report rows (JSON), or the CSV text."""
+        params = {"from": start, "to": end, "format": "csv" if csv else "json"}
+        response = self._request("GET", "/facility/report", params=params)
+        return response.text if csv else response.json()
+
     def _get(self, path: str, **kwargs: Any) -> Any:
         return self._request("GET", path, **kwargs).json()
 
     def _send(self, method: str, path: str, body: dict[str, Any]) -> Any:
         return self._request(method, path, json=body).json()
+
+
+_CSV = {"Content-Type": "text/csv"}
 
 
 def _seg(value: str) -> str:

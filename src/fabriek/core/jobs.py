@@ -69,6 +69,7 @@ MAX_ARGV_ITEMS = 4096
 MAX_ARGV_BYTES = 128 * 1024
 MAX_ENV_ITEMS = 256
 MAX_PRIORITY = 1000
+MAX_FLEXIBLE_S = 7 * 86400  # green scheduling looks a week ahead
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +157,11 @@ class JobRequest:
     # Orders jobs of equal fair share (higher first). Anyone may lower their own jobs' priority;
     # only operators raise it above 0.
     priority: int = 0
+    # Green scheduling: it must end by `deadline`, or may start up to `flexible_s` late; the
+    # engine may hold it back for greener hours. Needs a time limit the user chose.
+    deadline: datetime | None = None
+    flexible_s: int | None = None
+    time_limit_given: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +222,13 @@ class Job:
     priority: int = 0
     estimated_start_at: datetime | None = None
     energy: dict[str, ComponentEnergy] = field(default_factory=dict)  # empty: not metered
+    deadline: datetime | None = None
+    green_start_at: datetime | None = None  # held back for a greener hour until then
+    facility_kwh: float | None = None  # IT energy x PUE
+    water_l: float | None = None
+    carbon_kg: float | None = None
+    carbon_saved_kg: float | None = None  # against starting at once, where it was held back
+    carbon_note: str | None = None
 
 
 def _check_text(what: str, text: str) -> None:
@@ -223,3 +236,41 @@ def _check_text(what: str, text: str) -> None:
         text.encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidRequest(f"the {what} holds text that is not valid Unicode") from None
+
+
+def flexible_deadline(request: JobRequest, now: datetime) -> datetime | None:
+    """The deadline a flexible job must end by, or None for a job that starts when it can."""
+    from datetime import timedelta
+
+    if request.deadline is None and request.flexible_s is None:
+        return None
+    if request.deadline is not None and request.flexible_s is not None:
+        raise InvalidRequest("give a deadline or a flexibility, not both")
+    if not request.time_limit_given:
+        raise InvalidRequest(
+            "a flexible job needs a time limit (--time): its deadline can only be kept if fabriek "
+            "knows how long it may run"
+        )
+    run = timedelta(seconds=request.time_limit_s)
+    if request.flexible_s is not None:
+        if not 0 < request.flexible_s <= MAX_FLEXIBLE_S:
+            raise InvalidRequest(
+                f"the flexibility must be more than 0 and at most {MAX_FLEXIBLE_S // 86400} days"
+            )
+        return now + timedelta(seconds=request.flexible_s) + run
+    deadline = request.deadline
+    assert deadline is not None
+    if deadline.tzinfo is None:
+        raise InvalidRequest("the deadline needs a time zone (e.g. 2026-12-01T08:00+01:00)")
+    if deadline < now + run:
+        raise InvalidRequest(
+            f"the deadline {deadline.isoformat(timespec='minutes')} is before the job could "
+            f"finish: started now, its time limit of {request.time_limit_s}s ends "
+            f"{(now + run).isoformat(timespec='minutes')}"
+        )
+    if deadline > now + run + timedelta(seconds=MAX_FLEXIBLE_S):
+        raise InvalidRequest(
+            f"the deadline is too far ahead: at most {MAX_FLEXIBLE_S // 86400} days beyond the "
+            "time limit"
+        )
+    return deadline

@@ -63,8 +63,9 @@ def check_org_name(name: str) -> str:
     return name
 
 
-# The pool of jobs without an allocation (the controller's snapshot): no operator's pool has it.
-RESERVED_POOL_NAMES = frozenset({"unallocated"})
+# The pool of jobs without an allocation (the engine's and the reports'): no operator's pool has it.
+UNALLOCATED = "unallocated"
+RESERVED_POOL_NAMES = frozenset({UNALLOCATED})
 
 
 def check_pool_name(name: str) -> str:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fabriek.core.green import Window
+
 
 @dataclass(frozen=True, slots=True)
 class Node:
@@ -83,6 +85,11 @@ class PendingJob:
     # Preempted to give a pool its guarantee back: may not borrow again while its lender wants
     # the capacity (no ping-pong). Its place in the queue is its original submission time.
     reclaimed: bool = False
+    # Green scheduling: it must end by `deadline` (None: as soon as it can). The engine may hold
+    # it back for the hours with the lowest forecast carbon intensity; `green_start` is the start
+    # an earlier cycle chose: once it has come, the job is not held back again.
+    deadline: float | None = None
+    green_start: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +129,10 @@ class Snapshot:
     # How many pending jobs after each blocked head the backfill step looks at (Slurm's
     # bf_max_job_test is 500 by default).
     backfill_depth: int = 1000
+    # The grid's forecast carbon intensity (g CO2e/kWh) of each hour from `forecast_start`
+    # (None where unknown); empty: green scheduling holds nothing back.
+    forecast: tuple[float | None, ...] = ()
+    forecast_start: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,4 +159,6 @@ class Decisions:
     # The job each pool's queue stopped at. Until capacity frees, a later cycle need only look at
     # these and at newly submitted jobs (the controller's incremental passes).
     heads: dict[str, int] = field(default_factory=dict)
+    # Jobs held back for a greener hour -> the window chosen (core.green.Window).
+    deferrals: dict[int, Window] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)  # step -> seconds

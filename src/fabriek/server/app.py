@@ -9,6 +9,7 @@ from fabriek.server.errors import install_error_handlers
 from fabriek.server.routers import (
     allocations,
     calls,
+    facility,
     jobs,
     organisations,
     pools,
@@ -54,6 +55,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         calls.calls,
         calls.applications,
         reports.router,
+        facility.router,
     ):
         app.include_router(router, prefix=API_PREFIX)
     return app

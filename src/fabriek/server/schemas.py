@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -73,6 +74,16 @@ class JobSubmit(BaseModel):
         "a grace period, requeued keeping its place) when their pool reclaims them. Jobs "
         "without an allocation are always preemptible.",
     )
+    deadline: AwareDatetime | None = Field(
+        None,
+        description="It must end by then; the engine may hold it back for the hours with the "
+        "lowest forecast carbon intensity. Needs time_limit_s.",
+    )
+    flexible_s: int | None = Field(
+        None,
+        description="It may start up to this many seconds late (a deadline of now + this + "
+        "time_limit_s). Needs time_limit_s.",
+    )
     priority: int = Field(
         0,
         description="Orders jobs of equal fair share, higher first (-1000 to 1000). Anyone may "
@@ -106,6 +117,17 @@ class EnergyOut(BaseModel):
     kwh: float
     method: str = Field(description="How it was measured, or from what it was estimated.")
     measured: bool = Field(description="False: an estimate.")
+
+
+class FootprintOut(BaseModel):
+    it_kwh: float = Field(description="What its GPUs, CPUs and memory used (energy above).")
+    facility_kwh: float = Field(description="IT energy x the facility's PUE.")
+    water_l: float = Field(description="IT energy x (on-site WUE + PUE x off-site water).")
+    carbon_kg: float | None = Field(description="Facility energy x each hour's grid intensity.")
+    carbon_saved_kg: float | None = Field(
+        description="Held back for a greener hour: the carbon that saved against starting at once."
+    )
+    note: str | None = Field(description="Which grid intensity was used.")
 
 
 class JobOut(BaseModel):
@@ -149,6 +171,13 @@ class JobOut(BaseModel):
         default_factory=dict,
         description="IT energy per component (gpu, cpu, dram) over all its runs; empty until it "
         "has ended, or where nothing was metered.",
+    )
+    deadline: datetime | None = None
+    green_start_at: datetime | None = Field(
+        None, description="Held back for a greener hour: the start green scheduling chose."
+    )
+    footprint: FootprintOut | None = Field(
+        None, description="Facility energy, water and carbon, accounted when it ended."
     )
     estimated_start_at: datetime | None = Field(
         None,
@@ -196,6 +225,18 @@ class JobOut(BaseModel):
             preempting=job.preempting,
             preemptions=job.preemptions,
             priority=job.priority,
+            deadline=job.deadline,
+            green_start_at=job.green_start_at,
+            footprint=None
+            if job.facility_kwh is None
+            else FootprintOut(
+                it_kwh=sum(e.joules for e in job.energy.values()) / 3.6e6,
+                facility_kwh=job.facility_kwh,
+                water_l=job.water_l or 0.0,
+                carbon_kg=job.carbon_kg,
+                carbon_saved_kg=job.carbon_saved_kg,
+                note=job.carbon_note,
+            ),
             energy={
                 component: EnergyOut(
                     joules=e.joules, kwh=e.joules / 3.6e6, method=e.method, measured=e.measured
@@ -561,6 +602,10 @@ class UsageReportOut(BaseModel):
     jobs: int = Field(description="Jobs that ran in the period.")
     started: int = Field(description="Jobs that started in the period.")
     mean_wait_s: float | None = Field(description="Mean time from submission to start.")
+    it_kwh: float = Field(0.0, description="Energy its ended jobs' IT used in the period.")
+    facility_kwh: float = Field(0.0, description="The same at the facility's meter (x PUE).")
+    water_l: float = Field(0.0, description="Water, on site and at the power plants.")
+    carbon_kg: float | None = Field(None, description="kg CO2e; none without grid data.")
 
 
 class ShareOut(BaseModel):
@@ -573,3 +618,59 @@ class ShareOut(BaseModel):
         description="Of that time, the part with at least its guarantee running."
     )
     worst_shortfall_gpus: int
+
+
+# --- facility -------------------------------------------------------------------------------------
+class FacilityUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    pue: float | None = Field(None, description="Power usage effectiveness, 1 or more.")
+    wue_onsite: float | None = Field(None, description="Litres of water per IT kWh, on site.")
+    water_offsite: float | None = Field(
+        None, description="Litres of water per kWh of electricity, at the power plants."
+    )
+    carbon_column: Literal["life_cycle", "direct"] | None = Field(
+        None, description="Which grid intensity carbon accounting uses."
+    )
+    zone: str | None = Field(None, description="The grid zone of the series, e.g. NL.")
+
+
+class SeriesOut(BaseModel):
+    zone: str
+    rows: int
+    first: datetime
+    last: datetime
+    columns: list[str]
+
+
+class FacilityOut(BaseModel):
+    pue: float
+    wue_onsite: float
+    water_offsite: float
+    carbon_column: str
+    zone: str
+    pue_series: list[tuple[datetime, float]] = Field(description="(from, PUE), where loaded.")
+    intensity: list[SeriesOut] = Field(description="Measured grid carbon intensity loaded.")
+    forecasts: list[SeriesOut] = Field(description="Operator-provided forecasts loaded.")
+
+
+class ReadingCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    starts_at: AwareDatetime
+    ends_at: AwareDatetime
+    total_kwh: float = Field(description="The facility's total energy in the period.")
+    it_kwh: float = Field(description="Its IT equipment's energy.")
+    water_m3: float = Field(description="Water taken in.")
+    renewable_kwh: float = Field(0.0, description="Renewable energy used.")
+    reused_heat_kwh: float = Field(0.0, description="Heat delivered for reuse.")
+
+
+class ReadingOut(BaseModel):
+    id: int
+    starts_at: datetime
+    ends_at: datetime
+    total_kwh: float
+    it_kwh: float
+    water_m3: float
+    renewable_kwh: float
+    reused_heat_kwh: float
+    entered_by: str

@@ -36,6 +36,7 @@ from fabriek.server.db.models import JobRow
 from fabriek.server.services import audit
 from fabriek.server.services.actors import SYSTEM
 from fabriek.server.services.energy import record_energy
+from fabriek.server.services.facility import account_job, forecast, get_facility
 from fabriek.server.services.transitions import transition_job
 from fabriek.server.services.workdirs import archive_path
 
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 FULL_PASS_EVERY = 5.0
 USAGE_EVERY = 60.0  # fair share changes over days: recent usage is read once a minute
+FORECAST_HOURS = 8 * 24  # how far green scheduling looks: deadlines up to a week ahead
 REQUEUED = "requeued after preemption: it keeps its place in the queue"
 # Under a stream of wake-ups (news came while a pass ran), the least time between passes: the next
 # pass then takes a batch of submissions at once instead of one or two.
@@ -87,6 +89,9 @@ class Controller:
         self._usage: dict[str, float] = {}
         self._usage_at = -USAGE_EVERY
         self._heads: set[int] = set()  # the jobs the pools' queues stopped at in the last pass
+        self._forecast_values: tuple[float | None, ...] = ()
+        self._forecast_hour: datetime | None = None
+        self._forecast_at = -USAGE_EVERY
         self._freed = True  # resources were freed since the last full admission pass
         self._last_full_pass = 0.0
         self._seen_up_to = 0  # the highest pending job id an admission pass has looked at
@@ -248,6 +253,7 @@ class Controller:
                 gpu_s=usage.wall_s * row.gpus,
             )
         record_energy(session, row, seen.energy)
+        account_job(session, row)
         target = seen.outcome
         assert target is not None
         if row.state == JobState.ADMITTED.value and target != JobState.CANCELLED:
@@ -338,6 +344,7 @@ class Controller:
                 usage=self._usage,
                 after_id=0 if full else self._seen_up_to,
                 heads=() if full else self._heads,
+                forecast=self._forecast(session, now, now_mono),
             )
         report.timings["read"] = time.perf_counter() - began
         if full:
@@ -357,10 +364,49 @@ class Controller:
         self._record_preemptions(decisions, now, report)
         self._update_reasons(read, decisions)
         self._update_estimates(read, decisions)
+        self._record_deferrals(read, decisions)
         for job_id in admitted:
             self._launch(job_id)
         report.admitted = len(admitted)
         report.starting += len(admitted)
+
+    def _forecast(
+        self, session: Session, now: datetime, now_mono: float
+    ) -> tuple[tuple[float | None, ...], float]:
+        """The grid's forecast carbon intensity for the next FORECAST_HOURS, read again each
+        minute (and each new hour)."""
+        hour = now.replace(minute=0, second=0, microsecond=0)
+        if self._forecast_hour != hour or now_mono - self._forecast_at >= USAGE_EVERY:
+            facility = get_facility(session)
+            values = forecast(session, facility, start=hour, hours=FORECAST_HOURS)
+            self._forecast_values = tuple(values) if any(v is not None for v in values) else ()
+            self._forecast_hour, self._forecast_at = hour, now_mono
+        return self._forecast_values, hour.timestamp()
+
+    def _record_deferrals(self, read: Read, decisions: Decisions) -> None:
+        """Keep the start chosen for each job held back for a greener hour, and (once) what
+        starting at once would have meant, for the carbon it saves."""
+        changes = {
+            job_id: window
+            for job_id, window in decisions.deferrals.items()
+            if read.green_starts.get(job_id) is None
+            or abs(read.green_starts[job_id].timestamp() - window.start) >= 1  # type: ignore[union-attr]
+        }
+        if not changes:
+            return
+        jobs = JobRow.__table__
+        with transaction(self.sessions) as session:
+            for job_id, window in changes.items():
+                session.connection().execute(
+                    update(jobs)
+                    .where(jobs.c.id == job_id, jobs.c.state == JobState.PENDING.value)
+                    .values(green_start_at=datetime.fromtimestamp(window.start, UTC))
+                )
+                session.connection().execute(
+                    update(jobs)
+                    .where(jobs.c.id == job_id, jobs.c.carbon_at_once_g.is_(None))
+                    .values(carbon_at_once_g=window.now_intensity)
+                )
 
     def _record_admissions(self, read: Read, decisions: Decisions, now: datetime) -> list[int]:
         """Admit in one transaction; each job gets its own GPUs (CUDA_VISIBLE_DEVICES)."""

@@ -14,6 +14,7 @@ from sqlalchemy import Connection, or_, select
 
 from fabriek.backends.base import Capacity
 from fabriek.core.jobs import JobState
+from fabriek.core.tenancy import UNALLOCATED
 from fabriek.scheduling.fairshare import Use, decayed_usage
 from fabriek.scheduling.model import (
     Allocation,
@@ -30,10 +31,9 @@ from fabriek.server.db.models import AllocationRow, JobRow, PoolRow
 
 ACTIVE = (JobState.ADMITTED.value, JobState.RUNNING.value)
 
-# Jobs without an allocation wait in this pool. Its guarantee is the capacity that no operator's
-# pool is guaranteed (none, with the seeded pools); beyond it its jobs borrow idle capacity, and
-# so they are always preemptible. The name is reserved: no operator's pool may take it.
-UNALLOCATED = "unallocated"
+# Jobs without an allocation wait in the pool UNALLOCATED. Its guarantee is the capacity that no
+# operator's pool is guaranteed (none, with the seeded pools); beyond it its jobs borrow idle
+# capacity, and so they are always preemptible. The name is reserved: no operator's pool has it.
 
 
 @dataclass(slots=True)
@@ -44,6 +44,7 @@ class Read:
     reasons: dict[int, str | None] = field(default_factory=dict)  # pending job -> stored reason
     estimates: dict[int, datetime | None] = field(default_factory=dict)  # pending job -> stored
     gpu_ids: dict[int, tuple[int, ...]] = field(default_factory=dict)  # running job -> its GPUs
+    green_starts: dict[int, datetime | None] = field(default_factory=dict)  # pending -> stored
     # Pending jobs whose allocation has ended or not yet begun -> the sentence that says so.
     out_of_period: dict[int, str] = field(default_factory=dict)
 
@@ -63,6 +64,7 @@ def read_snapshot(
     usage: dict[str, float],
     after_id: int = 0,
     heads: Collection[int] = (),
+    forecast: tuple[tuple[float | None, ...], float] = ((), 0.0),
 ) -> Read:
     """Everything the engine decides on. Only pending jobs with ids above `after_id` are read,
     and the blocked heads of the last pass (`heads`): see Controller._admit."""
@@ -191,6 +193,8 @@ def read_snapshot(
         priority,
         reason,
         estimate,
+        deadline,
+        green_start,
     ) in conn.execute(
         select(
             jobs.id,
@@ -207,6 +211,8 @@ def read_snapshot(
             jobs.priority,
             jobs.reason,
             jobs.estimated_start_at,
+            jobs.deadline,
+            jobs.green_start_at,
         )
         .select_from(joined)
         .where(jobs.state == JobState.PENDING.value, which)
@@ -223,9 +229,12 @@ def read_snapshot(
                 priority,
                 preemptible,
                 preemptions > 0,
+                deadline.timestamp() if deadline else None,
+                green_start.timestamp() if green_start else None,
             )
         )
         read.reasons[job_id] = reason
+        read.green_starts[job_id] = green_start
         read.estimates[job_id] = estimate
         if alloc_id in ended:
             read.out_of_period[job_id] = ended[alloc_id]
@@ -237,6 +246,8 @@ def read_snapshot(
         tuple(running),
         tuple(pending),
         usage,
+        forecast=forecast[0],
+        forecast_start=forecast[1],
     )
     return read
 

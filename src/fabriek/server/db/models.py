@@ -289,6 +289,18 @@ class JobRow(Base):
     cpu_energy_j: Mapped[float | None] = mapped_column(Float)
     dram_energy_j: Mapped[float | None] = mapped_column(Float)
     energy_methods: Mapped[dict[str, Any] | None]
+    # Green scheduling: it must end by `deadline`; the engine chose to start it at
+    # `green_start_at` (the greenest forecast window), when starting at once would have meant
+    # `carbon_at_once_g` g CO2e/kWh on average.
+    deadline: Mapped[datetime | None]
+    green_start_at: Mapped[datetime | None]
+    carbon_at_once_g: Mapped[float | None] = mapped_column(Float)
+    # Its footprint, accounted when it ended (core/green.py).
+    facility_kwh: Mapped[float | None] = mapped_column(Float)
+    water_l: Mapped[float | None] = mapped_column(Float)
+    carbon_kg: Mapped[float | None] = mapped_column(Float)
+    carbon_saved_kg: Mapped[float | None] = mapped_column(Float)
+    carbon_note: Mapped[str | None] = mapped_column(Text)
 
 
 class JobEnergyHourRow(Base):
@@ -328,3 +340,64 @@ class AuditEventRow(Base):
     target_type: Mapped[str] = mapped_column(String(32))
     target_id: Mapped[str] = mapped_column(String(64))
     details: Mapped[dict[str, Any]]
+
+
+class FacilitySettingsRow(Base):
+    """The facility model, as operators set it; the newest row holds."""
+
+    __tablename__ = "facility_settings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pue: Mapped[float] = mapped_column(Float)
+    wue_onsite: Mapped[float] = mapped_column(Float)  # L per IT kWh
+    water_offsite: Mapped[float] = mapped_column(Float)  # L per kWh of electricity
+    carbon_column: Mapped[str] = mapped_column(String(16))
+    zone: Mapped[str] = mapped_column(String(16))
+    updated_by: Mapped[str] = mapped_column(String(128))
+    updated_at: Mapped[datetime]
+
+
+class FacilityPueRow(Base):
+    __tablename__ = "facility_pue"
+
+    starts_at: Mapped[datetime] = mapped_column(primary_key=True)
+    pue: Mapped[float] = mapped_column(Float)
+
+
+class GridIntensityRow(Base):
+    """Measured hourly carbon intensity of a grid zone (g CO2e/kWh)."""
+
+    __tablename__ = "grid_intensity"
+
+    zone: Mapped[str] = mapped_column(String(16), primary_key=True)
+    hour: Mapped[datetime] = mapped_column(primary_key=True)
+    direct: Mapped[float | None] = mapped_column(Float)
+    life_cycle: Mapped[float | None] = mapped_column(Float)
+
+
+class GridForecastRow(Base):
+    """Operator-provided forecasts of the same; preferred by green scheduling where present."""
+
+    __tablename__ = "grid_forecast"
+
+    zone: Mapped[str] = mapped_column(String(16), primary_key=True)
+    hour: Mapped[datetime] = mapped_column(primary_key=True)
+    direct: Mapped[float | None] = mapped_column(Float)
+    life_cycle: Mapped[float | None] = mapped_column(Float)
+
+
+class FacilityReadingRow(Base):
+    """The facility's own meters over a period (EU data-centre reporting, EED art. 12)."""
+
+    __tablename__ = "facility_readings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    starts_at: Mapped[datetime]
+    ends_at: Mapped[datetime]
+    total_kwh: Mapped[float] = mapped_column(Float)
+    it_kwh: Mapped[float] = mapped_column(Float)
+    water_m3: Mapped[float] = mapped_column(Float)
+    renewable_kwh: Mapped[float] = mapped_column(Float)
+    reused_heat_kwh: Mapped[float] = mapped_column(Float)
+    entered_by: Mapped[str] = mapped_column(String(128))
+    entered_at: Mapped[datetime]

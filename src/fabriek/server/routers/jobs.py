@@ -44,6 +44,9 @@ def submit(body: JobSubmit, actor: ActorDep, runtime: RuntimeDep) -> Response:
         allocation_id=body.allocation,
         preemptible=body.preemptible,
         priority=body.priority,
+        deadline=body.deadline,
+        flexible_s=body.flexible_s,
+        time_limit_given="time_limit_s" in body.model_fields_set,
     )
     with runtime.transaction() as session:
         job = service.submit_job(

@@ -39,6 +39,10 @@ def usage(
             jobs=r.jobs,
             started=r.started,
             mean_wait_s=r.mean_wait_s,
+            it_kwh=r.it_kwh,
+            facility_kwh=r.facility_kwh,
+            water_l=r.water_l,
+            carbon_kg=r.carbon_kg,
         )
         for r in rows
     ]

@@ -30,6 +30,7 @@ from fabriek.core.jobs import (
     JobRequest,
     JobState,
     Resources,
+    flexible_deadline,
     validate_request,
 )
 from fabriek.core.units import format_bytes
@@ -106,6 +107,7 @@ def submit_job(
         raise InvalidRequest(
             f"the priority must be from -{MAX_PRIORITY} to {MAX_PRIORITY}, got {request.priority}"
         )
+    deadline = flexible_deadline(request, now)
     if request.priority > 0 and not actor.is_operator:
         raise Forbidden("only operators raise a job's priority above 0; lower ones are yours")
     if require_allocation and request.resources.gpus > 0 and request.allocation_id is None:
@@ -138,6 +140,7 @@ def submit_job(
         borrowed=False,
         preemptions=0,
         priority=request.priority,
+        deadline=deadline,
     )
     # Prepared Core statements, not the ORM's unit of work: submission is the API's hottest write.
     values = {
@@ -407,6 +410,13 @@ def to_job(
         preemptions=row.preemptions or 0,
         estimated_start_at=row.estimated_start_at,
         priority=row.priority or 0,
+        deadline=row.deadline,
+        green_start_at=row.green_start_at,
+        facility_kwh=row.facility_kwh,
+        water_l=row.water_l,
+        carbon_kg=row.carbon_kg,
+        carbon_saved_kg=row.carbon_saved_kg,
+        carbon_note=row.carbon_note,
         energy={
             component: ComponentEnergy(
                 getattr(row, f"{component}_energy_j"), info["method"], bool(info["measured"])

@@ -7,7 +7,7 @@
   much of the time it had work waiting it also had at least its guaranteed GPUs, with the worst
   shortfall. Computed by sweeping the jobs' submit, start and end times.
 
-Jobs without an allocation count under the pool "-".
+Jobs without an allocation count under the pool "unallocated", as the engine has them.
 """
 
 from __future__ import annotations
@@ -16,14 +16,16 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from fabriek.core.errors import Forbidden, InvalidRequest
+from fabriek.core.tenancy import UNALLOCATED
 from fabriek.scheduling.engine import guarantees
 from fabriek.scheduling.model import Pool
 from fabriek.server.db.models import (
     AllocationRow,
+    JobEnergyHourRow,
     JobRow,
     OrganisationRow,
     PoolRow,
@@ -33,7 +35,7 @@ from fabriek.server.services.actors import Actor
 from fabriek.server.services.jobs import visible_jobs
 
 GROUPS = ("pool", "organisation", "kind", "project")
-NO_POOL = "-"
+NO_POOL = UNALLOCATED
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +45,12 @@ class UsageRow:
     jobs: int  # that ran in the period
     started: int  # that started in it
     mean_wait_s: float | None
+    # Of the energy metered in the period (jobs that have ended): IT, at the facility's meter,
+    # water, carbon (None: no job had a grid intensity).
+    it_kwh: float = 0.0
+    facility_kwh: float = 0.0
+    water_l: float = 0.0
+    carbon_kg: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +66,7 @@ class ShareRow:
 
 @dataclass(frozen=True, slots=True)
 class _Job:
+    id: int
     gpus: int
     pool: str
     organisation: str
@@ -76,6 +85,7 @@ def _check_period(start: datetime, end: datetime) -> None:
 def _jobs(session: Session, actor: Actor, start: datetime, end: datetime) -> list[_Job]:
     query = (
         select(
+            JobRow.id,
             JobRow.gpus,
             PoolRow.name,
             OrganisationRow.name,
@@ -95,6 +105,7 @@ def _jobs(session: Session, actor: Actor, start: datetime, end: datetime) -> lis
     )
     return [
         _Job(
+            job_id,
             gpus,
             pool or NO_POOL,
             org,
@@ -104,7 +115,9 @@ def _jobs(session: Session, actor: Actor, start: datetime, end: datetime) -> lis
             started.timestamp() if started else None,
             ended.timestamp() if ended else None,
         )
-        for gpus, pool, org, kind, project, submitted, started, ended in session.execute(query)
+        for job_id, gpus, pool, org, kind, project, submitted, started, ended in session.execute(
+            query
+        )
     ]
 
 
@@ -119,8 +132,21 @@ def usage(
     gpu_s: dict[str, float] = defaultdict(float)
     ran: dict[str, int] = defaultdict(int)
     waits: dict[str, list[float]] = defaultdict(list)
-    for job in _jobs(session, actor, start, end):
+    jobs = _jobs(session, actor, start, end)
+    footprints = _footprints(session, [j.id for j in jobs], start, end)
+    energy: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0])
+    carbon_known: set[str] = set()
+    for job in jobs:
         key = getattr(job, by)
+        if job.id in footprints:
+            it_kwh, facility_kwh, water_l, carbon_kg = footprints[job.id]
+            sums = energy[key]
+            sums[0] += it_kwh
+            sums[1] += facility_kwh
+            sums[2] += water_l
+            if carbon_kg is not None:
+                sums[3] += carbon_kg
+                carbon_known.add(key)
         if job.started is None:
             continue
         began, ended = max(job.started, t0), min(job.ended or t_now, t1)
@@ -137,9 +163,54 @@ def usage(
             ran.get(key, 0),
             len(waits.get(key, ())),
             sum(waits[key]) / len(waits[key]) if waits.get(key) else None,
+            *energy[key][:3],
+            energy[key][3] if key in carbon_known else None,
         )
         for key in keys
     ]
+
+
+def _footprints(
+    session: Session, job_ids: list[int], start: datetime, end: datetime
+) -> dict[int, tuple[float, float, float, float | None]]:
+    """Per job: (IT kWh, facility kWh, water L, carbon kg) of the part of its metered energy
+    used within [start, end): its accounted footprint in proportion to that energy."""
+    result: dict[int, tuple[float, float, float, float | None]] = {}
+    for first in range(0, len(job_ids), 5000):
+        ids = job_ids[first : first + 5000]
+        in_period = dict(
+            session.execute(
+                select(JobEnergyHourRow.job_id, func.sum(JobEnergyHourRow.joules))
+                .where(
+                    JobEnergyHourRow.job_id.in_(ids),
+                    JobEnergyHourRow.hour >= start,
+                    JobEnergyHourRow.hour < end,
+                )
+                .group_by(JobEnergyHourRow.job_id)
+            ).all()
+        )
+        if not in_period:
+            continue
+        for job_id, gpu, cpu, dram, facility_kwh, water, carbon in session.execute(
+            select(
+                JobRow.id,
+                JobRow.gpu_energy_j,
+                JobRow.cpu_energy_j,
+                JobRow.dram_energy_j,
+                JobRow.facility_kwh,
+                JobRow.water_l,
+                JobRow.carbon_kg,
+            ).where(JobRow.id.in_(list(in_period)), JobRow.facility_kwh.is_not(None))
+        ):
+            total = (gpu or 0.0) + (cpu or 0.0) + (dram or 0.0)
+            part = in_period[job_id] / total if total else 0.0
+            result[job_id] = (
+                in_period[job_id] / 3.6e6,
+                facility_kwh * part,
+                (water or 0.0) * part,
+                None if carbon is None else carbon * part,
+            )
+    return result
 
 
 def shares(
