@@ -427,3 +427,54 @@ def test_a_flexible_job_at_its_latest_start_goes_first_in_its_pool() -> None:
         )
     )
     assert [a.job_id for a in decisions.admissions] == [3]
+
+
+def test_flexible_work_spreads_over_green_hours_that_have_room() -> None:
+    # One node of 2 GPUs: the greenest hour (3) holds two jobs; the third goes to hour 2.
+    node = Partition("gpu", "h100", (Node("n000", 2, 64, 512 * G),))
+    pending = tuple(flexible(i, slack_h=6) for i in (1, 2, 3))
+    decisions = decide(
+        Snapshot(NOW, (node,), POOLS, pending=pending, forecast=FORECAST, forecast_start=HOUR_START)
+    )
+    starts = sorted(w.start for w in decisions.deferrals.values())
+    assert starts == [HOUR_START + 2 * 3600, HOUR_START + 3 * 3600, HOUR_START + 3 * 3600]
+    assert not decisions.admissions
+
+
+def test_work_that_cannot_wait_is_served_first_and_flexible_work_plans_around_it() -> None:
+    # Two GPUs, the next hour (opening in 800 s) is clean. Two rigid jobs start now, one for two
+    # hours; the flexible jobs get what is left: one GPU in the clean hour, the other later.
+    node = Partition("gpu", "h100", (Node("n000", 2, 64, 512 * G),))
+    clean_next = (400.0, 100.0, 400.0, 400.0, 400.0, 400.0)
+    pending = (
+        flexible(1, slack_h=3),
+        flexible(2, slack_h=3),
+        replace(job(3, limit=7200), submitted_at=NOW),
+        replace(job(4, limit=600), submitted_at=NOW),
+    )
+    alone = (Pool("eurohpc", 1.0),)
+    decisions = decide(
+        Snapshot(
+            NOW, (node,), alone, pending=pending, forecast=clean_next, forecast_start=HOUR_START
+        )
+    )
+    assert [a.job_id for a in decisions.admissions] == [3, 4]
+    assert decisions.deferrals[1].start == HOUR_START + 3600
+    assert decisions.deferrals[2].start == HOUR_START + 7200  # after job 3's two hours
+    assert decisions.reasons[2].startswith("waiting: the free GPUs are planned for jobs held")
+
+
+def test_a_flexible_job_without_room_before_its_deadline_goes_first() -> None:
+    # The only GPU is busy for 50 minutes; the flexible job (latest start in 55 minutes) is not
+    # held back to a later "as soon as there is room" but queued first.
+    node = Partition("gpu", "h100", (Node("n000", 1, 64, 512 * G),))
+    busy = running(job(9, limit=3000), ("n000",), started=NOW)
+    pending = (job(1), replace(flexible(2, slack_h=55 / 60), submitted_at=NOW))
+    decisions = decide(
+        Snapshot(
+            NOW, (node,), POOLS, running=(busy,), pending=pending, forecast=FORECAST,
+            forecast_start=HOUR_START,
+        )
+    )  # fmt: skip
+    assert not decisions.deferrals
+    assert decisions.reservations.get(2) is not None  # first in its queue: the reserved head

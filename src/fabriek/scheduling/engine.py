@@ -382,6 +382,7 @@ def _nominate(
 
 
 GREEN_MARGIN = 0.02  # a later start must be at least 2% greener to be worth the wait
+GREEN_BUFFER_S = 1800.0  # a planned window starts at least this long before the latest start
 GREEN_LOOKAHEAD = 1000  # jobs without a deadline that the green plan places ahead of the rest
 
 
@@ -427,7 +428,9 @@ def _plan_green(state: _State, pending: Sequence[PendingJob], decisions: Decisio
             snapshot.forecast,
             snapshot.forecast_start,
             now=now,
-            latest_start=job.deadline - run,
+            # A window opens a little before the latest start: work that cannot wait may take
+            # its GPUs first, and the job still has the buffer to start by its deadline.
+            latest_start=job.deadline - run - GREEN_BUFFER_S,
             run_s=run,
             fits=partial(plan.fits, gpu_type, seconds=run, gpus=gpus) if gpus else None,
         )
@@ -439,7 +442,9 @@ def _plan_green(state: _State, pending: Sequence[PendingJob], decisions: Decisio
             # No greener hour worth the wait: it starts as soon as the plan has room, which may
             # be later than the GPUs free now: those are planned for jobs held back earlier.
             at = plan.pour(gpu_type, run, gpus)
-            if at is not None and at > now and window is not None:
+            if at is None or at > job.deadline - run - GREEN_BUFFER_S:
+                state.urgent.add(job.id)  # later would risk its deadline: first in its queue
+            elif at > now and window is not None:
                 held.add(job.id)
                 decisions.deferrals[job.id] = Window(at, window.now_intensity, window.now_intensity)
                 decisions.reasons[job.id] = (
