@@ -11,7 +11,8 @@ How it measures (in process; pure code, a small discrete-event replay):
    checkout; life-cycle intensity).
 2. Workload, seeded: `--weeks` weeks spread evenly over the three years; in each, 1-GPU jobs of
    `--hours` hours arrive as a Poisson stream at `--load` of a machine of `--gpus` GPUs (8 per
-   node). Every job may start up to SLACK hours late (deadline = arrival + slack + length).
+   node). A share of them (`--flexible-share`, 30 %) may start up to SLACK hours late (deadline =
+   arrival + slack + length); the rest start as soon as they can.
 3. Replay each slack through `fabriek.scheduling.engine.decide()`, the function the controller
    calls: a cycle at every arrival, every end and every hour boundary; admitted jobs run exactly
    their length. The forecast is (a) the real series (perfect foresight, an upper bound, as in the
@@ -25,6 +26,7 @@ How it measures (in process; pure code, a small discrete-event replay):
 
     python benchmarks/green_deferral.py                  # 12 weeks, 64 GPUs at 70 % load
     python benchmarks/green_deferral.py --quick          # 2 weeks, 16 GPUs
+    python benchmarks/green_deferral.py --stress         # also with every job flexible
 """
 
 from __future__ import annotations
@@ -206,6 +208,7 @@ def main() -> None:
         help="the share of jobs that declare a deadline (the rest start as soon as they can)",
     )
     parser.add_argument("--quick", action="store_true", help="2 weeks on 16 GPUs")
+    parser.add_argument("--stress", action="store_true", help="also replay with every job flexible")
     common_options(parser)
     args = parser.parse_args()
     if args.quick:
@@ -229,7 +232,7 @@ def main() -> None:
         flush=True,
     )
     rng = random.Random(args.seed + 1)
-    shares = sorted({args.flexible_share, 1.0})
+    shares = sorted({args.flexible_share, 1.0} if args.stress else {args.flexible_share})
     for share in shares:
         flexible = {j for j in range(len(arrivals)) if rng.random() < share} if share < 1 else None
         chosen = list(flexible) if flexible is not None else list(range(len(arrivals)))
