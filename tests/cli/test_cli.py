@@ -535,6 +535,9 @@ def test_facility_carbon_footprints_and_the_facility_report(
     assert "footprint" in server.cli("status", job).stdout
     usage = json.loads(server.cli("usage", "--by", "project", "--json").stdout)
     assert any(row["facility_kwh"] > 0 and row["carbon_kg"] for row in usage)
+    [total] = json.loads(server.cli("usage", "--by", "factory", "--json").stdout)
+    assert total["key"] == "factory"
+    assert total["facility_kwh"] == pytest.approx(sum(r["facility_kwh"] for r in usage))
 
     r = server.cli(
         "facility", "reading", "add", "--from", "2026-01-01", "--to", "2026-02-01",

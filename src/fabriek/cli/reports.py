@@ -30,8 +30,8 @@ def _period(start: str | None, end: str | None) -> tuple[str, str]:
 
 def usage(
     by: Annotated[
-        Literal["pool", "organisation", "kind", "project"],
-        typer.Option(help="pool, organisation, kind or project."),
+        Literal["pool", "organisation", "kind", "project", "factory"],
+        typer.Option(help="pool, organisation, kind, project, or factory (one total row)."),
     ] = "project",
     start: FromOpt = None,
     end: ToOpt = None,

@@ -597,7 +597,9 @@ class ApplicationOut(BaseModel):
 
 # --- reports ------------------------------------------------------------------------------------------
 class UsageReportOut(BaseModel):
-    key: str = Field(description="The pool, organisation, kind or project.")
+    key: str = Field(
+        description="The pool, organisation, kind or project; 'factory' for the total."
+    )
     gpu_hours: float
     jobs: int = Field(description="Jobs that ran in the period.")
     started: int = Field(description="Jobs that started in the period.")

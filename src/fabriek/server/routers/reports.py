@@ -27,7 +27,9 @@ def usage(
     runtime: RuntimeDep,
     start: From,
     end: To,
-    by: Annotated[Literal["pool", "organisation", "kind", "project"], Query()] = "project",
+    by: Annotated[
+        Literal["pool", "organisation", "kind", "project", "factory"], Query()
+    ] = "project",
 ) -> list[UsageReportOut]:
     """GPU-hours, jobs and waits of the jobs you may see (operators: all), per group."""
     with runtime.reading() as session:

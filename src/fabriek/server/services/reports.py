@@ -34,7 +34,7 @@ from fabriek.server.db.models import (
 from fabriek.server.services.actors import Actor
 from fabriek.server.services.jobs import visible_jobs
 
-GROUPS = ("pool", "organisation", "kind", "project")
+GROUPS = ("pool", "organisation", "kind", "project", "factory")
 NO_POOL = UNALLOCATED
 
 
@@ -75,6 +75,7 @@ class _Job:
     submitted: float
     started: float | None
     ended: float | None
+    factory: str = "factory"  # everything in one row
 
 
 def _check_period(start: datetime, end: datetime) -> None:
