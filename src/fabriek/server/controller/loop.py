@@ -27,8 +27,10 @@ from fabriek.scheduling.model import Decisions
 from fabriek.server.controller.snapshot import (
     ACTIVE,
     Read,
+    Static,
     partition_of,
     read_snapshot,
+    read_static,
     recent_usage,
 )
 from fabriek.server.db.engine import transaction
@@ -89,6 +91,7 @@ class Controller:
         self._usage: dict[str, float] = {}
         self._usage_at = -USAGE_EVERY
         self._heads: set[int] = set()  # the jobs the pools' queues stopped at in the last pass
+        self._static: Static | None = None  # pools and allocations, read on full passes
         self._forecast_values: tuple[float | None, ...] = ()
         self._forecast_hour: datetime | None = None
         self._forecast_at = -USAGE_EVERY
@@ -337,8 +340,11 @@ class Controller:
             if now_mono - self._usage_at >= USAGE_EVERY:
                 self._usage = recent_usage(connection, now=now, half_life_s=self.half_life_s)
                 self._usage_at = now_mono
+            if full or self._static is None:
+                self._static = read_static(connection, now=now)
             read = read_snapshot(
                 connection,
+                static=self._static,
                 partition=partition_of(self.backend.name, self.backend.capacity()),
                 now=now,
                 usage=self._usage,
@@ -346,6 +352,21 @@ class Controller:
                 heads=() if full else self._heads,
                 forecast=self._forecast(session, now, now_mono),
             )
+            if not full and any(
+                job.allocation is not None and not self._static.knows(job.allocation)
+                for job in read.snapshot.pending
+            ):  # an allocation granted since the last full pass: read them again
+                self._static = read_static(connection, now=now)
+                read = read_snapshot(
+                    connection,
+                    static=self._static,
+                    partition=partition_of(self.backend.name, self.backend.capacity()),
+                    now=now,
+                    usage=self._usage,
+                    after_id=self._seen_up_to,
+                    heads=self._heads,
+                    forecast=self._forecast(session, now, now_mono),
+                )
         report.timings["read"] = time.perf_counter() - began
         if full:
             self._freed, self._last_full_pass = False, now_mono

@@ -56,19 +56,21 @@ def partition_of(name: str, capacity: Capacity) -> Partition:
     return Partition(name, gpu_type, (Node(name, r.gpus, r.cpus, r.memory_bytes),))
 
 
-def read_snapshot(
-    conn: Connection,
-    *,
-    partition: Partition,
-    now: datetime,
-    usage: dict[str, float],
-    after_id: int = 0,
-    heads: Collection[int] = (),
-    forecast: tuple[tuple[float | None, ...], float] = ((), 0.0),
-) -> Read:
-    """Everything the engine decides on. Only pending jobs with ids above `after_id` are read,
-    and the blocked heads of the last pass (`heads`): see Controller._admit."""
-    t = now.timestamp()
+@dataclass(frozen=True, slots=True)
+class Static:
+    """What changes only by an operator's hand or a job's end: pools and allocations. The
+    controller reads it on full passes and keeps it for the passes between."""
+
+    pools: tuple[Pool, ...]
+    pools_by_id: dict[int, str]
+    allocations: tuple[Allocation, ...]
+    out_of_period: dict[int, str]  # allocation -> why it cannot be used now
+
+    def knows(self, allocation: int) -> bool:
+        return allocation in self.out_of_period or any(a.id == allocation for a in self.allocations)
+
+
+def read_static(conn: Connection, *, now: datetime) -> Static:
     pools_by_id: dict[int, str] = {}
     pools: list[Pool] = []
     for pool_id, name, guarantee, borrow_limit, lend_limit in conn.execute(
@@ -107,6 +109,24 @@ def read_snapshot(
             ended[alloc_id] = (
                 f"waiting: allocation {alloc_id} begins on {starts:%Y-%m-%d %H:%M} UTC"
             )
+    return Static(tuple(pools), pools_by_id, tuple(allocations), ended)
+
+
+def read_snapshot(
+    conn: Connection,
+    *,
+    static: Static,
+    partition: Partition,
+    now: datetime,
+    usage: dict[str, float],
+    after_id: int = 0,
+    heads: Collection[int] = (),
+    forecast: tuple[tuple[float | None, ...], float] = ((), 0.0),
+) -> Read:
+    """Everything the engine decides on. Only pending jobs with ids above `after_id` are read,
+    and the blocked heads of the last pass (`heads`): see Controller._admit."""
+    t = now.timestamp()
+    pools_by_id, ended = static.pools_by_id, static.out_of_period
 
     requests: dict[tuple[int, int, int, int], Request] = {}  # shared: the engine caches by it
 
@@ -162,7 +182,7 @@ def read_snapshot(
             RunningJob(
                 job_id,
                 str(project_id),
-                pools_by_id[pool_id] if pool_id is not None else UNALLOCATED,
+                UNALLOCATED if pool_id is None else pools_by_id.get(pool_id, f"#{pool_id}"),
                 alloc_id,
                 request(gpus, cpus, memory, limit),
                 placement,
@@ -222,7 +242,7 @@ def read_snapshot(
             PendingJob(
                 job_id,
                 str(project_id),
-                pools_by_id[pool_id] if pool_id is not None else UNALLOCATED,
+                UNALLOCATED if pool_id is None else pools_by_id.get(pool_id, f"#{pool_id}"),
                 alloc_id,
                 request(gpus, cpus, memory, limit),
                 submitted_at.timestamp(),
@@ -241,8 +261,8 @@ def read_snapshot(
     read.snapshot = Snapshot(
         t,
         (partition,),
-        tuple(pools),
-        tuple(allocations),
+        static.pools,
+        static.allocations,
         tuple(running),
         tuple(pending),
         usage,
