@@ -410,8 +410,8 @@ class Controller:
         changes = {
             job_id: window
             for job_id, window in decisions.deferrals.items()
-            if read.green_starts.get(job_id) is None
-            or abs(read.green_starts[job_id].timestamp() - window.start) >= 1  # type: ignore[union-attr]
+            if job_id not in read.green_starts
+            or abs(read.green_starts[job_id].timestamp() - window.start) >= 1
         }
         if not changes:
             return
@@ -536,7 +536,9 @@ class Controller:
         """The start reserved for each blocked head (EASY backfill keeps it); others none. Written
         when it moved by a minute or more: estimates shift a little every pass."""
         changes: dict[int, datetime | None] = {}
-        for job_id, known in read.estimates.items():
+        pending = {job.id for job in read.snapshot.pending}
+        for job_id in read.estimates.keys() | (decisions.reservations.keys() & pending):
+            known = read.estimates.get(job_id)
             at = decisions.reservations.get(job_id)
             estimate = datetime.fromtimestamp(at, UTC) if at is not None else None
             if estimate is None or known is None:

@@ -42,9 +42,9 @@ class Read:
 
     snapshot: Snapshot
     reasons: dict[int, str | None] = field(default_factory=dict)  # pending job -> stored reason
-    estimates: dict[int, datetime | None] = field(default_factory=dict)  # pending job -> stored
+    estimates: dict[int, datetime] = field(default_factory=dict)  # pending job -> stored, if set
     gpu_ids: dict[int, tuple[int, ...]] = field(default_factory=dict)  # running job -> its GPUs
-    green_starts: dict[int, datetime | None] = field(default_factory=dict)  # pending -> stored
+    green_starts: dict[int, datetime] = field(default_factory=dict)  # pending -> stored, if set
     # Pending jobs whose allocation has ended or not yet begun -> the sentence that says so.
     out_of_period: dict[int, str] = field(default_factory=dict)
 
@@ -197,6 +197,22 @@ def read_snapshot(
     which = jobs.id > after_id
     if heads:
         which = or_(which, jobs.id.in_(list(heads)))
+    # Set on few jobs: read apart, so that thousands of empty dates are not converted each pass.
+    extras = {
+        job_id: (estimate, deadline, green_start)
+        for job_id, estimate, deadline, green_start in conn.execute(
+            select(jobs.id, jobs.estimated_start_at, jobs.deadline, jobs.green_start_at).where(
+                jobs.state == JobState.PENDING.value,
+                which,
+                or_(
+                    jobs.estimated_start_at.is_not(None),
+                    jobs.deadline.is_not(None),
+                    jobs.green_start_at.is_not(None),
+                ),
+            )
+        )
+    }
+    none = (None, None, None)
     pending: list[PendingJob] = []
     for (
         job_id,
@@ -212,9 +228,6 @@ def read_snapshot(
         preemptions,
         priority,
         reason,
-        estimate,
-        deadline,
-        green_start,
     ) in conn.execute(
         select(
             jobs.id,
@@ -230,14 +243,12 @@ def read_snapshot(
             jobs.preemptions,
             jobs.priority,
             jobs.reason,
-            jobs.estimated_start_at,
-            jobs.deadline,
-            jobs.green_start_at,
         )
         .select_from(joined)
         .where(jobs.state == JobState.PENDING.value, which)
         .order_by(jobs.id)
     ):
+        estimate, deadline, green_start = extras.get(job_id, none)
         pending.append(
             PendingJob(
                 job_id,
@@ -254,8 +265,10 @@ def read_snapshot(
             )
         )
         read.reasons[job_id] = reason
-        read.green_starts[job_id] = green_start
-        read.estimates[job_id] = estimate
+        if green_start is not None:
+            read.green_starts[job_id] = green_start
+        if estimate is not None:
+            read.estimates[job_id] = estimate
         if alloc_id in ended:
             read.out_of_period[job_id] = ended[alloc_id]
     read.snapshot = Snapshot(
