@@ -100,6 +100,7 @@ class Controller:
         self._seen_up_to = 0  # the highest pending job id an admission pass has looked at
         self._wake = threading.Event()
         self._only_submissions = True  # every wake since the last pass was a submission
+        self._wakes = 0  # wake-ups since the last pass began
         self._wake_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -113,6 +114,7 @@ class Controller:
         """
         with self._wake_lock:
             self._only_submissions &= submission
+            self._wakes += 1
         self._wake.set()
 
     def start(self) -> None:
@@ -133,6 +135,7 @@ class Controller:
                 self._wake.clear()
                 admit_only = woken and self._only_submissions
                 self._only_submissions = True
+                self._wakes = 0
             if self._stop.is_set():
                 break
             began = time.monotonic()
@@ -142,11 +145,14 @@ class Controller:
                 log.exception("controller pass failed; retrying")
                 delay = self.interval
                 continue
-            # Under a storm of wake-ups (hundreds of submissions a second), rest as long as the pass
-            # took, and at least BATCH_GAP: the controller then takes a small part of one core and
-            # admits in batches. A lone submission finds no news pending and is taken at once.
+            # Under a storm of wake-ups (hundreds of submissions a second: several came while
+            # this pass ran), rest as long as the pass took, and at least BATCH_GAP: the
+            # controller then takes a small part of one core and admits in batches. A lone
+            # submission, also one that came during the pass, waits no longer than the pass took.
             took = time.monotonic() - began
-            self._stop.wait(max(took, BATCH_GAP) if self._wake.is_set() else took)
+            with self._wake_lock:
+                storm = self._wakes > 1
+            self._stop.wait(max(took, BATCH_GAP) if storm else took)
             # While a launched job has not started yet, look again soon: its start is the next news.
             delay = 0.02 if report.starting else self.interval
 
