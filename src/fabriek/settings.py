@@ -79,6 +79,25 @@ class Settings(BaseSettings):
         description="How often each job's energy is sampled (NVML, RAPL), so energy is placed in "
         "the hour it was used. GPUs without an energy counter are sampled every second.",
     )
+    estimate_cpu_watts_per_core: float = Field(
+        12.0,
+        gt=0,
+        le=1000,
+        description="Where RAPL cannot be read, a job's CPU energy is estimated as this many watts "
+        "per busy core (Green Algorithms' default for an unknown CPU; set your CPUs' TDP per core).",
+    )
+    estimate_dram_watts_per_gb: float = Field(
+        0.3725,
+        gt=0,
+        le=100,
+        description="Where RAPL has no dram zone: watts per GB of memory a job asked for.",
+    )
+    estimate_gpu_watts: float = Field(
+        700.0,
+        gt=0,
+        le=5000,
+        description="GPUs NVML cannot meter (declared fake ones): their rated power, watts.",
+    )
     log_level: str = Field("info", description="Log level of the server.")
 
     @property

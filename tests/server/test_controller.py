@@ -238,6 +238,7 @@ def test_every_finished_job_carries_its_metered_energy(
         kill_grace_seconds=0.5,
         gpu_energy="fake-counter:100",
         sample_every_s=0.2,
+        estimates={"cpu_watts_per_core": 20.0},  # an operator's figure for its CPUs
     )
     controller = Controller(
         sessions=sessions, backend=backend, clock=clock, workdirs=tmp_path / "workdirs"
@@ -249,7 +250,8 @@ def test_every_finished_job_carries_its_metered_energy(
     gpu, cpu, dram = done.energy["gpu"], done.energy["cpu"], done.energy["dram"]
     assert gpu.measured and gpu.method == "NVML energy counter"
     assert done.wall_s is not None and gpu.joules == pytest.approx(100 * done.wall_s, rel=0.3)
-    assert not cpu.measured and cpu.joules == pytest.approx(12 * (done.cpu_s or 0), rel=0.01)
+    assert not cpu.measured and cpu.joules == pytest.approx(20 * (done.cpu_s or 0), rel=0.01)
+    assert cpu.method == "estimate: 20 W per busy core x its CPU-seconds"
     assert not dram.measured and dram.joules > 0
     samples = (tmp_path / "jobs").glob("*/energy.jsonl")
     assert len(next(samples).read_text().splitlines()) >= 4  # sampled on the way, not only ends

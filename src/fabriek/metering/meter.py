@@ -12,10 +12,14 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fabriek.metering.readers import (
+    CPU_WATTS_PER_CORE,
+    DRAM_WATTS_PER_GB,
+    GPU_RATED_WATTS,
     CpuMeter,
     GpuEstimate,
     GpuMeter,
@@ -90,6 +94,15 @@ class JobMeter:
             f.write(json.dumps(line) + "\n")
 
 
+@dataclass(frozen=True, slots=True)
+class Estimates:
+    """The factors of the estimates, where nothing measures (operators may set their own)."""
+
+    cpu_watts_per_core: float = CPU_WATTS_PER_CORE
+    dram_watts_per_gb: float = DRAM_WATTS_PER_GB
+    gpu_watts: float = GPU_RATED_WATTS
+
+
 def job_meter(
     job_dir: str | Path,
     *,
@@ -99,13 +112,14 @@ def job_meter(
     memory_bytes: int,
     rapl_root: str = "/sys/class/powercap",
     sample_every_s: float = SAMPLE_EVERY_S,
+    estimates: Estimates | None = None,
 ) -> JobMeter:
     """The meter the supervisor runs. `gpu_source`: `nvml` (real GPUs), `estimate` (GPUs that
     NVML does not know, e.g. declared fake ones), or `fake-counter:WATTS` (tests: a counter
     that grows at WATTS per GPU, behind the same interface as NVML)."""
     gpu: GpuMeter | GpuEstimate | None = None
+    source: GpuSource | None = None
     if gpu_indices:
-        source: GpuSource | None = None
         if gpu_source == "nvml":
             try:
                 source = NvmlSource()
@@ -113,8 +127,20 @@ def job_meter(
                 log.warning("NVML unavailable (%s): GPU energy is estimated", exc)
         elif gpu_source.startswith("fake-counter:"):
             source = FakeCounter(float(gpu_source.split(":", 1)[1]))
-        gpu = GpuMeter(source, gpu_indices) if source is not None else GpuEstimate(len(gpu_indices))
-    cpu = CpuMeter(lambda: group_cpu_seconds(pgid), memory_bytes=memory_bytes, rapl=Rapl(rapl_root))
+    factors = estimates or Estimates()
+    if gpu_indices:
+        gpu = (
+            GpuMeter(source, gpu_indices)
+            if source is not None
+            else GpuEstimate(len(gpu_indices), watts=factors.gpu_watts)
+        )
+    cpu = CpuMeter(
+        lambda: group_cpu_seconds(pgid),
+        memory_bytes=memory_bytes,
+        rapl=Rapl(rapl_root),
+        watts_per_core=factors.cpu_watts_per_core,
+        dram_watts_per_gb=factors.dram_watts_per_gb,
+    )
     return JobMeter(
         samples=Path(job_dir) / "energy.jsonl", gpu=gpu, cpu=cpu, sample_every_s=sample_every_s
     )

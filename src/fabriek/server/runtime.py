@@ -87,6 +87,11 @@ def build_runtime(
         # GPUs NVML found are metered by NVML; declared ones (fake:N) have no meter: estimated.
         gpu_energy="nvml" if settings.gpus in (None, "nvml") else "estimate",
         sample_every_s=settings.energy_sample_seconds,
+        estimates={
+            "cpu_watts_per_core": settings.estimate_cpu_watts_per_core,
+            "dram_watts_per_gb": settings.estimate_dram_watts_per_gb,
+            "gpu_watts": settings.estimate_gpu_watts,
+        },
     )
     controller = Controller(
         sessions=sessions,

@@ -64,6 +64,7 @@ class LocalBackend:
         gpu_energy: str = "estimate",
         metering: bool = True,
         sample_every_s: float = 15.0,
+        estimates: dict[str, float] | None = None,
     ) -> None:
         """`gpu_energy`: how the supervisors meter GPUs: `nvml` (GPUs NVML found), `estimate`
         (declared fake GPUs: rated power x time), or `fake-counter:WATTS` (tests)."""
@@ -71,6 +72,7 @@ class LocalBackend:
         self.gpu_energy = gpu_energy
         self.metering = metering
         self.sample_every_s = sample_every_s
+        self.estimates = dict(estimates or {})  # fabriek.metering.meter.Estimates' fields
         self._meter_path = _meter_sys_path()
         self.resources = resources
         self.gpus = gpus
@@ -153,6 +155,7 @@ class LocalBackend:
                 "gpu_source": self.gpu_energy,
                 "memory_bytes": spec.resources.memory_bytes,
                 "sample_every_s": self.sample_every_s,
+                "estimates": self.estimates,
             }
             if self.metering
             else None,

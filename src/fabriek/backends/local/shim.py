@@ -134,7 +134,7 @@ class Supervisor:
             return None
         try:
             sys.path[:0] = orders["sys_path"]
-            from fabriek.metering.meter import job_meter
+            from fabriek.metering.meter import Estimates, job_meter
 
             return job_meter(
                 self.dir,
@@ -144,6 +144,7 @@ class Supervisor:
                 memory_bytes=orders["memory_bytes"],
                 rapl_root=orders.get("rapl_root", "/sys/class/powercap"),
                 sample_every_s=orders.get("sample_every_s", 15.0),
+                estimates=Estimates(**orders.get("estimates", {})),
             )
         except Exception as exc:
             print(f"fabriek: energy metering off for this job: {exc!r}", file=sys.stderr)
