@@ -478,3 +478,45 @@ def test_a_flexible_job_without_room_before_its_deadline_goes_first() -> None:
     )  # fmt: skip
     assert not decisions.deferrals
     assert decisions.reservations.get(2) is not None  # first in its queue: the reserved head
+
+
+def test_a_job_longer_than_the_forecast_still_counts_in_the_green_plan() -> None:
+    # 8 GPUs; a 9-day job without a deadline waits behind a flexible one. The long job takes the
+    # machine as soon as it starts, so holding the flexible one back would break its deadline.
+    alone = (Pool("eurohpc", 1.0),)
+    pending = (
+        flexible(1, slack_h=6, gpus=8),
+        replace(job(2, gpus=8, limit=9 * 86400), submitted_at=NOW),
+    )
+    decisions = decide(
+        Snapshot(
+            NOW,
+            (h100(1),),
+            alone,
+            pending=pending,
+            forecast=FORECAST * 24,
+            forecast_start=HOUR_START,
+        )
+    )
+    assert 1 not in decisions.deferrals
+    assert [a.job_id for a in decisions.admissions] == [1]
+
+
+def test_a_job_that_cannot_start_takes_no_room_in_the_green_plan() -> None:
+    # Job 2's allocation cannot cover it: it must not keep the free GPUs from the flexible job,
+    # which waits for the clean hour instead (or starts now), never "for planned jobs".
+    alone = (Pool("eurohpc", 1.0),)
+    broke = Allocation(7, "p", "eurohpc", remaining_gpu_hours=0.5, size_gpu_hours=100)
+    pending = (
+        flexible(1, slack_h=6, gpus=8),
+        replace(job(2, gpus=8, limit=7200, allocation=7), submitted_at=NOW),
+    )
+    decisions = decide(
+        Snapshot(
+            NOW, (h100(1),), alone, (broke,), pending=pending, forecast=FORECAST,
+            forecast_start=HOUR_START,
+        )
+    )  # fmt: skip
+    assert decisions.deferrals[1].start == HOUR_START + 3 * 3600
+    assert decisions.reasons[1].startswith("waiting for a greener hour")
+    assert decisions.reasons[2].startswith("waiting: allocation 7 cannot cover it")

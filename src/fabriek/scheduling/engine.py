@@ -337,7 +337,7 @@ def _nominate(
     queues: dict[str, list[PendingJob]] = defaultdict(list)
     reasons = decisions.reasons
     pools, left, demand = state.pools, state.left, state.demand
-    held = plan_green(state, pending, decisions)
+    queued: list[PendingJob] = []  # what the queues got, in the order the jobs came
     default_type = state.default_gpu_type
     surely = state.surely_fits  # (gpus, cpus, memory, nodes) every node and partition could hold
     largest = _largest_shapes(state)
@@ -348,8 +348,6 @@ def _nominate(
             reasons[job.id] = f"waiting: pool {pool!r} does not exist"
             continue
         request = job.request
-        if job.id in held:
-            continue
         gpus = request.gpus_per_node
         if not (
             gpus <= surely[0]
@@ -373,8 +371,20 @@ def _nominate(
                 reasons[job.id] = _short_allocation(job.allocation, have or 0.0, need)
                 continue
         queues[pool].append(job)
+        queued.append(job)
         gpu_type = request.gpu_type or (default_type if gpus else NO_GPU)
         demand[gpu_type].add(pool)
+    # Green planning sees only what could start: a job its allocation cannot cover takes no
+    # room in the plan. The jobs it holds back leave their queues (and their pools' demand).
+    held = plan_green(state, queued, decisions)
+    if held:
+        demand.clear()
+        for pool, queue in queues.items():
+            queue[:] = [job for job in queue if job.id not in held]
+            for job in queue:
+                request = job.request
+                gpu_type = request.gpu_type or (default_type if request.gpus_per_node else NO_GPU)
+                demand[gpu_type].add(pool)
     return queues
 
 

@@ -131,9 +131,13 @@ class _GreenPlan:
                 busy[i] += gpus
 
     def fits(self, gpu_type: str, start: float, *, seconds: float, gpus: int) -> bool:
+        """Whether it has room from `start` for `seconds`, as far as the horizon reaches (a
+        job longer than the horizon needs its GPUs until the end of it)."""
         busy, total = self.busy[gpu_type], self.total.get(gpu_type, 0)
         span = self._span(start, seconds)
-        return span.stop <= self.slots and all(busy[i] + gpus <= total for i in span)
+        if span.start >= self.slots:
+            return False
+        return all(busy[i] + gpus <= total for i in range(span.start, min(span.stop, self.slots)))
 
     def pour(self, gpu_type: str, seconds: float, gpus: int) -> float | None:
         """Work that starts as soon as there is room: at the earliest slot where it fits (its

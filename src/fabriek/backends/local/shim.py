@@ -189,6 +189,11 @@ class Supervisor:
             if meter is not None:
                 meter = self._sample(meter)
         os.close(pidfd)
+        if meter is not None:  # the last interval, while the group's processes can still be read
+            try:
+                meter.cpu.sample()
+            except Exception as exc:
+                print(f"fabriek: the last CPU sample failed: {exc!r}", file=sys.stderr)
         # The main process has exited but is not reaped yet, so its process group id cannot be reused:
         # end whatever it left behind in its group, then reap it with its resource usage.
         self._signal_group(pid, signal.SIGKILL)

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -383,7 +383,14 @@ class Controller:
         if not pending:
             self._heads = set()
             return
-        decisions = decide(read.snapshot)
+        try:
+            decisions = decide(read.snapshot)
+        except Exception:
+            if not read.snapshot.forecast:
+                raise
+            # Green planning must never stop admission: decide again without the forecast.
+            log.exception("the engine failed with the carbon forecast; deciding without it")
+            decisions = decide(replace(read.snapshot, forecast=()))
         for step, took in decisions.timings.items():
             report.timings[f"engine.{step}"] = took
         self._heads = set(decisions.heads.values())
@@ -404,8 +411,12 @@ class Controller:
         minute (and each new hour)."""
         hour = now.replace(minute=0, second=0, microsecond=0)
         if self._forecast_hour != hour or now_mono - self._forecast_at >= USAGE_EVERY:
-            facility = get_facility(session)
-            values = forecast(session, facility, start=hour, hours=FORECAST_HOURS)
+            try:
+                facility = get_facility(session)
+                values = forecast(session, facility, start=hour, hours=FORECAST_HOURS)
+            except Exception:  # no forecast: flexible jobs run as soon as they can
+                log.exception("cannot read the carbon forecast; green scheduling pauses")
+                values = []
             self._forecast_values = tuple(values) if any(v is not None for v in values) else ()
             self._forecast_hour, self._forecast_at = hour, now_mono
         return self._forecast_values, hour.timestamp()

@@ -268,11 +268,25 @@ def forecast(
     )
     week = timedelta(days=7)
     rest = [h for h in wanted if h not in given]
-    past = intensities(session, facility, [h - week for h in rest])
-    return [
-        given[h] if h in given else (past[h - week][0] if h - week in past else None)
-        for h in wanted
-    ]
+    measured = dict(
+        session.execute(
+            select(GridIntensityRow.hour, getattr(GridIntensityRow, facility.carbon_column)).where(
+                GridIntensityRow.zone == facility.zone,
+                GridIntensityRow.hour.in_([h - week for h in rest]),
+            )
+        ).all()
+    )
+    lacking = [h for h in rest if measured.get(h - week) is None]
+    typical = intensities(session, facility, lacking)  # the same hour of the latest year
+    result: list[float | None] = []
+    for h in wanted:
+        if h in given:
+            result.append(given[h])
+        elif measured.get(h - week) is not None:
+            result.append(measured[h - week])
+        else:
+            result.append(typical[h][0] if h in typical else None)
+    return result
 
 
 # --- a job's footprint --------------------------------------------------------------------------
@@ -297,11 +311,18 @@ def account_job(session: Session, job: JobRow) -> None:
     )
     job.facility_kwh, job.water_l = result.facility_kwh, result.water_l
     job.carbon_kg, job.carbon_note = result.carbon_kg, result.carbon_note
-    if job.green_start_at is None or result.carbon_kg is None or job.started_at is None:
+    if (
+        job.green_start_at is None
+        or result.carbon_kg is None
+        or job.started_at is None
+        or job.preemptions  # its runs moved for other reasons: no fair comparison
+    ):
         return
-    # Held back: the same energy, each hour moved back by the time it waited, against the
-    # grid's intensity then (measured, where the series has it; else the forecast it had).
-    shift = timedelta(hours=round((job.started_at - job.submitted_at).total_seconds() / 3600))
+    # Held back: the same energy, each hour moved back by the time it was held for greener
+    # hours (not the time it then waited for room), against the grid's intensity then
+    # (measured, where the series has it; else the forecast it had).
+    held = min(job.started_at, job.green_start_at) - job.submitted_at
+    shift = timedelta(hours=round(max(held.total_seconds(), 0.0) / 3600))
     earlier = footprint(
         {hour - shift: joules for hour, joules in energy.items()},
         facility,

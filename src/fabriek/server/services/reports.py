@@ -156,7 +156,8 @@ def usage(
             ran[key] += 1
         if t0 <= job.started < t1:
             waits[key].append(job.started - job.submitted)
-    keys = sorted(set(ran) | set(waits), key=lambda k: (-gpu_s.get(k, 0.0), k))
+    # A preempted job's earlier run may fall in the period although its last start does not.
+    keys = sorted(set(ran) | set(waits) | set(energy), key=lambda k: (-gpu_s.get(k, 0.0), k))
     return [
         UsageRow(
             key,
