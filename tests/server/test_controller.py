@@ -261,3 +261,53 @@ def test_every_finished_job_carries_its_metered_energy(
         ).all()
     total = gpu.joules + cpu.joules + dram.joules
     assert sum(hours) == pytest.approx(total)
+
+
+@pytest.mark.parametrize("stop", ["cancel", "preempt"])
+def test_a_launch_whose_handle_was_lost_is_stopped_not_left_running(
+    sessions: sessionmaker[Session], tmp_path: Path, clock: FrozenClock, stop: str
+) -> None:
+    """Launched, then a crash before the handle was stored; then the job is cancelled or
+    preempted before any pass re-adopted it. The running copy must be stopped, and the job
+    end cancelled or go back to pending: never keep running unobserved (until this was fixed
+    the restarted controller ended it as "cancelled before it started" while it ran on)."""
+    admin, _ = make_admin(sessions, clock())
+    job = make_job(sessions, admin, clock(), argv=["sleep", "30"], time_limit_s=600)
+    with sessions() as session, session.begin():
+        row = session.get(JobRow, job.id)
+        assert row is not None
+        transition_job(session, row, JobState.ADMITTED, at=clock(), actor="controller", gpu_ids=[])
+    first = make_controller(sessions, tmp_path, clock)
+    handle = first.backend.submit(_spec_of(first, job.id))  # launched; the handle is lost
+    wait_for(
+        lambda: first.backend.poll({job.id: handle})[job.id].phase.value == "running",
+        what="the lost launch to run",
+    )
+    with sessions() as session, session.begin():
+        if stop == "cancel":
+            cancel_job(session, actor=admin, job_id=job.id, now=clock())
+        else:
+            row = session.get(JobRow, job.id)
+            assert row is not None
+            row.preempt_requested_at = clock()
+    second = make_controller(sessions, tmp_path, clock)  # the restarted server
+    second.run_pass()  # finds it admitted without a handle, asked to stop
+    wait_for(
+        lambda: first.backend.poll({job.id: handle})[job.id].phase.value == "finished",
+        what="the lost launch to be stopped",
+    )
+    if stop == "cancel":
+        [done] = settle(second, sessions, admin, [job.id])
+        assert done.state == JobState.CANCELLED
+    else:
+
+        def requeued() -> bool:
+            second.run_pass()
+            with sessions() as session:
+                row = session.get(JobRow, job.id)
+                return row is not None and row.preemptions == 1
+
+        wait_for(requeued, what="the job to be requeued")
+        with sessions() as session, session.begin():
+            cancel_job(session, actor=admin, job_id=job.id, now=clock())  # before it runs again
+        settle(second, sessions, admin, [job.id])

@@ -149,3 +149,10 @@ class Backend(Protocol):
     def output_dir(self, job_id: int, handle: Handle | None) -> Path | None:
         """The directory the job wrote as $FABRIEK_OUTPUT_DIR."""
         ...
+
+
+class LaunchRecord(Protocol):
+    """Optional: whether a job was handed to the backend, without handing it again. Lets the
+    controller stop a job whose launch went out before a crash lost its handle."""
+
+    def was_launched(self, spec: LaunchSpec) -> bool: ...

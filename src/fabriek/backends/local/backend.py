@@ -130,6 +130,9 @@ class LocalBackend:
                 log.exception("job %s started, but its bookkeeping failed", spec.job_id)
         return handle
 
+    def was_launched(self, spec: LaunchSpec) -> bool:
+        return (self.job_dir(spec.job_id, spec.instance) / "launched").exists()
+
     def _spec_file(self, spec: LaunchSpec) -> dict[str, object]:
         # The server's environment (PATH, locale, ...) minus its own settings and secrets, then the
         # job's variables, then ours.

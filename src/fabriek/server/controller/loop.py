@@ -506,8 +506,8 @@ class Controller:
                 chosen.append((row.id, row.handle, preemption.reason))
         for job_id, handle, why in chosen:
             log.info("preempting job %s: %s", job_id, why)
-            if handle is None:  # admitted, not yet launched: it never starts
-                self._requeue_unlaunched(job_id)
+            if handle is None:  # admitted, launch not recorded: never start it, or stop it
+                self._launch(job_id)
                 continue
             try:
                 self.backend.cancel(job_id, handle)  # repeated by later passes until it ends
@@ -583,6 +583,14 @@ class Controller:
             cancelled = row.cancel_requested_at is not None
             preempted = row.preempt_requested_at is not None
             spec = launch_spec(row, self.workdirs)
+        if (cancelled or preempted) and self._launched_before(spec):
+            # Its launch went out before a crash lost the handle: adopt it and stop it; the
+            # passes that observe it record how it ended (cancelled, or requeued).
+            handle = self.backend.submit(spec)  # idempotent: adopts, starts nothing new
+            with transaction(self.sessions) as session:
+                session.execute(update(JobRow).where(JobRow.id == job_id).values(handle=handle))
+            self.backend.cancel(job_id, handle)
+            return
         if cancelled:  # asked to stop between admission and launch: never start it
             self._end_unlaunched(job_id, JobState.CANCELLED, "cancelled before it started")
             return
@@ -597,6 +605,10 @@ class Controller:
             return
         with transaction(self.sessions) as session:
             session.execute(update(JobRow).where(JobRow.id == job_id).values(handle=handle))
+
+    def _launched_before(self, spec: LaunchSpec) -> bool:
+        check = getattr(self.backend, "was_launched", None)  # backends.base.LaunchRecord
+        return bool(check(spec)) if check is not None else False
 
     def _end_unlaunched(self, job_id: int, target: JobState, reason: str) -> None:
         with transaction(self.sessions) as session:
