@@ -394,7 +394,8 @@ class Controller:
         for step, took in decisions.timings.items():
             report.timings[f"engine.{step}"] = took
         self._heads = set(decisions.heads.values())
-        admitted = self._record_admissions(read, decisions, now)
+        # Stamped when decided, not when the pass began reading (the read takes milliseconds).
+        admitted = self._record_admissions(read, decisions, self.clock())
         self._record_preemptions(decisions, now, report)
         self._update_reasons(read, decisions)
         self._update_estimates(read, decisions)
