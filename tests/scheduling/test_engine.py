@@ -153,7 +153,7 @@ def test_reclaim_preempts_the_newest_borrowed_work_then_no_ping_pong() -> None:
     # They stopped and wait again (keeping their place); regional starts, they do not borrow
     # the GPUs back while regional wants them.
     gone = [r for r in own + lent if r.id not in (29, 30, 31)]
-    requeued = [replace(job(i, preemptible=True), reclaimed=True) for i in (29, 30, 31)]
+    requeued = [job(i, preemptible=True) for i in (29, 30, 31)]
     d3 = decide(snap(machine, requeued + wants, gone))
     assert sorted(admitted(d3)) == [100, 101, 102]
     assert d3.preemptions == []

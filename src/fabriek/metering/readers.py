@@ -132,7 +132,6 @@ class GpuMeter:
             if last is not None:
                 self._integrated[index] += (now - last[0]) * (last[1] + watts) / 2
             self._power[index] = (now, watts)
-            joules += 0.0
         joules += sum(self._integrated.values())
         if self._integrated and self._start:
             method = "NVML energy counters and power samples (integrated)"

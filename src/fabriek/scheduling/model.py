@@ -82,9 +82,6 @@ class PendingJob:
     submitted_at: float
     priority: int = 0
     preemptible: bool = False
-    # Preempted to give a pool its guarantee back: may not borrow again while its lender wants
-    # the capacity (no ping-pong). Its place in the queue is its original submission time.
-    reclaimed: bool = False
     # Green scheduling: it must end by `deadline` (None: as soon as it can). The engine may hold
     # it back for the hours with the lowest forecast carbon intensity; `green_start` is the start
     # an earlier cycle chose: once it has come, the job is not held back again.

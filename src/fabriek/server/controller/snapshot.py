@@ -142,6 +142,17 @@ def read_snapshot(
     joined = JobRow.__table__.outerjoin(
         AllocationRow.__table__, AllocationRow.__table__.c.id == jobs.allocation_id
     )
+    # What the running and the pending query both read first: the job, its pool, its request.
+    shape = (
+        jobs.id,
+        jobs.project_id,
+        jobs.allocation_id,
+        pool_of,
+        jobs.gpus,
+        jobs.cpus,
+        jobs.memory_bytes,
+        jobs.time_limit_s,
+    )
     read = Read(Snapshot(t, (partition,), ()))
     placement = Placement(partition.name, tuple(n.name for n in partition.nodes))
     running: list[RunningJob] = []
@@ -161,14 +172,7 @@ def read_snapshot(
         gpu_ids,
     ) in conn.execute(
         select(
-            jobs.id,
-            jobs.project_id,
-            jobs.allocation_id,
-            pool_of,
-            jobs.gpus,
-            jobs.cpus,
-            jobs.memory_bytes,
-            jobs.time_limit_s,
+            *shape,
             jobs.admitted_at,
             jobs.preemptible,
             jobs.borrowed,
@@ -225,22 +229,13 @@ def read_snapshot(
         limit,
         submitted_at,
         preemptible,
-        preemptions,
         priority,
         reason,
     ) in conn.execute(
         select(
-            jobs.id,
-            jobs.project_id,
-            jobs.allocation_id,
-            pool_of,
-            jobs.gpus,
-            jobs.cpus,
-            jobs.memory_bytes,
-            jobs.time_limit_s,
+            *shape,
             jobs.submitted_at,
             jobs.preemptible,
-            jobs.preemptions,
             jobs.priority,
             jobs.reason,
         )
@@ -259,7 +254,6 @@ def read_snapshot(
                 submitted_at.timestamp(),
                 priority,
                 preemptible,
-                preemptions > 0,
                 deadline.timestamp() if deadline else None,
                 green_start.timestamp() if green_start else None,
             )
