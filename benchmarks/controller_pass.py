@@ -112,15 +112,14 @@ def submit(runtime: Runtime, actor: Actor, name: str, argv: list[str]) -> int:
             session,
             actor=actor,
             request=request(name, argv),
-            largest=runtime.backend.capacity().resources,
-            backend=runtime.backend.name,
+            partitions=runtime.partitions(),
             now=runtime.clock(),
         )
     return job.id
 
 
 def insert_service(runtime: Runtime, actor: Actor, n: int, batch: int = 500) -> None:
-    largest = runtime.backend.capacity().resources
+    partitions = runtime.partitions()
     for start in range(0, n, batch):
         with runtime.transaction() as session:
             for i in range(start, min(n, start + batch)):
@@ -128,8 +127,7 @@ def insert_service(runtime: Runtime, actor: Actor, n: int, batch: int = 500) -> 
                     session,
                     actor=actor,
                     request=request(f"pending-{i}", ["true"]),
-                    largest=largest,
-                    backend=runtime.backend.name,
+                    partitions=partitions,
                     now=runtime.clock(),
                 )
 

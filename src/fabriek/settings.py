@@ -98,6 +98,11 @@ class Settings(BaseSettings):
         le=5000,
         description="GPUs NVML cannot meter (declared fake ones): their rated power, watts.",
     )
+    partitions_file: Path | None = Field(
+        None,
+        description="A TOML file naming the Slurm partitions fabriek drives beside (or instead "
+        "of) this machine (docs/slurm.md). Default: this machine alone, partition `local`.",
+    )
     log_level: str = Field("info", description="Log level of the server.")
 
     @property

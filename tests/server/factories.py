@@ -6,6 +6,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from fabriek.backends.base import Capacity
 from fabriek.core.jobs import Job, JobRequest, Resources
 from fabriek.server.db.models import (
     OrganisationMemberRow,
@@ -20,6 +21,7 @@ from fabriek.server.services.jobs import submit_job
 
 G = 2**30
 LARGEST = Resources(2, 4 * G, 2)
+PARTITIONS = {"local": Capacity(LARGEST)}
 
 
 def make_admin(sessions: sessionmaker[Session], now: datetime) -> tuple[Actor, str]:
@@ -97,7 +99,6 @@ def make_job(sessions: sessionmaker[Session], actor: Actor, now: datetime, **kwa
             session,
             actor=actor,
             request=make_request(**kwargs),  # type: ignore[arg-type]
-            largest=LARGEST,
-            backend="local",
+            partitions=PARTITIONS,
             now=now,
         )

@@ -22,7 +22,7 @@ from fabriek.server.services.actors import Actor
 from fabriek.server.services.jobs import cancel_job, get_job, submit_job
 from tests.conftest import FrozenClock
 from tests.helpers import wait_for
-from tests.server.factories import LARGEST, make_admin, make_job, make_request
+from tests.server.factories import PARTITIONS, make_admin, make_job, make_request
 from tests.server.test_allocations import _tenant
 from tests.server.test_controller import make_controller, settle
 
@@ -58,7 +58,7 @@ def _submit(
     )
     with sessions() as session, session.begin():
         return submit_job(
-            session, actor=actor, request=request, largest=LARGEST, backend="local", now=clock()
+            session, actor=actor, request=request, partitions=PARTITIONS, now=clock()
         ).id
 
 

@@ -28,7 +28,7 @@ from fabriek.server.services.actors import Actor
 from fabriek.server.services.jobs import cancel_job, submit_job
 from fabriek.server.services.transitions import transition_job
 from tests.conftest import FrozenClock
-from tests.server.factories import LARGEST, make_admin, make_request, make_user
+from tests.server.factories import PARTITIONS, make_admin, make_request, make_user
 
 
 def _tenant(
@@ -87,7 +87,7 @@ def _submit(
     )
     with sessions() as session, session.begin():
         return submit_job(
-            session, actor=actor, request=request, largest=LARGEST, backend="local", now=clock()
+            session, actor=actor, request=request, partitions=PARTITIONS, now=clock()
         ).id
 
 
@@ -267,8 +267,7 @@ def test_a_factory_may_require_an_allocation_for_gpu_jobs(
                 session,
                 actor=alice,
                 request=request,
-                largest=LARGEST,
-                backend="local",
+                partitions=PARTITIONS,
                 now=clock(),
                 require_allocation=True,
             ).id

@@ -146,7 +146,7 @@ def test_crash_between_admission_and_launch_launches_once(
         assert row is not None
         transition_job(session, row, JobState.ADMITTED, at=clock(), actor="controller", gpu_ids=[])
     first = make_controller(sessions, tmp_path, clock)
-    first.backend.submit(_spec_of(first, job.id))  # launched, but the handle was never stored
+    first.backends["local"].submit(_spec_of(first, job.id))  # launched, but the handle was never stored
     second = make_controller(sessions, tmp_path, clock)  # the restarted server
     [done] = settle(second, sessions, admin, [job.id])
     assert done.state == JobState.SUCCEEDED
@@ -278,9 +278,9 @@ def test_a_launch_whose_handle_was_lost_is_stopped_not_left_running(
         assert row is not None
         transition_job(session, row, JobState.ADMITTED, at=clock(), actor="controller", gpu_ids=[])
     first = make_controller(sessions, tmp_path, clock)
-    handle = first.backend.submit(_spec_of(first, job.id))  # launched; the handle is lost
+    handle = first.backends["local"].submit(_spec_of(first, job.id))  # launched; the handle is lost
     wait_for(
-        lambda: first.backend.poll({job.id: handle})[job.id].phase.value == "running",
+        lambda: first.backends["local"].poll({job.id: handle})[job.id].phase.value == "running",
         what="the lost launch to run",
     )
     with sessions() as session, session.begin():
@@ -293,7 +293,7 @@ def test_a_launch_whose_handle_was_lost_is_stopped_not_left_running(
     second = make_controller(sessions, tmp_path, clock)  # the restarted server
     second.run_pass()  # finds it admitted without a handle, asked to stop
     wait_for(
-        lambda: first.backend.poll({job.id: handle})[job.id].phase.value == "finished",
+        lambda: first.backends["local"].poll({job.id: handle})[job.id].phase.value == "finished",
         what="the lost launch to be stopped",
     )
     if stop == "cancel":

@@ -22,7 +22,7 @@ from fabriek.server.db.models import (
 from fabriek.server.services import facility
 from fabriek.server.services.jobs import get_job, submit_job
 from tests.conftest import FrozenClock
-from tests.server.factories import LARGEST, make_admin, make_request, make_user
+from tests.server.factories import PARTITIONS, make_admin, make_request, make_user
 from tests.server.test_controller import make_controller, settle
 
 PLAIN = "hour,direct_g_per_kwh,life_cycle_g_per_kwh\n"
@@ -96,8 +96,7 @@ def _job_with_energy(
     admin, _ = make_admin(sessions, clock())
     with sessions() as session, session.begin():
         job = submit_job(
-            session, actor=admin, request=make_request(), largest=LARGEST, backend="local",
-            now=clock(),
+            session, actor=admin, request=make_request(), partitions=PARTITIONS,             now=clock(),
         )  # fmt: skip
         row = session.get(JobRow, job.id)
         assert row is not None
@@ -170,14 +169,10 @@ def test_the_controller_holds_a_flexible_job_for_the_greener_hour(
     controller = make_controller(sessions, tmp_path, clock)
     request = replace(make_request(argv=["true"], time_limit_s=600), flexible_s=3 * 3600)
     with sessions() as session, session.begin():
-        job = submit_job(
-            session, actor=admin, request=request, largest=LARGEST, backend="local", now=clock()
-        )
+        job = submit_job(session, actor=admin, request=request, partitions=PARTITIONS, now=clock())
         bad = replace(request, time_limit_given=False)
         with pytest.raises(InvalidRequest, match="needs a time limit"):
-            submit_job(
-                session, actor=admin, request=bad, largest=LARGEST, backend="local", now=clock()
-            )
+            submit_job(session, actor=admin, request=bad, partitions=PARTITIONS, now=clock())
     now_job = submit_job_now(sessions, admin, clock)
     controller.run_pass()
     with sessions() as session:
@@ -200,8 +195,8 @@ def submit_job_now(
 ) -> int:
     with sessions() as session, session.begin():
         return submit_job(
-            session, actor=admin, request=make_request(argv=["true"]), largest=LARGEST,
-            backend="local", now=clock(),
+            session, actor=admin, request=make_request(argv=["true"]), partitions=PARTITIONS,
+            now=clock(),
         ).id  # fmt: skip
 
 

@@ -17,7 +17,7 @@ from fabriek.server.services.actors import Actor
 from fabriek.server.services.jobs import submit_job
 from fabriek.server.services.transitions import transition_job
 from tests.conftest import FrozenClock
-from tests.server.factories import LARGEST, make_admin, make_request, make_user
+from tests.server.factories import PARTITIONS, make_admin, make_request, make_user
 
 H = 3600.0
 
@@ -37,9 +37,7 @@ def _job(
         make_request(project=project, gpus=gpus, time_limit_s=int(6 * H)), allocation_id=allocation
     )
     with sessions() as session, session.begin():
-        job_id = submit_job(
-            session, actor=actor, request=request, largest=LARGEST, backend="local", now=at
-        ).id
+        job_id = submit_job(session, actor=actor, request=request, partitions=PARTITIONS, now=at).id
     if start is not None:
         with sessions() as session, session.begin():
             row = session.get(JobRow, job_id)

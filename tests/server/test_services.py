@@ -20,7 +20,7 @@ from fabriek.server.services.auth import authenticate, bootstrap, hash_token
 from fabriek.server.services.jobs import cancel_job, get_job, list_jobs, submit_job
 from fabriek.server.services.transitions import transition_job
 from tests.conftest import FrozenClock
-from tests.server.factories import LARGEST, make_admin, make_job, make_request, make_user
+from tests.server.factories import PARTITIONS, make_admin, make_job, make_request, make_user
 
 
 def count(sessions: sessionmaker[Session], model: type) -> int:
@@ -81,8 +81,7 @@ def test_bad_submissions_write_nothing(
             session,
             actor=admin,
             request=make_request(**kwargs),
-            largest=LARGEST,  # type: ignore[arg-type]
-            backend="local",
+            partitions=PARTITIONS,  # type: ignore[arg-type]
             now=clock(),
         )
     assert count(sessions, JobRow) == 0
@@ -200,7 +199,6 @@ def test_logs_outputs_and_workdirs_are_tenant_private(
             session,
             actor=bob,
             request=make_request(project="speech", workdir_digest=kept.digest),  # type: ignore[arg-type]
-            largest=LARGEST,
-            backend="local",
+            partitions=PARTITIONS,
             now=clock(),
         )

@@ -15,12 +15,15 @@ from fabriek.core.jobs import JobState, Resources
 
 @dataclass(frozen=True, slots=True)
 class Capacity:
-    """What one machine offers: its resources, the ids of its GPUs and their type (the model
-    name, e.g. `NVIDIA H100 80GB HBM3`; empty without GPUs)."""
+    """What a backend offers: `nodes` alike nodes with `resources` each, the ids of the GPUs it
+    hands out itself (the local machine's; empty where the backend's scheduler picks them, as
+    Slurm does) and their type (e.g. `NVIDIA H100 80GB HBM3`; empty without GPUs)."""
 
     resources: Resources
     gpu_ids: tuple[int, ...] = ()
     gpu_type: str = ""
+    nodes: int = 1
+    billing_weight: float = 1.0  # GPU-hours charged per GPU-hour used here
 
 
 Handle = dict[str, Any]
@@ -40,6 +43,7 @@ class LaunchSpec:
     # Tells this job from one with the same id in another database (say, after a database was
     # reset under an existing home): a backend keys its files by id *and* instance.
     instance: str = ""
+    nodes: int = 1  # `resources` on each
 
 
 @dataclass(frozen=True, slots=True)

@@ -123,13 +123,20 @@ def up(
 
     def ready(runtime, token) -> None:  # type: ignore[no-untyped-def]
         url = f"http://{_client_host(settings.host)}:{settings.port}"
-        caps = runtime.backend.capacity().resources
         err_console.print(
             f"fabriek {_version()} on [bold]{url}[/] - home {settings.home}, "
-            f"database {runtime.engine.dialect.name}, local backend with {caps.cpus} CPUs, "
-            f"{format_bytes(caps.memory_bytes)} memory, {caps.gpus} GPUs",
+            f"database {runtime.engine.dialect.name}",
             highlight=False,
         )
+        for name, cap in runtime.partitions().items():
+            r = cap.resources
+            err_console.print(
+                f"  partition {escape(name)}: "
+                + ("this machine, " if name == "local" else f"Slurm, {cap.nodes} nodes with ")
+                + f"{r.cpus} CPUs, {format_bytes(r.memory_bytes)} memory, {r.gpus} GPUs"
+                + (" each" if name != "local" else ""),
+                highlight=False,
+            )
         if token:
             path = save_config(url, token)
             err_console.print(
@@ -212,9 +219,20 @@ def submit(
         str | None, typer.Option(help="Job name [default: the command's name].")
     ] = None,
     project: Annotated[str, typer.Option(help="Project to run in.")] = "default",
-    cpus: Annotated[int, typer.Option(help="CPU cores.")] = 1,
-    mem: Annotated[str, typer.Option(help="Memory, e.g. 512M, 2G.")] = "2G",
-    gpus: Annotated[int, typer.Option(help="GPUs.")] = 0,
+    cpus: Annotated[int, typer.Option(help="CPU cores (per node).")] = 1,
+    mem: Annotated[str, typer.Option(help="Memory per node, e.g. 512M, 2G.")] = "2G",
+    gpus: Annotated[int, typer.Option(help="GPUs (per node).")] = 0,
+    nodes: Annotated[
+        int,
+        typer.Option(
+            help="Nodes: the command runs once on each, with MASTER_ADDR, WORLD_SIZE, RANK "
+            "and LOCAL_RANK set for torch.distributed (a Slurm partition)."
+        ),
+    ] = 1,
+    partition: Annotated[
+        str | None,
+        typer.Option(help="Run it in this partition [default: wherever there is room first]."),
+    ] = None,
     time: Annotated[
         str | None,
         typer.Option("--time", "-t", help="Time limit, e.g. 10m, 2h, 1:30:00 [default: 1h]."),
@@ -277,6 +295,8 @@ def submit(
             cpus=cpus,
             memory_bytes=parse_memory(mem),
             gpus=gpus,
+            nodes=nodes,
+            partition=partition,
             time_limit_s=parse_duration(time) if time is not None else None,
             env=variables,
             workdir=None if no_workdir else workdir,
@@ -383,10 +403,17 @@ def status(
         ("command", escape(" ".join(job.argv))),
         (
             "asked",
-            f"{r.cpus} CPUs, {format_bytes(r.memory_bytes)}, {r.gpus} GPUs, "
-            f"time limit {format_duration(job.time_limit_s)}",
+            (f"{job.nodes} nodes with " if job.nodes > 1 else "")
+            + f"{r.cpus} CPUs, {format_bytes(r.memory_bytes)}, {r.gpus} GPUs"
+            + (" each" if job.nodes > 1 else "")
+            + (f" in partition {escape(job.partition)}" if job.partition else "")
+            + f", time limit {format_duration(job.time_limit_s)}",
         ),
-        ("backend", job.backend + (f", GPUs {job.gpu_ids}" if job.gpu_ids else "")),
+        (
+            "partition",
+            (job.backend or "- (not admitted yet)")
+            + (f", GPUs {job.gpu_ids}" if job.gpu_ids else ""),
+        ),
     ]
     rows.append(("pool", _pool_line(job)))
     if job.state == JobState.PENDING:

@@ -135,6 +135,8 @@ class Client:
         cpus: int = 1,
         memory_bytes: int = 2 * 1024**3,
         gpus: int = 0,
+        nodes: int = 1,
+        partition: str | None = None,
         time_limit_s: int | None = None,
         env: dict[str, str] | None = None,
         workdir: str | Path | None = None,
@@ -145,7 +147,8 @@ class Client:
         flexible_s: int | None = None,
     ) -> JobOut:
         """Queue a job. `workdir` is packed and uploaded; the job runs in a fresh copy of it.
-        A `preemptible` job may borrow idle GPUs beyond its pool's guarantee."""
+        A `preemptible` job may borrow idle GPUs beyond its pool's guarantee. `cpus`,
+        `memory_bytes` and `gpus` are per node: a job gets `nodes` nodes with that much each."""
         if not argv:
             raise InvalidRequest(
                 "the command is empty; give it after `--`, e.g. -- python train.py"
@@ -158,6 +161,8 @@ class Client:
             "cpus": cpus,
             "memory_bytes": memory_bytes,
             "gpus": gpus,
+            "nodes": nodes,
+            "partition": partition,
             "env": env or {},
             "workdir": digest,
             "allocation": allocation,

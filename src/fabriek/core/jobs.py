@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -70,6 +71,8 @@ MAX_ARGV_BYTES = 128 * 1024
 MAX_ENV_ITEMS = 256
 MAX_PRIORITY = 1000
 MAX_FLEXIBLE_S = 7 * 86400  # green scheduling looks a week ahead
+MAX_NODES = 1024
+PARTITION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +102,14 @@ class Resources:
 
 
 def validate_request(
-    *, name: str, argv: list[str], resources: Resources, time_limit_s: int, env: dict[str, str]
+    *,
+    name: str,
+    argv: list[str],
+    resources: Resources,
+    time_limit_s: int,
+    env: dict[str, str],
+    nodes: int = 1,
+    partition: str | None = None,
 ) -> None:
     """Reject requests that are malformed whatever the factory's size (one clear sentence each)."""
     for what, text in [
@@ -129,6 +139,12 @@ def validate_request(
     if time_limit_s > MAX_TIME_LIMIT_S:
         raise InvalidRequest(
             f"the time limit is beyond the maximum of {MAX_TIME_LIMIT_S // 86400} days"
+        )
+    if not 1 <= nodes <= MAX_NODES:
+        raise InvalidRequest(f"a job runs on 1 to {MAX_NODES} nodes, got {nodes}")
+    if partition is not None and not PARTITION_NAME.fullmatch(partition):
+        raise InvalidRequest(
+            f"invalid partition name {partition!r}: letters, digits, '.', '_' and '-', at most 64"
         )
     if len(env) > MAX_ENV_ITEMS:
         raise InvalidRequest(f"at most {MAX_ENV_ITEMS} environment variables")
@@ -162,6 +178,10 @@ class JobRequest:
     deadline: datetime | None = None
     flexible_s: int | None = None
     time_limit_given: bool = True
+    # `resources` on each of `nodes` nodes (a multi-node job is started on all at once), in
+    # `partition` if named (None: wherever the engine finds room).
+    nodes: int = 1
+    partition: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +249,12 @@ class Job:
     carbon_kg: float | None = None
     carbon_saved_kg: float | None = None  # against starting at once, where it was held back
     carbon_note: str | None = None
+    nodes: int = 1  # `resources` on each
+    partition: str | None = None  # as asked for; `backend` says where it was admitted
+
+    @property
+    def total_gpus(self) -> int:
+        return self.resources.gpus * self.nodes
 
 
 def _check_text(what: str, text: str) -> None:

@@ -199,6 +199,9 @@ class _State:
         return request.gpus * request.time_limit_s / 3600.0 * weight
 
     def candidates(self, request: Request) -> list[Partition]:
+        if request.partition is not None:
+            found = self.partitions.get(request.partition)
+            return [found] if found is not None else []
         if request.gpu_type is not None:
             return [p for p in self.snapshot.partitions if p.gpu_type == request.gpu_type]
         if request.gpus_per_node == 0:
@@ -229,7 +232,10 @@ class _State:
         request = job.request
         if request.gpus_per_node == 0:
             return self.place(request, avoid), True
-        types = [request.gpu_type] if request.gpu_type else self.gpu_types
+        if request.partition is not None:
+            types = [self.type_of(request.partition)]
+        else:
+            types = [request.gpu_type] if request.gpu_type else self.gpu_types
         beyond = []
         for gpu_type in types:
             if self.within_guarantee(job.pool, gpu_type, request.gpus):
@@ -260,6 +266,8 @@ class _State:
         if found is None:
             if request.gpus_per_node == 0:
                 found = NO_GPU
+            elif request.partition is not None:
+                found = self.type_of(request.partition)
             elif request.gpu_type is not None:
                 found = request.gpu_type
             else:
@@ -355,6 +363,7 @@ def _nominate(
             and request.memory_per_node <= surely[2]
             and request.nodes <= surely[3]
             and (request.gpu_type is None or request.gpu_type == default_type)
+            and request.partition is None
         ):
             fits = possible.get(request)
             if fits is None:
@@ -372,8 +381,7 @@ def _nominate(
                 continue
         queues[pool].append(job)
         queued.append(job)
-        gpu_type = request.gpu_type or (default_type if gpus else NO_GPU)
-        demand[gpu_type].add(pool)
+        demand[state.gpu_type_of(request)].add(pool)
     # Green planning sees only what could start: a job its allocation cannot cover takes no
     # room in the plan. The jobs it holds back leave their queues (and their pools' demand).
     held = plan_green(state, queued, decisions)
@@ -382,9 +390,7 @@ def _nominate(
         for pool, queue in queues.items():
             queue[:] = [job for job in queue if job.id not in held]
             for job in queue:
-                request = job.request
-                gpu_type = request.gpu_type or (default_type if request.gpus_per_node else NO_GPU)
-                demand[gpu_type].add(pool)
+                demand[state.gpu_type_of(job.request)].add(pool)
     return queues
 
 

@@ -66,6 +66,7 @@ class Request:
     nodes: int = 1
     gpu_type: str | None = None  # None: any partition
     time_limit_s: float = 3600.0
+    partition: str | None = None  # only this partition; None: any (of `gpu_type`)
 
     @property
     def gpus(self) -> int:

@@ -10,8 +10,11 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from fabriek.backends.base import Backend, Capacity
 from fabriek.backends.local.backend import LocalBackend, detect_resources
 from fabriek.backends.local.gpus import GpuInfo, inventory_from_setting
+from fabriek.backends.slurm.backend import SlurmBackend
+from fabriek.backends.slurm.config import load_partitions
 from fabriek.core.jobs import Resources
 from fabriek.core.units import parse_memory
 from fabriek.server.controller.loop import Controller
@@ -30,9 +33,12 @@ class Runtime:
     engine: Engine
     sessions: sessionmaker[Session]
     readers: sessionmaker[Session]
-    backend: LocalBackend
+    backend: LocalBackend  # this machine's, also where it runs no jobs (not in `backends`)
     controller: Controller
     clock: Callable[[], datetime]
+    # Partition name -> its backend: `local` (unless the partitions file turns it off) and
+    # each Slurm partition.
+    backends: dict[str, Backend] = field(default_factory=dict)
     tokens: TokenCache = field(default_factory=TokenCache)
     # How a request wakes the controller: directly in the process that runs it, by a message
     # from the API worker processes (see fabriek.server.workers).
@@ -53,6 +59,14 @@ class Runtime:
     def reading(self) -> Iterator[Session]:
         with self.readers() as session:
             yield session
+
+    def partitions(self) -> dict[str, Capacity]:
+        return {name: backend.capacity() for name, backend in self.backends.items()}
+
+    def backend_for(self, partition: str) -> Backend:
+        """The backend a job admitted to `partition` ran on (this machine's for a job that was
+        never admitted, which has no files anyway)."""
+        return self.backends.get(partition) or self.backend
 
     def close(self) -> None:
         self.controller.stop()
@@ -93,13 +107,17 @@ def build_runtime(
             "gpu_watts": settings.estimate_gpu_watts,
         },
     )
+    config = load_partitions(settings.partitions_file)
+    backends: dict[str, Backend] = {backend.name: backend} if config.local else {}
+    for partition in config.slurm:
+        backends[partition.name] = SlurmBackend(partition)
     controller = Controller(
         sessions=sessions,
         readers=readers,
-        backend=backend,
+        backends=backends,
         clock=clock,
         workdirs=settings.workdirs_dir,
         interval=settings.controller_interval_seconds,
     )
     backend.on_change = controller.wake
-    return Runtime(settings, engine, sessions, readers, backend, controller, clock)
+    return Runtime(settings, engine, sessions, readers, backend, controller, clock, backends)

@@ -53,9 +53,13 @@ class JobSubmit(BaseModel):
     name: str = Field(description="A short name to recognise the job by.")
     project: str = Field("default", description="The project the job runs in.")
     argv: list[str] = Field(description="The command and its arguments, run without a shell.")
-    cpus: int = Field(1, description="CPU cores.")
-    memory_bytes: int = Field(2 * 1024**3, description="Memory in bytes.")
-    gpus: int = Field(0, description="GPUs.")
+    cpus: int = Field(1, description="CPU cores (on each node).")
+    memory_bytes: int = Field(2 * 1024**3, description="Memory in bytes (on each node).")
+    gpus: int = Field(0, description="GPUs (on each node).")
+    nodes: int = Field(1, description="Nodes, each with the CPUs, memory and GPUs above.")
+    partition: str | None = Field(
+        None, description="Run it in this partition; default: wherever the engine finds room."
+    )
     time_limit_s: int = Field(3600, description="Wall-clock limit in seconds.")
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables.")
     workdir: str | None = Field(
@@ -137,10 +141,12 @@ class JobOut(BaseModel):
     user: str
     state: JobState
     argv: list[str]
-    resources: ResourcesOut
+    resources: ResourcesOut = Field(description="On each of its nodes.")
+    nodes: int = 1
+    partition: str | None = Field(None, description="The partition it asked for, if any.")
     time_limit_s: int
     workdir: str | None
-    backend: str
+    backend: str = Field(description="The partition it was admitted to (empty before that).")
     submitted_at: datetime
     admitted_at: datetime | None
     started_at: datetime | None
@@ -200,6 +206,8 @@ class JobOut(BaseModel):
                 memory_bytes=job.resources.memory_bytes,
                 gpus=job.resources.gpus,
             ),
+            nodes=job.nodes,
+            partition=job.partition,
             time_limit_s=job.time_limit_s,
             workdir=job.workdir_digest,
             backend=job.backend,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +23,7 @@ from fabriek.backends.base import Backend, LaunchSpec, Observation, Phase
 from fabriek.core.jobs import JobState, Resources
 from fabriek.scheduling.engine import decide
 from fabriek.scheduling.fairshare import DEFAULT_HALF_LIFE_S
-from fabriek.scheduling.model import Decisions
+from fabriek.scheduling.model import Decisions, Partition
 from fabriek.server.controller.snapshot import (
     ACTIVE,
     Read,
@@ -74,7 +74,8 @@ class Controller:
         self,
         *,
         sessions: sessionmaker[Session],
-        backend: Backend,
+        backend: Backend | None = None,
+        backends: Mapping[str, Backend] | None = None,
         readers: sessionmaker[Session] | None = None,
         clock: Clock,
         workdirs: Path,
@@ -83,7 +84,12 @@ class Controller:
     ) -> None:
         self.sessions = sessions
         self.readers = readers or sessions
-        self.backend = backend
+        # Partition name -> the backend that runs it (the local machine, Slurm partitions).
+        self.backends: dict[str, Backend] = dict(backends or {})
+        if backend is not None:
+            self.backends.setdefault(backend.name, backend)
+        if not self.backends:
+            raise ValueError("a controller needs at least one backend")
         self.clock = clock
         self.workdirs = workdirs
         self.interval = interval
@@ -184,14 +190,28 @@ class Controller:
     def _observe(self, report: PassReport) -> None:
         with self.readers() as session:
             rows = session.execute(
-                select(JobRow.id, JobRow.handle, JobRow.state).where(JobRow.state.in_(ACTIVE))
+                select(JobRow.id, JobRow.handle, JobRow.state, JobRow.backend).where(
+                    JobRow.state.in_(ACTIVE)
+                )
             ).all()
-        unlaunched = [job_id for job_id, handle, _ in rows if handle is None]
+        unlaunched = [job_id for job_id, handle, _, _ in rows if handle is None]
         for job_id in unlaunched:  # admitted, then a crash before the launch was recorded
             self._launch(job_id)
-        handles = {job_id: handle for job_id, handle, _ in rows if handle is not None}
-        states = {job_id: state for job_id, _, state in rows}
-        observations = self.backend.poll(handles) if handles else {}
+        by_backend: dict[str, dict[int, dict[str, object]]] = {}
+        for job_id, handle, _, name in rows:
+            if handle is not None:
+                by_backend.setdefault(name, {})[job_id] = handle
+        states = {job_id: state for job_id, _, state, _ in rows}
+        observations: dict[int, Observation] = {}
+        for name, handles in by_backend.items():  # one poll per backend for all its jobs
+            backend = self.backends.get(name)
+            if backend is None:
+                log.error("jobs %s run on %r, which is not configured", sorted(handles), name)
+                continue
+            try:
+                observations.update(backend.poll(handles))
+            except Exception:  # one backend's trouble must not stop the others
+                log.exception("cannot poll partition %s; trying again next pass", name)
         report.observed = len(observations)
         for job_id, seen in observations.items():
             if seen.phase == Phase.STARTING:
@@ -259,7 +279,7 @@ class Controller:
                 wall_s=usage.wall_s,
                 cpu_s=usage.cpu_s,
                 max_rss_bytes=usage.max_rss_bytes,
-                gpu_s=usage.wall_s * row.gpus,
+                gpu_s=usage.wall_s * row.gpus * (row.nodes or 1),
             )
         record_energy(session, row, seen.energy)
         account_job(session, row)
@@ -306,6 +326,7 @@ class Controller:
             started_at=None,
             handle=None,
             gpu_ids=None,
+            placement=None,
             borrowed=False,
             preempt_requested_at=None,
             preemptions=row.preemptions + 1,
@@ -316,16 +337,16 @@ class Controller:
         SIGKILL); the next polls see how it ended."""
         with self.readers() as session:
             rows = session.execute(
-                select(JobRow.id, JobRow.handle).where(
+                select(JobRow.id, JobRow.handle, JobRow.backend).where(
                     JobRow.state.in_(ACTIVE),
                     (JobRow.cancel_requested_at.is_not(None))
                     | (JobRow.preempt_requested_at.is_not(None)),
                     JobRow.handle.is_not(None),
                 )
             ).all()
-        for job_id, handle in rows:
+        for job_id, handle, name in rows:
             try:
-                self.backend.cancel(job_id, handle)  # idempotent: repeated each pass until it ends
+                self._backend(name).cancel(job_id, handle)  # idempotent: repeated until it ends
             except Exception:
                 log.exception("cannot cancel job %s; trying again next pass", job_id)
         report.cancelled = len(rows)
@@ -351,7 +372,7 @@ class Controller:
             read = read_snapshot(
                 connection,
                 static=self._static,
-                partition=partition_of(self.backend.name, self.backend.capacity()),
+                partitions=self._partitions(),
                 now=now,
                 usage=self._usage,
                 after_id=0 if full else self._seen_up_to,
@@ -366,7 +387,7 @@ class Controller:
                 read = read_snapshot(
                     connection,
                     static=self._static,
-                    partition=partition_of(self.backend.name, self.backend.capacity()),
+                    partitions=self._partitions(),
                     now=now,
                     usage=self._usage,
                     after_id=self._seen_up_to,
@@ -404,6 +425,15 @@ class Controller:
             self._launch(job_id)
         report.admitted = len(admitted)
         report.starting += len(admitted)
+
+    def _partitions(self) -> tuple[Partition, ...]:
+        return tuple(partition_of(name, b.capacity()) for name, b in self.backends.items())
+
+    def _backend(self, name: str) -> Backend:
+        backend = self.backends.get(name)
+        if backend is None:
+            raise LookupError(f"partition {name!r} is not configured")
+        return backend
 
     def _forecast(
         self, session: Session, now: datetime, now_mono: float
@@ -451,8 +481,12 @@ class Controller:
         """Admit in one transaction; each job gets its own GPUs (CUDA_VISIBLE_DEVICES)."""
         if not decisions.admissions:
             return []
-        taken = {gpu for ids in read.gpu_ids.values() for gpu in ids}
-        free = [g for g in self.backend.capacity().gpu_ids if g not in taken]
+        # The GPUs a backend hands out itself (the local machine's) are picked here; Slurm
+        # picks its own.
+        free = {}
+        for name, backend in self.backends.items():
+            taken = {gpu for ids in read.gpu_ids.get(name, {}).values() for gpu in ids}
+            free[name] = [g for g in backend.capacity().gpu_ids if g not in taken]
         requests = {job.id: job.request for job in read.snapshot.pending}
         admitted: list[int] = []
         with transaction(self.sessions) as session:
@@ -460,11 +494,14 @@ class Controller:
                 row = session.get(JobRow, admission.job_id, with_for_update=True)
                 if row is None or row.state != JobState.PENDING.value:
                     continue  # cancelled since the snapshot was taken
-                gpus = requests[admission.job_id].gpus
-                if gpus > len(free):  # the engine counted the same GPUs: never happens
-                    log.error("no free GPUs left for job %s; it waits", admission.job_id)
-                    continue
-                gpu_ids, free = free[:gpus], free[gpus:]
+                partition = admission.placement.partition
+                gpu_ids: list[int] = []
+                if free[partition]:
+                    gpus = requests[admission.job_id].gpus
+                    if gpus > len(free[partition]):  # the engine counted the same GPUs: never
+                        log.error("no free GPUs left for job %s; it waits", admission.job_id)
+                        continue
+                    gpu_ids, free[partition] = free[partition][:gpus], free[partition][gpus:]
                 transition_job(
                     session,
                     row,
@@ -474,6 +511,8 @@ class Controller:
                     gpu_ids=gpu_ids,
                     borrowed=admission.borrowed,
                     estimated_start_at=None,
+                    backend=partition,
+                    placement=list(admission.placement.nodes),
                 )
                 admitted.append(row.id)
         return admitted
@@ -482,7 +521,7 @@ class Controller:
         """Ask the chosen jobs to stop; each is requeued when its process has ended."""
         if not decisions.preemptions:
             return
-        chosen: list[tuple[int, dict[str, object] | None, str]] = []
+        chosen: list[tuple[int, dict[str, object] | None, str, str]] = []
         with transaction(self.sessions) as session:
             for preemption in decisions.preemptions:
                 row = session.get(JobRow, preemption.job_id, with_for_update=True)
@@ -504,14 +543,14 @@ class Controller:
                     at=now,
                     reason=preemption.reason,
                 )
-                chosen.append((row.id, row.handle, preemption.reason))
-        for job_id, handle, why in chosen:
+                chosen.append((row.id, row.handle, preemption.reason, row.backend))
+        for job_id, handle, why, name in chosen:
             log.info("preempting job %s: %s", job_id, why)
             if handle is None:  # admitted, launch not recorded: never start it, or stop it
                 self._launch(job_id)
                 continue
             try:
-                self.backend.cancel(job_id, handle)  # repeated by later passes until it ends
+                self._backend(name).cancel(job_id, handle)  # repeated until it ends
             except Exception:
                 log.exception("cannot stop job %s; trying again next pass", job_id)
         report.preempted = len(chosen)
@@ -584,13 +623,20 @@ class Controller:
             cancelled = row.cancel_requested_at is not None
             preempted = row.preempt_requested_at is not None
             spec = launch_spec(row, self.workdirs)
-        if (cancelled or preempted) and self._launched_before(spec):
+            where = row.backend
+            backend = self.backends.get(where)
+        if backend is None:
+            self._end_unlaunched(
+                job_id, JobState.FAILED, f"partition {where!r} is no longer configured"
+            )
+            return
+        if (cancelled or preempted) and self._launched_before(backend, spec):
             # Its launch went out before a crash lost the handle: adopt it and stop it; the
             # passes that observe it record how it ended (cancelled, or requeued).
-            handle = self.backend.submit(spec)  # idempotent: adopts, starts nothing new
+            handle = backend.submit(spec)  # idempotent: adopts, starts nothing new
             with transaction(self.sessions) as session:
                 session.execute(update(JobRow).where(JobRow.id == job_id).values(handle=handle))
-            self.backend.cancel(job_id, handle)
+            backend.cancel(job_id, handle)
             return
         if cancelled:  # asked to stop between admission and launch: never start it
             self._end_unlaunched(job_id, JobState.CANCELLED, "cancelled before it started")
@@ -599,7 +645,7 @@ class Controller:
             self._requeue_unlaunched(job_id)
             return
         try:
-            handle = self.backend.submit(spec)
+            handle = backend.submit(spec)
         except Exception as exc:
             log.exception("launching job %s failed", job_id)
             self._end_unlaunched(job_id, JobState.FAILED, f"the backend could not launch it: {exc}")
@@ -607,8 +653,9 @@ class Controller:
         with transaction(self.sessions) as session:
             session.execute(update(JobRow).where(JobRow.id == job_id).values(handle=handle))
 
-    def _launched_before(self, spec: LaunchSpec) -> bool:
-        check = getattr(self.backend, "was_launched", None)  # backends.base.LaunchRecord
+    @staticmethod
+    def _launched_before(backend: Backend, spec: LaunchSpec) -> bool:
+        check = getattr(backend, "was_launched", None)  # backends.base.LaunchRecord
         return bool(check(spec)) if check is not None else False
 
     def _end_unlaunched(self, job_id: int, target: JobState, reason: str) -> None:
@@ -635,6 +682,7 @@ def launch_spec(row: JobRow, workdirs: Path) -> LaunchSpec:
         # Each run of a requeued job is a new launch, with its own directory and log.
         instance=str(int(row.submitted_at.timestamp() * 1_000_000))
         + (f"r{row.preemptions}" if row.preemptions else ""),
+        nodes=row.nodes or 1,
     )
 
 

@@ -43,17 +43,26 @@ class Read:
     snapshot: Snapshot
     reasons: dict[int, str | None] = field(default_factory=dict)  # pending job -> stored reason
     estimates: dict[int, datetime] = field(default_factory=dict)  # pending job -> stored, if set
-    gpu_ids: dict[int, tuple[int, ...]] = field(default_factory=dict)  # running job -> its GPUs
+    # partition -> running job -> the GPUs fabriek gave it (where the backend lets it choose)
+    gpu_ids: dict[str, dict[int, tuple[int, ...]]] = field(default_factory=dict)
     green_starts: dict[int, datetime] = field(default_factory=dict)  # pending -> stored, if set
     # Pending jobs whose allocation has ended or not yet begun -> the sentence that says so.
     out_of_period: dict[int, str] = field(default_factory=dict)
 
 
 def partition_of(name: str, capacity: Capacity) -> Partition:
-    """The backend's machine as the engine sees it: one partition of one node."""
+    """A backend's capacity as the engine sees it: a partition of alike nodes. A one-node
+    partition's node has the partition's name; others' are NAME-0, NAME-1, ... (the engine counts
+    room per node; which real node a job gets is the backend's business)."""
     r = capacity.resources
     gpu_type = (capacity.gpu_type or "gpu") if r.gpus else ""
-    return Partition(name, gpu_type, (Node(name, r.gpus, r.cpus, r.memory_bytes),))
+    names = [name] if capacity.nodes == 1 else [f"{name}-{i}" for i in range(capacity.nodes)]
+    return Partition(
+        name,
+        gpu_type,
+        tuple(Node(n, r.gpus, r.cpus, r.memory_bytes) for n in names),
+        capacity.billing_weight,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +125,7 @@ def read_snapshot(
     conn: Connection,
     *,
     static: Static,
-    partition: Partition,
+    partitions: tuple[Partition, ...],
     now: datetime,
     usage: dict[str, float],
     after_id: int = 0,
@@ -128,13 +137,18 @@ def read_snapshot(
     t = now.timestamp()
     pools_by_id, ended = static.pools_by_id, static.out_of_period
 
-    requests: dict[tuple[int, int, int, int], Request] = {}  # shared: the engine caches by it
+    # Shared: the engine caches by request.
+    requests: dict[tuple[int, int, int, int, int, str | None], Request] = {}
 
-    def request(gpus: int, cpus: int, memory: int, limit: int) -> Request:
-        key = (gpus, cpus, memory, limit)
+    def request(
+        gpus: int, cpus: int, memory: int, limit: int, nodes: int, partition: str | None
+    ) -> Request:
+        key = (gpus, cpus, memory, limit, nodes, partition)
         found = requests.get(key)
         if found is None:
-            found = requests[key] = Request(gpus, cpus, memory, 1, None, float(limit))
+            found = requests[key] = Request(
+                gpus, cpus, memory, nodes, None, float(limit), partition
+            )
         return found
 
     jobs = JobRow.__table__.c
@@ -152,9 +166,11 @@ def read_snapshot(
         jobs.cpus,
         jobs.memory_bytes,
         jobs.time_limit_s,
+        jobs.nodes,
+        jobs.partition,
     )
-    read = Read(Snapshot(t, (partition,), ()))
-    placement = Placement(partition.name, tuple(n.name for n in partition.nodes))
+    read = Read(Snapshot(t, partitions, ()))
+    node_names = {p.name: tuple(n.name for n in p.nodes) for p in partitions}
     running: list[RunningJob] = []
     for (
         job_id,
@@ -165,11 +181,15 @@ def read_snapshot(
         cpus,
         memory,
         limit,
+        nodes,
+        asked_partition,
         admitted_at,
         preemptible,
         borrowed,
         preempt_requested_at,
         gpu_ids,
+        backend,
+        placed,
     ) in conn.execute(
         select(
             *shape,
@@ -178,6 +198,8 @@ def read_snapshot(
             jobs.borrowed,
             jobs.preempt_requested_at,
             jobs.gpu_ids,
+            jobs.backend,
+            jobs.placement,
         )
         .select_from(joined)
         .where(jobs.state.in_(ACTIVE))
@@ -188,15 +210,17 @@ def read_snapshot(
                 str(project_id),
                 UNALLOCATED if pool_id is None else pools_by_id.get(pool_id, f"#{pool_id}"),
                 alloc_id,
-                request(gpus, cpus, memory, limit),
-                placement,
+                request(gpus, cpus, memory, limit, nodes, asked_partition),
+                # Rows from before placements were kept ran on a one-node partition.
+                Placement(backend, tuple(placed) if placed else node_names.get(backend, ())),
                 admitted_at.timestamp() if admitted_at else t,
                 preemptible,
                 borrowed,
                 preempt_requested_at is not None,
             )
         )
-        read.gpu_ids[job_id] = tuple(gpu_ids or ())
+        if gpu_ids:
+            read.gpu_ids.setdefault(backend, {})[job_id] = tuple(gpu_ids)
 
     which = jobs.id > after_id
     if heads:
@@ -227,6 +251,8 @@ def read_snapshot(
         cpus,
         memory,
         limit,
+        nodes,
+        asked_partition,
         submitted_at,
         preemptible,
         priority,
@@ -250,7 +276,7 @@ def read_snapshot(
                 str(project_id),
                 UNALLOCATED if pool_id is None else pools_by_id.get(pool_id, f"#{pool_id}"),
                 alloc_id,
-                request(gpus, cpus, memory, limit),
+                request(gpus, cpus, memory, limit, nodes, asked_partition),
                 submitted_at.timestamp(),
                 priority,
                 preemptible,
@@ -267,7 +293,7 @@ def read_snapshot(
             read.out_of_period[job_id] = ended[alloc_id]
     read.snapshot = Snapshot(
         t,
-        (partition,),
+        partitions,
         static.pools,
         static.allocations,
         tuple(running),
@@ -287,7 +313,9 @@ def recent_usage(conn: Connection, *, now: datetime, half_life_s: float) -> dict
     uses = [
         Use(str(project_id), gpus, started.timestamp(), (finished or now).timestamp())
         for project_id, gpus, started, finished in conn.execute(
-            select(jobs.project_id, jobs.gpus, jobs.started_at, jobs.finished_at).where(
+            select(
+                jobs.project_id, jobs.gpus * jobs.nodes, jobs.started_at, jobs.finished_at
+            ).where(
                 jobs.gpus > 0,
                 jobs.started_at.is_not(None),
                 or_(jobs.finished_at.is_(None), jobs.finished_at >= since),

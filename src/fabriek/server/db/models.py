@@ -301,6 +301,12 @@ class JobRow(Base):
     carbon_kg: Mapped[float | None] = mapped_column(Float)
     carbon_saved_kg: Mapped[float | None] = mapped_column(Float)
     carbon_note: Mapped[str | None] = mapped_column(Text)
+    # Resources above are per node: a job asks for `nodes` nodes with that much on each. It may
+    # name a partition; `backend` is the partition it was admitted to (the one it asked for, or
+    # the only one, before that), `placement` the partition's nodes the engine counted it on.
+    nodes: Mapped[int] = mapped_column(Integer, server_default="1")
+    partition: Mapped[str | None] = mapped_column(String(64))
+    placement: Mapped[list[Any] | None]
 
 
 class JobEnergyHourRow(Base):

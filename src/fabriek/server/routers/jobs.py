@@ -38,6 +38,8 @@ def submit(body: JobSubmit, actor: ActorDep, runtime: RuntimeDep) -> Response:
         project=body.project,
         argv=body.argv,
         resources=Resources(body.cpus, body.memory_bytes, body.gpus),
+        nodes=body.nodes,
+        partition=body.partition,
         time_limit_s=body.time_limit_s,
         env=body.env,
         workdir_digest=body.workdir,
@@ -53,8 +55,7 @@ def submit(body: JobSubmit, actor: ActorDep, runtime: RuntimeDep) -> Response:
             session,
             actor=actor,
             request=request,
-            largest=runtime.backend.capacity().resources,
-            backend=runtime.backend.name,
+            partitions=runtime.partitions(),
             now=runtime.clock(),
             require_allocation=runtime.settings.require_allocation,
         )
@@ -107,9 +108,9 @@ def logs(
     continue) and X-Fabriek-Job-State (follow until it is final and no bytes come)."""
     with runtime.reading() as session:
         row = service.job_row_for_files(session, actor=actor, job_id=job_id)
-        state, handle = row.state, row.handle
+        state, handle, where = row.state, row.handle, row.backend
     data = job_files.read_log(
-        runtime.backend, job_id=job_id, handle=handle, offset=offset, limit=limit
+        runtime.backend_for(where), job_id=job_id, handle=handle, offset=offset, limit=limit
     )
     return Response(
         data,
@@ -127,9 +128,12 @@ def outputs(job_id: JobId, actor: ActorDep, runtime: RuntimeDep) -> FileResponse
     """The files the job wrote to $FABRIEK_OUTPUT_DIR, as a gzip'd tar archive."""
     with runtime.reading() as session:
         row = service.job_row_for_files(session, actor=actor, job_id=job_id)
-        handle = row.handle
+        handle, where = row.handle, row.backend
     archive = job_files.pack_outputs(
-        runtime.backend, job_id=job_id, handle=handle, scratch=runtime.settings.home / "tmp"
+        runtime.backend_for(where),
+        job_id=job_id,
+        handle=handle,
+        scratch=runtime.settings.home / "tmp",
     )
     return FileResponse(
         archive,

@@ -61,7 +61,7 @@ def shares(actor: ActorDep, runtime: RuntimeDep, start: From, end: To) -> list[S
             start=start,
             end=end,
             now=runtime.clock(),
-            total_gpus=runtime.backend.capacity().resources.gpus,
+            total_gpus=sum(c.resources.gpus * c.nodes for c in runtime.partitions().values()),
         )
     return [
         ShareOut(

@@ -19,7 +19,7 @@ def health(runtime: RuntimeDep) -> Health:
         status="ok",
         version=__version__,
         database=runtime.engine.dialect.name,
-        backend=runtime.backend.name,
+        backend=", ".join(runtime.backends),
         workdir_max_bytes=runtime.settings.workdir_max_bytes,
         api_processes=runtime.settings.api_processes,
     )

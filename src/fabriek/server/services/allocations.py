@@ -251,7 +251,7 @@ def settle(session: Session, job: JobRow) -> None:
         .with_for_update()
         .execution_options(populate_existing=True)
     )
-    used = min(gpu_hours_of(job.gpus, job.wall_s or 0.0), job.hold_gpu_hours)
+    used = min(gpu_hours_of(job.gpus * (job.nodes or 1), job.wall_s or 0.0), job.hold_gpu_hours)
     job.charged_gpu_hours = used
     if row is not None:
         row.held_gpu_hours = max(0.0, row.held_gpu_hours - job.hold_gpu_hours)

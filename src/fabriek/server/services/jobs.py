@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -21,6 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from fabriek.backends.base import Capacity
 from fabriek.core.errors import Conflict, Forbidden, InvalidRequest, NotFound, ResourcesUnavailable
 from fabriek.core.jobs import (
     MAX_PRIORITY,
@@ -88,21 +89,22 @@ def submit_job(
     *,
     actor: Actor,
     request: JobRequest,
-    largest: Resources,
-    backend: str,
+    partitions: Mapping[str, Capacity],
     now: datetime,
     require_allocation: bool = False,
 ) -> Job:
-    """Queue a job. `largest` is the biggest machine the backend has: a job beyond it could never run.
-    With `require_allocation`, a GPU job must name the allocation it is charged to."""
+    """Queue a job. `partitions` is what the factory has: a job that fits none of them could
+    never run. With `require_allocation`, a GPU job must name the allocation it is charged to."""
     validate_request(
         name=request.name,
         argv=request.argv,
         resources=request.resources,
         time_limit_s=request.time_limit_s,
         env=request.env,
+        nodes=request.nodes,
+        partition=request.partition,
     )
-    _check_fits(request.resources, largest)
+    backend = _check_fits(request, partitions)
     if not -MAX_PRIORITY <= request.priority <= MAX_PRIORITY:
         raise InvalidRequest(
             f"the priority must be from -{MAX_PRIORITY} to {MAX_PRIORITY}, got {request.priority}"
@@ -141,6 +143,9 @@ def submit_job(
         preemptions=0,
         priority=request.priority,
         deadline=deadline,
+        nodes=request.nodes,
+        partition=request.partition,
+        placement=None,
     )
     # Prepared Core statements, not the ORM's unit of work: submission is the API's hottest write.
     values = {
@@ -165,7 +170,7 @@ def submit_job(
             allocation_id=request.allocation_id,
             project_id=row.project_id,
             project=request.project,
-            gpus=request.resources.gpus,
+            gpus=request.resources.gpus * request.nodes,
             time_limit_s=request.time_limit_s,
             now=now,
         )
@@ -194,20 +199,45 @@ def submit_job(
     return to_job(row, project=request.project, user=actor.name, pool=pool)
 
 
-def _check_fits(want: Resources, largest: Resources) -> None:
-    for label, asked, has in (
-        ("CPUs", want.cpus, largest.cpus),
-        ("GPUs", want.gpus, largest.gpus),
-    ):
-        if asked > has:
-            raise ResourcesUnavailable(
-                f"the job asks for {asked} {label} but the largest machine has {has}; it could never run"
+def _check_fits(request: JobRequest, partitions: Mapping[str, Capacity]) -> str:
+    """Where the job could run: the partition it names, or the only one; "" while the engine
+    may choose among several. Raises when no partition could ever hold it."""
+    if request.partition is not None:
+        if request.partition not in partitions:
+            known = ", ".join(sorted(partitions)) or "none"
+            raise InvalidRequest(
+                f"there is no partition {request.partition!r} (partitions: {known})"
             )
-    if want.memory_bytes > largest.memory_bytes:
+        candidates = {request.partition: partitions[request.partition]}
+    else:
+        candidates = dict(partitions)
+    problems = [_why_not(request, name, cap) for name, cap in candidates.items()]
+    if all(problems):
+        if len(problems) == 1:
+            raise ResourcesUnavailable(f"{problems[0]}; it could never run")
         raise ResourcesUnavailable(
-            f"the job asks for {format_bytes(want.memory_bytes)} of memory but the largest machine "
-            f"offers {format_bytes(largest.memory_bytes)}; it could never run"
+            "it fits no partition and could never run: " + "; ".join(problems)
         )
+    if request.partition is not None:
+        return request.partition
+    return next(iter(partitions)) if len(partitions) == 1 else ""
+
+
+def _why_not(request: JobRequest, name: str, capacity: Capacity) -> str | None:
+    want, has = request.resources, capacity.resources
+    where = "this machine" if name == "local" else f"partition {name}"
+    if request.nodes > capacity.nodes:
+        return f"the job asks for {request.nodes} nodes but {where} has {capacity.nodes}"
+    per = " per node" if request.nodes > 1 or capacity.nodes > 1 else ""
+    for label, asked, offered in (("CPUs", want.cpus, has.cpus), ("GPUs", want.gpus, has.gpus)):
+        if asked > offered:
+            return f"the job asks for {asked} {label}{per} but {where} has {offered}"
+    if want.memory_bytes > has.memory_bytes:
+        return (
+            f"the job asks for {format_bytes(want.memory_bytes)} of memory{per} but {where} "
+            f"offers {format_bytes(has.memory_bytes)}"
+        )
+    return None
 
 
 # The project by name, with the actor's membership of it (NULL if none); a Core statement built
@@ -417,6 +447,8 @@ def to_job(
         carbon_kg=row.carbon_kg,
         carbon_saved_kg=row.carbon_saved_kg,
         carbon_note=row.carbon_note,
+        nodes=row.nodes or 1,
+        partition=row.partition,
         energy={
             component: ComponentEnergy(
                 getattr(row, f"{component}_energy_j"), info["method"], bool(info["measured"])

@@ -87,7 +87,7 @@ def _jobs(session: Session, actor: Actor, start: datetime, end: datetime) -> lis
     query = (
         select(
             JobRow.id,
-            JobRow.gpus,
+            (JobRow.gpus * JobRow.nodes).label("gpus"),  # all its nodes' GPUs
             PoolRow.name,
             OrganisationRow.name,
             OrganisationRow.kind,

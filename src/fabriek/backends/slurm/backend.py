@@ -1,0 +1,578 @@
+"""The Slurm backend: one fabriek partition on one Slurm partition.
+
+fabriek has already decided that the job may run (pools, allocations, fair share); Slurm places it
+on nodes and runs it. Each job gets a directory on the cluster's shared filesystem:
+
+    SHARED/jobs/ID-INSTANCE/  spec.json (command, environment: read by the wrapper, never a shell)
+                              job.sh    (fixed text: exec PYTHON WRAPPER batch SPEC, all quoted)
+                              work/     (the job's workdir)   outputs/  ($FABRIEK_OUTPUT_DIR)
+                              log       (stdout and stderr of every task)
+                              submitting, submitted (the Slurm job id)   started.json, result.json
+
+Every Slurm command is run with an argument list, never through a shell. The job's name goes to
+`--job-name` as one argument; its fabriek id to `--comment=fabriek:ID:INSTANCE`, by which a
+submission that a crash interrupted is found again instead of being submitted twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+import tarfile
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fabriek.backends.base import (
+    Capacity,
+    Energy,
+    EnergyReading,
+    Handle,
+    LaunchSpec,
+    Observation,
+    Phase,
+    Usage,
+)
+from fabriek.backends.slurm import wrapper
+from fabriek.backends.slurm.config import SlurmPartition
+from fabriek.core.jobs import JobState, Resources
+
+log = logging.getLogger(__name__)
+
+COMMAND_TIMEOUT = 60.0
+# How long a job Slurm reports ended may wait for its accounting record (slurmdbd writes it a
+# moment later) before it is finished without sacct's figures.
+ACCOUNTING_WAIT = 30.0
+
+# Slurm's job states -> (phase, fabriek's final state, the reason in words).
+_WAITING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING"}
+_RUNNING = {"RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT", "SUSPENDED", "STOPPED"}
+_ENDED: dict[str, tuple[JobState, str | None]] = {
+    "COMPLETED": (JobState.SUCCEEDED, None),
+    "FAILED": (JobState.FAILED, None),
+    "CANCELLED": (JobState.CANCELLED, "cancelled in Slurm"),
+    "TIMEOUT": (JobState.TIMED_OUT, "ran out of its time limit (Slurm TIMEOUT)"),
+    "DEADLINE": (JobState.TIMED_OUT, "passed its deadline (Slurm DEADLINE)"),
+    "NODE_FAIL": (JobState.FAILED, "a node it ran on failed (Slurm NODE_FAIL)"),
+    "BOOT_FAIL": (JobState.FAILED, "its node failed to boot (Slurm BOOT_FAIL)"),
+    "OUT_OF_MEMORY": (JobState.FAILED, "out of memory (Slurm OUT_OF_MEMORY)"),
+    "PREEMPTED": (JobState.FAILED, "preempted by Slurm itself (Slurm PREEMPTED)"),
+    "REVOKED": (JobState.CANCELLED, "revoked by Slurm (federation)"),
+    "SPECIAL_EXIT": (JobState.FAILED, "held in Slurm after a special exit (SPECIAL_EXIT)"),
+}
+
+
+class SlurmError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    """What Slurm says about one job, from squeue, sacct or the completion log."""
+
+    state: str
+    reason: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    usage: Usage | None = None
+    energy_j: float | None = None
+
+
+class SlurmBackend:
+    def __init__(self, config: SlurmPartition, *, clock: Any = time.time) -> None:
+        self.config = config
+        self.name = config.name
+        self.clock = clock
+        self.jobs_dir = config.shared_dir / "jobs"
+        self._ended_at: dict[int, float] = {}  # job -> when Slurm first said it ended
+        self._cancelled_at: dict[int, float] = {}  # job -> when SIGTERM was sent
+        self._wrapper: Path | None = None
+
+    # --- the protocol -------------------------------------------------------------------------
+    def capacity(self) -> Capacity:
+        c = self.config
+        return Capacity(
+            Resources(c.cpus_per_node, c.memory_per_node, c.gpus_per_node),
+            (),
+            c.gpu_type if c.gpus_per_node else "",
+            c.nodes,
+            c.billing_weight,
+        )
+
+    def job_dir(self, job_id: int, instance: str = "") -> Path:
+        return self.jobs_dir / (f"{job_id}-{instance}" if instance else str(job_id))
+
+    def submit(self, spec: LaunchSpec) -> Handle:
+        job_dir = self.job_dir(spec.job_id, spec.instance)
+        handle: Handle = {"dir": str(job_dir)}
+        submitted = job_dir / "submitted"
+        if submitted.exists():  # submitted before a crash: adopt it
+            return {**handle, "slurm_id": int(submitted.read_text())}
+        marker = job_dir / "submitting"
+        if marker.exists():
+            # A crash came between sbatch and recording its answer: Slurm may have the job.
+            found = self.find(spec.job_id, spec.instance)
+            if found is not None or (job_dir / "started.json").exists():
+                return self._record_submission(job_dir, handle, found)
+            log.info(
+                "job %s: an interrupted submission never reached Slurm; submitting", spec.job_id
+            )
+        else:
+            self._prepare(job_dir, spec)
+            marker.touch()
+        try:
+            out = self._run(self._sbatch_argv(spec, job_dir), what="sbatch")
+        except SlurmError:
+            # Did it reach Slurm after all (a timeout on the answer)? Then adopt it.
+            found = self.find(spec.job_id, spec.instance)
+            if found is not None:
+                return self._record_submission(job_dir, handle, found)
+            marker.unlink(missing_ok=True)
+            raise
+        slurm_id = int(out.strip().split(";")[0])  # --parsable: ID or ID;CLUSTER
+        return self._record_submission(job_dir, handle, slurm_id)
+
+    def was_launched(self, spec: LaunchSpec) -> bool:
+        return (self.job_dir(spec.job_id, spec.instance) / "submitting").exists()
+
+    def poll(self, handles: Mapping[int, Handle]) -> dict[int, Observation]:
+        """One `squeue --json` for all jobs; sacct (or the completion log) once for those that
+        left squeue or ended; the wrapper's files for what Slurm does not keep."""
+        if not handles:
+            return {}
+        ids = {job_id: h.get("slurm_id") for job_id, h in handles.items()}
+        live = self.squeue()
+        ended = [
+            job_id
+            for job_id, sid in ids.items()
+            if sid is None or sid not in live or live[sid].state not in _WAITING | _RUNNING
+        ]
+        records = self.finished_records([ids[j] for j in ended if ids[j] is not None])
+        result: dict[int, Observation] = {}
+        for job_id, handle in handles.items():
+            sid = ids[job_id]
+            record = live.get(sid) if sid is not None else None
+            if job_id in ended:
+                record = records.get(sid, record) if sid is not None else None
+            result[job_id] = self._observe(job_id, Path(handle["dir"]), record)
+        for job_id in list(self._ended_at):
+            if job_id not in handles:
+                del self._ended_at[job_id]
+        return result
+
+    def cancel(self, job_id: int, handle: Handle) -> None:
+        """SIGTERM to every step of the job (and a waiting job is removed at once); after the
+        grace period, Slurm's own cancel (which kills what is left after its KillWait)."""
+        sid = handle.get("slurm_id")
+        if sid is None:
+            return
+        now = self.clock()
+        first = self._cancelled_at.setdefault(job_id, now)
+        if first == now:
+            self._run(
+                ["scancel", "--state=PENDING", str(sid)], what="scancel", check=False
+            )  # never started: nothing to signal
+            self._run(["scancel", "--signal=TERM", "--full", str(sid)], what="scancel", check=False)
+        elif now - first >= self.config.grace_seconds:
+            self._run(["scancel", str(sid)], what="scancel", check=False)
+
+    def log_path(self, job_id: int, handle: Handle | None) -> Path | None:
+        return Path(handle["dir"]) / "log" if handle else None
+
+    def output_dir(self, job_id: int, handle: Handle | None) -> Path | None:
+        return Path(handle["dir"]) / "outputs" if handle else None
+
+    # --- Slurm's answers ----------------------------------------------------------------------
+    def squeue(self) -> dict[int, _Record]:
+        """Every job of this partition Slurm's controller knows (also those that ended within
+        its MinJobAge), by Slurm job id."""
+        out = self._run(["squeue", "--json"], what="squeue")
+        found: dict[int, _Record] = {}
+        for job in json.loads(out).get("jobs", []):
+            if job.get("partition") != self.config.partition:
+                continue
+            found[int(job["job_id"])] = _squeue_record(job)
+        return found
+
+    def find(self, job_id: int, instance: str) -> int | None:
+        """The Slurm job that carries this fabriek job's comment, if Slurm knows one."""
+        comment = _comment(job_id, instance)
+        out = self._run(["squeue", "--json"], what="squeue")
+        for job in json.loads(out).get("jobs", []):
+            if job.get("comment") == comment:
+                return int(job["job_id"])
+        if self.config.accounting:
+            out = self._run(
+                ["sacct", "-X", "-n", "-P", "--starttime=now-7days", "-o", "JobIDRaw,Comment"],
+                what="sacct",
+                check=False,
+            )
+            for line in out.splitlines():
+                sid, _, text = line.partition("|")
+                if text == comment and sid.isdigit():
+                    return int(sid)
+        return None
+
+    def finished_records(self, slurm_ids: Iterable[int]) -> dict[int, _Record]:
+        ids = sorted(set(slurm_ids))
+        if not ids:
+            return {}
+        if self.config.accounting:
+            return self._sacct(ids)
+        if self.config.jobcomp_file is not None:
+            return _read_jobcomp(self.config.jobcomp_file, set(ids))
+        return {}
+
+    def _sacct(self, ids: list[int]) -> dict[int, _Record]:
+        fields = (
+            "JobIDRaw,State,ExitCode,Start,End,ElapsedRaw,TotalCPU,MaxRSS,ConsumedEnergyRaw,Reason"
+        )
+        records: dict[int, _Record] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ",".join(str(i) for i in ids[start : start + 500])
+            out = self._run(
+                ["sacct", "-n", "-P", "-j", chunk, "-o", fields], what="sacct", check=False
+            )
+            records.update(_parse_sacct(out))
+        return records
+
+    # --- helpers ------------------------------------------------------------------------------
+    def _observe(self, job_id: int, job_dir: Path, record: _Record | None) -> Observation:
+        started = _read_json(job_dir / "started.json")
+        result = _read_json(job_dir / "result.json")
+        started_at = (
+            datetime.fromtimestamp(float(started["started_at"]), UTC)
+            if started
+            else (record.started_at if record else None)
+        )
+        if record is None and result is None:
+            if not (job_dir / "submitted").exists() and not started:
+                return Observation(Phase.LOST, reason="the job never reached Slurm")
+            return Observation(
+                Phase.LOST,
+                started_at=started_at,
+                reason="Slurm has no record of the job (it left squeue, and no accounting or "
+                "completion log says how it ended)",
+            )
+        if record is not None and record.state in _WAITING:
+            return Observation(Phase.STARTING, reason=record.reason)
+        if record is not None and record.state in _RUNNING:
+            return Observation(Phase.RUNNING, started_at=started_at or record.started_at)
+        if record is not None and record.usage is None and self.config.accounting:
+            # Ended, but its accounting record is not written yet: wait a little for it.
+            first = self._ended_at.setdefault(job_id, self.clock())
+            if self.clock() - first < ACCOUNTING_WAIT:
+                return Observation(Phase.RUNNING, started_at=started_at or record.started_at)
+        return _finished(record, result, started_at)
+
+    def _prepare(self, job_dir: Path, spec: LaunchSpec) -> None:
+        """The job's directory on the shared filesystem: workdir, spec, batch script."""
+        if job_dir.exists():  # a half-prepared directory from before a crash
+            shutil.rmtree(job_dir)
+        job_dir.mkdir(mode=0o700, parents=True)
+        work = job_dir / "work"
+        work.mkdir()
+        (job_dir / "outputs").mkdir()
+        if spec.workdir_archive is not None:
+            with tarfile.open(spec.workdir_archive, "r:gz") as tar:
+                tar.extractall(work, filter="data")
+        data = {
+            "argv": spec.argv,
+            "env": spec.env,
+            "fabriek_env": {
+                "FABRIEK_JOB_ID": str(spec.job_id),
+                "FABRIEK_JOB_NAME": spec.name,
+                "FABRIEK_CPUS": str(spec.resources.cpus),
+                "FABRIEK_GPUS": str(spec.resources.gpus),
+            },
+            "nodes": spec.nodes,
+            "workdir": str(work),
+            "output_dir": str(job_dir / "outputs"),
+            "srun": self._command("srun"),
+        }
+        spec_path = job_dir / "spec.json"
+        spec_path.write_text(json.dumps(data))
+        # Fixed text: the only words in it are paths fabriek chose, each quoted.
+        words = [self.config.python, str(self._wrapper_path()), "batch", str(spec_path)]
+        script = "#!/bin/sh\nexec " + " ".join(shlex.quote(w) for w in words) + "\n"
+        (job_dir / "job.sh").write_text(script)
+        (job_dir / "job.sh").chmod(0o700)
+
+    def _sbatch_argv(self, spec: LaunchSpec, job_dir: Path) -> list[str]:
+        c, r = self.config, spec.resources
+        argv = [
+            "sbatch",
+            "--parsable",
+            f"--job-name={spec.name}",
+            f"--comment={_comment(spec.job_id, spec.instance)}",
+            f"--partition={c.partition}",
+            f"--nodes={spec.nodes}",
+            "--ntasks-per-node=1",
+            f"--cpus-per-task={r.cpus}",
+            f"--mem={max(1, r.memory_bytes // 2**20)}M",
+            f"--time={max(1, -(-spec.time_limit_s // 60))}",
+            f"--output={job_dir / 'log'}",
+            f"--error={job_dir / 'log'}",
+            "--open-mode=append",
+            f"--chdir={job_dir}",
+            "--export=ALL",
+            "--no-requeue",
+        ]
+        if r.gpus:
+            argv.append(f"--gpus-per-node={r.gpus}")
+        if c.account:
+            argv.append(f"--account={c.account}")
+        if c.qos:
+            argv.append(f"--qos={c.qos}")
+        argv.append(str(job_dir / "job.sh"))
+        return argv
+
+    def _record_submission(self, job_dir: Path, handle: Handle, slurm_id: int | None) -> Handle:
+        if slurm_id is None:
+            return handle  # it ran, and Slurm forgot it: its files say how it ended
+        tmp = job_dir / "submitted.tmp"
+        tmp.write_text(str(slurm_id))
+        os.replace(tmp, job_dir / "submitted")
+        return {**handle, "slurm_id": slurm_id}
+
+    def _wrapper_path(self) -> Path:
+        """The wrapper, copied to the shared directory so that every node can run it."""
+        if self._wrapper is None:
+            source = Path(wrapper.__file__).read_bytes()
+            target = self.config.shared_dir / "fabriek-wrapper.py"
+            if not target.exists() or target.read_bytes() != source:
+                self.config.shared_dir.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_bytes(source)
+                os.replace(tmp, target)
+            self._wrapper = target
+        return self._wrapper
+
+    def _command(self, name: str) -> str:
+        return str(self.config.bin_dir / name) if self.config.bin_dir else name
+
+    def _env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FABRIEK_")}
+        if self.config.slurm_conf is not None:
+            env["SLURM_CONF"] = str(self.config.slurm_conf)
+        return env
+
+    def _run(self, argv: list[str], *, what: str, check: bool = True) -> str:
+        argv = [self._command(argv[0]), *argv[1:]]
+        try:
+            done = subprocess.run(
+                argv, capture_output=True, text=True, env=self._env(), timeout=COMMAND_TIMEOUT
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise SlurmError(f"{what} failed: {exc}") from exc
+        if check and done.returncode != 0:
+            raise SlurmError(f"{what} failed: {done.stderr.strip() or done.returncode}")
+        return done.stdout
+
+
+def _comment(job_id: int, instance: str) -> str:
+    return f"fabriek:{job_id}:{instance}"
+
+
+def _epoch(value: Any) -> datetime | None:
+    if isinstance(value, dict):  # newer Slurm: {"set": true, "number": N}
+        value = value.get("number") if value.get("set", True) else None
+    if not value:
+        return None
+    return datetime.fromtimestamp(int(value), UTC)
+
+
+def _state_of(value: Any) -> str:
+    if isinstance(value, list):  # newer Slurm: ["RUNNING"]
+        value = value[0] if value else "PENDING"
+    return str(value)
+
+
+def _squeue_record(job: dict[str, Any]) -> _Record:
+    state = _state_of(job.get("job_state"))
+    reason = job.get("state_reason")
+    exit_code = job.get("exit_code")
+    if isinstance(exit_code, dict):
+        exit_code = (
+            exit_code.get("return_code", {}).get("number")
+            if isinstance(exit_code.get("return_code"), dict)
+            else exit_code.get("return_code")
+        )
+    code = sig = None
+    if isinstance(exit_code, int):
+        # squeue gives the wait status: exit code in the high byte, signal in the low.
+        code, sig = (exit_code >> 8) & 0xFF, exit_code & 0x7F or None
+    return _Record(
+        state=state,
+        reason=f"waiting in Slurm: {reason}" if reason and reason != "None" else None,
+        started_at=_epoch(job.get("start_time")),
+        finished_at=_epoch(job.get("end_time")) if state in _ENDED else None,
+        exit_code=code,
+        signal=sig,
+    )
+
+
+def _seconds(text: str) -> float | None:
+    """Slurm's [D-]HH:MM:SS[.mmm] or MM:SS.mmm."""
+    if not text:
+        return None
+    days = 0
+    if "-" in text:
+        d, text = text.split("-", 1)
+        days = int(d)
+    parts = [float(p) for p in text.split(":")]
+    while len(parts) < 3:
+        parts.insert(0, 0.0)
+    return days * 86400 + parts[0] * 3600 + parts[1] * 60 + parts[2]
+
+
+def _bytes(text: str) -> int | None:
+    if not text:
+        return None
+    units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    if text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(float(text))
+
+
+def _time(text: str) -> datetime | None:
+    if not text or text in ("Unknown", "None"):
+        return None
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+def _parse_sacct(out: str) -> dict[int, _Record]:
+    """`sacct -P -o JobIDRaw,State,ExitCode,Start,End,ElapsedRaw,TotalCPU,MaxRSS,ConsumedEnergyRaw,
+    Reason`: the job's line gives its state and times; its steps' lines the peak memory."""
+    jobs: dict[int, list[str]] = {}
+    max_rss: dict[int, int] = {}
+    for line in out.splitlines():
+        fields = line.split("|")
+        if len(fields) < 10:
+            continue
+        job, _, step = fields[0].partition(".")
+        if not job.isdigit():
+            continue
+        sid = int(job)
+        if step:
+            rss = _bytes(fields[7])
+            if rss is not None:
+                max_rss[sid] = max(max_rss.get(sid, 0), rss)
+        else:
+            jobs[sid] = fields
+    records = {}
+    for sid, f in jobs.items():
+        state = f[1].split()[0] if f[1] else "PENDING"  # "CANCELLED by 0"
+        code, _, sig = f[2].partition(":")
+        energy = f[8].strip()
+        records[sid] = _Record(
+            state=state,
+            reason=f[9] if f[9] and f[9] != "None" else None,
+            started_at=_time(f[3]),
+            finished_at=_time(f[4]),
+            exit_code=int(code) if code.isdigit() else None,
+            signal=int(sig) or None if sig.isdigit() else None,
+            usage=Usage(
+                wall_s=float(f[5] or 0),
+                cpu_s=_seconds(f[6]) or 0.0,
+                max_rss_bytes=max_rss.get(sid, 0),
+            )
+            if state in _ENDED
+            else None,
+            energy_j=float(energy)
+            if energy and energy.replace(".", "", 1).isdigit() and float(energy) > 0
+            else None,
+        )
+    return records
+
+
+def _read_jobcomp(path: Path, wanted: set[int]) -> dict[int, _Record]:
+    """jobcomp/filetxt's lines: `JobId=12 UserId=... JobState=COMPLETED ... ExitCode=0:0 ...`."""
+    records: dict[int, _Record] = {}
+    try:
+        with open(path, errors="replace") as f:
+            for line in f:
+                fields = dict(item.split("=", 1) for item in line.split() if "=" in item)
+                sid = fields.get("JobId", "")
+                if not sid.isdigit() or int(sid) not in wanted:
+                    continue
+                code, _, sig = fields.get("ExitCode", "").partition(":")
+                records[int(sid)] = _Record(
+                    state=fields.get("JobState", "FAILED").split()[0],
+                    started_at=_time(fields.get("StartTime", "")),
+                    finished_at=_time(fields.get("EndTime", "")),
+                    exit_code=int(code) if code.isdigit() else None,
+                    signal=int(sig) or None if sig.isdigit() else None,
+                )
+    except OSError as exc:
+        log.warning("cannot read the job completion log %s: %s", path, exc)
+    return records
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _finished(
+    record: _Record | None, result: dict[str, Any] | None, started_at: datetime | None
+) -> Observation:
+    """How it ended: Slurm's state names the outcome (a timeout, a cancel, a node failure); the
+    wrapper's result the exit code where Slurm has none; sacct the usage where it has it."""
+    finished_at = record.finished_at if record else None
+    if finished_at is None and result and result.get("finished_at"):
+        finished_at = datetime.fromtimestamp(float(result["finished_at"]), UTC)
+    exit_code = result.get("exit_code") if result else None
+    sig = result.get("signal") if result else None
+    if exit_code is None and sig is None and record is not None:
+        exit_code, sig = record.exit_code, record.signal
+    if record is not None:
+        outcome, reason = _ENDED.get(record.state, (JobState.FAILED, f"Slurm says {record.state}"))
+        if outcome == JobState.SUCCEEDED and exit_code not in (0, None):
+            outcome = JobState.FAILED
+    else:  # only the wrapper's word
+        outcome = JobState.SUCCEEDED if exit_code == 0 else JobState.FAILED
+        reason = None
+    if outcome == JobState.FAILED and reason is None:
+        reason = (
+            (result or {}).get("reason")
+            or (f"exited with code {exit_code}" if exit_code is not None else None)
+            or (f"killed by signal {sig}" if sig else None)
+        )
+    usage = record.usage if record is not None else None
+    if usage is None and result and "wall_s" in result:
+        usage = Usage(
+            wall_s=float(result["wall_s"]),
+            cpu_s=float(result.get("cpu_s") or 0.0),
+            max_rss_bytes=int(result.get("max_rss_bytes") or 0),
+        )
+    energy = None
+    if record is not None and record.energy_j:
+        energy = Energy(
+            {"node": EnergyReading(record.energy_j, "Slurm's ConsumedEnergy (sacct)", True)},
+            {},
+        )
+    return Observation(
+        Phase.FINISHED,
+        started_at=started_at,
+        finished_at=finished_at,
+        outcome=outcome,
+        exit_code=exit_code,
+        signal=sig,
+        reason=reason,
+        usage=usage,
+        energy=energy,
+    )

@@ -1,0 +1,176 @@
+"""The factory's partitions: which Slurm partitions fabriek drives, and whether this machine runs
+jobs too. Read from a TOML file (FABRIEK_PARTITIONS_FILE; docs/slurm.md):
+
+```toml
+local = false                  # this machine runs no jobs (default: true)
+
+[slurm.gpu-h100]               # fabriek's name for the partition
+partition = "gpu"              # Slurm's name (default: the same)
+nodes = 16
+cpus_per_node = 64
+memory_per_node = "480G"
+gpus_per_node = 4
+gpu_type = "H100"
+shared_dir = "/shared/fabriek" # seen at this path by this server and every node
+account = "fabriek"            # optional: sbatch --account
+qos = "normal"                 # optional: sbatch --qos
+```
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fabriek.core.errors import InvalidRequest
+from fabriek.core.jobs import PARTITION_NAME
+from fabriek.core.units import parse_memory
+
+_SLURM_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclass(frozen=True, slots=True)
+class SlurmPartition:
+    name: str  # fabriek's name for it
+    partition: str  # Slurm's name
+    nodes: int
+    cpus_per_node: int
+    memory_per_node: int  # bytes
+    shared_dir: Path
+    gpus_per_node: int = 0
+    gpu_type: str = ""
+    account: str | None = None
+    qos: str | None = None
+    python: str = field(default_factory=lambda: sys.executable)  # on the nodes
+    slurm_conf: Path | None = None  # SLURM_CONF for the client commands; None: Slurm's default
+    bin_dir: Path | None = None  # where sbatch, squeue, ... are; None: PATH
+    accounting: bool = False  # sacct answers (slurmdbd): exit codes, usage, energy from it
+    jobcomp_file: Path | None = None  # JobCompType=jobcomp/filetxt's file, read if sacct is off
+    grace_seconds: float = 30.0  # between SIGTERM and the hard cancel
+    billing_weight: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Partitions:
+    local: bool = True
+    slurm: tuple[SlurmPartition, ...] = ()
+
+
+_KEYS = {
+    "partition",
+    "nodes",
+    "cpus_per_node",
+    "memory_per_node",
+    "gpus_per_node",
+    "gpu_type",
+    "shared_dir",
+    "account",
+    "qos",
+    "python",
+    "slurm_conf",
+    "bin_dir",
+    "accounting",
+    "jobcomp_file",
+    "grace_seconds",
+    "billing_weight",
+}
+
+
+def load_partitions(path: Path | None) -> Partitions:
+    """The partitions the file names; without a file, this machine alone. Raises InvalidRequest
+    naming the file, the partition and the key for anything wrong in it."""
+    if path is None:
+        return Partitions()
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read the partitions file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidRequest(f"{path}: not valid TOML: {exc}") from None
+    unknown = set(data) - {"local", "slurm"}
+    if unknown:
+        raise InvalidRequest(f"{path}: unknown key(s) {', '.join(sorted(unknown))}")
+    local = data.get("local", True)
+    if not isinstance(local, bool):
+        raise InvalidRequest(f"{path}: `local` must be true or false")
+    slurm = data.get("slurm", {})
+    if not isinstance(slurm, dict):
+        raise InvalidRequest(f"{path}: `slurm` must be a table of partitions")
+    parsed = tuple(_partition(path, name, table) for name, table in slurm.items())
+    if not local and not parsed:
+        raise InvalidRequest(f"{path}: no partition left: `local = false` and no [slurm.NAME]")
+    return Partitions(local, parsed)
+
+
+def _partition(path: Path, name: str, table: Any) -> SlurmPartition:
+    where = f"{path}: [slurm.{name}]"
+    if not PARTITION_NAME.fullmatch(name) or name == "local":
+        raise InvalidRequest(f"{where}: invalid name (letters, digits, '.', '_', '-'; not local)")
+    if not isinstance(table, dict):
+        raise InvalidRequest(f"{where}: must be a table")
+    unknown = set(table) - _KEYS
+    if unknown:
+        raise InvalidRequest(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+
+    def get(key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+        if key not in table:
+            if default is ...:
+                raise InvalidRequest(f"{where}: `{key}` is required")
+            return default
+        value = table[key]
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float)):
+            raise InvalidRequest(f"{where}: `{key}` has the wrong type ({value!r})")
+        return value
+
+    def word(key: str) -> str | None:
+        value = get(key, str, None)
+        if value is not None and not _SLURM_WORD.fullmatch(value):
+            raise InvalidRequest(f"{where}: `{key}` = {value!r} is not a Slurm name")
+        return value
+
+    def positive(key: str, default: Any = ...) -> int:
+        value = get(key, int, default)
+        if value < (0 if default == 0 else 1):
+            raise InvalidRequest(f"{where}: `{key}` must be at least {0 if default == 0 else 1}")
+        return int(value)
+
+    try:
+        memory = parse_memory(str(get("memory_per_node", (str, int))))
+    except (ValueError, InvalidRequest) as exc:
+        raise InvalidRequest(f"{where}: `memory_per_node`: {exc}") from None
+    gpus = positive("gpus_per_node", 0)
+    grace = float(get("grace_seconds", (int, float), 30.0))
+    weight = float(get("billing_weight", (int, float), 1.0))
+    if grace < 0 or weight <= 0:
+        raise InvalidRequest(f"{where}: `grace_seconds` >= 0 and `billing_weight` > 0, please")
+
+    def path_of(key: str) -> Path | None:
+        value = get(key, str, None)
+        return Path(value) if value else None
+
+    shared = Path(get("shared_dir", str))
+    if not shared.is_absolute():
+        raise InvalidRequest(f"{where}: `shared_dir` must be an absolute path")
+    return SlurmPartition(
+        name=name,
+        partition=word("partition") or name,
+        nodes=positive("nodes"),
+        cpus_per_node=positive("cpus_per_node"),
+        memory_per_node=memory,
+        shared_dir=shared,
+        gpus_per_node=gpus,
+        gpu_type=get("gpu_type", str, "gpu" if gpus else ""),
+        account=word("account"),
+        qos=word("qos"),
+        python=get("python", str, sys.executable),
+        slurm_conf=path_of("slurm_conf"),
+        bin_dir=path_of("bin_dir"),
+        accounting=get("accounting", bool, False),
+        jobcomp_file=path_of("jobcomp_file"),
+        grace_seconds=grace,
+        billing_weight=weight,
+    )

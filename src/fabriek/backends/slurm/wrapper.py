@@ -1,0 +1,198 @@
+"""What a fabriek job's Slurm batch script runs, on the job's first node: `python wrapper.py batch
+SPEC`, and for a multi-node job, through `srun`, `python wrapper.py task SPEC` once per node.
+
+Standard library only, and plain enough for any Python from 3.9 on a compute node: the backend copies
+this file to the cluster's shared directory, so a node needs a Python, not fabriek.
+
+The job's command, arguments and environment come from SPEC (JSON, written by the backend) and are
+handed to the operating system as a list: no shell ever sees them. The batch part
+
+- records `started.json` (when, on which node) in the job's directory,
+- runs the command in the workdir, directly (one node) or as one task per node through `srun`,
+  with what PyTorch's `torch.distributed` and `torchrun` read set for every task: MASTER_ADDR,
+  MASTER_PORT, WORLD_SIZE, RANK, LOCAL_RANK, NODE_RANK (plus FABRIEK_NODE_RANK, FABRIEK_NNODES),
+- passes SIGTERM on to it (Slurm signals a cancelled job's steps itself, too),
+- writes `result.json` atomically when it has ended (exit code or signal, wall and CPU time, peak
+  memory of what this node saw), and exits with the command's status, so that Slurm's own record
+  (COMPLETED or FAILED, sacct's ExitCode) says the same.
+"""
+
+import json
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+
+def _write_json(path, data):
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _job_env(spec, environ):
+    """The job's environment: Slurm's (SLURM_*, the node's PATH), the user's variables, then
+    fabriek's (which the user cannot override)."""
+    env = dict(environ)
+    env.update(spec["env"])
+    env.update(spec["fabriek_env"])
+    env["FABRIEK_OUTPUT_DIR"] = spec["output_dir"]
+    return env
+
+
+def _distributed_env(
+    env, user_keys, *, rank, local_rank, world_size, node_rank, nnodes, master_addr, port
+):
+    """What torch.distributed's env:// rendezvous (and torchrun, given --nnodes/--node-rank)
+    reads. A variable the user set explicitly is kept."""
+    for key, value in (
+        ("MASTER_ADDR", master_addr),
+        ("MASTER_PORT", str(port)),
+        ("WORLD_SIZE", str(world_size)),
+        ("RANK", str(rank)),
+        ("LOCAL_RANK", str(local_rank)),
+        ("NODE_RANK", str(node_rank)),
+    ):
+        if key not in user_keys:
+            env[key] = value
+    env["FABRIEK_NODE_RANK"] = str(node_rank)
+    env["FABRIEK_NNODES"] = str(nnodes)
+    return env
+
+
+def master_port(slurm_job_id):
+    """A port for the job's rendezvous, the same on every node, different for jobs that share a
+    node (a plain function of the Slurm job id, in 20000-59999)."""
+    return 20000 + int(slurm_job_id) % 40000
+
+
+def batch(spec_path):
+    with open(spec_path) as f:
+        spec = json.load(f)
+    job_dir = os.path.dirname(spec_path)
+    nodes = int(spec["nodes"])
+    slurm_id = os.environ.get("SLURM_JOB_ID", "0")
+    env = _job_env(spec, os.environ)
+    began = time.time()
+    _write_json(
+        os.path.join(job_dir, "started.json"),
+        {"started_at": began, "node": socket.gethostname(), "slurm_job_id": slurm_id},
+    )
+    if nodes == 1:
+        env = _distributed_env(
+            env,
+            spec["env"],
+            rank=0,
+            local_rank=0,
+            world_size=1,
+            node_rank=0,
+            nnodes=1,
+            master_addr="127.0.0.1",
+            port=master_port(slurm_id),
+        )
+        argv, cwd = spec["argv"], spec["workdir"]
+    else:
+        # One task per node; each becomes the job's command (`task` below). srun passes this
+        # environment on (--export=ALL), and the batch job's allocation says where.
+        argv = [
+            spec["srun"],
+            "--export=ALL",
+            f"--nodes={nodes}",
+            "--ntasks-per-node=1",
+            "--kill-on-bad-exit=1",
+            sys.executable,
+            os.path.abspath(__file__),
+            "task",
+            spec_path,
+        ]
+        cwd = spec["workdir"]
+    try:
+        child = subprocess.Popen(argv, env=env, cwd=cwd, start_new_session=True)
+    except OSError as exc:
+        sys.stderr.write(f"fabriek: cannot start {argv[0]!r}: {exc.strerror}\n")
+        _write_json(
+            os.path.join(job_dir, "result.json"),
+            {
+                "exit_code": 127,
+                "signal": None,
+                "started_at": began,
+                "finished_at": time.time(),
+                "reason": f"cannot start the command: {exc.strerror}",
+            },
+        )
+        return 127
+
+    def forward(signum, _frame):
+        try:
+            os.killpg(child.pid, signum)
+        except OSError:
+            pass
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(signum, forward)
+    while True:
+        try:
+            _, status, usage = os.wait4(child.pid, 0)
+            break
+        except InterruptedError:
+            continue
+    ended = time.time()
+    code = os.waitstatus_to_exitcode(status)
+    result = {
+        "exit_code": code if code >= 0 else None,
+        "signal": -code if code < 0 else None,
+        "started_at": began,
+        "finished_at": ended,
+        "wall_s": ended - began,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "max_rss_bytes": usage.ru_maxrss * 1024,
+        "node": socket.gethostname(),
+    }
+    _write_json(os.path.join(job_dir, "result.json"), result)
+    if code < 0:
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    return code
+
+
+def task(spec_path):
+    """One task of a multi-node job: become the job's command, with its rank set."""
+    with open(spec_path) as f:
+        spec = json.load(f)
+    env = _distributed_env(
+        dict(os.environ),
+        spec["env"],
+        rank=int(os.environ["SLURM_PROCID"]),
+        local_rank=int(os.environ.get("SLURM_LOCALID", "0")),
+        world_size=int(os.environ["SLURM_NTASKS"]),
+        node_rank=int(os.environ.get("SLURM_NODEID", "0")),
+        nnodes=int(spec["nodes"]),
+        # The node that runs the batch part launched the tasks: task 0 runs there.
+        master_addr=os.environ.get("SLURM_LAUNCH_NODE_IPADDR", "127.0.0.1"),
+        port=master_port(os.environ.get("SLURM_JOB_ID", "0")),
+    )
+    os.chdir(spec["workdir"])
+    argv = spec["argv"]
+    try:
+        os.execvpe(argv[0], argv, env)
+    except OSError as exc:
+        sys.stderr.write(f"fabriek: cannot start {argv[0]!r}: {exc.strerror}\n")
+        return 127
+
+
+def main(argv):
+    if len(argv) != 3 or argv[1] not in ("batch", "task"):
+        sys.stderr.write("usage: wrapper.py batch|task SPEC\n")
+        return 2
+    resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
+    return batch(argv[2]) if argv[1] == "batch" else task(argv[2])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
