@@ -25,7 +25,7 @@ import subprocess
 import tarfile
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -94,7 +94,6 @@ class SlurmBackend:
         self.clock = clock
         self.jobs_dir = config.shared_dir / "jobs"
         self._ended_at: dict[int, float] = {}  # job -> when Slurm first said it ended
-        self._cancelled_at: dict[int, float] = {}  # job -> when SIGTERM was sent
         self._wrapper: Path | None = None
 
     # --- the protocol -------------------------------------------------------------------------
@@ -164,9 +163,8 @@ class SlurmBackend:
             if job_id in ended:
                 record = records.get(sid, record) if sid is not None else None
             result[job_id] = self._observe(job_id, Path(handle["dir"]), record)
-        for job_id in list(self._ended_at):
-            if job_id not in handles:
-                del self._ended_at[job_id]
+        for job_id in [j for j in self._ended_at if j not in handles]:
+            del self._ended_at[job_id]  # forget jobs no longer asked about
         return result
 
     def cancel(self, job_id: int, handle: Handle) -> None:
@@ -176,8 +174,12 @@ class SlurmBackend:
         if sid is None:
             return
         now = self.clock()
-        first = self._cancelled_at.setdefault(job_id, now)
-        if first == now:
+        # On the shared filesystem, not in memory: it survives a restart of fabriek, keeps the
+        # grace period, and tells `poll` that the job ended because it was asked to.
+        marker = Path(handle["dir"]) / "cancelled"
+        first = _read_float(marker)
+        if first is None:
+            marker.write_text(repr(now))
             self._run(
                 ["scancel", "--state=PENDING", str(sid)], what="scancel", check=False
             )  # never started: nothing to signal
@@ -272,7 +274,17 @@ class SlurmBackend:
             first = self._ended_at.setdefault(job_id, self.clock())
             if self.clock() - first < ACCOUNTING_WAIT:
                 return Observation(Phase.RUNNING, started_at=started_at or record.started_at)
-        return _finished(record, result, started_at)
+        seen = _finished(record, result, started_at)
+        asked = _read_float(job_dir / "cancelled")
+        if (
+            asked is not None
+            and seen.outcome != JobState.CANCELLED
+            and (seen.finished_at is None or seen.finished_at.timestamp() >= asked - 1)
+        ):
+            # It ended after fabriek asked it to stop (also if it caught SIGTERM and exited 0).
+            reason = "cancelled: " + (seen.reason or f"exit code {seen.exit_code}")
+            seen = replace(seen, outcome=JobState.CANCELLED, reason=reason)
+        return seen
 
     def _prepare(self, job_dir: Path, spec: LaunchSpec) -> None:
         """The job's directory on the shared filesystem: workdir, spec, batch script."""
@@ -518,6 +530,13 @@ def _read_jobcomp(path: Path, wanted: set[int]) -> dict[int, _Record]:
     return records
 
 
+def _read_float(path: Path) -> float | None:
+    try:
+        return float(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         with open(path) as f:
@@ -532,8 +551,9 @@ def _finished(
 ) -> Observation:
     """How it ended: Slurm's state names the outcome (a timeout, a cancel, a node failure); the
     wrapper's result the exit code where Slurm has none; sacct the usage where it has it."""
+    # The wrapper's clock to the microsecond where it wrote one; Slurm's to the second.
     finished_at = record.finished_at if record else None
-    if finished_at is None and result and result.get("finished_at"):
+    if result and result.get("finished_at"):
         finished_at = datetime.fromtimestamp(float(result["finished_at"]), UTC)
     exit_code = result.get("exit_code") if result else None
     sig = result.get("signal") if result else None
@@ -553,11 +573,22 @@ def _finished(
             or (f"killed by signal {sig}" if sig else None)
         )
     usage = record.usage if record is not None else None
-    if usage is None and result and "wall_s" in result:
-        usage = Usage(
+    if result and "wall_s" in result:
+        # The wrapper saw its node (every node, for one-node jobs) to the microsecond; sacct
+        # sees every node, to the second, and peak memory only at its sampling interval.
+        mine = Usage(
             wall_s=float(result["wall_s"]),
             cpu_s=float(result.get("cpu_s") or 0.0),
             max_rss_bytes=int(result.get("max_rss_bytes") or 0),
+        )
+        usage = (
+            mine
+            if usage is None
+            else Usage(
+                mine.wall_s,
+                max(mine.cpu_s, usage.cpu_s),
+                max(mine.max_rss_bytes, usage.max_rss_bytes),
+            )
         )
     energy = None
     if record is not None and record.energy_j:
