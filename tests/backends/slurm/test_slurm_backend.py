@@ -4,8 +4,11 @@ recovery by the job's comment, and sacct's usage."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
+import os
+import sys
 import tarfile
 from pathlib import Path
 
@@ -139,6 +142,23 @@ def test_multi_node_tasks_get_the_distributed_environment(backend: SlurmBackend)
     assert {f["world"] for f in fields} == {"2"} and {f["local"] for f in fields} == {"0"}
     assert len({f["master"] for f in fields}) == 1  # every task meets at the same address
     assert {f["out"] for f in fields} == {str(Path(handle["dir"]) / "outputs")}
+
+
+def test_torch_distributed_trains_across_two_nodes(backend: SlurmBackend) -> None:
+    """examples/ddp_train.py: two processes on two Slurm nodes (gloo, CPU) train one model."""
+    if importlib.util.find_spec("torch") is None:
+        if os.environ.get("FABRIEK_REQUIRE_TORCH") == "1":
+            pytest.fail("FABRIEK_REQUIRE_TORCH=1 but torch is not installed")
+        pytest.skip("torch is not installed (pip install torch==2.13.0 for the CPU build)")
+    example = Path(__file__).parents[3] / "examples" / "ddp_train.py"
+    handle = backend.submit(spec(13, [sys.executable, str(example)], nodes=2, memory=900 * MB))
+    seen = finish(backend, {13: handle}, timeout=180)[13]
+    log = (Path(handle["dir"]) / "log").read_text()
+    assert seen.outcome == JobState.SUCCEEDED, log
+    ranks = sorted(line for line in log.splitlines() if line.startswith("rank "))
+    assert [r.split(":")[0] for r in ranks] == ["rank 0/2 on node1", "rank 1/2 on node2"], log
+    assert all("w=3.000 b=-2.000" in r and "same-as-rank-0=True" in r for r in ranks), ranks
+    assert (Path(handle["dir"]) / "outputs" / "model.pt").stat().st_size > 0
 
 
 def test_exit_codes_and_missing_commands(backend: SlurmBackend) -> None:

@@ -11,6 +11,7 @@ handed to the operating system as a list: no shell ever sees them. The batch par
 - runs the command in the workdir, directly (one node) or as one task per node through `srun`,
   with what PyTorch's `torch.distributed` and `torchrun` read set for every task: MASTER_ADDR,
   MASTER_PORT, WORLD_SIZE, RANK, LOCAL_RANK, NODE_RANK (plus FABRIEK_NODE_RANK, FABRIEK_NNODES),
+  and GLOO_SOCKET_IFNAME: the interface on the way to MASTER_ADDR,
 - passes SIGTERM on to it (Slurm signals a cancelled job's steps itself, too),
 - writes `result.json` atomically when it has ended (exit code or signal, wall and CPU time, peak
   memory of what this node saw), and exits with the command's status, so that Slurm's own record
@@ -64,6 +65,31 @@ def _distributed_env(
     env["FABRIEK_NODE_RANK"] = str(node_rank)
     env["FABRIEK_NNODES"] = str(nnodes)
     return env
+
+
+def interface_towards(address):
+    """The name of this node's network interface on the way to `address` (IPv4), or None.
+    Gloo otherwise binds to whatever this node's host name resolves to, which on a node with
+    several networks (or none in DNS) may be an address the other nodes cannot reach."""
+    import fcntl
+    import struct
+
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((address, 9))  # no packet is sent: this only picks the route
+            local = probe.getsockname()[0]
+            for _, name in socket.if_nameindex():
+                try:
+                    packed = fcntl.ioctl(
+                        probe.fileno(), 0x8915, struct.pack("256s", name[:15].encode())
+                    )  # SIOCGIFADDR
+                except OSError:
+                    continue
+                if socket.inet_ntoa(packed[20:24]) == local:
+                    return name
+    except OSError:
+        pass
+    return None
 
 
 def master_port(slurm_job_id):
@@ -177,6 +203,10 @@ def task(spec_path):
         master_addr=os.environ.get("SLURM_LAUNCH_NODE_IPADDR", "127.0.0.1"),
         port=master_port(os.environ.get("SLURM_JOB_ID", "0")),
     )
+    if "GLOO_SOCKET_IFNAME" not in spec["env"]:
+        interface = interface_towards(env["MASTER_ADDR"])
+        if interface:
+            env["GLOO_SOCKET_IFNAME"] = interface
     os.chdir(spec["workdir"])
     argv = spec["argv"]
     try:
