@@ -146,7 +146,8 @@ def test_crash_between_admission_and_launch_launches_once(
         assert row is not None
         transition_job(session, row, JobState.ADMITTED, at=clock(), actor="controller", gpu_ids=[])
     first = make_controller(sessions, tmp_path, clock)
-    first.backends["local"].submit(_spec_of(first, job.id))  # launched, but the handle was never stored
+    # Launched, but the handle was never stored.
+    first.backends["local"].submit(_spec_of(first, job.id))
     second = make_controller(sessions, tmp_path, clock)  # the restarted server
     [done] = settle(second, sessions, admin, [job.id])
     assert done.state == JobState.SUCCEEDED
