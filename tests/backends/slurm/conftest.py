@@ -15,7 +15,9 @@ import pytest
 
 from fabriek.backends.slurm import devcluster
 from fabriek.backends.slurm.config import SlurmPartition
-from fabriek.backends.slurm.devcluster import DevCluster
+from fabriek.backends.slurm.devcluster import DevCluster, partitions_toml
+
+__all__ = ["partition_on", "partitions_toml"]
 
 
 def _require(reason: str | None) -> None:
@@ -60,20 +62,3 @@ def partition_on(
     )
     settings.update(changes)
     return SlurmPartition(**settings)  # type: ignore[arg-type]
-
-
-def partitions_toml(cluster: DevCluster, shared: Path, *, local: bool, name: str = "slurm") -> str:
-    """The same, as an operator writes it in FABRIEK_PARTITIONS_FILE."""
-    return (
-        f"local = {'true' if local else 'false'}\n\n"
-        f"[slurm.{name}]\n"
-        f'partition = "{cluster.partition}"\n'
-        f"nodes = {len(cluster.nodes)}\n"
-        f"cpus_per_node = {cluster.cpus_per_node}\n"
-        f'memory_per_node = "{cluster.memory_mb_per_node}M"\n'
-        f'shared_dir = "{shared}"\n'
-        f'slurm_conf = "{cluster.conf}"\n'
-        f"accounting = {'true' if cluster.accounting else 'false'}\n"
-        f'jobcomp_file = "{cluster.jobcomp_file}"\n'
-        "grace_seconds = 2\n"
-    )

@@ -218,8 +218,8 @@ def test_submission_is_idempotent_and_found_again_after_a_crash(
 
 def test_a_submission_that_never_reached_slurm_is_made_once(backend: SlurmBackend) -> None:
     job = spec(10, ["true"], instance="never")
-    backend._prepare(backend.job_dir(10, "never"), job)
-    (backend.job_dir(10, "never") / "submitting").touch()  # crashed before sbatch ran
+    backend._prepare(backend.job_dir(10, "never"), job)  # then a crash, before sbatch ran
+    assert backend.was_launched(job)  # it may have been: Slurm is asked before submitting
     handle = backend.submit(job)
     assert finish(backend, {10: handle})[10].outcome == JobState.SUCCEEDED
 

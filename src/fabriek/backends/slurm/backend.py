@@ -3,11 +3,12 @@
 fabriek has already decided that the job may run (pools, allocations, fair share); Slurm places it
 on nodes and runs it. Each job gets a directory on the cluster's shared filesystem:
 
-    SHARED/jobs/ID-INSTANCE/  spec.json (command, environment: read by the wrapper, never a shell)
-                              job.sh    (fixed text: exec PYTHON WRAPPER batch SPEC, all quoted)
+    SHARED/fabriek-wrapper.py, fabriek-job-*.sh  (the batch script: exec PYTHON WRAPPER batch "$1")
+    SHARED/jobs/ID-INSTANCE/  spec.json (command, environment: read by the wrapper, never a shell;
+                                         once written, the job may be in Slurm)
                               work/     (the job's workdir)   outputs/  ($FABRIEK_OUTPUT_DIR)
                               log       (stdout and stderr of every task)
-                              submitting, submitted (the Slurm job id)   started.json, result.json
+                              submitted (the Slurm job id)   started.json, result.json
 
 Every Slurm command is run with an argument list, never through a shell. The job's name goes to
 `--job-name` as one argument; its fabriek id to `--comment=fabriek:ID:INSTANCE`, by which a
@@ -16,6 +17,7 @@ submission that a crash interrupted is found again instead of being submitted tw
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -23,6 +25,7 @@ import shlex
 import shutil
 import subprocess
 import tarfile
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -88,6 +91,13 @@ class _Record:
 
 
 class SlurmBackend:
+    # Each submission is an sbatch call that mostly waits for slurmctld's answer: the controller
+    # runs this many at once (slurmctld serves them on its own threads).
+    concurrent_submissions = 8
+    # While a job waits in Slurm, look again after this long (not every 20 ms, as for local
+    # jobs): Slurm starts jobs in scheduling cycles, and every look is an squeue call.
+    starting_poll_seconds = 0.5
+
     def __init__(self, config: SlurmPartition, *, clock: Any = time.time) -> None:
         self.config = config
         self.name = config.name
@@ -95,6 +105,8 @@ class SlurmBackend:
         self.jobs_dir = config.shared_dir / "jobs"
         self._ended_at: dict[int, float] = {}  # job -> when Slurm first said it ended
         self._wrapper: Path | None = None
+        self._script: Path | None = None
+        self._lock = threading.Lock()
 
     # --- the protocol -------------------------------------------------------------------------
     def capacity(self) -> Capacity:
@@ -113,10 +125,10 @@ class SlurmBackend:
     def submit(self, spec: LaunchSpec) -> Handle:
         job_dir = self.job_dir(spec.job_id, spec.instance)
         handle: Handle = {"dir": str(job_dir)}
-        submitted = job_dir / "submitted"
-        if submitted.exists():  # submitted before a crash: adopt it
-            return {**handle, "slurm_id": int(submitted.read_text())}
-        marker = job_dir / "submitting"
+        submitted = _read_float(job_dir / "submitted")
+        if submitted is not None:  # submitted before a crash: adopt it
+            return {**handle, "slurm_id": int(submitted)}
+        marker = job_dir / "spec.json"
         if marker.exists():
             # A crash came between sbatch and recording its answer: Slurm may have the job.
             found = self.find(spec.job_id, spec.instance)
@@ -127,7 +139,6 @@ class SlurmBackend:
             )
         else:
             self._prepare(job_dir, spec)
-            marker.touch()
         try:
             out = self._run(self._sbatch_argv(spec, job_dir), what="sbatch")
         except SlurmError:
@@ -141,7 +152,7 @@ class SlurmBackend:
         return self._record_submission(job_dir, handle, slurm_id)
 
     def was_launched(self, spec: LaunchSpec) -> bool:
-        return (self.job_dir(spec.job_id, spec.instance) / "submitting").exists()
+        return (self.job_dir(spec.job_id, spec.instance) / "spec.json").exists()
 
     def poll(self, handles: Mapping[int, Handle]) -> dict[int, Observation]:
         """One `squeue --json` for all jobs; sacct (or the completion log) once for those that
@@ -287,14 +298,17 @@ class SlurmBackend:
         return seen
 
     def _prepare(self, job_dir: Path, spec: LaunchSpec) -> None:
-        """The job's directory on the shared filesystem: workdir, spec, batch script."""
-        if job_dir.exists():  # a half-prepared directory from before a crash
+        """The job's directory on the shared filesystem: its workdir, then its spec, last (the
+        wrapper makes what else it needs on the node: this is the submission's hot path, and
+        shared filesystems are slow at creating files)."""
+        try:
+            job_dir.mkdir(mode=0o700, parents=True)
+        except FileExistsError:  # half-prepared before a crash: start again
             shutil.rmtree(job_dir)
-        job_dir.mkdir(mode=0o700, parents=True)
-        work = job_dir / "work"
-        work.mkdir()
-        (job_dir / "outputs").mkdir()
+            job_dir.mkdir(mode=0o700)
         if spec.workdir_archive is not None:
+            work = job_dir / "work"
+            work.mkdir()
             with tarfile.open(spec.workdir_archive, "r:gz") as tar:
                 tar.extractall(work, filter="data")
         data = {
@@ -307,17 +321,11 @@ class SlurmBackend:
                 "FABRIEK_GPUS": str(spec.resources.gpus),
             },
             "nodes": spec.nodes,
-            "workdir": str(work),
+            "workdir": str(job_dir / "work"),
             "output_dir": str(job_dir / "outputs"),
             "srun": self._command("srun"),
         }
-        spec_path = job_dir / "spec.json"
-        spec_path.write_text(json.dumps(data))
-        # Fixed text: the only words in it are paths fabriek chose, each quoted.
-        words = [self.config.python, str(self._wrapper_path()), "batch", str(spec_path)]
-        script = "#!/bin/sh\nexec " + " ".join(shlex.quote(w) for w in words) + "\n"
-        (job_dir / "job.sh").write_text(script)
-        (job_dir / "job.sh").chmod(0o700)
+        (job_dir / "spec.json").write_text(json.dumps(data))
 
     def _sbatch_argv(self, spec: LaunchSpec, job_dir: Path) -> list[str]:
         c, r = self.config, spec.resources
@@ -345,29 +353,46 @@ class SlurmBackend:
             argv.append(f"--account={c.account}")
         if c.qos:
             argv.append(f"--qos={c.qos}")
-        argv.append(str(job_dir / "job.sh"))
+        # The script is the same for every job; the spec's path is its one argument.
+        argv += [str(self._script_path()), str(job_dir / "spec.json")]
         return argv
 
     def _record_submission(self, job_dir: Path, handle: Handle, slurm_id: int | None) -> Handle:
         if slurm_id is None:
             return handle  # it ran, and Slurm forgot it: its files say how it ended
-        tmp = job_dir / "submitted.tmp"
-        tmp.write_text(str(slurm_id))
-        os.replace(tmp, job_dir / "submitted")
+        # Not renamed into place: a torn write reads as no id, and the id is then found again
+        # by the job's comment.
+        (job_dir / "submitted").write_text(str(slurm_id))
         return {**handle, "slurm_id": slurm_id}
 
     def _wrapper_path(self) -> Path:
         """The wrapper, copied to the shared directory so that every node can run it."""
         if self._wrapper is None:
-            source = Path(wrapper.__file__).read_bytes()
-            target = self.config.shared_dir / "fabriek-wrapper.py"
-            if not target.exists() or target.read_bytes() != source:
-                self.config.shared_dir.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_suffix(f".{os.getpid()}.tmp")
-                tmp.write_bytes(source)
-                os.replace(tmp, target)
-            self._wrapper = target
+            self._wrapper = self._shared_file(
+                "fabriek-wrapper.py", Path(wrapper.__file__).read_bytes()
+            )
         return self._wrapper
+
+    def _script_path(self) -> Path:
+        """The batch script every job runs: fixed text, whose only words are paths fabriek chose,
+        each quoted; the job's spec comes as its argument, never as text in a script."""
+        if self._script is None:
+            words = [self.config.python, str(self._wrapper_path()), "batch"]
+            text = "#!/bin/sh\nexec " + " ".join(shlex.quote(w) for w in words) + ' "$1"\n'
+            digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+            self._script = self._shared_file(f"fabriek-job-{digest}.sh", text.encode(), 0o755)
+        return self._script
+
+    def _shared_file(self, name: str, content: bytes, mode: int = 0o644) -> Path:
+        target = self.config.shared_dir / name
+        with self._lock:  # the controller submits from several threads
+            if not target.exists() or target.read_bytes() != content:
+                self.config.shared_dir.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_name(f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
+                tmp.write_bytes(content)
+                tmp.chmod(mode)
+                os.replace(tmp, target)
+        return target
 
     def _command(self, name: str) -> str:
         return str(self.config.bin_dir / name) if self.config.bin_dir else name

@@ -138,9 +138,12 @@ def _partition(path: Path, name: str, table: Any) -> SlurmPartition:
             raise InvalidRequest(f"{where}: `{key}` must be at least {0 if default == 0 else 1}")
         return int(value)
 
+    nodes = positive("nodes")
+    cpus = positive("cpus_per_node")
+    raw_memory = str(get("memory_per_node", (str, int)))
     try:
-        memory = parse_memory(str(get("memory_per_node", (str, int))))
-    except (ValueError, InvalidRequest) as exc:
+        memory = parse_memory(raw_memory)
+    except InvalidRequest as exc:
         raise InvalidRequest(f"{where}: `memory_per_node`: {exc}") from None
     gpus = positive("gpus_per_node", 0)
     grace = float(get("grace_seconds", (int, float), 30.0))
@@ -158,8 +161,8 @@ def _partition(path: Path, name: str, table: Any) -> SlurmPartition:
     return SlurmPartition(
         name=name,
         partition=word("partition") or name,
-        nodes=positive("nodes"),
-        cpus_per_node=positive("cpus_per_node"),
+        nodes=nodes,
+        cpus_per_node=cpus,
         memory_per_node=memory,
         shared_dir=shared,
         gpus_per_node=gpus,

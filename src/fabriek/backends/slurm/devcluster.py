@@ -722,6 +722,25 @@ def _make_link(link: _Link) -> None:
 # -- command line -----------------------------------------------------------------------------------
 
 
+def partitions_toml(
+    cluster: DevCluster, shared: Path, *, local: bool = True, name: str = "slurm"
+) -> str:
+    """A partitions file (FABRIEK_PARTITIONS_FILE) for fabriek on this cluster (beside the local
+    machine, unless `local` is false), with its shared directory at `shared`."""
+    return (
+        f"local = {'true' if local else 'false'}\n\n[slurm.{name}]\n"
+        f'partition = "{cluster.partition}"\n'
+        f"nodes = {len(cluster.nodes)}\n"
+        f"cpus_per_node = {cluster.cpus_per_node}\n"
+        f'memory_per_node = "{cluster.memory_mb_per_node}M"\n'
+        f'shared_dir = "{shared}"\n'
+        f'slurm_conf = "{cluster.conf}"\n'
+        f"accounting = {'true' if cluster.accounting else 'false'}\n"
+        f'jobcomp_file = "{cluster.jobcomp_file}"\n'
+        "grace_seconds = 2\n"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m fabriek.backends.slurm.devcluster",
@@ -755,7 +774,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     with cluster:
+        partitions = cluster.root / "partitions.toml"
+        partitions.write_text(partitions_toml(cluster, cluster.root / "shared"))
         print(f"export SLURM_CONF={cluster.conf}")
+        print(f"export FABRIEK_PARTITIONS_FILE={partitions}  # fabriek up: partition `slurm`")
         print(f"# cluster {cluster.name}, partition {cluster.partition}, nodes {cluster.nodes}")
         for name, pid in cluster.pids().items():
             print(f"# {name} pid {pid}")

@@ -105,6 +105,8 @@ def batch(spec_path):
     nodes = int(spec["nodes"])
     slurm_id = os.environ.get("SLURM_JOB_ID", "0")
     env = _job_env(spec, os.environ)
+    for directory in (spec["workdir"], spec["output_dir"]):
+        os.makedirs(directory, exist_ok=True)
     began = time.time()
     _write_json(
         os.path.join(job_dir, "started.json"),

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from fabriek.backends.base import Backend, LaunchSpec, Observation, Phase
+from fabriek.backends.base import Backend, Handle, LaunchSpec, Observation, Phase
 from fabriek.core.jobs import JobState, Resources
 from fabriek.scheduling.engine import decide
 from fabriek.scheduling.fairshare import DEFAULT_HALF_LIFE_S
@@ -66,6 +67,9 @@ class PassReport:
     requeued: int = 0
     pending: int = 0
     starting: int = 0
+    # How soon to look again: a launched job's start is the next news, and the local machine
+    # starts one in milliseconds; Slurm's take a scheduling cycle (and squeue is not free).
+    look_again: float = float("inf")
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -110,6 +114,7 @@ class Controller:
         self._wake_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pool: ThreadPoolExecutor | None = None  # launches, for backends that take several
 
     # --- the loop -----------------------------------------------------------------------------
     def wake(self, *, submission: bool = False) -> None:
@@ -132,6 +137,8 @@ class Controller:
         self._wake.set()
         if self._thread:
             self._thread.join(timeout)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
     def _run(self) -> None:
         delay = 0.0
@@ -160,7 +167,7 @@ class Controller:
                 storm = self._wakes > 1
             self._stop.wait(max(took, BATCH_GAP) if storm else took)
             # While a launched job has not started yet, look again soon: its start is the next news.
-            delay = 0.02 if report.starting else self.interval
+            delay = min(self.interval, report.look_again)
 
     # --- one pass -----------------------------------------------------------------------------
     def run_pass(self, *, admit_only: bool = False) -> PassReport:
@@ -209,9 +216,13 @@ class Controller:
                 log.error("jobs %s run on %r, which is not configured", sorted(handles), name)
                 continue
             try:
-                observations.update(backend.poll(handles))
+                seen_here = backend.poll(handles)
             except Exception:  # one backend's trouble must not stop the others
                 log.exception("cannot poll partition %s; trying again next pass", name)
+                continue
+            observations.update(seen_here)
+            if any(seen.phase == Phase.STARTING for seen in seen_here.values()):
+                report.look_again = min(report.look_again, _starting_poll(backend))
         report.observed = len(observations)
         for job_id, seen in observations.items():
             if seen.phase == Phase.STARTING:
@@ -421,10 +432,11 @@ class Controller:
         self._update_reasons(read, decisions)
         self._update_estimates(read, decisions)
         self._record_deferrals(read, decisions)
-        for job_id in admitted:
-            self._launch(job_id)
+        self._launch_all(admitted)
         report.admitted = len(admitted)
         report.starting += len(admitted)
+        for name in {partition for _, partition in admitted}:
+            report.look_again = min(report.look_again, _starting_poll(self.backends[name]))
 
     def _partitions(self) -> tuple[Partition, ...]:
         return tuple(partition_of(name, b.capacity()) for name, b in self.backends.items())
@@ -477,7 +489,9 @@ class Controller:
                     .values(carbon_at_once_g=window.now_intensity)
                 )
 
-    def _record_admissions(self, read: Read, decisions: Decisions, now: datetime) -> list[int]:
+    def _record_admissions(
+        self, read: Read, decisions: Decisions, now: datetime
+    ) -> list[tuple[int, str]]:
         """Admit in one transaction; each job gets its own GPUs (CUDA_VISIBLE_DEVICES)."""
         if not decisions.admissions:
             return []
@@ -488,7 +502,7 @@ class Controller:
             taken = {gpu for ids in read.gpu_ids.get(name, {}).values() for gpu in ids}
             free[name] = [g for g in backend.capacity().gpu_ids if g not in taken]
         requests = {job.id: job.request for job in read.snapshot.pending}
-        admitted: list[int] = []
+        admitted: list[tuple[int, str]] = []  # job, partition
         with transaction(self.sessions) as session:
             for admission in decisions.admissions:
                 row = session.get(JobRow, admission.job_id, with_for_update=True)
@@ -514,7 +528,7 @@ class Controller:
                     backend=partition,
                     placement=list(admission.placement.nodes),
                 )
-                admitted.append(row.id)
+                admitted.append((row.id, partition))
         return admitted
 
     def _record_preemptions(self, decisions: Decisions, now: datetime, report: PassReport) -> None:
@@ -614,6 +628,60 @@ class Controller:
                     .values(estimated_start_at=estimate)
                 )
 
+    def _launch_all(self, admitted: list[tuple[int, str]]) -> None:
+        """Launch the jobs just admitted: their rows read in one query, their handles written in
+        one transaction. A backend whose submissions mostly wait on something else (Slurm: each
+        is an sbatch call answered by slurmctld) takes up to its `concurrent_submissions` at
+        once; the others one by one. A crash before the handles are written leaves admitted
+        jobs without one, which the next pass launches again (submit is idempotent)."""
+        if not admitted:
+            return
+        ready: list[tuple[Backend, LaunchSpec]] = []
+        special: list[int] = []
+        with self.readers() as session:
+            for row in session.scalars(
+                select(JobRow).where(JobRow.id.in_([job_id for job_id, _ in admitted]))
+            ):
+                if row.state != JobState.ADMITTED.value:
+                    continue
+                backend = self.backends.get(row.backend)
+                if backend is None or row.cancel_requested_at or row.preempt_requested_at:
+                    special.append(row.id)  # the careful way, one by one
+                else:
+                    ready.append((backend, launch_spec(row, self.workdirs)))
+        for job_id in special:
+            self._launch(job_id)
+
+        def submit(item: tuple[Backend, LaunchSpec]) -> tuple[int, Handle | Exception]:
+            backend, spec = item
+            try:
+                return spec.job_id, backend.submit(spec)
+            except Exception as exc:
+                log.exception("launching job %s failed", spec.job_id)
+                return spec.job_id, exc
+
+        wide = [i for i in ready if getattr(i[0], "concurrent_submissions", 1) > 1]
+        results = list(self._launcher().map(submit, wide)) if len(wide) > 1 else []
+        results += [submit(item) for item in ready if len(wide) <= 1 or item not in wide]
+        handles = [{"id": job_id, "handle": h} for job_id, h in results if isinstance(h, dict)]
+        if handles:
+            with transaction(self.sessions) as session:
+                session.execute(update(JobRow), handles)  # by primary key, one statement
+        for job_id, outcome in results:
+            if isinstance(outcome, Exception):
+                self._end_unlaunched(
+                    job_id, JobState.FAILED, f"the backend could not launch it: {outcome}"
+                )
+
+    def _launcher(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            width = max(
+                (getattr(b, "concurrent_submissions", 1) for b in self.backends.values()),
+                default=1,
+            )
+            self._pool = ThreadPoolExecutor(max(2, width), thread_name_prefix="launch")
+        return self._pool
+
     def _launch(self, job_id: int) -> None:
         """Hand an admitted job to the backend, then record the handle. Safe to repeat after a crash."""
         with self.readers() as session:
@@ -666,6 +734,11 @@ class Controller:
                     session, row, target, at=self.clock(), actor=SYSTEM.label, reason=reason
                 )
                 self._freed = True
+
+
+def _starting_poll(backend: Backend) -> float:
+    """How soon to poll again while one of the backend's jobs is starting (seconds)."""
+    return float(getattr(backend, "starting_poll_seconds", 0.02))
 
 
 def launch_spec(row: JobRow, workdirs: Path) -> LaunchSpec:
