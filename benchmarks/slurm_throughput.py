@@ -143,7 +143,9 @@ def through_fabriek(
         deadline = time.monotonic() + 300
         while count_submitted(shared / "jobs") < jobs:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"only {count_submitted(shared / 'jobs')} of {jobs} reached Slurm")
+                raise RuntimeError(
+                    f"only {count_submitted(shared / 'jobs')} of {jobs} reached Slurm"
+                )
             time.sleep(0.02)
         took = time.perf_counter() - began
         cpu = {**monitor.stop(), "posted_s": posted}
@@ -255,7 +257,9 @@ def main() -> None:
             ],
         )
     )  # fmt: skip
-    write_json(args.json, {**info, "jobs": args.jobs, "rounds": rounds, "ratio": ratio, "sync": sync})
+    write_json(
+        args.json, {**info, "jobs": args.jobs, "rounds": rounds, "ratio": ratio, "sync": sync}
+    )
 
 
 if __name__ == "__main__":
