@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -100,6 +101,66 @@ def hourly(points: list[tuple[float, float]], total: float) -> dict[datetime, fl
     if points and total > covered + 1e-9:
         add(points[-1][0], total - covered)
     return result
+
+
+def energy_from(totals: object, samples: Path | None) -> Energy | None:
+    """A job meter's totals (fabriek.metering: {"gpu": {"joules", "method", "measured"}, ...})
+    and its samples file placed in the hours they fell in. Anything unreadable means no energy
+    figure, never a wrong one."""
+    if not isinstance(totals, dict) or not totals:
+        return None
+    readings: dict[str, EnergyReading] = {}
+    for component, value in totals.items():
+        if not (
+            isinstance(value, dict)
+            and isinstance(value.get("joules"), int | float)
+            and isinstance(value.get("method"), str)
+            and isinstance(value.get("measured"), bool)
+        ):
+            return None
+        readings[component] = EnergyReading(
+            float(value["joules"]), value["method"], value["measured"]
+        )
+    points: list[tuple[float, float]] = []
+    if samples is not None:
+        try:
+            lines = samples.read_text().splitlines()
+        except OSError:
+            lines = []
+        for line in lines:
+            try:
+                sample = json.loads(line)
+                points.append(
+                    (float(sample["t"]), sum(float(sample.get(c, 0.0)) for c in readings))
+                )
+            except (ValueError, TypeError, KeyError):
+                continue  # a line cut short by a crash
+    total = sum(r.joules for r in readings.values())
+    return Energy(readings, hourly(points, total))
+
+
+def merge_energy(parts: list[Energy]) -> Energy | None:
+    """One job's energy from its nodes' meters: joules and hours added up; a component is
+    measured only where every node measured it."""
+    if not parts:
+        return None
+    components: dict[str, EnergyReading] = {}
+    by_hour: dict[datetime, float] = {}
+    for part in parts:
+        for name, reading in part.components.items():
+            known = components.get(name)
+            components[name] = (
+                reading
+                if known is None
+                else EnergyReading(
+                    known.joules + reading.joules,
+                    known.method if known.method == reading.method else "mixed: " + known.method,
+                    known.measured and reading.measured,
+                )
+            )
+        for hour, joules in part.by_hour.items():
+            by_hour[hour] = by_hour.get(hour, 0.0) + joules
+    return Energy(components, by_hour)
 
 
 class Phase(StrEnum):

@@ -110,7 +110,15 @@ def build_runtime(
     config = load_partitions(settings.partitions_file)
     backends: dict[str, Backend] = {backend.name: backend} if config.local else {}
     for partition in config.slurm:
-        backends[partition.name] = SlurmBackend(partition)
+        backends[partition.name] = SlurmBackend(
+            partition,
+            sample_every_s=settings.energy_sample_seconds,
+            estimates={
+                "cpu_watts_per_core": settings.estimate_cpu_watts_per_core,
+                "dram_watts_per_gb": settings.estimate_dram_watts_per_gb,
+                "gpu_watts": settings.estimate_gpu_watts,
+            },
+        )
     controller = Controller(
         sessions=sessions,
         readers=readers,

@@ -312,3 +312,66 @@ def test_sacct_lines_parse() -> None:
     assert records[42].usage.max_rss_bytes == int(1.5 * MB)
     seen = _finished(records[42], None, None)
     assert seen.outcome == JobState.CANCELLED
+
+
+def test_every_node_of_a_job_is_metered(backend: SlurmBackend) -> None:
+    burn = "python3 -c 'import time\nt=time.time()\nwhile time.time()-t<1: pass'"
+    handles = {
+        14: backend.submit(spec(14, ["sh", "-c", burn])),
+        15: backend.submit(spec(15, ["sh", "-c", burn], nodes=2)),
+    }
+    seen = finish(backend, handles)
+    for job_id, nodes in ((14, {"node1"}), (15, {"node1", "node2"})):
+        job_dir = Path(handles[job_id]["dir"])
+        assert {p.name for p in (job_dir / "nodes").iterdir()} == nodes
+        energy = seen[job_id].energy
+        assert energy is not None, (job_dir / "log").read_text()
+        assert set(energy.components) == {"cpu", "dram"}  # no GPUs; no RAPL on this machine
+        cpu = energy.components["cpu"]
+        assert not cpu.measured and "estimate" in cpu.method
+        # An estimate from the CPU time the command used: about a second's worth per node.
+        per_node = [
+            json.loads((job_dir / "nodes" / n / "energy.json").read_text())["cpu"]["joules"]
+            for n in sorted(nodes)
+        ]
+        assert all(j > 0 for j in per_node)
+        assert cpu.joules == pytest.approx(sum(per_node))
+        assert sum(energy.by_hour.values()) == pytest.approx(energy.joules)
+
+
+def test_slurm_consumed_energy_replaces_estimates(backend: SlurmBackend, tmp_path: Path) -> None:
+    job_dir = tmp_path / "job"
+    node = job_dir / "nodes" / "node1"
+    node.mkdir(parents=True)
+    estimate = {"joules": 100.0, "method": "estimate: 12 W per busy core", "measured": False}
+    (node / "energy.json").write_text(
+        json.dumps(
+            {
+                "gpu": {"joules": 500.0, "method": "NVML energy counter", "measured": True},
+                "cpu": estimate,
+                "dram": {**estimate, "joules": 10.0},
+            }
+        )
+    )
+    (node / "energy.jsonl").write_text(
+        '{"t": 1764136800, "gpu": 0, "cpu": 0, "dram": 0}\n'
+        '{"t": 1764140400, "gpu": 500, "cpu": 100, "dram": 10}\n'
+    )
+    record = _parse_sacct(
+        "7|COMPLETED|0:0|2025-11-26T06:00:00|2025-11-26T07:00:00|3600|00:01.000||250000|None\n"
+    )[7]
+    energy = backend._energy(job_dir, record)
+    assert energy is not None
+    assert set(energy.components) == {"gpu", "cpu"}
+    assert energy.components["gpu"].joules == 500.0  # NVML's, per GPU, kept
+    assert energy.components["cpu"].joules == 250000.0
+    assert energy.components["cpu"].measured and "ConsumedEnergy" in energy.components["cpu"].method
+    assert sum(energy.by_hour.values()) == pytest.approx(250500.0)
+    off = SlurmBackend(partition_on_config(backend, consumed_energy=False))
+    assert off._energy(job_dir, record).components["cpu"].joules == 100.0  # type: ignore[union-attr]
+
+
+def partition_on_config(backend: SlurmBackend, **changes: object):  # type: ignore[no-untyped-def]
+    from dataclasses import replace as changed
+
+    return changed(backend.config, **changes)

@@ -71,6 +71,9 @@ def test_submit_multi_node_to_slurm_and_follow_it(server: ServerProcess) -> None
     shown = job(server, job_id)
     assert (shown["state"], shown["backend"], shown["nodes"]) == ("succeeded", "slurm", 2)
     assert shown["exit_code"] == 0
+    # Both nodes metered (estimates here: no GPUs, no RAPL), and the footprint accounted.
+    assert set(shown["energy"]) == {"cpu", "dram"}, shown["energy"]  # type: ignore[arg-type]
+    assert shown["footprint"] is not None and shown["footprint"]["it_kwh"] > 0  # type: ignore[index]
     status = server.cli("status", str(job_id))
     assert "partition" in status.stdout and "slurm" in status.stdout
     assert "2 nodes with 1 CPUs" in status.stdout

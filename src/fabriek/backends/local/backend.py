@@ -19,14 +19,12 @@ from pathlib import Path
 
 from fabriek.backends.base import (
     Capacity,
-    Energy,
-    EnergyReading,
     Handle,
     LaunchSpec,
     Observation,
     Phase,
     Usage,
-    hourly,
+    energy_from,
 )
 from fabriek.backends.local import shim
 from fabriek.backends.local.gpus import GpuInfo
@@ -37,7 +35,7 @@ log = logging.getLogger(__name__)
 SHIM = Path(shim.__file__)
 
 
-def _meter_sys_path() -> list[str]:
+def meter_sys_path() -> list[str]:
     """Where the supervisor (run with `python -I -S`) finds fabriek.metering and nvidia-ml-py."""
     import importlib.util
 
@@ -73,7 +71,7 @@ class LocalBackend:
         self.metering = metering
         self.sample_every_s = sample_every_s
         self.estimates = dict(estimates or {})  # fabriek.metering.meter.Estimates' fields
-        self._meter_path = _meter_sys_path()
+        self._meter_path = meter_sys_path()
         self.resources = resources
         self.gpus = gpus
         self.kill_grace_seconds = kill_grace_seconds
@@ -305,43 +303,8 @@ def _finished(
         signal=signum,  # type: ignore[arg-type]
         reason=reason if isinstance(reason, str) else None,
         usage=Usage(**usage) if isinstance(usage, dict) else None,
-        energy=_energy(result.get("energy"), samples),
+        energy=energy_from(result.get("energy"), samples),
     )
-
-
-def _energy(totals: object, samples: Path | None) -> Energy | None:
-    """The supervisor's totals, and the samples placed in the hours they fell in. Anything
-    unreadable means no energy figure, never a wrong one."""
-    if not isinstance(totals, dict) or not totals:
-        return None
-    readings: dict[str, EnergyReading] = {}
-    for component, value in totals.items():
-        if not (
-            isinstance(value, dict)
-            and isinstance(value.get("joules"), int | float)
-            and isinstance(value.get("method"), str)
-            and isinstance(value.get("measured"), bool)
-        ):
-            return None
-        readings[component] = EnergyReading(
-            float(value["joules"]), value["method"], value["measured"]
-        )
-    points: list[tuple[float, float]] = []
-    if samples is not None:
-        try:
-            lines = samples.read_text().splitlines()
-        except OSError:
-            lines = []
-        for line in lines:
-            try:
-                sample = json.loads(line)
-                points.append(
-                    (float(sample["t"]), sum(float(sample.get(c, 0.0)) for c in readings))
-                )
-            except (ValueError, TypeError, KeyError):
-                continue  # a line cut short by a crash
-    total = sum(r.joules for r in readings.values())
-    return Energy(readings, hourly(points, total))
 
 
 def _valid_usage(usage: object) -> bool:

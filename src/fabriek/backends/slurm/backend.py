@@ -42,7 +42,10 @@ from fabriek.backends.base import (
     Observation,
     Phase,
     Usage,
+    energy_from,
+    merge_energy,
 )
+from fabriek.backends.local.backend import meter_sys_path
 from fabriek.backends.slurm import wrapper
 from fabriek.backends.slurm.config import SlurmPartition
 from fabriek.core.jobs import JobState, Resources
@@ -98,8 +101,28 @@ class SlurmBackend:
     # jobs): Slurm starts jobs in scheduling cycles, and every look is an squeue call.
     starting_poll_seconds = 0.5
 
-    def __init__(self, config: SlurmPartition, *, clock: Any = time.time) -> None:
+    def __init__(
+        self,
+        config: SlurmPartition,
+        *,
+        clock: Any = time.time,
+        sample_every_s: float = 15.0,
+        estimates: dict[str, float] | None = None,
+    ) -> None:
+        """`sample_every_s` and `estimates` (fabriek.metering.meter.Estimates' fields): how the
+        wrapper meters each node's energy, where `config.metering` is on."""
         self.config = config
+        # What the wrapper needs to meter the job's nodes, written into every job's spec.
+        self.metering: dict[str, Any] | None = (
+            {
+                "sys_path": config.fabriek_path or meter_sys_path(),
+                "gpu_source": config.gpu_energy,
+                "sample_every_s": sample_every_s,
+                "estimates": dict(estimates or {}),
+            }
+            if config.metering
+            else None
+        )
         self.name = config.name
         self.clock = clock
         self.jobs_dir = config.shared_dir / "jobs"
@@ -286,6 +309,7 @@ class SlurmBackend:
             if self.clock() - first < ACCOUNTING_WAIT:
                 return Observation(Phase.RUNNING, started_at=started_at or record.started_at)
         seen = _finished(record, result, started_at)
+        seen = replace(seen, energy=self._energy(job_dir, record))
         asked = _read_float(job_dir / "cancelled")
         if (
             asked is not None
@@ -296,6 +320,36 @@ class SlurmBackend:
             reason = "cancelled: " + (seen.reason or f"exit code {seen.exit_code}")
             seen = replace(seen, outcome=JobState.CANCELLED, reason=reason)
         return seen
+
+    def _energy(self, job_dir: Path, record: _Record | None) -> Energy | None:
+        """What the wrapper metered on each node, added up; sacct's ConsumedEnergy in place of
+        CPU and memory figures the nodes could only estimate, where the cluster measures it."""
+        parts = []
+        for totals in sorted(job_dir.glob("nodes/*/energy.json")):
+            part = energy_from(_read_json(totals), totals.with_suffix(".jsonl"))
+            if part is not None:
+                parts.append(part)
+        energy = merge_energy(parts)
+        consumed = record.energy_j if record is not None else None
+        if not consumed or not self.config.consumed_energy:
+            return energy
+        components = dict(energy.components) if energy else {}
+        by_hour = dict(energy.by_hour) if energy else {}
+        if "cpu" in components and components["cpu"].measured:
+            return energy  # RAPL on the nodes, per job: finer than the node's total
+        for name in ("cpu", "dram"):
+            components.pop(name, None)
+        components["cpu"] = EnergyReading(
+            consumed,
+            "Slurm's ConsumedEnergy (sacct): the energy of the job's nodes while it ran, as the "
+            "cluster's energy plugin measured it",
+            True,
+        )
+        if record is not None and record.finished_at is not None:  # placed in its end's hour
+            hour = record.finished_at.replace(minute=0, second=0, microsecond=0)
+            gpu = components["gpu"].joules if "gpu" in components else 0.0
+            by_hour = {hour: consumed + gpu} if not by_hour else _rescale(by_hour, consumed + gpu)
+        return Energy(components, by_hour)
 
     def _prepare(self, job_dir: Path, spec: LaunchSpec) -> None:
         """The job's directory on the shared filesystem: its workdir, then its spec, last (the
@@ -311,7 +365,7 @@ class SlurmBackend:
             work.mkdir()
             with tarfile.open(spec.workdir_archive, "r:gz") as tar:
                 tar.extractall(work, filter="data")
-        data = {
+        data: dict[str, Any] = {
             "argv": spec.argv,
             "env": spec.env,
             "fabriek_env": {
@@ -325,6 +379,8 @@ class SlurmBackend:
             "output_dir": str(job_dir / "outputs"),
             "srun": self._command("srun"),
         }
+        if self.metering is not None:
+            data["meter"] = {**self.metering, "memory_bytes": spec.resources.memory_bytes}
         (job_dir / "spec.json").write_text(json.dumps(data))
 
     def _sbatch_argv(self, spec: LaunchSpec, job_dir: Path) -> list[str]:
@@ -414,6 +470,14 @@ class SlurmBackend:
         if check and done.returncode != 0:
             raise SlurmError(f"{what} failed: {done.stderr.strip() or done.returncode}")
         return done.stdout
+
+
+def _rescale(by_hour: dict[datetime, float], total: float) -> dict[datetime, float]:
+    """The same hours, in the same proportions, adding up to `total`."""
+    known = sum(by_hour.values())
+    if known <= 0:
+        return {max(by_hour): total}
+    return {hour: joules * total / known for hour, joules in by_hour.items()}
 
 
 def _comment(job_id: int, instance: str) -> str:
@@ -615,12 +679,6 @@ def _finished(
                 max(mine.max_rss_bytes, usage.max_rss_bytes),
             )
         )
-    energy = None
-    if record is not None and record.energy_j:
-        energy = Energy(
-            {"node": EnergyReading(record.energy_j, "Slurm's ConsumedEnergy (sacct)", True)},
-            {},
-        )
     return Observation(
         Phase.FINISHED,
         started_at=started_at,
@@ -630,5 +688,4 @@ def _finished(
         signal=sig,
         reason=reason,
         usage=usage,
-        energy=energy,
     )

@@ -52,6 +52,12 @@ class SlurmPartition:
     jobcomp_file: Path | None = None  # JobCompType=jobcomp/filetxt's file, read if sacct is off
     grace_seconds: float = 30.0  # between SIGTERM and the hard cancel
     billing_weight: float = 1.0
+    # Energy: the wrapper meters each node where fabriek.metering imports there (from
+    # `fabriek_path`, default: where this server's fabriek is); GPUs through NVML or estimated.
+    metering: bool = True
+    gpu_energy: str = "nvml"  # or "estimate"
+    fabriek_path: tuple[str, ...] = ()
+    consumed_energy: bool = True  # sacct's ConsumedEnergy replaces estimated CPU and memory
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +83,10 @@ _KEYS = {
     "jobcomp_file",
     "grace_seconds",
     "billing_weight",
+    "metering",
+    "gpu_energy",
+    "fabriek_path",
+    "consumed_energy",
 }
 
 
@@ -155,6 +165,14 @@ def _partition(path: Path, name: str, table: Any) -> SlurmPartition:
         value = get(key, str, None)
         return Path(value) if value else None
 
+    gpu_energy = get("gpu_energy", str, "nvml")
+    if gpu_energy not in ("nvml", "estimate"):
+        raise InvalidRequest(f"{where}: `gpu_energy` is nvml or estimate, not {gpu_energy!r}")
+    fabriek_path = get("fabriek_path", (str, list), [])
+    if isinstance(fabriek_path, str):
+        fabriek_path = [fabriek_path]
+    if not all(isinstance(p, str) and p.startswith("/") for p in fabriek_path):
+        raise InvalidRequest(f"{where}: `fabriek_path` must be absolute paths")
     shared = Path(get("shared_dir", str))
     if not shared.is_absolute():
         raise InvalidRequest(f"{where}: `shared_dir` must be an absolute path")
@@ -176,4 +194,8 @@ def _partition(path: Path, name: str, table: Any) -> SlurmPartition:
         jobcomp_file=path_of("jobcomp_file"),
         grace_seconds=grace,
         billing_weight=weight,
+        metering=get("metering", bool, True),
+        gpu_energy=gpu_energy,
+        fabriek_path=tuple(fabriek_path),
+        consumed_energy=get("consumed_energy", bool, True),
     )

@@ -2,7 +2,10 @@
 SPEC`, and for a multi-node job, through `srun`, `python wrapper.py task SPEC` once per node.
 
 Standard library only, and plain enough for any Python from 3.9 on a compute node: the backend copies
-this file to the cluster's shared directory, so a node needs a Python, not fabriek.
+this file to the cluster's shared directory, so a node needs a Python, not fabriek. Where the spec
+names a path from which `fabriek.metering` imports (the shared install of fabriek), each node's part
+also meters the energy its command used (NVML for the GPUs Slurm gave it, RAPL or an estimate for
+CPU and memory), sampled over the run into `nodes/NODE/energy.jsonl`, totals in `energy.json`.
 
 The job's command, arguments and environment come from SPEC (JSON, written by the backend) and are
 handed to the operating system as a list: no shell ever sees them. The batch part
@@ -12,7 +15,7 @@ handed to the operating system as a list: no shell ever sees them. The batch par
   with what PyTorch's `torch.distributed` and `torchrun` read set for every task: MASTER_ADDR,
   MASTER_PORT, WORLD_SIZE, RANK, LOCAL_RANK, NODE_RANK (plus FABRIEK_NODE_RANK, FABRIEK_NNODES),
   and GLOO_SOCKET_IFNAME: the interface on the way to MASTER_ADDR,
-- passes SIGTERM on to it (Slurm signals a cancelled job's steps itself, too),
+- passes SIGTERM on to it (Slurm signals a cancelled job's steps itself, too) and meters it,
 - writes `result.json` atomically when it has ended (exit code or signal, wall and CPU time, peak
   memory of what this node saw), and exits with the command's status, so that Slurm's own record
   (COMPLETED or FAILED, sacct's ExitCode) says the same.
@@ -21,6 +24,7 @@ handed to the operating system as a list: no shell ever sees them. The batch par
 import json
 import os
 import resource
+import select
 import signal
 import socket
 import subprocess
@@ -155,23 +159,10 @@ def batch(spec_path):
             },
         )
         return 127
-
-    def forward(signum, _frame):
-        try:
-            os.killpg(child.pid, signum)
-        except OSError:
-            pass
-
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(signum, forward)
-    while True:
-        try:
-            _, status, usage = os.wait4(child.pid, 0)
-            break
-        except InterruptedError:
-            continue
+    # One node: this part meters it. Several: each task meters its own node (`task`).
+    meter = _start_meter(spec, child.pid, job_dir) if nodes == 1 else None
+    code, usage = _wait(child, meter, job_dir)
     ended = time.time()
-    code = os.waitstatus_to_exitcode(status)
     result = {
         "exit_code": code if code >= 0 else None,
         "signal": -code if code < 0 else None,
@@ -183,14 +174,101 @@ def batch(spec_path):
         "node": socket.gethostname(),
     }
     _write_json(os.path.join(job_dir, "result.json"), result)
+    return _exit_like(code)
+
+
+def _wait(child, meter, job_dir):
+    """Wait for the command, passing signals on to its process group and sampling the meter;
+    then the node's energy totals go to nodes/NODE/energy.json. Returns the exit status (as
+    subprocess: negative for a signal) and the resource usage."""
+
+    def forward(signum, _frame):
+        try:
+            os.killpg(child.pid, signum)
+        except OSError:
+            pass
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(signum, forward)
+    if meter is not None:
+        pidfd = os.pidfd_open(child.pid)
+        try:
+            while not select.select([pidfd], [], [], meter.due())[0]:
+                try:
+                    meter.sample()
+                except Exception as exc:
+                    sys.stderr.write(f"fabriek: energy metering stopped: {exc!r}\n")
+                    meter = None
+                    break
+        finally:
+            os.close(pidfd)
+        if meter is not None:  # the last interval, while the group can still be read
+            try:
+                meter.cpu.sample()
+            except Exception as exc:
+                sys.stderr.write(f"fabriek: the last CPU sample failed: {exc!r}\n")
+    _, status, usage = os.wait4(child.pid, 0)
+    if meter is not None:
+        try:
+            totals = meter.finish(cpu_seconds=usage.ru_utime + usage.ru_stime)
+            _write_json(os.path.join(_node_dir(job_dir), "energy.json"), totals)
+        except Exception as exc:
+            sys.stderr.write(f"fabriek: the last energy reading failed: {exc!r}\n")
+    return os.waitstatus_to_exitcode(status), usage
+
+
+def _exit_like(code):
+    """Exit as the command did: with its code, or by its signal."""
     if code < 0:
         signal.signal(-code, signal.SIG_DFL)
         os.kill(os.getpid(), -code)
     return code
 
 
+def _node_dir(job_dir):
+    path = os.path.join(job_dir, "nodes", os.environ.get("SLURMD_NODENAME") or socket.gethostname())
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def _visible_gpus(count):
+    """The indices of the GPUs Slurm gave the job on this node (as NVML numbers them)."""
+    for key in ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES"):
+        value = os.environ.get(key, "")
+        if value and all(part.strip().isdigit() for part in value.split(",")):
+            return [int(part) for part in value.split(",")]
+    return list(range(count))
+
+
+def _start_meter(spec, pgid, job_dir):
+    """This node's energy meter for the command's process group (fabriek.metering, from the
+    path the spec names), or None where fabriek is not importable here: metering trouble is
+    reported in the job's log and never stops the job."""
+    orders = spec.get("meter")
+    if not orders:
+        return None
+    try:
+        sys.path[:0] = orders["sys_path"]
+        from fabriek.metering.meter import Estimates, job_meter
+
+        gpus = int(spec["fabriek_env"]["FABRIEK_GPUS"])
+        return job_meter(
+            _node_dir(job_dir),
+            pgid=pgid,
+            gpu_indices=_visible_gpus(gpus) if gpus else [],
+            gpu_source=orders["gpu_source"],
+            memory_bytes=int(orders["memory_bytes"]),
+            sample_every_s=float(orders["sample_every_s"]),
+            estimates=Estimates(**orders.get("estimates", {})),
+        )
+    except Exception as exc:
+        sys.stderr.write(f"fabriek: energy metering off on this node: {exc!r}\n")
+        return None
+
+
 def task(spec_path):
-    """One task of a multi-node job: become the job's command, with its rank set."""
+    """One task of a multi-node job: the job's command on this node, with its rank set, and
+    this node's energy meter."""
     with open(spec_path) as f:
         spec = json.load(f)
     env = _distributed_env(
@@ -209,13 +287,15 @@ def task(spec_path):
         interface = interface_towards(env["MASTER_ADDR"])
         if interface:
             env["GLOO_SOCKET_IFNAME"] = interface
-    os.chdir(spec["workdir"])
     argv = spec["argv"]
     try:
-        os.execvpe(argv[0], argv, env)
+        child = subprocess.Popen(argv, env=env, cwd=spec["workdir"], start_new_session=True)
     except OSError as exc:
         sys.stderr.write(f"fabriek: cannot start {argv[0]!r}: {exc.strerror}\n")
         return 127
+    job_dir = os.path.dirname(spec_path)
+    code, _ = _wait(child, _start_meter(spec, child.pid, job_dir), job_dir)
+    return _exit_like(code)
 
 
 def main(argv):
