@@ -7,7 +7,8 @@ Slurm takes at most 1 s.
 How it measures (a private Slurm cluster from fabriek.backends.slurm.devcluster; its node drained,
 so that Slurm queues every job and runs none: only submission and bookkeeping are measured):
 
-1. Submission, `--rounds` rounds, each with a fresh cluster and, for fabriek, a fresh server:
+1. Submission, `--rounds` rounds (after one unmeasured warm-up round of 100 jobs), each with a
+   fresh cluster and, for fabriek, a fresh server, the two halves in alternating order:
    - raw: `--jobs` sequential `sbatch --parsable` calls with the very options fabriek passes
      (partition, nodes, tasks, CPUs, memory, time, output, comment, ...), each its own batch script
      in its own directory, as a script that submits jobs one by one would;
@@ -21,7 +22,7 @@ so that Slurm queues every job and runs none: only submission and bookkeeping ar
    controller's observe step (`squeue --json` once, the jobs' files, the database read) `--passes`
    times: p50 and max. For scale, also the bare `squeue --json` call and its JSON parsing.
 
-    python benchmarks/slurm_throughput.py                      # 1,000 jobs, 3 rounds; 2,000 to sync
+    python benchmarks/slurm_throughput.py                      # 1,000 jobs, 5 rounds; 2,000 to sync
     python benchmarks/slurm_throughput.py --quick              # 200 jobs, 1 round; 400 to sync
     python benchmarks/slurm_throughput.py --json out.json
 """
@@ -211,7 +212,7 @@ def state_sync(root: Path, jobs: int, passes: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=1000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--sync-jobs", type=int, default=2000)
     parser.add_argument("--passes", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="200 jobs, 1 round; 400 to sync")
@@ -224,19 +225,32 @@ def main() -> None:
         raise SystemExit(f"cannot start a Slurm dev cluster here: {reason}")
     info = {"machine": machine(), "code": code_version()}
     print(describe(info["machine"]))
-    rounds = []
-    for n in range(args.rounds):
+
+    def one_round(jobs: int, fabriek_first: bool) -> tuple[float, float, dict[str, float]]:
         with tempfile.TemporaryDirectory(prefix="fbs-", dir="/tmp") as tmp:
             root = Path(tmp)
-            with cluster(root / "a") as c:
-                raw = raw_sbatch(c, root / "a", args.jobs)
-            with cluster(root / "b") as c:
-                took, cpu, (context, _) = through_fabriek(c, root / "b", args.jobs)
-                context.__exit__(None, None, None)
+            took: float = 0.0
+            cpu: dict[str, float] = {}
+            raw = 0.0
+            for which in ("fabriek", "raw") if fabriek_first else ("raw", "fabriek"):
+                if which == "raw":
+                    with cluster(root / "a") as c:
+                        raw = raw_sbatch(c, root / "a", jobs)
+                else:
+                    with cluster(root / "b") as c:
+                        took, cpu, (context, _) = through_fabriek(c, root / "b", jobs)
+                        context.__exit__(None, None, None)
+        return raw, took, cpu
+
+    one_round(min(100, args.jobs), False)  # warm-up, not counted: caches, first server start
+    rounds = []
+    for n in range(args.rounds):
+        raw, took, cpu = one_round(args.jobs, fabriek_first=n % 2 == 1)
         rounds.append({"raw_s": raw, "fabriek_s": took, "ratio": took / raw, "cpu": cpu})
         print(
             f"round {n + 1}: raw sbatch {raw:.2f}s ({args.jobs / raw:.0f}/s), through fabriek "
-            f"{took:.2f}s ({args.jobs / took:.0f}/s; all accepted after {cpu['posted_s']:.2f}s): ratio {took / raw:.3f}; {describe_cpu(cpu)}"
+            f"{took:.2f}s ({args.jobs / took:.0f}/s; all accepted after {cpu['posted_s']:.2f}s): "
+            f"ratio {took / raw:.3f}; {describe_cpu(cpu)}"
         )
     with tempfile.TemporaryDirectory(prefix="fbs-", dir="/tmp") as tmp:
         sync = state_sync(Path(tmp), args.sync_jobs, args.passes)
