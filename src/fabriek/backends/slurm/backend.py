@@ -99,7 +99,7 @@ class SlurmBackend:
     concurrent_submissions = 8
     # While a job waits in Slurm, look again after this long (not every 20 ms, as for local
     # jobs): Slurm starts jobs in scheduling cycles, and every look is an squeue call.
-    starting_poll_seconds = 0.5
+    starting_poll_seconds = 1.0
 
     def __init__(
         self,
