@@ -56,7 +56,7 @@ def submitted_comments(cluster: DevCluster, shared: Path) -> list[str]:
     ]
 
 
-def test_submit_multi_node_to_slurm_and_follow_it(server: ServerProcess) -> None:
+def test_submit_multi_node_to_slurm_and_follow_it(server: ServerProcess, tmp_path: Path) -> None:
     script = 'echo "rank $RANK of $WORLD_SIZE on $SLURMD_NODENAME"; echo out > "$FABRIEK_OUTPUT_DIR/r$RANK"'
     done = server.cli(
         "submit", "--partition", "slurm", "--nodes", "2", "--cpus", "1", "--mem", "256M",
@@ -79,6 +79,9 @@ def test_submit_multi_node_to_slurm_and_follow_it(server: ServerProcess) -> None
     assert "2 nodes with 1 CPUs" in status.stdout
     logs = server.cli("logs", str(job_id))
     assert "rank 1 of 2 on node2" in logs.stdout
+    out = tmp_path / "out"
+    assert server.cli("download", str(job_id), str(out)).returncode == 0
+    assert sorted(p.name for p in out.iterdir()) == ["r0", "r1"]  # both nodes' outputs
 
 
 def test_follow_a_running_slurm_job_and_cancel_it(server: ServerProcess, tmp_path: Path) -> None:
