@@ -104,3 +104,16 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     proc = start_server(tmp_path_factory.mktemp("server") / "home")
     yield proc
     proc.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """The environment that points a `fabriek up` at a fresh database: SQLite in its home, or a
+    throwaway PostgreSQL database (dropped afterwards)."""
+    if request.param == "sqlite":
+        yield {}
+        return
+    admin = request.getfixturevalue("pg_server")
+    name, url = create_pg_database(admin)
+    yield {"FABRIEK_DATABASE_URL": url}
+    drop_pg_database(admin, name)

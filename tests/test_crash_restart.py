@@ -5,23 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import create_pg_database, drop_pg_database
 from tests.helpers import ServerProcess, free_port, server_env, wait_for
 
 FINAL = {"succeeded", "failed", "cancelled", "timed_out"}
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_env(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
-    if request.param == "sqlite":
-        yield {}
-        return
-    admin = request.getfixturevalue("pg_server")
-    name, url = create_pg_database(admin)
-    yield {"FABRIEK_DATABASE_URL": url}
-    drop_pg_database(admin, name)
 
 
 def test_kill_and_restart(tmp_path: Path, database_env: dict[str, str]) -> None:

@@ -17,21 +17,22 @@ from fabriek.backends.slurm import devcluster
 from fabriek.backends.slurm.config import SlurmPartition
 from fabriek.backends.slurm.devcluster import DevCluster, partitions_toml
 
-__all__ = ["partition_on", "partitions_toml"]
+__all__ = ["partition_on", "partitions_toml", "require_slurm"]
 
 
-def _require(reason: str | None) -> None:
+def require_slurm(reason: str | None) -> None:
+    """Skip (or, under FABRIEK_REQUIRE_SLURM=1, fail) when a dev cluster cannot start here."""
     if reason is None:
         return
     if os.environ.get("FABRIEK_REQUIRE_SLURM") == "1":
         pytest.fail(f"FABRIEK_REQUIRE_SLURM=1 but {reason}", pytrace=False)
-    pytest.skip(reason)
+    pytest.skip(reason, allow_module_level=True)
 
 
 @pytest.fixture(scope="session")
 def slurm_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
     """Two nodes (the second in a network namespace), no accounting: the completion log."""
-    _require(devcluster.unavailable(nodes=2))
+    require_slurm(devcluster.unavailable(nodes=2))
     with devcluster.start(tmp_path_factory.mktemp("slurm-pair"), nodes=2) as cluster:
         yield cluster
 
@@ -39,7 +40,7 @@ def slurm_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]
 @pytest.fixture(scope="session")
 def slurm_accounted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
     """One node with slurmdbd and MariaDB: sacct answers."""
-    _require(devcluster.unavailable(accounting=True))
+    require_slurm(devcluster.unavailable(accounting=True))
     with devcluster.start(tmp_path_factory.mktemp("slurm-acct"), accounting=True) as cluster:
         yield cluster
 

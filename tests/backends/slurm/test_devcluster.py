@@ -20,17 +20,8 @@ import pytest
 
 from fabriek.backends.slurm import devcluster
 from fabriek.backends.slurm.devcluster import DevCluster
+from tests.backends.slurm.conftest import require_slurm as require
 from tests.helpers import wait_for
-
-
-def require(reason: str | None) -> None:
-    """Skip (or, under FABRIEK_REQUIRE_SLURM=1, fail) when a dev cluster cannot start here."""
-    if reason is None:
-        return
-    if os.environ.get("FABRIEK_REQUIRE_SLURM") == "1":
-        pytest.fail(f"FABRIEK_REQUIRE_SLURM=1 but {reason}", pytrace=False)
-    pytest.skip(reason, allow_module_level=True)
-
 
 require(devcluster.unavailable())
 

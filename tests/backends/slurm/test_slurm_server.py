@@ -12,7 +12,6 @@ import pytest
 
 from fabriek.backends.slurm.devcluster import DevCluster
 from tests.backends.slurm.conftest import partitions_toml
-from tests.conftest import create_pg_database, drop_pg_database
 from tests.helpers import ServerProcess, free_port, server_env, wait_for
 
 FINAL = {"succeeded", "failed", "cancelled", "timed_out"}
@@ -135,17 +134,6 @@ def test_bad_requests_name_the_partition(server: ServerProcess) -> None:
         assert r.returncode != 0 and message in r.stderr, (args, r.stderr)
     with server.http() as http:
         assert http.get("/jobs").json() == []  # nothing was queued
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
-    if request.param == "sqlite":
-        yield {}
-        return
-    admin = request.getfixturevalue("pg_server")
-    name, url = create_pg_database(admin)
-    yield {"FABRIEK_DATABASE_URL": url}
-    drop_pg_database(admin, name)
 
 
 def test_kill_and_restart_while_slurm_runs_jobs(
