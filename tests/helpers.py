@@ -81,6 +81,13 @@ class ServerProcess:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
+        # Its API workers follow it (PR_SET_PDEATHSIG), a moment later: until they have, they
+        # still answer on the port, and a restarted server would look healthy too soon.
+        wait_for(self._port_closed, timeout=20, what=f"the killed server's port {self.port}")
+
+    def _port_closed(self) -> bool:
+        with socket.socket() as probe:
+            return probe.connect_ex(("127.0.0.1", self.port)) != 0
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -178,14 +178,16 @@ def test_exit_codes_and_missing_commands(backend: SlurmBackend) -> None:
 
 def test_cancel_stops_a_running_job_and_is_idempotent(backend: SlurmBackend) -> None:
     handle = backend.submit(
-        spec(7, ["sh", "-c", "trap 'echo got TERM; exit 0' TERM; sleep 60 & wait"])
+        spec(7, ["sh", "-c", "trap 'echo got TERM; exit 0' TERM; echo ready; sleep 60 & wait"])
     )
-    wait_for(lambda: backend.poll({7: handle})[7].phase == Phase.RUNNING, what="job 7 running")
+    log = Path(handle["dir"]) / "log"
+    # Running in Slurm is not yet running the command: wait until its trap is set.
+    wait_for(lambda: log.exists() and "ready" in log.read_text(), timeout=30, what="job 7 ready")
     backend.cancel(7, handle)
     backend.cancel(7, handle)
     seen = finish(backend, {7: handle}, timeout=30)[7]
     assert seen.outcome == JobState.CANCELLED
-    assert "got TERM" in (Path(handle["dir"]) / "log").read_text()  # asked first, not killed
+    assert "got TERM" in log.read_text()  # asked first, not killed
     backend.cancel(7, handle)  # a finished job is left alone
 
 

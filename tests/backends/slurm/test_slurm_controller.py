@@ -33,7 +33,7 @@ def test_a_preempted_slurm_job_is_requeued_and_runs_again(
     checkpoint = shlex.quote(str(tmp_path / "checkpoint"))
     script = (
         f"if [ -e {checkpoint} ]; then echo resumed; exit 0; fi; "
-        f"trap 'touch {checkpoint}; echo saved; exit 1' TERM; sleep 60 & wait"
+        f"trap 'touch {checkpoint}; echo saved; exit 1' TERM; echo ready; sleep 60 & wait"
     )
     with sessions() as session, session.begin():
         job = submit_job(
@@ -52,12 +52,22 @@ def test_a_preempted_slurm_job_is_requeued_and_runs_again(
     wait_for(lambda: state() == JobState.RUNNING, timeout=30, what="the first run")
     with sessions() as session:
         first = session.get(JobRow, job.id).handle  # type: ignore[union-attr]
+    assert first is not None
+    log = Path(first["dir"]) / "log"
+    wait_for(lambda: log.exists() and "ready" in log.read_text(), timeout=30, what="trap set")
     controller._record_preemptions(
         Decisions(preemptions=[Preemption(job.id, "preempted: pool regional reclaims its GPUs")]),
         clock(),
         PassReport(),
     )
-    wait_for(lambda: state() == JobState.SUCCEEDED, timeout=60, what="the requeued run to end")
+    try:
+        wait_for(lambda: state() == JobState.SUCCEEDED, timeout=90, what="the requeued run to end")
+    except AssertionError as exc:  # say where it stuck: fabriek's view and Slurm's
+        with sessions() as session:
+            stuck = get_job(session, actor=admin, job_id=job.id)
+        events = [(e.to_state.value, e.reason) for e in stuck.events]
+        queue = slurm_pair.run("squeue", "-o", "%i %T %r %k").stdout
+        raise AssertionError(f"{exc}: {stuck.state} {stuck.reason} {events}\n{queue}") from exc
     with sessions() as session:
         done = get_job(session, actor=admin, job_id=job.id)
         second = session.get(JobRow, job.id).handle  # type: ignore[union-attr]
@@ -72,7 +82,7 @@ def test_a_preempted_slurm_job_is_requeued_and_runs_again(
         JobState.RUNNING,
         JobState.SUCCEEDED,
     ]
-    assert first is not None and second is not None
+    assert second is not None
     assert second["slurm_id"] != first["slurm_id"]  # a new Slurm job, in a new directory
-    assert (Path(first["dir"]) / "log").read_text().splitlines()[-1] == "saved"  # SIGTERM first
+    assert log.read_text().splitlines()[-1] == "saved"  # SIGTERM first, and it saved
     assert (Path(second["dir"]) / "log").read_text().strip() == "resumed"
