@@ -125,6 +125,23 @@ def test_every_pool_with_demand_gets_its_guarantee_first() -> None:
     assert len(eurohpc) == 24 and sum(a.borrowed for a in eurohpc) == 8
 
 
+def test_jobs_larger_than_every_guarantee_do_not_leave_an_idle_machine_idle() -> None:
+    """Every pool waits with a job larger than its whole guarantee: none could ever start within
+    it, so those guarantees are lent, one of them starts at once (borrowing), and the others are
+    not preempted for (found by the simulator on the ITP trace)."""
+    pending = [job(1, "regional", gpus=8, nodes=4, preemptible=True),
+               job(2, "eurohpc", gpus=8, nodes=4, preemptible=True),
+               job(3, "national", gpus=8, nodes=4, preemptible=True)]  # fmt: skip
+    d = decide(snap(h100(4), pending))
+    [first] = d.admissions
+    assert first.borrowed
+    started = next(j for j in pending if j.id == first.job_id)
+    lent = [running(started, tuple(f"n{i:03}" for i in range(4)), borrowed=True)]
+    rest = [j for j in pending if j is not started]
+    d2 = decide(snap(h100(4), rest, lent))
+    assert admitted(d2) == [] and d2.preemptions == []
+
+
 def test_reclaim_preempts_the_newest_borrowed_work_then_no_ping_pong() -> None:
     machine = h100(4)
     # eurohpc holds all 32 GPUs: 16 within its guarantee, 16 borrowed (preemptible).

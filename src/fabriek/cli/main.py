@@ -28,6 +28,7 @@ from fabriek.cli.output import (
 )
 from fabriek.cli.reports import report_app
 from fabriek.cli.reports import usage as usage_report
+from fabriek.cli.simulate import simulate as simulate_command
 from fabriek.cli.tenancy import (
     allocation_app,
     org_app,
@@ -64,6 +65,7 @@ app.command("apply")(apply_to_call)
 app.command("review")(review_application)
 app.command("usage")(usage_report)
 app.add_typer(report_app, name="report")
+app.command("simulate")(simulate_command)
 app.add_typer(facility_app, name="facility")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]

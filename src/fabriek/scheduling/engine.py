@@ -16,7 +16,9 @@ One cycle, each step named and timed (Decisions.timings):
    preempted until the head fits. Jobs already being preempted count first.
 6. **borrow**: heads beyond their guarantee start on idle capacity that pools without pending
    demand may lend (and the unassigned rest), if preemptible and within the borrow limit. Since
-   only pools without demand lend, a borrower is not reclaimed at once (no ping-pong).
+   only pools without demand lend, a borrower is not reclaimed at once (no ping-pong). Demand
+   here is work the pool's guarantee could hold: a job larger than its pool's whole guarantee
+   does not keep that guarantee idle (it could never run there).
 7. **backfill** (EASY): each blocked head gets a reserved start, the earliest time enough
    running jobs end by their time limits for it to fit. A later job starts now only if it fits
    and cannot delay any reserved head: it ends before the reservation, or uses none of the
@@ -187,6 +189,16 @@ class _State:
             self.used[job.pool][gpu_type] += job.request.gpus
             if job.allocation is not None and job.allocation in self.left:
                 self.left[job.allocation] -= self.charge(job.request, job.placement.partition)
+
+    def want(self, pool: str, request: Request) -> None:
+        """Record that `pool` has waiting work of this request's GPU type, which keeps its idle
+        guarantee from being lent. Only work its guarantee could ever hold counts: a job larger
+        than the whole guarantee must borrow itself, and the guarantee it could never fill
+        would otherwise stay idle while every pool waits (with all pools asking for such jobs,
+        none would ever start)."""
+        gpu_type = self.gpu_type_of(request)
+        if request.gpus <= self.guarantee[pool].get(gpu_type, 0) or gpu_type == NO_GPU:
+            self.demand[gpu_type].add(pool)
 
     def type_of(self, partition: str) -> str:
         p = self.partitions.get(partition)
@@ -381,7 +393,7 @@ def _nominate(
                 continue
         queues[pool].append(job)
         queued.append(job)
-        demand[state.gpu_type_of(request)].add(pool)
+        state.want(pool, request)
     # Green planning sees only what could start: a job its allocation cannot cover takes no
     # room in the plan. The jobs it holds back leave their queues (and their pools' demand).
     held = plan_green(state, queued, decisions)
@@ -390,7 +402,7 @@ def _nominate(
         for pool, queue in queues.items():
             queue[:] = [job for job in queue if job.id not in held]
             for job in queue:
-                demand[state.gpu_type_of(job.request)].add(pool)
+                state.want(pool, job.request)
     return queues
 
 

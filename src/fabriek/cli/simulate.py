@@ -1,0 +1,148 @@
+"""`fabriek simulate`: replay a job trace through the admission engine and baselines, locally."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from fabriek.cli.output import console, err_console, fail, handled
+from fabriek.cli.tenancy import _table
+from fabriek.core.errors import InvalidRequest
+
+
+def simulate(
+    trace: Annotated[Path, typer.Argument(help="The job trace (CSV).")],
+    trace_format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="itp (job_id, submission_time, duration, num_gpu), philly (timestamp, "
+            "duration, num_gpus, gpu_time, cluster) or csv (with --columns).",
+        ),
+    ] = "itp",
+    columns: Annotated[
+        str | None,
+        typer.Option(
+            help="For --format csv: submit=COL,duration=COL,gpus=COL[,tenant=COL][,id=COL]."
+        ),
+    ] = None,
+    policy: Annotated[str, typer.Option(help="The policy to replay.")] = "fabriek",
+    compare: Annotated[
+        str | None,
+        typer.Option(
+            help="Several policies side by side, e.g. fifo,easy,fabriek (also sjf: shortest "
+            "first with perfect knowledge, fairshare)."
+        ),
+    ] = None,
+    load: Annotated[
+        float,
+        typer.Option(help="Scale the arrivals so that the trace offers this load (0 keeps them)."),
+    ] = 0.8,
+    gpus: Annotated[
+        int | None,
+        typer.Option(help="The machine's GPUs [default: sized so that the trace offers --load]."),
+    ] = None,
+    gpus_per_node: Annotated[int, typer.Option(help="GPUs per node.")] = 8,
+    pools: Annotated[
+        str,
+        typer.Option(help="Pools: name=guarantee:projects, comma-separated."),
+    ] = "regional=0.25:8,euro=0.5:16,commercial=0.25:8",
+    seed: Annotated[int, typer.Option(help="Seed of the tenant and time-limit rules.")] = 1,
+    exact_limits: Annotated[
+        bool, typer.Option(help="Time limits equal to the true durations (perfect knowledge).")
+    ] = False,
+    max_jobs: Annotated[int | None, typer.Option(help="Only the trace's first N jobs.")] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write every metric to this file.")
+    ] = None,
+) -> None:
+    """Replay a trace through fabriek's admission engine (and baselines) on a virtual clock."""
+    from fabriek.sim.run import Study, run_study
+    from fabriek.sim.workload import parse_pools
+
+    with handled():
+        mapping = _columns(columns) if columns else None
+        names = [p.strip() for p in (compare or policy).split(",") if p.strip()]
+        study = Study(
+            trace=trace,
+            kind=trace_format,
+            columns=mapping,
+            policies=names,
+            load=load or None,
+            gpus=gpus,
+            gpus_per_node=gpus_per_node,
+            pools=parse_pools(pools),
+            seed=seed,
+            exact_limits=exact_limits,
+            max_jobs=max_jobs,
+        )
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=True,
+        ) as bar:
+            tasks: dict[str, int] = {}
+
+            def progress(name: str, done: int, total: int) -> None:
+                if name not in tasks:
+                    tasks[name] = bar.add_task(name, total=total)
+                if done % 200 == 0 or done == total:
+                    bar.update(tasks[name], completed=done)  # type: ignore[arg-type]
+
+            result = run_study(study, progress)
+    if json_path is not None:
+        try:
+            json_path.write_text(json.dumps(result, indent=1))
+        except OSError as exc:
+            fail(f"cannot write {json_path}: {exc.strerror}", 2)
+    _print(result)
+
+
+def _columns(text: str) -> dict[str, str]:
+    mapping = {}
+    for part in text.split(","):
+        role, sep, column = part.partition("=")
+        if not sep or not role.strip() or not column.strip():
+            raise InvalidRequest(f"cannot read --columns part {part!r}; use e.g. gpus=num_gpu")
+        mapping[role.strip()] = column.strip()
+    return mapping
+
+
+def _print(result: dict[str, object]) -> None:
+    w, m = result["workload"], result["machine"]
+    console.print(
+        f"{w['jobs']} jobs on {m['gpus']} GPUs ({m['nodes']} nodes), offered load "  # type: ignore[index]
+        f"{w['offered_load']:.2f}, seed {w['seed']}, time limits {w['time_limits']}",  # type: ignore[index]
+        highlight=False,
+    )
+    policies = result["policies"]  # type: ignore[index]
+    table = _table("POLICY", "JCT h", "P50 h", "P99 h", "WAIT min", "1-GPU P99 min", "UTIL",
+                   "PREEMPTED", "JOBS/s")  # fmt: skip
+    for p in policies:  # type: ignore[attr-defined]
+        table.add_row(
+            p["policy"],
+            f"{p['jct_s']['mean'] / 3600:.2f}",
+            f"{p['jct_s']['median'] / 3600:.2f}",
+            f"{p['jct_s']['p99'] / 3600:.1f}",
+            f"{p['wait_s']['mean'] / 60:.0f}",
+            f"{p['small_jobs_wait_s']['p99'] / 60:.0f}",
+            f"{p['utilisation']:.1%}",
+            str(p["preemptions"]),
+            f"{p['jobs_per_s']:,.0f}",
+        )
+    console.print(table)
+    console.print("share of its waiting time each pool ran at least its guarantee:")
+    shares = _table("POOL", "GUARANTEE", *(p["policy"].upper() for p in policies))  # type: ignore[attr-defined]
+    for name, first in policies[0]["pools"].items():  # type: ignore[index]
+        met = [p["pools"][name]["guarantee_met_while_waiting"] for p in policies]  # type: ignore[attr-defined]
+        shares.add_row(
+            name, f"{first['guarantee']:.0%}", *("-" if m is None else f"{m:.0%}" for m in met)
+        )
+    console.print(shares)

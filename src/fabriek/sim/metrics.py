@@ -1,0 +1,83 @@
+"""What a replay delivered: completion times, queueing, utilisation, fairness, pool shares."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from typing import Any
+
+from fabriek.sim.simulator import Outcome
+
+SMALL_GPUS = 1  # "small jobs" for the queueing-delay comparison: one GPU
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q
+    lo = int(k)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def _dist(values: list[float]) -> dict[str, float]:
+    return {
+        "mean": statistics.fmean(values) if values else 0.0,
+        "median": _pct(values, 0.5),
+        "p95": _pct(values, 0.95),
+        "p99": _pct(values, 0.99),
+    }
+
+
+def summarise(outcome: Outcome, pools: dict[str, float]) -> dict[str, Any]:
+    """Seconds throughout. `pools`: each pool's guarantee."""
+    done = [r for r in outcome.runs if r.end is not None]
+    jct = [r.end - r.job.submit for r in done]  # type: ignore[operator]
+    wait = [r.starts[0] - r.job.submit for r in done]
+    small_wait = [r.starts[0] - r.job.submit for r in done if r.job.gpus <= SMALL_GPUS]
+    first = min((r.job.submit for r in outcome.runs), default=0.0)
+    last = max((r.end for r in done), default=first)
+    span = max(last - first, 1e-9)
+    gpus = outcome.machine.gpus
+    used = sum(outcome.pool_gpu_s.values())
+    # Finish-time fairness per tenant: its jobs' mean slowdown (completion time over run time);
+    # Jain's index over tenants (1: all alike).
+    slow: dict[str, list[float]] = defaultdict(list)
+    for run in done:
+        slow[run.job.project].append((run.end - run.job.submit) / run.job.duration)  # type: ignore[operator]
+    tenant_slowdown = {t: statistics.fmean(v) for t, v in slow.items()}
+    values = list(tenant_slowdown.values())
+    jain = (sum(values) ** 2 / (len(values) * sum(v * v for v in values))) if values else 1.0
+    return {
+        "policy": outcome.policy,
+        "jobs": len(outcome.runs),
+        "finished": len(done),
+        "gpus": gpus,
+        "jct_s": _dist(jct),
+        "wait_s": _dist(wait),
+        "small_jobs_wait_s": _dist(small_wait),
+        "makespan_s": span,
+        "utilisation": used / (gpus * span),
+        "preemptions": sum(r.preemptions for r in outcome.runs),
+        "lost_gpu_hours": sum(r.lost_gpu_s for r in outcome.runs) / 3600,
+        "tenant_slowdown_jain": jain,
+        "tenant_slowdown_worst": max(values) if values else 0.0,
+        "pools": {
+            name: {
+                "guarantee": guarantee,
+                "share_used": outcome.pool_gpu_s.get(name, 0.0) / (gpus * span),
+                "demand_hours": outcome.pool_demand_s.get(name, 0.0) / 3600,
+                "denied_hours": outcome.pool_denied_s.get(name, 0.0) / 3600,
+                "guarantee_met_while_waiting": (
+                    1 - outcome.pool_denied_s.get(name, 0.0) / outcome.pool_demand_s[name]
+                    if outcome.pool_demand_s.get(name)
+                    else None
+                ),
+            }
+            for name, guarantee in pools.items()
+        },
+        "decisions": outcome.decisions,
+        "replay_s": outcome.seconds,
+        "jobs_per_s": len(outcome.runs) / outcome.seconds if outcome.seconds else 0.0,
+    }

@@ -1,0 +1,151 @@
+"""The baselines fabriek's engine is compared with, on the same machine model (simulator.Free):
+
+- `fifo`: strict first come, first served: the oldest waiting job starts when it fits; nothing
+  passes it.
+- `easy`: FIFO with EASY backfill (Slurm's sched/backfill in its simplest form): the oldest job
+  gets a reservation at the earliest time running jobs' requested limits free enough GPUs for it;
+  a later job may start now if it fits and either ends (by its limit) before that reservation
+  or leaves the reserved GPUs free.
+- `sjf`: shortest job first with perfect knowledge of every job's true duration (an oracle:
+  a bound on mean completion time, not a real policy), filling the machine greedily.
+- `fairshare`: plain per-tenant fair share: the waiting jobs of the project with the least
+  recent GPU use (decayed, a 7-day half-life) first, filling the machine greedily. No pools.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fabriek.sim.simulator import FabriekPolicy, Free, Machine, Policy, Run
+from fabriek.sim.workload import PoolShare
+
+Starts = list[tuple[Run, tuple[str, ...]]]
+
+
+class Fifo(Policy):
+    name = "fifo"
+
+    def decide(
+        self, now: float, waiting: Sequence[Run], running: Sequence[Run], free: Free
+    ) -> tuple[Starts, list[Run]]:
+        starts: Starts = []
+        for run in waiting:
+            nodes = free.fit(run.request)
+            if nodes is None:
+                break
+            free.take(run.request, nodes)
+            starts.append((run, nodes))
+        _undo(free, starts)
+        return starts, []
+
+
+class Easy(Policy):
+    name = "easy"
+
+    def decide(
+        self, now: float, waiting: Sequence[Run], running: Sequence[Run], free: Free
+    ) -> tuple[Starts, list[Run]]:
+        starts: Starts = []
+        queue = list(waiting)
+        while queue:
+            nodes = free.fit(queue[0].request)
+            if nodes is None:
+                break
+            free.take(queue[0].request, nodes)
+            starts.append((queue.pop(0), nodes))
+        if queue:
+            head = queue.pop(0)
+            shadow, extra = self._reservation(now, head, running, starts, free)
+            for run in queue:
+                nodes = free.fit(run.request)
+                if nodes is None:
+                    continue
+                ends_in_time = now + run.job.time_limit <= shadow
+                if ends_in_time or run.request.gpus <= extra:
+                    if not ends_in_time:
+                        extra -= run.request.gpus
+                    free.take(run.request, nodes)
+                    starts.append((run, nodes))
+        _undo(free, starts)
+        return starts, []
+
+    @staticmethod
+    def _reservation(
+        now: float, head: Run, running: Sequence[Run], starting: Starts, free: Free
+    ) -> tuple[float, int]:
+        """When the head will have room (running jobs ending by their limits, counted in GPUs),
+        and how many GPUs beyond its need are free then."""
+        ending = sorted(
+            [((r.start or now) + r.job.time_limit, r.request.gpus) for r in running]
+            + [(now + r.job.time_limit, r.request.gpus) for r, _ in starting]
+        )
+        available = free.free_gpus
+        for at, gpus in ending:
+            available += gpus
+            if available >= head.request.gpus:
+                return at, available - head.request.gpus
+        return float("inf"), 0
+
+
+class ShortestFirst(Policy):
+    name = "sjf"
+
+    def decide(
+        self, now: float, waiting: Sequence[Run], running: Sequence[Run], free: Free
+    ) -> tuple[Starts, list[Run]]:
+        return _greedy(sorted(waiting, key=lambda r: (r.job.duration, r.job.id)), free), []
+
+
+class FairShare(Policy):
+    name = "fairshare"
+
+    def __init__(self, machine: Machine) -> None:
+        self._use = FabriekPolicy(machine, ())  # only its decayed-usage bookkeeping
+
+    def finished(self, run: Run, at: float) -> None:
+        self._use.finished(run, at)
+
+    def decide(
+        self, now: float, waiting: Sequence[Run], running: Sequence[Run], free: Free
+    ) -> tuple[Starts, list[Run]]:
+        use = self._use.usage(now, running)
+        ordered = sorted(waiting, key=lambda r: (use.get(r.job.project, 0.0), r.job.submit))
+        return _greedy(ordered, free), []
+
+
+def _greedy(ordered: Sequence[Run], free: Free) -> Starts:
+    starts: Starts = []
+    for run in ordered:
+        if free.free_gpus == 0:
+            break
+        nodes = free.fit(run.request)
+        if nodes is not None:
+            free.take(run.request, nodes)
+            starts.append((run, nodes))
+    _undo(free, starts)
+    return starts
+
+
+def _undo(free: Free, starts: Starts) -> None:
+    """The policies take room as they decide; the simulator takes it again when it starts them."""
+    for run, nodes in starts:
+        free.take(run.request, nodes, sign=-1)
+
+
+POLICIES = ("fabriek", "fifo", "easy", "sjf", "fairshare")
+
+
+def make_policy(name: str, machine: Machine, pools: Sequence[PoolShare]) -> Policy:
+    if name == "fabriek":
+        return FabriekPolicy(machine, pools)
+    if name == "fifo":
+        return Fifo()
+    if name == "easy":
+        return Easy()
+    if name == "sjf":
+        return ShortestFirst()
+    if name == "fairshare":
+        return FairShare(machine)
+    from fabriek.core.errors import InvalidRequest
+
+    raise InvalidRequest(f"unknown policy {name!r}; use one of {', '.join(POLICIES)}")

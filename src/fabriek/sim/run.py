@@ -1,0 +1,95 @@
+"""One simulation study: a trace, a machine sized for a load, and policies side by side."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fabriek.core.errors import InvalidRequest
+from fabriek.sim.metrics import summarise
+from fabriek.sim.policies import POLICIES, make_policy
+from fabriek.sim.simulator import Machine, simulate
+from fabriek.sim.traces import read_trace, summary
+from fabriek.sim.workload import (
+    DEFAULT_POOLS,
+    PoolShare,
+    build,
+    gpus_for_load,
+    offered_load,
+    scale_arrivals,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Study:
+    trace: Path
+    kind: str = "itp"
+    columns: Mapping[str, str] | None = None
+    policies: Sequence[str] = ("fabriek",)
+    load: float | None = 0.8  # None: the trace's own arrivals on `gpus`
+    gpus: int | None = None  # None: sized so that the trace as it is offers `load`
+    gpus_per_node: int = 8
+    pools: Sequence[PoolShare] = DEFAULT_POOLS
+    seed: int = 1
+    exact_limits: bool = False
+    max_jobs: int | None = None  # the first N jobs only
+    grace_s: float = 30.0
+
+
+Progress = Callable[[str, int, int], None]  # policy, jobs ended, jobs in all
+
+
+def run_study(study: Study, progress: Progress | None = None) -> dict[str, Any]:
+    """The workload as built (documented rules, seeded) and each policy's metrics."""
+    unknown = [p for p in study.policies if p not in POLICIES]
+    if unknown:
+        raise InvalidRequest(
+            f"unknown policy {', '.join(unknown)}; use some of {', '.join(POLICIES)}"
+        )
+    if study.gpus is not None and (study.gpus <= 0 or study.gpus % study.gpus_per_node):
+        raise InvalidRequest(f"--gpus must be a positive multiple of {study.gpus_per_node}")
+    trace = read_trace(study.trace, kind=study.kind, columns=study.columns)
+    if study.max_jobs is not None:
+        trace = trace[: study.max_jobs]
+    jobs = build(
+        trace,
+        pools=study.pools,
+        seed=study.seed,
+        exact_limits=study.exact_limits,
+        max_gpus=study.gpus,
+    )
+    if not jobs:
+        raise InvalidRequest("no job of the trace fits the machine")
+    gpus = study.gpus or gpus_for_load(jobs, study.load or 0.8, study.gpus_per_node)
+    if study.load is not None:
+        jobs = scale_arrivals(jobs, gpus, study.load)
+    machine = Machine(gpus // study.gpus_per_node, study.gpus_per_node)
+    results = []
+    for name in study.policies:
+        outcome = simulate(
+            jobs,
+            machine,
+            make_policy(name, machine, study.pools),
+            pools=study.pools,
+            grace_s=study.grace_s,
+            progress=(lambda done, total, n=name: progress(n, done, total)) if progress else None,
+        )
+        results.append(summarise(outcome, {p.name: p.guarantee for p in study.pools}))
+    return {
+        "trace": {"path": str(study.trace), "format": study.kind, **summary(trace)},
+        "workload": {
+            "jobs": len(jobs),
+            "dropped_larger_than_machine": len(trace) - len(jobs),
+            "offered_load": offered_load(jobs, gpus),
+            "seed": study.seed,
+            "time_limits": "exact" if study.exact_limits else "over-requested (x1-10, rounded)",
+            "pools": [
+                {"name": p.name, "guarantee": p.guarantee, "projects": p.projects}
+                for p in study.pools
+            ],
+        },
+        "machine": {"gpus": gpus, "nodes": machine.nodes, "gpus_per_node": study.gpus_per_node},
+        "policies": results,
+    }

@@ -1,0 +1,113 @@
+"""Job traces for the simulator: the public GPU-cluster traces, and any CSV with a column mapping.
+
+Each reader returns `TraceJob`s sorted by submission, times in seconds from the trace's first
+submission. A file that cannot be read as the format says raises InvalidRequest naming the file,
+the row and the column; nothing is half-read.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from fabriek.core.errors import InvalidRequest
+
+
+@dataclass(frozen=True, slots=True)
+class TraceJob:
+    id: str
+    submit: float  # seconds from the trace's first submission
+    duration: float  # seconds it ran (the simulator runs it exactly this long)
+    gpus: int
+    tenant: str | None = None  # who submitted it, where the trace says (Philly: virtual cluster)
+
+
+FORMATS = ("itp", "philly", "csv")
+# The generic CSV's columns: which of the file's columns holds what. `submit` is seconds, or a
+# date and time (ISO 8601, UTC unless it says otherwise); `tenant` and `id` are optional.
+MAPPING_KEYS = ("submit", "duration", "gpus", "tenant", "id")
+
+
+def read_trace(
+    path: Path, *, kind: str, columns: Mapping[str, str] | None = None
+) -> list[TraceJob]:
+    """`kind`: itp (Microsoft ITP, 2021), philly (Microsoft Philly, 2017) or csv (with
+    `columns`, e.g. {"submit": "arrival", "duration": "runtime", "gpus": "n_gpu"})."""
+    if kind == "itp":
+        columns = {"submit": "submission_time", "duration": "duration", "gpus": "num_gpu",
+                   "id": "job_id"}  # fmt: skip
+    elif kind == "philly":
+        columns = {"submit": "timestamp", "duration": "duration", "gpus": "num_gpus",
+                   "tenant": "cluster"}  # fmt: skip
+    elif kind != "csv":
+        raise InvalidRequest(f"unknown trace format {kind!r}; use one of {', '.join(FORMATS)}")
+    if not columns or not {"submit", "duration", "gpus"} <= set(columns):
+        raise InvalidRequest("a CSV trace needs columns for submit, duration and gpus")
+    unknown = set(columns) - set(MAPPING_KEYS)
+    if unknown:
+        raise InvalidRequest(f"unknown column role(s) {', '.join(sorted(unknown))}")
+    try:
+        with open(path, newline="") as f:
+            return _read(path, csv.DictReader(f), columns)
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read the trace {path}: {exc.strerror}") from None
+
+
+def _read(path: Path, rows: csv.DictReader[str], columns: Mapping[str, str]) -> list[TraceJob]:
+    missing = [c for c in columns.values() if c not in (rows.fieldnames or ())]
+    if missing:
+        raise InvalidRequest(
+            f"{path}: no column {', '.join(map(repr, missing))} "
+            f"(the header has {', '.join(rows.fieldnames or ())})"
+        )
+    raw: list[tuple[str, float, float, int, str | None]] = []
+    for line, row in enumerate(rows, start=2):
+        where = f"{path}, row {line}"
+        submit = _time(row[columns["submit"]], f"{where}, column {columns['submit']}")
+        duration = _number(row[columns["duration"]], f"{where}, column {columns['duration']}")
+        gpus = _number(row[columns["gpus"]], f"{where}, column {columns['gpus']}")
+        if duration < 0 or gpus < 0 or gpus != int(gpus):
+            raise InvalidRequest(f"{where}: a negative duration or a fraction of a GPU")
+        tenant = row[columns["tenant"]] if "tenant" in columns else None
+        job_id = row[columns["id"]] if "id" in columns else str(line - 1)
+        raw.append((job_id, submit, duration, int(gpus), tenant or None))
+    if not raw:
+        raise InvalidRequest(f"{path}: no jobs in it")
+    first = min(r[1] for r in raw)
+    jobs = [TraceJob(i, s - first, d, g, t) for i, s, d, g, t in raw]
+    jobs.sort(key=lambda j: (j.submit, j.id))
+    return jobs
+
+
+def _number(text: str, where: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise InvalidRequest(f"{where}: {text!r} is not a number") from None
+
+
+def _time(text: str, where: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        at = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise InvalidRequest(f"{where}: {text!r} is neither seconds nor a date and time") from None
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
+
+
+def summary(jobs: Iterable[TraceJob]) -> dict[str, float]:
+    """Jobs, span, GPU-hours and the largest job: what a trace asks of a machine."""
+    listed = list(jobs)
+    span = max((j.submit for j in listed), default=0.0)
+    return {
+        "jobs": len(listed),
+        "span_days": span / 86400,
+        "gpu_hours": sum(j.gpus * j.duration for j in listed) / 3600,
+        "largest_gpus": max((j.gpus for j in listed), default=0),
+    }

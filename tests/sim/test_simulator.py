@@ -1,0 +1,159 @@
+"""The simulator: trace readers, seeded workloads, and replays whose outcome is worked out by hand
+(FIFO, EASY backfill, shortest first), plus fabriek's own engine on the same machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fabriek.core.errors import InvalidRequest
+from fabriek.sim.metrics import summarise
+from fabriek.sim.policies import POLICIES, make_policy
+from fabriek.sim.simulator import Machine, simulate
+from fabriek.sim.traces import read_trace
+from fabriek.sim.workload import (
+    LIMIT_STEPS,
+    PoolShare,
+    SimJob,
+    build,
+    offered_load,
+    parse_pools,
+    scale_arrivals,
+)
+
+SHARED = Path(__file__).parents[2].parent / "shared" / "data" / "traces"
+ONE_POOL = (PoolShare("all", 1.0, 1),)
+
+
+def jobs(*spec: tuple[float, float, int, float]) -> list[SimJob]:
+    """(submit, duration, gpus, limit) each, one pool."""
+    return [SimJob(i, "p", "all", s, d, g, limit) for i, (s, d, g, limit) in enumerate(spec)]
+
+
+def starts(policy: str, workload: list[SimJob], nodes: int = 1) -> dict[int, float]:
+    machine = Machine(nodes)
+    outcome = simulate(workload, machine, make_policy(policy, machine, ONE_POOL), pools=ONE_POOL)
+    assert all(r.end is not None for r in outcome.runs)
+    return {r.job.id: r.starts[0] for r in outcome.runs}
+
+
+# --- replays worked out by hand (one node of 8 GPUs) -------------------------------------------
+WORKLOAD = jobs(
+    (0, 100, 4, 100),  # A: half the node for 100 s
+    (1, 100, 8, 100),  # B: the whole node: waits for A
+    (2, 10, 2, 10),  # C: small and short: EASY backfills it beside A, before B's reservation
+    (3, 500, 2, 1000),  # D: small but long: would delay B, so EASY keeps it waiting
+)
+
+
+def test_fifo_lets_nothing_pass() -> None:
+    assert starts("fifo", WORKLOAD) == {0: 0, 1: 100, 2: 200, 3: 200}
+
+
+def test_easy_backfills_only_what_cannot_delay_the_head() -> None:
+    assert starts("easy", WORKLOAD) == {0: 0, 1: 100, 2: 2, 3: 200}
+
+
+def test_shortest_first_with_perfect_knowledge() -> None:
+    # At 0 only A is there; at 2, C (10 s) starts beside A; D (500 s) fills the rest at 3 since
+    # it fits, which delays B.
+    assert starts("sjf", WORKLOAD) == {0: 0, 1: 503, 2: 2, 3: 3}
+
+
+def test_fabriek_runs_the_same_workload_with_backfill() -> None:
+    got = starts("fabriek", WORKLOAD)
+    assert got[0] == 0 and got[2] == 2 and got[1] == 100  # C backfilled, B on its reservation
+    assert got[3] >= 100  # D would have delayed B
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_every_policy_finishes_a_real_trace_with_sane_metrics(policy: str) -> None:
+    trace = read_trace(SHARED / "itp" / "cluster01.csv", kind="itp")[:400]
+    pools = parse_pools("regional=0.25:4,euro=0.5:8,commercial=0.25:4")
+    workload = build(trace, pools=pools, seed=3, max_gpus=32)
+    machine = Machine(4)
+    workload = scale_arrivals(workload, machine.gpus, 0.8)
+    outcome = simulate(workload, machine, make_policy(policy, machine, pools), pools=pools)
+    metrics = summarise(outcome, {p.name: p.guarantee for p in pools})
+    assert metrics["finished"] == len(workload)
+    assert 0 < metrics["utilisation"] <= 1
+    assert metrics["jct_s"]["mean"] >= metrics["wait_s"]["mean"]
+    assert metrics["jct_s"]["p99"] >= metrics["jct_s"]["median"]
+    used = sum(r.request.gpus * r.job.duration + r.lost_gpu_s for r in outcome.runs)
+    assert sum(outcome.pool_gpu_s.values()) == pytest.approx(used, rel=1e-6)
+    for run in outcome.runs:
+        assert run.end == pytest.approx(run.starts[-1] + run.job.duration)
+        assert run.starts[0] >= run.job.submit
+    # Discrete events: the policy is asked at most once per submission or end.
+    assert metrics["decisions"] <= 2 * len(workload) + sum(r.preemptions for r in outcome.runs)
+
+
+def test_utilisation_of_a_full_machine_is_one() -> None:
+    machine = Machine(1)
+    outcome = simulate(jobs((0, 100, 8, 100), (100, 50, 8, 50)), machine,
+                       make_policy("fifo", machine, ONE_POOL), pools=ONE_POOL)  # fmt: skip
+    metrics = summarise(outcome, {"all": 1.0})
+    assert metrics["utilisation"] == pytest.approx(1.0)
+    assert metrics["makespan_s"] == 150
+    assert metrics["jct_s"]["mean"] == 75
+
+
+# --- workloads ---------------------------------------------------------------------------------
+def test_workloads_are_seeded_and_limits_over_request() -> None:
+    trace = read_trace(SHARED / "itp" / "cluster02.csv", kind="itp")
+    a, b = build(trace, seed=7), build(trace, seed=7)
+    assert a == b
+    assert build(trace, seed=8) != a
+    assert all(j.time_limit >= j.duration for j in a)
+    assert all(j.time_limit in LIMIT_STEPS or j.time_limit > LIMIT_STEPS[-1] for j in a)
+    exact = build(trace, seed=7, exact_limits=True)
+    assert all(j.time_limit == j.duration for j in exact)
+    projects = {j.project for j in a}
+    assert {j.pool for j in a} == {"regional", "euro", "commercial"} and len(projects) > 10
+
+
+def test_philly_virtual_clusters_become_tenants() -> None:
+    trace = read_trace(SHARED / "philly" / "philly.csv", kind="philly")
+    assert len(trace) == 82_247 and len({j.tenant for j in trace}) == 15
+    workload = build(trace[:5000])
+    assert all(j.project.split("-", 1)[1] in {t.tenant for t in trace} for j in workload)
+
+
+def test_load_scaling_hits_the_target() -> None:
+    workload = build(read_trace(SHARED / "itp" / "cluster03.csv", kind="itp"))
+    for load in (0.6, 1.0, 1.2):
+        assert offered_load(scale_arrivals(workload, 256, load), 256) == pytest.approx(load)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a,b\n1,2\n", "no column 'submit_time'"),
+        ("submit_time,run,n\n1,2,x\n", "row 2, column n: 'x' is not a number"),
+        ("submit_time,run,n\nyesterday,2,1\n", "neither seconds nor a date"),
+        ("submit_time,run,n\n1,2,1.5\n", "a fraction of a GPU"),
+        ("submit_time,run,n\n", "no jobs in it"),
+    ],
+)
+def test_csv_traces_with_a_mapping_and_their_errors(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text(text)
+    columns = {"submit": "submit_time", "duration": "run", "gpus": "n"}
+    with pytest.raises(InvalidRequest, match=r"t\.csv") as caught:
+        read_trace(path, kind="csv", columns=columns)
+    assert message in str(caught.value)
+
+
+def test_a_csv_trace_with_dates(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("at,run,n,who\n2026-01-01T00:10:00,60,2,x\n2026-01-01T00:00:00,30,1,y\n")
+    trace = read_trace(
+        path, kind="csv", columns={"submit": "at", "duration": "run", "gpus": "n", "tenant": "who"}
+    )
+    assert [(j.submit, j.duration, j.gpus, j.tenant) for j in trace] == [
+        (0.0, 30.0, 1, "y"),
+        (600.0, 60.0, 2, "x"),
+    ]
