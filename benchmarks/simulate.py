@@ -1,0 +1,123 @@
+"""The simulator: how fast it replays, and how fabriek's engine compares with the baselines.
+
+Goals (issue 6):
+- speed: all 82,246 jobs of the Philly file and all of ITP cluster04, per policy: at least 20,000
+  simulated jobs per second on 2 cores;
+- quality: ITP cluster04 and Philly at loads 0.6, 0.8, 1.0, 1.2 (the machine sized so that the
+  trace offers that load), every policy side by side, 3 seeds: fabriek at least matches EASY on
+  mean JCT and utilisation while keeping every pool's guarantee, and beats FIFO + EASY clearly on
+  p99 queueing delay of small (1-GPU) jobs.
+
+How it measures: `fabriek.sim.run.run_study`, in process, the same code as `fabriek simulate`
+(docs/simulator.md). Speed is jobs / wall time of each policy's replay (reading and building the
+workload not included), each policy on the trace at load 0.8. Quality replays every
+(trace, load, seed) with every policy and reports the metrics the goal names.
+
+    python benchmarks/simulate.py --speed                  # both traces, every policy, once
+    python benchmarks/simulate.py --quality                # 2 traces x 4 loads x 3 seeds
+    python benchmarks/simulate.py --quality --quick        # ITP cluster04 only, 1 seed
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from typing import Any
+
+from _harness import REPO, code_version, common_options, describe, machine, table, write_json
+
+from fabriek.sim.policies import POLICIES
+from fabriek.sim.run import Study, run_study
+
+TRACES = REPO.parent / "shared" / "data" / "traces"
+SETS = {
+    "itp-cluster04": (TRACES / "itp" / "cluster04.csv", "itp"),
+    "philly": (TRACES / "philly" / "philly.csv", "philly"),
+}
+LOADS = (0.6, 0.8, 1.0, 1.2)
+
+
+def speed(names: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for name in names:
+        path, kind = SETS[name]
+        result = run_study(Study(trace=path, kind=kind, policies=POLICIES, load=0.8))
+        for p in result["policies"]:
+            rows.append({"trace": name, "policy": p["policy"], "jobs": p["jobs"],
+                         "seconds": p["replay_s"], "jobs_per_s": p["jobs_per_s"],
+                         "decisions": p["decisions"]})  # fmt: skip
+            print(f"{name} {p['policy']}: {p['jobs']} jobs in {p['replay_s']:.1f}s "
+                  f"= {p['jobs_per_s']:,.0f} jobs/s", flush=True)  # fmt: skip
+    return rows
+
+
+def quality(names: list[str], seeds: list[int]) -> list[dict[str, Any]]:
+    rows = []
+    for name in names:
+        path, kind = SETS[name]
+        for load in LOADS:
+            for seed in seeds:
+                result = run_study(
+                    Study(trace=path, kind=kind, policies=POLICIES, load=load, seed=seed)
+                )
+                for p in result["policies"]:
+                    met = [v["guarantee_met_while_waiting"] for v in p["pools"].values()]
+                    rows.append({
+                        "trace": name, "load": load, "seed": seed, "policy": p["policy"],
+                        "gpus": result["machine"]["gpus"],
+                        "jct_mean_h": p["jct_s"]["mean"] / 3600,
+                        "jct_p99_h": p["jct_s"]["p99"] / 3600,
+                        "utilisation": p["utilisation"],
+                        "small_wait_p99_min": p["small_jobs_wait_s"]["p99"] / 60,
+                        "guarantee_met_min": min((m for m in met if m is not None), default=None),
+                        "preemptions": p["preemptions"],
+                        "lost_gpu_hours": p["lost_gpu_hours"],
+                    })  # fmt: skip
+                print(f"{name} load {load} seed {seed}: done", flush=True)
+    return rows
+
+
+def quality_table(rows: list[dict[str, Any]]) -> str:
+    out = []
+    keys = sorted({(r["trace"], r["load"], r["policy"]) for r in rows},
+                  key=lambda k: (k[0], k[1], POLICIES.index(k[2])))  # fmt: skip
+    for trace, load, policy in keys:
+        mine = [r for r in rows if (r["trace"], r["load"], r["policy"]) == (trace, load, policy)]
+
+        def mean(key: str, rows: list[dict[str, Any]] = mine) -> float:
+            return statistics.fmean(r[key] for r in rows if r[key] is not None)
+
+        out.append([trace, load, policy, f"{mean('jct_mean_h'):.2f}", f"{mean('jct_p99_h'):.1f}",
+                    f"{mean('utilisation'):.1%}", f"{mean('small_wait_p99_min'):.0f}",
+                    f"{min(r['guarantee_met_min'] or 0 for r in mine):.0%}",
+                    f"{mean('preemptions'):.0f}"])  # fmt: skip
+    return table(
+        ["trace", "load", "policy", "JCT mean h", "JCT p99 h", "util", "1-GPU wait p99 min",
+         "worst pool guarantee met", "preempted"],
+        out,
+    )  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--speed", action="store_true")
+    parser.add_argument("--quality", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="ITP cluster04 only, one seed")
+    common_options(parser)
+    args = parser.parse_args()
+    names = ["itp-cluster04"] if args.quick else list(SETS)
+    info: dict[str, Any] = {"machine": machine(), "code": code_version()}
+    print(describe(info["machine"]))
+    if args.speed or not args.quality:
+        info["speed"] = speed(names)
+        print(table(["trace", "policy", "jobs", "s", "jobs/s"],
+                    [[r["trace"], r["policy"], r["jobs"], f"{r['seconds']:.1f}",
+                      f"{r['jobs_per_s']:,.0f}"] for r in info["speed"]]))  # fmt: skip
+    if args.quality:
+        info["quality"] = quality(names, [1] if args.quick else [1, 2, 3])
+        print(quality_table(info["quality"]))
+    write_json(args.json, info)
+
+
+if __name__ == "__main__":
+    main()
