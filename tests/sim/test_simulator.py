@@ -157,3 +157,31 @@ def test_a_csv_trace_with_dates(tmp_path: Path) -> None:
         (0.0, 30.0, 1, "y"),
         (600.0, 60.0, 2, "x"),
     ]
+
+
+def test_a_study_with_its_report(tmp_path: Path) -> None:
+    from fabriek.sim.report import html_report
+    from fabriek.sim.run import Study, run_study
+
+    result = run_study(
+        Study(trace=SHARED / "itp" / "cluster01.csv", policies=("fifo", "fabriek"), max_jobs=300)
+    )
+    assert result["workload"]["jobs"] == 300
+    assert result["workload"]["offered_load"] == pytest.approx(0.8)
+    for p in result["policies"]:
+        line = p["series"]["utilisation"]
+        assert 0 < len(line) <= 300
+        # The plotted line is the same utilisation as the figure: means of the same steps.
+        assert sum(v for _, v in line) / len(line) == pytest.approx(p["utilisation"], rel=1e-3)
+        shares = p["series"]["pool_share"]
+        assert set(shares) == {"regional", "euro", "commercial"}
+        total = [sum(s[k][1] for s in shares.values()) for k in range(len(line))]
+        assert total == pytest.approx([v for _, v in line], abs=1e-4)
+        cdf = p["series"]["jct_cdf_h"]
+        assert [q for _, q in cdf] == sorted(q for _, q in cdf) and cdf[-1][1] == 1.0
+    page = html_report(result)
+    assert page.count("<svg") == 3 + 2  # utilisation, queue, JCT, and pool shares per policy
+    assert "fabriek" in page
+    assert not any(tag in page for tag in ("<script", "<link", 'src="http', 'href="http'))
+    with pytest.raises(InvalidRequest, match="unknown policy tiresias"):
+        run_study(Study(trace=SHARED / "itp" / "cluster01.csv", policies=("tiresias",)))

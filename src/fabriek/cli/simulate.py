@@ -59,6 +59,10 @@ def simulate(
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Also write every metric to this file.")
     ] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(help="Also write a self-contained HTML report with plots to this file."),
+    ] = None,
 ) -> None:
     """Replay a trace through fabriek's admission engine (and baselines) on a virtual clock."""
     from fabriek.sim.run import Study, run_study
@@ -97,11 +101,15 @@ def simulate(
                     bar.update(tasks[name], completed=done)  # type: ignore[arg-type]
 
             result = run_study(study, progress)
-    if json_path is not None:
-        try:
-            json_path.write_text(json.dumps(result, indent=1))
-        except OSError as exc:
-            fail(f"cannot write {json_path}: {exc.strerror}", 2)
+    from fabriek.sim.report import html_report
+
+    for path, text in ((json_path, lambda: json.dumps(result, indent=1)),
+                       (report, lambda: html_report(result))):  # fmt: skip
+        if path is not None:
+            try:
+                path.write_text(text())
+            except OSError as exc:
+                fail(f"cannot write {path}: {exc.strerror}", 2)
     _print(result)
 
 

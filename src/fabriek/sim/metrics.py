@@ -77,7 +77,59 @@ def summarise(outcome: Outcome, pools: dict[str, float]) -> dict[str, Any]:
             }
             for name, guarantee in pools.items()
         },
+        "series": series(outcome, first, last, jct),
         "decisions": outcome.decisions,
         "replay_s": outcome.seconds,
         "jobs_per_s": len(outcome.runs) / outcome.seconds if outcome.seconds else 0.0,
+    }
+
+
+POINTS = 300  # per plotted line
+
+
+def _step_means(
+    points: list[tuple[float, float]], start: float, end: float, buckets: int = POINTS
+) -> list[tuple[float, float]]:
+    """The mean of a step function (value from each point until the next) over `buckets` equal
+    intervals of [start, end]: (the interval's middle, its mean)."""
+    if end <= start or not points:
+        return []
+    width = (end - start) / buckets
+    sums = [0.0] * buckets
+    for (t, v), (t_next, _) in zip(points, [*points[1:], (end, 0.0)], strict=True):
+        a, b = max(t, start), min(t_next, end)
+        while a < b:
+            k = min(int((a - start) / width), buckets - 1)
+            if k < buckets - 1 and start + (k + 1) * width <= a:  # rounding put `a` a bucket low
+                k += 1
+            edge = b if k == buckets - 1 else min(b, start + (k + 1) * width)
+            sums[k] += v * (edge - a)
+            a = edge
+    return [(start + (k + 0.5) * width, total / width) for k, total in enumerate(sums)]
+
+
+def series(outcome: Outcome, first: float, last: float, jct: list[float]) -> dict[str, Any]:
+    """What the report plots, each line at most POINTS points: time in days from the start."""
+    gpus = outcome.machine.gpus
+
+    def days(line: list[tuple[float, float]], scale: float = 1.0) -> list[list[float]]:
+        return [[round((t - first) / 86400, 4), round(v * scale, 5)] for t, v in line]
+
+    busy = [(t, float(b)) for t, b, _ in outcome.timeline]
+    waiting = [(t, float(w)) for t, _, w in outcome.timeline]
+    pools = {
+        name: days(_step_means([(t, float(b[i])) for t, b in outcome.pool_busy], first, last),
+                   1 / gpus)
+        for i, name in enumerate(outcome.pool_names)
+    }  # fmt: skip
+    ordered = sorted(jct)
+    cdf = [
+        [round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 3600, 4), q]
+        for q in (i / 100 for i in range(101))
+    ] if ordered else []  # fmt: skip
+    return {
+        "utilisation": days(_step_means(busy, first, last), 1 / gpus),
+        "waiting_gpus": days(_step_means(waiting, first, last)),
+        "pool_share": pools,
+        "jct_cdf_h": cdf,
     }

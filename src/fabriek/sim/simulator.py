@@ -104,6 +104,9 @@ class Outcome:
     # was owed less what it ran): time it was denied its guarantee.
     pool_denied_s: dict[str, float]
     pool_gpu_s: dict[str, float]  # GPU-seconds each pool used
+    # (time, GPUs each pool runs, in the order of `pool_names`) whenever that changes.
+    pool_busy: list[tuple[float, tuple[int, ...]]] = field(default_factory=list)
+    pool_names: tuple[str, ...] = ()
     decisions: int = 0  # how many times the policy was asked
     seconds: float = 0.0  # wall time of the replay
 
@@ -243,7 +246,7 @@ def simulate(
     free = Free(machine)
     owed = {p.name: p.guarantee * machine.gpus for p in pools}
     outcome = Outcome(policy.name, machine, runs, [], defaultdict(float), defaultdict(float),
-                      defaultdict(float))  # fmt: skip
+                      defaultdict(float), pool_names=tuple(p.name for p in pools))  # fmt: skip
     waiting: dict[int, Run] = {}
     running: dict[int, Run] = {}
     ends: list[tuple[float, int, int]] = []  # (time, job id, run number): stale ones skipped
@@ -331,6 +334,9 @@ def _account(
     total_busy, total_want = sum(busy.values()), sum(want.values())
     if not outcome.timeline or outcome.timeline[-1][1:] != (total_busy, total_want):
         outcome.timeline.append((t0, total_busy, total_want))
+    per_pool = tuple(busy.get(name, 0) for name in outcome.pool_names)
+    if not outcome.pool_busy or outcome.pool_busy[-1][1] != per_pool:
+        outcome.pool_busy.append((t0, per_pool))
     dt = t1 - t0
     if dt <= 0:
         return
