@@ -67,6 +67,18 @@ def test_fabriek_runs_the_same_workload_with_backfill() -> None:
     assert got[3] >= 100  # D would have delayed B
 
 
+def test_least_attained_service_preempts_and_resumes() -> None:
+    # A (the whole node, 10 h) has 16 GPU-hours of service at 2 h: a new job B (no service)
+    # goes first; A stops (30 s grace), B runs 100 s, A resumes where it stopped.
+    machine = Machine(1)
+    workload = jobs((0, 36000, 8, 86400), (7200, 100, 8, 900))
+    outcome = simulate(workload, machine, make_policy("las", machine, ONE_POOL), pools=ONE_POOL)
+    a, b = outcome.runs
+    assert a.starts == [0, 7330] and a.preemptions == 1 and a.lost_gpu_s == 0
+    assert b.starts == [7230] and b.end == 7330
+    assert a.end == pytest.approx(7330 + 36000 - 7230)
+
+
 @pytest.mark.parametrize("policy", POLICIES)
 def test_every_policy_finishes_a_real_trace_with_sane_metrics(policy: str) -> None:
     trace = read_trace(SHARED / "itp" / "cluster01.csv", kind="itp")[:400]
@@ -83,7 +95,7 @@ def test_every_policy_finishes_a_real_trace_with_sane_metrics(policy: str) -> No
     used = sum(r.request.gpus * r.job.duration + r.lost_gpu_s for r in outcome.runs)
     assert sum(outcome.pool_gpu_s.values()) == pytest.approx(used, rel=1e-6)
     for run in outcome.runs:
-        assert run.end == pytest.approx(run.starts[-1] + run.job.duration)
+        assert run.end == pytest.approx(run.starts[-1] + run.job.duration - run.progress_s)
         assert run.starts[0] >= run.job.submit
     # Discrete events: the policy is asked at most once per submission or end.
     assert metrics["decisions"] <= 2 * len(workload) + sum(r.preemptions for r in outcome.runs)

@@ -35,7 +35,8 @@ def simulate(
         str | None,
         typer.Option(
             help="Several policies side by side, e.g. fifo,easy,fabriek (also sjf: shortest "
-            "first with perfect knowledge, fairshare)."
+            "first with perfect knowledge, fairshare, las: Tiresias-style least attained "
+            "service)."
         ),
     ] = None,
     load: Annotated[

@@ -10,13 +10,18 @@
   a bound on mean completion time, not a real policy), filling the machine greedily.
 - `fairshare`: plain per-tenant fair share: the waiting jobs of the project with the least
   recent GPU use (decayed, a 7-day half-life) first, filling the machine greedily. No pools.
+- `las`: Tiresias-style discretised two-dimensional least attained service: a job's attained
+  service is its GPUs x the time it has run; jobs in the queue of the least service (below 1
+  GPU-hour, then below 10, then the rest) go first, first come first served within a queue; a
+  running job that no longer belongs among those the machine can hold is preempted and later
+  resumes where it stopped (Tiresias assumes checkpoints). No pools.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fabriek.sim.simulator import FabriekPolicy, Free, Machine, Policy, Run
+from fabriek.sim.simulator import FabriekPolicy, Free, Machine, Policy, Run, started_at
 from fabriek.sim.workload import PoolShare
 
 Starts = list[tuple[Run, tuple[str, ...]]]
@@ -76,7 +81,7 @@ class Easy(Policy):
         """When the head will have room (running jobs ending by their limits, counted in GPUs),
         and how many GPUs beyond its need are free then."""
         ending = sorted(
-            [((r.start or now) + r.job.time_limit, r.request.gpus) for r in running]
+            [(started_at(r, now) + r.job.time_limit, r.request.gpus) for r in running]
             + [(now + r.job.time_limit, r.request.gpus) for r, _ in starting]
         )
         available = free.free_gpus
@@ -132,7 +137,45 @@ def _undo(free: Free, starts: Starts) -> None:
         free.take(run.request, nodes, sign=-1)
 
 
-POLICIES = ("fabriek", "fifo", "easy", "sjf", "fairshare")
+class LeastAttained(Policy):
+    name = "las"
+    resumes = True
+    THRESHOLDS = (3600.0, 36000.0)  # GPU-seconds: 1 and 10 GPU-hours
+
+    def decide(
+        self, now: float, waiting: Sequence[Run], running: Sequence[Run], free: Free
+    ) -> tuple[Starts, list[Run]]:
+        on = {r.job.id for r in running}
+
+        def queue(run: Run) -> int:
+            ran = run.progress_s + (now - started_at(run, now) if run.job.id in on else 0.0)
+            service = run.request.gpus * ran
+            return sum(service >= t for t in self.THRESHOLDS)
+
+        live = [r for r in running if not r.stopping]
+        ordered = sorted([*live, *waiting], key=lambda r: (queue(r), r.job.submit, r.job.id))
+        # Which jobs an empty machine would hold, in that order; the others stop or wait.
+        trial = Free.empty_like(free)
+        keep: set[int] = set()
+        for run in ordered:
+            nodes = trial.fit(run.request)
+            if nodes is not None:
+                trial.take(run.request, nodes)
+                keep.add(run.job.id)
+        # Those that stop free their GPUs after the grace period: waiting jobs start as room is.
+        stops = [r for r in live if r.job.id not in keep]
+        starts: Starts = []
+        for run in waiting:
+            if run.job.id in keep:
+                nodes = free.fit(run.request)
+                if nodes is not None:
+                    free.take(run.request, nodes)
+                    starts.append((run, nodes))
+        _undo(free, starts)
+        return starts, stops
+
+
+POLICIES = ("fabriek", "fifo", "easy", "sjf", "fairshare", "las")
 
 
 def make_policy(name: str, machine: Machine, pools: Sequence[PoolShare]) -> Policy:
@@ -146,6 +189,8 @@ def make_policy(name: str, machine: Machine, pools: Sequence[PoolShare]) -> Poli
         return ShortestFirst()
     if name == "fairshare":
         return FairShare(machine)
+    if name == "las":
+        return LeastAttained()
     from fabriek.core.errors import InvalidRequest
 
     raise InvalidRequest(f"unknown policy {name!r}; use one of {', '.join(POLICIES)}")

@@ -83,6 +83,7 @@ class Run:
     end: float | None = None
     preemptions: int = 0
     lost_gpu_s: float = 0.0  # work thrown away by preemptions
+    progress_s: float = 0.0  # run time kept from stopped runs (resuming policies)
     nodes: tuple[str, ...] = ()  # while it runs
     borrowed: bool = False  # runs beyond its pool's guarantee
     stopping: bool = False  # asked to stop; its GPUs are free after the grace period
@@ -114,10 +115,18 @@ class Outcome:
 Progress = Callable[[int, int], None]  # (jobs ended, jobs in all)
 
 
+def started_at(run: Run, now: float) -> float:
+    """When its current run began (a start at time 0 is a start: no `or`)."""
+    return run.starts[-1] if run.starts else now
+
+
 class Policy:
     """Decides, at one moment, which waiting jobs start (and, for fabriek, which stop)."""
 
     name = "policy"
+    # A stopped job resumes from where it stopped (a checkpoint, as Tiresias assumes); if False,
+    # its run is lost and it starts over (fabriek's live behaviour without checkpoints).
+    resumes = False
 
     def finished(self, run: Run, at: float) -> None:
         """A run ended (or was stopped) at `at`: for policies that remember use."""
@@ -150,6 +159,14 @@ class Free:
             return (best,) if best is not None else None
         whole = [n for n, f in self.free.items() if f == self.gpn]
         return tuple(whole[: request.nodes]) if len(whole) >= request.nodes else None
+
+    @classmethod
+    def empty_like(cls, other: Free) -> Free:
+        """A machine of the same nodes with nothing running."""
+        empty = cls.__new__(cls)
+        empty.gpn, empty.total, empty.free_gpus = other.gpn, other.total, other.total
+        empty.free = dict.fromkeys(other.free, other.gpn)
+        return empty
 
     def take(self, request: Request, nodes: Sequence[str], sign: int = 1) -> None:
         for node in nodes:
@@ -200,7 +217,7 @@ class FabriekPolicy(Policy):
                     None,
                     r.request,
                     Placement("sim", r.nodes),
-                    r.start or now,
+                    started_at(r, now),
                     True,
                     r.borrowed,
                     r.stopping,
@@ -274,7 +291,11 @@ def simulate(
             if stopped:
                 run.stopping = False
                 run.preemptions += 1
-                run.lost_gpu_s += run.request.gpus * (now - (run.start or now))
+                ran = now - started_at(run, now)
+                if policy.resumes:
+                    run.progress_s += ran
+                else:
+                    run.lost_gpu_s += run.request.gpus * ran
                 waiting[job_id] = run
             else:
                 run.end, run.stopping = now, False
@@ -295,7 +316,8 @@ def simulate(
             run.starts.append(now)
             free.take(run.request, nodes)
             running[run.job.id] = run
-            heapq.heappush(ends, (now + run.job.duration, run.job.id, len(run.starts)))
+            left = run.job.duration - run.progress_s
+            heapq.heappush(ends, (now + left, run.job.id, len(run.starts)))
         for run in stops:
             if not run.stopping:
                 run.stopping = True
