@@ -233,6 +233,17 @@ def test_backfill_starts_short_work_that_cannot_delay_the_head() -> None:
     assert d.reasons[4] == "waiting behind job 2, first in pool eurohpc's queue"
 
 
+def test_a_head_blocked_behind_jobs_admitted_in_the_same_cycle_keeps_its_reservation() -> None:
+    """On an empty node, A starts and B (the whole node) is blocked behind it in the same
+    cycle: B is reserved for when A's limit ends, so C (longer) may not pass it, D (as short)
+    may. Without A in the reservation, B had none and anything that fitted passed it."""
+    pending = [job(1, gpus=2, limit=5), job(2, gpus=8, limit=5), job(3, gpus=1, limit=10),
+               job(4, gpus=1, limit=5)]  # fmt: skip
+    d = decide(snap(h100(1), pending))
+    assert admitted(d) == [1, 4]
+    assert d.reservations[2] == NOW + 5
+
+
 def test_backfill_may_use_nodes_the_head_does_not_need() -> None:
     machine = h100(2)
     busy = running(job(1, gpus=8, limit=100), ("n000",), started=NOW)

@@ -165,6 +165,7 @@ class _State:
         self.urgent: set[int] = set()  # flexible jobs that must start now to meet their deadline
         self._type_by_request: dict[Request, str] = {}
         self._ending: list[RunningJob] | None = None
+        self.started: list[RunningJob] = []  # admitted in this cycle
         gpu_partitions = [p for p in snapshot.partitions if p.gpu_type]
         self.gpu_types = list(dict.fromkeys(p.gpu_type for p in gpu_partitions))
         # The cheapest GPU-hour a request could be charged: what nomination may assume.
@@ -300,10 +301,17 @@ class _State:
         return used / owed if owed else float("inf")
 
     def ending(self) -> list[RunningJob]:
-        """Running jobs not preempted in this cycle, by the time their time limit ends them."""
+        """Running jobs not preempted in this cycle, and those admitted in it, by the time their
+        time limit ends them. (Without this cycle's admissions a head blocked behind them would
+        get no reservation, and backfill could pass it freely until the next cycle: the
+        simulator's fidelity test found the live controller, which admits batches, deciding
+        differently from the same engine asked at every submission.)"""
         if self._ending is None:
             self._ending = sorted(
-                (j for j in self.snapshot.running if j.id not in self.preempted),
+                [
+                    *(j for j in self.snapshot.running if j.id not in self.preempted),
+                    *self.started,
+                ],
                 key=lambda j: (j.ends_by, j.id),
             )
         return self._ending
@@ -324,6 +332,20 @@ class _State:
         self, job: PendingJob, placement: Placement, decisions: Decisions, *, borrowed: bool
     ) -> None:
         self.take(job.request, placement)
+        self.started.append(
+            RunningJob(
+                job.id,
+                job.project,
+                job.pool,
+                job.allocation,
+                job.request,
+                placement,
+                self.now,
+                job.preemptible,
+                borrowed,
+            )
+        )
+        self._ending = None
         gpu_type = self.type_of(placement.partition)
         self.used[job.pool][gpu_type] += job.request.gpus
         if job.allocation is not None and job.allocation in self.left:
