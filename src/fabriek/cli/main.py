@@ -26,6 +26,7 @@ from fabriek.cli.output import (
     print_json,
     utc_iso,
 )
+from fabriek.cli.plan import plan as plan_command
 from fabriek.cli.reports import report_app
 from fabriek.cli.reports import usage as usage_report
 from fabriek.cli.simulate import simulate as simulate_command
@@ -66,6 +67,7 @@ app.command("review")(review_application)
 app.command("usage")(usage_report)
 app.add_typer(report_app, name="report")
 app.command("simulate")(simulate_command)
+app.command("plan")(plan_command)
 app.add_typer(facility_app, name="facility")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]

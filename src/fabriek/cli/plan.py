@@ -1,0 +1,164 @@
+"""`fabriek plan`: how big must the factory be for this demand and this budget?"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from fabriek.cli.output import console, err_console, fail, handled
+from fabriek.cli.tenancy import _table
+from fabriek.core.errors import InvalidRequest
+
+GRID = Path("../shared/data/grid/NL-2021-2023-hourly.csv")
+
+
+def plan(
+    trace: Annotated[Path, typer.Option(help="The demand's shape: a job trace.")],
+    trace_format: Annotated[str, typer.Option("--format", help="itp, philly or csv.")] = "itp",
+    gpu_hours_per_year: Annotated[
+        float | None,
+        typer.Option(help="The demand to plan for [default: the trace's own rate]."),
+    ] = None,
+    budget: Annotated[
+        str, typer.Option(help="The capital budget, low-high, e.g. 80M-120M (euros).")
+    ] = "80M-120M",
+    sizes: Annotated[int, typer.Option(help="How many sizes to try within the budget.")] = 5,
+    node_price: Annotated[float | None, typer.Option(help="Euros per node, installed.")] = None,
+    node_kw: Annotated[float | None, typer.Option(help="A node's power at full load, kW.")] = None,
+    gpus_per_node: Annotated[int | None, typer.Option(help="GPUs per node.")] = None,
+    lifetime: Annotated[float | None, typer.Option(help="Years the hardware serves.")] = None,
+    electricity: Annotated[float | None, typer.Option(help="Euros per kWh.")] = None,
+    maintenance: Annotated[
+        float | None, typer.Option(help="Yearly maintenance, a fraction of the capex.")
+    ] = None,
+    pue: Annotated[float | None, typer.Option(help="The facility's PUE.")] = None,
+    wue: Annotated[float | None, typer.Option(help="On-site water, litres per IT kWh.")] = None,
+    water_offsite: Annotated[
+        float | None, typer.Option(help="Water at the power plants, litres per kWh.")
+    ] = None,
+    carbon: Annotated[
+        Path, typer.Option(help="Hourly grid carbon intensity (Electricity Maps CSV).")
+    ] = GRID,
+    seed: Annotated[int, typer.Option(help="Seed of the workload's rules.")] = 1,
+    max_jobs: Annotated[int | None, typer.Option(help="Only the trace's first N jobs.")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write it as JSON.")] = None,
+    markdown: Annotated[
+        bool, typer.Option(help="Print Markdown tables (for a document) instead.")
+    ] = False,
+) -> None:
+    """Size a factory for a demand: candidate sizes within the budget, each simulated with
+    fabriek's engine, with capex, opex, service, energy, water and carbon (docs/planning.md)."""
+    from fabriek.sim.plan import DEFAULT_COSTS, DEFAULT_HARDWARE, Demand, with_overrides
+    from fabriek.sim.plan import plan as make_plan
+
+    with handled():
+        hardware = with_overrides(
+            DEFAULT_HARDWARE, price_eur=node_price, max_kw=node_kw, gpus_per_node=gpus_per_node,
+            lifetime_years=lifetime,
+        )  # fmt: skip
+        costs = with_overrides(
+            DEFAULT_COSTS, electricity_eur_per_kwh=electricity, maintenance_per_year=maintenance,
+            pue=pue, wue_onsite_l_per_kwh=wue, water_offsite_l_per_kwh=water_offsite,
+        )  # fmt: skip
+        _check(hardware, costs, sizes, gpu_hours_per_year)
+        demand = Demand(trace, trace_format, gpu_hours_per_year, seed=seed, max_jobs=max_jobs)
+        with Progress(TextColumn("simulating sizes"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=err_console, transient=True) as bar:  # fmt: skip
+            task = bar.add_task("plan", total=sizes)
+            result = make_plan(
+                demand,
+                budget=_budget(budget),
+                sizes=sizes,
+                hardware=hardware,
+                costs=costs,
+                carbon_series=carbon,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+    if json_path is not None:
+        try:
+            json_path.write_text(json.dumps(result, indent=1))
+        except OSError as exc:
+            fail(f"cannot write {json_path}: {exc.strerror}", 2)
+    (_print_markdown if markdown else _print)(result)
+
+
+def _check(hardware: Any, costs: Any, sizes: int, demand: float | None) -> None:
+    if not 1 <= sizes <= 50:
+        raise InvalidRequest("--sizes is 1 to 50")
+    if demand is not None and demand <= 0:
+        raise InvalidRequest("--gpu-hours-per-year must be above 0")
+    for name, value in (("--node-price", hardware.price_eur), ("--node-kw", hardware.max_kw),
+                        ("--gpus-per-node", hardware.gpus_per_node),
+                        ("--lifetime", hardware.lifetime_years),
+                        ("--electricity", costs.electricity_eur_per_kwh)):  # fmt: skip
+        if value <= 0:
+            raise InvalidRequest(f"{name} must be above 0")
+    if costs.pue < 1:
+        raise InvalidRequest(f"a PUE below 1 is impossible, got {costs.pue}")
+    if (
+        min(costs.maintenance_per_year, costs.wue_onsite_l_per_kwh, costs.water_offsite_l_per_kwh)
+        < 0
+    ):
+        raise InvalidRequest("maintenance and water figures cannot be negative")
+
+
+def _budget(text: str) -> tuple[float, float]:
+    match = re.fullmatch(r"\s*([\d.]+)\s*([kKmMbB]?)\s*-\s*([\d.]+)\s*([kKmMbB]?)\s*", text)
+    if not match:
+        raise InvalidRequest(f"cannot read the budget {text!r}; use e.g. 80M-120M")
+    scale = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9}
+    low = float(match[1]) * scale[match[2].lower()]
+    high = float(match[3]) * scale[match[4].lower()]
+    if not 0 < low <= high:
+        raise InvalidRequest(f"the budget {text!r} must go from a low to a high amount above 0")
+    return low, high
+
+
+COLUMNS = ("nodes", "GPUs", "capex M€", "opex M€/yr", "€/GPU-h", "load", "utilisation",
+           "wait p50 h", "wait p95 h", "regional share", "regional denied h/yr", "MWh/yr",
+           "water m³/yr", "t CO2e/yr")  # fmt: skip
+
+
+def _cells(row: dict[str, Any]) -> list[str]:
+    denied = row["regional_denied_hours_per_year"]
+    return [
+        str(row["nodes"]), str(row["gpus"]), f"{row['capex_eur'] / 1e6:.1f}",
+        f"{row['opex_eur_per_year'] / 1e6:.2f}", f"{row['cost_per_gpu_hour_eur']:.2f}",
+        f"{row['offered_load']:.2f}", f"{row['utilisation']:.1%}", f"{row['wait_p50_h']:.2f}",
+        f"{row['wait_p95_h']:.1f}",
+        "-" if row["regional_share"] is None else f"{row['regional_share']:.1%}",
+        "-" if denied is None else f"{denied:,.0f}", f"{row['facility_mwh_per_year']:,.0f}",
+        f"{row['water_m3_per_year']:,.0f}", f"{row['t_co2e_per_year']:,.0f}",
+    ]  # fmt: skip
+
+
+def _intro(result: dict[str, Any]) -> str:
+    d, h, c = result["demand"], result["hardware"], result["costs"]
+    return (
+        f"Demand {d['gpu_hours_per_year']:,.0f} GPU-hours a year, shaped like {d['trace']} "
+        f"({d['jobs']} jobs, seed {d['seed']}); {h['name']} at €{h['price_eur']:,.0f}, "
+        f"{h['max_kw']} kW, {h['lifetime_years']:g} years; electricity €{c['electricity_eur_per_kwh']}"
+        f"/kWh, PUE {c['pue']}, water {c['wue_onsite_l_per_kwh']} L/kWh on site and "
+        f"{c['water_offsite_l_per_kwh']} off site, grid {c['carbon_g_per_kwh']:.0f} g CO2e/kWh."
+    )
+
+
+def _print(result: dict[str, Any]) -> None:
+    console.print(_intro(result), highlight=False)
+    table = _table(*(c.upper() for c in COLUMNS))
+    for row in result["sizes"]:
+        table.add_row(*_cells(row))
+    console.print(table)
+
+
+def _print_markdown(result: dict[str, Any]) -> None:
+    print(_intro(result) + "\n")
+    print("| " + " | ".join(COLUMNS) + " |")
+    print("|" + "---|" * len(COLUMNS))
+    for row in result["sizes"]:
+        print("| " + " | ".join(_cells(row)) + " |")

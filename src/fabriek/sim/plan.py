@@ -1,0 +1,217 @@
+"""The capacity planner: candidate factory sizes within a budget, each simulated on a demand, with
+its costs, service and footprint. Every default is in DEFAULTS with its source (docs/planning.md);
+all can be overridden."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from fabriek.core.errors import InvalidRequest
+from fabriek.core.green import parse_intensity_csv
+from fabriek.sim.metrics import summarise
+from fabriek.sim.policies import make_policy
+from fabriek.sim.simulator import Machine, simulate
+from fabriek.sim.traces import read_trace
+from fabriek.sim.workload import DEFAULT_POOLS, PoolShare, build, scale_arrivals
+
+HOURS_PER_YEAR = 8760.0
+
+
+@dataclass(frozen=True, slots=True)
+class Hardware:
+    name: str
+    gpus_per_node: int
+    price_eur: float  # per node, installed
+    max_kw: float  # per node, at full load
+    idle_fraction: float  # of max_kw drawn when idle
+    lifetime_years: float
+
+
+@dataclass(frozen=True, slots=True)
+class Costs:
+    electricity_eur_per_kwh: float
+    maintenance_per_year: float  # of the capex
+    pue: float
+    wue_onsite_l_per_kwh: float  # per IT kWh
+    water_offsite_l_per_kwh: float  # per kWh of electricity
+
+
+DEFAULT_HARDWARE = Hardware("H100 node (8 GPUs)", 8, 350_000.0, 10.2, 0.3, 5.0)
+DEFAULT_COSTS = Costs(0.15, 0.08, 1.2, 0.0, 1.8)
+# Where each default comes from (also in docs/planning.md): what is measured, what is assumed.
+DEFAULTS: dict[str, tuple[float | str, str]] = {
+    "node": (DEFAULT_HARDWARE.name, "an NVIDIA DGX H100-class node: 8 GPUs"),
+    "node_price_eur": (DEFAULT_HARDWARE.price_eur, "public reports of DGX H100 prices, USD 300,000-"
+                       "500,000 (2023-2024), taken at EUR 350,000 installed; an assumption to replace "
+                       "with a quote"),
+    "node_max_kw": (DEFAULT_HARDWARE.max_kw, "NVIDIA DGX H100 datasheet: about 10.2 kW maximum"),
+    "idle_fraction": (DEFAULT_HARDWARE.idle_fraction, "assumption: an idle node draws 30 % of "
+                      "its maximum"),
+    "lifetime_years": (DEFAULT_HARDWARE.lifetime_years, "assumption: 5 years, a usual "
+                       "depreciation period for HPC systems"),
+    "electricity_eur_per_kwh": (DEFAULT_COSTS.electricity_eur_per_kwh, "assumption of the order "
+                                "of Dutch non-household prices for large consumers (Eurostat "
+                                "nrg_pc_205, 2023-2024); check the current figure"),
+    "maintenance_per_year": (DEFAULT_COSTS.maintenance_per_year, "assumption: 8 % of the capex "
+                             "a year for support contracts, spares and staff"),
+    "pue": (DEFAULT_COSTS.pue, "assumption: a new, liquid-cooled facility (fabriek's facility "
+            "default)"),
+    "wue_onsite_l_per_kwh": (DEFAULT_COSTS.wue_onsite_l_per_kwh, "assumption: closed-loop liquid "
+                             "cooling with dry coolers uses no water on site"),
+    "water_offsite_l_per_kwh": (DEFAULT_COSTS.water_offsite_l_per_kwh, "assumption of the order "
+                                "of the electricity water intensity factors used by Li et al., "
+                                "'Making AI Less Thirsty' (2023); no Dutch figure is at hand"),
+    "carbon": ("mean of the series", "the Dutch grid's hourly life-cycle intensity, "
+               "../shared/data/grid/NL-2021-2023-hourly.csv (Electricity Maps format)"),
+}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Demand:
+    trace: Path
+    kind: str = "itp"
+    gpu_hours_per_year: float | None = None  # None: the trace's own rate
+    pools: Sequence[PoolShare] = DEFAULT_POOLS
+    seed: int = 1
+    max_jobs: int | None = None
+
+
+def candidate_nodes(budget: tuple[float, float], hardware: Hardware, count: int) -> list[int]:
+    """`count` sizes spread over the budget (capex = nodes x price)."""
+    low, high = budget
+    if not 0 < low <= high:
+        raise InvalidRequest("the budget is a range of euros, low to high, above 0")
+    first = max(1, math.ceil(low / hardware.price_eur))
+    last = max(first, math.floor(high / hardware.price_eur))
+    if count <= 1 or last == first:
+        return [first]
+    step = (last - first) / (count - 1)
+    return sorted({first + round(step * k) for k in range(count)})
+
+
+def mean_intensity(series: Path) -> float:
+    """g CO2e per kWh, the mean of the hourly life-cycle series."""
+    try:
+        text = series.read_text()
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read the carbon series {series}: {exc.strerror}") from None
+    values = [r.life_cycle for r in parse_intensity_csv(text) if r.life_cycle is not None]
+    if not values:
+        raise InvalidRequest(f"{series}: no life-cycle intensities in it")
+    return statistics.fmean(values)
+
+
+def plan(
+    demand: Demand,
+    *,
+    budget: tuple[float, float],
+    sizes: int = 5,
+    hardware: Hardware = DEFAULT_HARDWARE,
+    costs: Costs = DEFAULT_COSTS,
+    carbon_series: Path,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Each candidate size: simulated with the fabriek policy on the demand, then costed."""
+    trace = read_trace(demand.trace, kind=demand.kind)
+    if demand.max_jobs is not None:
+        trace = trace[: demand.max_jobs]
+    intensity = mean_intensity(carbon_series)
+    candidates = candidate_nodes(budget, hardware, sizes)
+    jobs = build(trace, pools=demand.pools, seed=demand.seed,
+                 max_gpus=candidates[0] * hardware.gpus_per_node)  # fmt: skip
+    span_h = (max(j.submit for j in jobs) - min(j.submit for j in jobs)) / 3600
+    trace_rate = sum(j.gpus * j.duration for j in jobs) / 3600 / span_h * HOURS_PER_YEAR
+    wanted = demand.gpu_hours_per_year or trace_rate
+    rows = []
+    for k, nodes in enumerate(candidates):
+        gpus = nodes * hardware.gpus_per_node
+        load = wanted / (gpus * HOURS_PER_YEAR)
+        machine = Machine(nodes, hardware.gpus_per_node)
+        scaled = scale_arrivals(jobs, gpus, load)
+        outcome = simulate(scaled, machine, make_policy("fabriek", machine, demand.pools),
+                           pools=demand.pools)  # fmt: skip
+        m = summarise(outcome, {p.name: p.guarantee for p in demand.pools})
+        rows.append(_costed(nodes, gpus, load, m, hardware, costs, intensity))
+        if progress is not None:
+            progress(k + 1, len(candidates))
+    return {
+        "demand": {"trace": str(demand.trace), "format": demand.kind, "jobs": len(jobs),
+                   "gpu_hours_per_year": wanted, "trace_gpu_hours_per_year": trace_rate,
+                   "seed": demand.seed},
+        "hardware": {"name": hardware.name, "gpus_per_node": hardware.gpus_per_node,
+                     "price_eur": hardware.price_eur, "max_kw": hardware.max_kw,
+                     "idle_fraction": hardware.idle_fraction,
+                     "lifetime_years": hardware.lifetime_years},
+        "costs": {"electricity_eur_per_kwh": costs.electricity_eur_per_kwh,
+                  "maintenance_per_year": costs.maintenance_per_year, "pue": costs.pue,
+                  "wue_onsite_l_per_kwh": costs.wue_onsite_l_per_kwh,
+                  "water_offsite_l_per_kwh": costs.water_offsite_l_per_kwh,
+                  "carbon_g_per_kwh": intensity},
+        "budget_eur": list(budget),
+        "sizes": rows,
+        "defaults": {k: {"value": v, "source": src} for k, (v, src) in DEFAULTS.items()},
+    }  # fmt: skip
+
+
+def _costed(
+    nodes: int,
+    gpus: int,
+    load: float,
+    m: dict[str, Any],
+    hardware: Hardware,
+    costs: Costs,
+    intensity: float,
+) -> dict[str, Any]:
+    # A year of this demand: where the machine finished every job, it served the whole demand,
+    # so it was busy `load` of the time. (The replay's own utilisation is lower: it counts the
+    # trace's tail, after the last submission, while the machine drains; a year has no tail.)
+    served_all = m["finished"] == m["jobs"]
+    utilisation = min(1.0, load) if served_all else min(1.0, m["utilisation"])
+    span_h = m["makespan_s"] / 3600
+    kw = (
+        nodes
+        * hardware.max_kw
+        * (hardware.idle_fraction + (1 - hardware.idle_fraction) * utilisation)
+    )
+    it_mwh = kw * HOURS_PER_YEAR / 1000
+    facility_mwh = it_mwh * costs.pue
+    capex = nodes * hardware.price_eur
+    regional = m["pools"].get("regional")
+    return {
+        "nodes": nodes,
+        "gpus": gpus,
+        "offered_load": load,
+        "capex_eur": capex,
+        "opex_eur_per_year": facility_mwh * 1000 * costs.electricity_eur_per_kwh
+        + capex * costs.maintenance_per_year,
+        "cost_per_gpu_hour_eur": (capex / hardware.lifetime_years
+                                  + facility_mwh * 1000 * costs.electricity_eur_per_kwh
+                                  + capex * costs.maintenance_per_year)
+        / max(1e-9, gpus * HOURS_PER_YEAR * utilisation),
+        "utilisation": utilisation,
+        "wait_p50_h": m["wait_s"]["median"] / 3600,
+        "wait_p95_h": m["wait_s"]["p95"] / 3600,
+        "regional_share": regional["share_used"] if regional else None,
+        # Hours a year in which a waiting job of the regional pool would have fitted within its
+        # guarantee and did not run (the replay's, scaled to a year).
+        "regional_denied_hours_per_year": regional["denied_hours"] * HOURS_PER_YEAR / span_h
+        if regional and span_h > 0
+        else None,
+        "it_mwh_per_year": it_mwh,
+        "facility_mwh_per_year": facility_mwh,
+        "water_m3_per_year": it_mwh * 1000
+        * (costs.wue_onsite_l_per_kwh + costs.pue * costs.water_offsite_l_per_kwh) / 1000,
+        "t_co2e_per_year": facility_mwh * intensity / 1000,
+        "finished": m["finished"],
+        "jobs": m["jobs"],
+    }  # fmt: skip
+
+
+def with_overrides(base: Any, **changes: Any) -> Any:
+    """`base` with the given fields changed (None: left as it is)."""
+    return replace(base, **{k: v for k, v in changes.items() if v is not None})

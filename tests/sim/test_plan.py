@@ -1,0 +1,68 @@
+"""The capacity planner: sizes within a budget, each simulated and costed by stated formulas."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fabriek.core.errors import InvalidRequest
+from fabriek.sim.plan import (
+    DEFAULT_COSTS,
+    DEFAULT_HARDWARE,
+    DEFAULTS,
+    HOURS_PER_YEAR,
+    Demand,
+    candidate_nodes,
+    mean_intensity,
+    plan,
+)
+
+SHARED = Path(__file__).parents[2].parent / "shared" / "data"
+GRID = SHARED / "grid" / "NL-2021-2023-hourly.csv"
+
+
+def test_sizes_spread_over_the_budget() -> None:
+    assert candidate_nodes((80e6, 120e6), DEFAULT_HARDWARE, 5) == [229, 257, 285, 314, 342]
+    assert candidate_nodes((1e6, 1e6), DEFAULT_HARDWARE, 3) == [3]
+    with pytest.raises(InvalidRequest, match="budget"):
+        candidate_nodes((0, 1e6), DEFAULT_HARDWARE, 3)
+
+
+def test_each_size_is_simulated_and_costed() -> None:
+    demand = Demand(SHARED / "traces" / "itp" / "cluster01.csv", gpu_hours_per_year=150_000,
+                    max_jobs=300)  # fmt: skip
+    result = plan(demand, budget=(2.8e6, 5.6e6), sizes=2, carbon_series=GRID)
+    small, large = result["sizes"]
+    assert (small["nodes"], large["nodes"]) == (8, 16)
+    intensity = mean_intensity(GRID)
+    assert 100 < intensity < 600  # g/kWh, the Dutch series' life-cycle mean
+    for row in result["sizes"]:
+        assert row["capex_eur"] == row["nodes"] * DEFAULT_HARDWARE.price_eur
+        assert row["offered_load"] == pytest.approx(150_000 / (row["gpus"] * HOURS_PER_YEAR))
+        assert row["finished"] == row["jobs"]  # the machine keeps up: it is busy `load`
+        assert row["utilisation"] == pytest.approx(row["offered_load"])
+        kw = (
+            row["nodes"]
+            * DEFAULT_HARDWARE.max_kw
+            * (
+                DEFAULT_HARDWARE.idle_fraction
+                + (1 - DEFAULT_HARDWARE.idle_fraction) * row["utilisation"]
+            )
+        )
+        assert row["it_mwh_per_year"] == pytest.approx(kw * HOURS_PER_YEAR / 1000)
+        assert row["facility_mwh_per_year"] == pytest.approx(
+            row["it_mwh_per_year"] * DEFAULT_COSTS.pue
+        )
+        assert row["t_co2e_per_year"] == pytest.approx(
+            row["facility_mwh_per_year"] * intensity / 1000
+        )
+        assert row["water_m3_per_year"] == pytest.approx(
+            row["it_mwh_per_year"] * DEFAULT_COSTS.pue * DEFAULT_COSTS.water_offsite_l_per_kwh
+        )
+    assert large["offered_load"] == pytest.approx(small["offered_load"] / 2)
+    assert large["wait_p95_h"] <= small["wait_p95_h"]
+    assert large["opex_eur_per_year"] > small["opex_eur_per_year"]
+    # Every default says where it comes from.
+    assert all(len(source) > 20 for _, source in DEFAULTS.values())
+    assert result["defaults"]["node_max_kw"]["value"] == DEFAULT_HARDWARE.max_kw
