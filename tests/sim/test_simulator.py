@@ -197,3 +197,28 @@ def test_a_study_with_its_report(tmp_path: Path) -> None:
     assert not any(tag in page for tag in ("<script", "<link", 'src="http', 'href="http'))
     with pytest.raises(InvalidRequest, match="unknown policy tiresias"):
         run_study(Study(trace=SHARED / "itp" / "cluster01.csv", policies=("tiresias",)))
+
+
+def test_the_footprint_of_a_replay_on_the_dutch_grid() -> None:
+    from fabriek.sim.green import WATTS_PER_GPU, Grid
+    from fabriek.sim.report import html_report
+    from fabriek.sim.run import Study, run_study
+
+    series = SHARED.parent / "grid" / "NL-2021-2023-hourly.csv"
+    trace = SHARED / "itp" / "cluster01.csv"
+    result = run_study(
+        Study(trace=trace, policies=("fifo", "las"), max_jobs=300, carbon_series=series)
+    )
+    # Expected: every job's GPUs (whole nodes above 8) x its run time x the watts per GPU.
+    machine = Machine(result["machine"]["nodes"])
+    jobs_ = build(read_trace(trace, kind="itp")[:300], seed=1)
+    gpu_s = sum(machine.request(j).gpus * j.duration for j in jobs_)
+    grid = Grid.read(series)
+    for p in result["policies"]:  # las stops and resumes runs: the same energy in the end
+        g = p["green"]
+        assert g["it_mwh"] == pytest.approx(gpu_s * WATTS_PER_GPU / 3.6e9)
+        assert g["facility_mwh"] == pytest.approx(g["it_mwh"] * 1.2)
+        assert g["water_m3"] == pytest.approx(g["it_mwh"] * 1.2 * 1.8)
+        assert min(grid.values) <= g["mean_g_per_kwh"] <= max(grid.values)
+        assert g["t_co2e"] == pytest.approx(g["facility_mwh"] * g["mean_g_per_kwh"] / 1000)
+    assert "Energy, water and carbon" in html_report(result)

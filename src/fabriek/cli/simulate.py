@@ -57,6 +57,14 @@ def simulate(
         bool, typer.Option(help="Time limits equal to the true durations (perfect knowledge).")
     ] = False,
     max_jobs: Annotated[int | None, typer.Option(help="Only the trace's first N jobs.")] = None,
+    carbon: Annotated[
+        Path | None,
+        typer.Option(
+            help="Hourly grid carbon intensity (Electricity Maps CSV) for energy, water and "
+            "carbon [default: the Dutch 2021-2023 series beside the checkout, if there]."
+        ),
+    ] = None,
+    no_carbon: Annotated[bool, typer.Option("--no-carbon", help="No footprint.")] = False,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Also write every metric to this file.")
     ] = None,
@@ -84,6 +92,7 @@ def simulate(
             seed=seed,
             exact_limits=exact_limits,
             max_jobs=max_jobs,
+            carbon_series=None if no_carbon else (carbon or _default_grid()),
         )
         with Progress(
             TextColumn("{task.description}"),
@@ -112,6 +121,11 @@ def simulate(
             except OSError as exc:
                 fail(f"cannot write {path}: {exc.strerror}", 2)
     _print(result)
+
+
+def _default_grid() -> Path | None:
+    path = Path("../shared/data/grid/NL-2021-2023-hourly.csv")
+    return path if path.exists() else None
 
 
 def _columns(text: str) -> dict[str, str]:
@@ -147,6 +161,14 @@ def _print(result: dict[str, object]) -> None:
             f"{p['jobs_per_s']:,.0f}",
         )
     console.print(table)
+    if all("green" in p for p in policies):  # type: ignore[attr-defined]
+        green = _table("POLICY", "IT MWh", "FACILITY MWh", "WATER m³", "t CO2e", "g/kWh")
+        for p in policies:  # type: ignore[attr-defined]
+            g = p["green"]
+            green.add_row(p["policy"], f"{g['it_mwh']:,.1f}", f"{g['facility_mwh']:,.1f}",
+                          f"{g['water_m3']:,.0f}", f"{g['t_co2e']:,.1f}",
+                          f"{g['mean_g_per_kwh']:.0f}")  # fmt: skip
+        console.print(green)
     console.print("share of its waiting time each pool ran at least its guarantee:")
     shares = _table("POOL", "GUARANTEE", *(p["policy"].upper() for p in policies))  # type: ignore[attr-defined]
     for name, first in policies[0]["pools"].items():  # type: ignore[index]

@@ -142,6 +142,35 @@ def html_report(result: dict[str, Any]) -> str:
         )
         for p in policies
     )
+    green = ""
+    if all("green" in p for p in policies):
+        g_rows = [[p["policy"], f"{p['green']['it_mwh']:,.1f}", f"{p['green']['facility_mwh']:,.1f}",
+                   f"{p['green']['water_m3']:,.0f}", f"{p['green']['t_co2e']:,.1f}",
+                   f"{p['green']['mean_g_per_kwh']:.0f}"] for p in policies]  # fmt: skip
+        first = policies[0]["green"]
+        green = (
+            "<h2>Energy, water and carbon</h2>"
+            + _table(
+                ["policy", "IT MWh", "facility MWh", "water m³", "t CO2e", "mean g CO2e/kWh"],
+                g_rows,
+            )
+            + f'<p class="note">The replay placed at {html.escape(first["start"])} in the grid '
+            f"series; {first['watts_per_gpu']:.0f} W per busy GPU (its node's share); PUE "
+            f"{first['pue']}.</p><h3>Carbon intensity against load, per day</h3>"
+            + line_plot(
+                {
+                    "grid intensity, g CO2e/kWh / 10": [(d, v / 10) for d, v, _ in first["by_day"]],
+                    **{
+                        f"GPUs busy, % ({p['policy']})": [
+                            (d, u * 100) for d, _, u in p["green"]["by_day"]
+                        ]
+                        for p in policies
+                    },
+                },
+                x_label="days",
+                y_label="% busy; g/kWh / 10",
+            )
+        )
     css = ("body{font-family:sans-serif;max-width:980px;margin:2em auto;color:#222}"
            "table{border-collapse:collapse;margin:1em 0}td,th{padding:3px 8px;"
            "border-bottom:1px solid #ddd;text-align:right}td:first-child,th:first-child"
@@ -190,6 +219,7 @@ none of them would have fitted within what the pool was owed and did not run.</p
 <h2>Queue over time</h2>{queue}
 <h2>Job completion time, distribution</h2>{cdf}
 <h2>Share per pool over time (dashed: guarantees)</h2>{shares}
+{green}
 <p class="note">Made by <code>fabriek simulate</code> (docs/simulator.md).</p>
 </body></html>
 """

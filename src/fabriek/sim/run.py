@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from fabriek.core.errors import InvalidRequest
+from fabriek.sim.green import DEFAULT_START, Grid, footprint
 from fabriek.sim.metrics import summarise
 from fabriek.sim.policies import POLICIES, make_policy
 from fabriek.sim.simulator import Machine, simulate
@@ -36,6 +38,8 @@ class Study:
     exact_limits: bool = False
     max_jobs: int | None = None  # the first N jobs only
     grace_s: float = 30.0
+    carbon_series: Path | None = None  # an hourly grid series: energy, water and carbon
+    start: datetime = DEFAULT_START  # where in the series the replay begins
 
 
 Progress = Callable[[str, int, int], None]  # policy, jobs ended, jobs in all
@@ -66,6 +70,7 @@ def run_study(study: Study, progress: Progress | None = None) -> dict[str, Any]:
     if study.load is not None:
         jobs = scale_arrivals(jobs, gpus, study.load)
     machine = Machine(gpus // study.gpus_per_node, study.gpus_per_node)
+    grid = Grid.read(study.carbon_series) if study.carbon_series is not None else None
     results = []
     for name in study.policies:
         outcome = simulate(
@@ -76,7 +81,10 @@ def run_study(study: Study, progress: Progress | None = None) -> dict[str, Any]:
             grace_s=study.grace_s,
             progress=(lambda done, total, n=name: progress(n, done, total)) if progress else None,
         )
-        results.append(summarise(outcome, {p.name: p.guarantee for p in study.pools}))
+        metrics = summarise(outcome, {p.name: p.guarantee for p in study.pools})
+        if grid is not None:
+            metrics["green"] = footprint(outcome, grid, start=study.start)
+        results.append(metrics)
     return {
         "trace": {"path": str(study.trace), "format": study.kind, **summary(trace)},
         "workload": {

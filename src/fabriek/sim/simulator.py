@@ -84,6 +84,7 @@ class Run:
     preemptions: int = 0
     lost_gpu_s: float = 0.0  # work thrown away by preemptions
     progress_s: float = 0.0  # run time kept from stopped runs (resuming policies)
+    stopped: list[float] = field(default_factory=list)  # when each stopped run had stopped
     nodes: tuple[str, ...] = ()  # while it runs
     borrowed: bool = False  # runs beyond its pool's guarantee
     stopping: bool = False  # asked to stop; its GPUs are free after the grace period
@@ -292,6 +293,7 @@ def simulate(
                 run.stopping = False
                 run.preemptions += 1
                 ran = now - started_at(run, now)
+                run.stopped.append(now)
                 if policy.resumes:
                     run.progress_s += ran
                 else:

@@ -1,0 +1,95 @@
+"""Energy, water and carbon of a replay, on a real grid series: every run's energy placed in the
+hours it ran, times that hour's intensity (as the live factory accounts jobs, core/green.py).
+
+The replay's clock starts at `start` in the series (default 2022-01-01 00:00 UTC; a trace without
+dates, like ITP, has no calendar of its own); past the series' end it wraps to its beginning.
+Each GPU draws `watts_per_gpu` while its job runs (default 1,275 W: an 8-GPU DGX H100-class node's
+10.2 kW, with its CPUs, memory and fans, shared by its GPUs); idle GPUs are not counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fabriek.core.errors import InvalidRequest
+from fabriek.core.green import parse_intensity_csv
+from fabriek.sim.simulator import Outcome
+
+WATTS_PER_GPU = 10_200 / 8
+DEFAULT_START = datetime(2022, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Grid:
+    """An hourly series of life-cycle intensity (g CO2e/kWh), from its first hour."""
+
+    first_hour: float  # unix time
+    values: tuple[float, ...]
+
+    @classmethod
+    def read(cls, path: Path) -> Grid:
+        try:
+            rows = parse_intensity_csv(path.read_text())
+        except OSError as exc:
+            raise InvalidRequest(f"cannot read the carbon series {path}: {exc.strerror}") from None
+        values = [r.life_cycle for r in rows]
+        if not values or any(v is None for v in values):
+            raise InvalidRequest(f"{path}: the life-cycle intensity is missing for some hours")
+        return cls(rows[0].hour.timestamp(), tuple(v for v in values if v is not None))
+
+    def at(self, unix_hour: float) -> float:
+        k = int((unix_hour - self.first_hour) // 3600) % len(self.values)
+        return self.values[k]
+
+
+@dataclass(frozen=True, slots=True)
+class Facility:
+    pue: float = 1.2
+    wue_onsite: float = 0.0  # L per IT kWh
+    water_offsite: float = 1.8  # L per kWh of electricity (docs/planning.md says where from)
+    watts_per_gpu: float = WATTS_PER_GPU
+
+
+def footprint(
+    outcome: Outcome, grid: Grid, facility: Facility = Facility(), start: datetime = DEFAULT_START
+) -> dict[str, Any]:
+    """IT and facility MWh, m³ of water and t CO2e of every run (lost runs too), and per day
+    the mean intensity and utilisation, for the report's carbon-against-load plot."""
+    first = min((r.job.submit for r in outcome.runs), default=0.0)
+    offset = start.timestamp() - first
+    kwh_by_hour: dict[int, float] = {}
+    for run in outcome.runs:
+        kw = run.request.gpus * facility.watts_per_gpu / 1000
+        ends = [*run.stopped, *([run.end] if run.end is not None else [])]
+        for began, ended in zip(run.starts, ends, strict=False):
+            t, stop = began + offset, ended + offset
+            while t < stop:
+                hour = int(t // 3600)
+                edge = min(stop, (hour + 1) * 3600)
+                kwh_by_hour[hour] = kwh_by_hour.get(hour, 0.0) + kw * (edge - t) / 3600
+                t = edge
+    it_kwh = sum(kwh_by_hour.values())
+    carbon_g = sum(kwh * facility.pue * grid.at(h * 3600) for h, kwh in kwh_by_hour.items())
+    by_day: dict[int, list[float]] = {}
+    gpus = outcome.machine.gpus
+    for hour, kwh in kwh_by_hour.items():
+        day = by_day.setdefault(hour // 24, [0.0, 0.0, 0])  # type: ignore[list-item]
+        day[0] += grid.at(hour * 3600)
+        day[1] += kwh / (gpus * facility.watts_per_gpu / 1000)  # busy share of that hour
+        day[2] += 1
+    first_day = min(by_day, default=0)
+    return {
+        "start": start.isoformat(),
+        "watts_per_gpu": facility.watts_per_gpu,
+        "pue": facility.pue,
+        "it_mwh": it_kwh / 1000,
+        "facility_mwh": it_kwh * facility.pue / 1000,
+        "water_m3": it_kwh * (facility.wue_onsite + facility.pue * facility.water_offsite) / 1000,
+        "t_co2e": carbon_g / 1e6,
+        "mean_g_per_kwh": carbon_g / (it_kwh * facility.pue) if it_kwh else 0.0,
+        # (day from the start, mean intensity of its hours with work, their mean utilisation)
+        "by_day": [[d - first_day, v[0] / v[2], v[1] / v[2]] for d, v in sorted(by_day.items())],
+    }
