@@ -1,0 +1,63 @@
+"""`fabriek simulate` and `fabriek plan` as a user runs them: real processes, the shared traces."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import FABRIEK
+
+SHARED = Path(__file__).parents[2].parent / "shared" / "data"
+ITP01 = str(SHARED / "traces" / "itp" / "cluster01.csv")
+GRID = str(SHARED / "grid" / "NL-2021-2023-hourly.csv")
+
+
+def fabriek(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([FABRIEK, *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def test_simulate_compares_policies_and_writes_json_and_a_report(tmp_path: Path) -> None:
+    r = fabriek("simulate", ITP01, "--max-jobs", "200", "--compare", "fifo,easy,fabriek",
+                "--carbon", GRID, "--json", "out.json", "--report", "out.html", cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    for policy in ("fifo", "easy", "fabriek"):
+        assert policy in r.stdout
+    assert "t CO2e" in r.stdout and "GUARANTEE" in r.stdout
+    data = json.loads((tmp_path / "out.json").read_text())
+    assert [p["policy"] for p in data["policies"]] == ["fifo", "easy", "fabriek"]
+    assert data["workload"]["jobs"] == 200
+    assert (tmp_path / "out.html").read_text().count("<svg") >= 4
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["simulate", ITP01, "--compare", "fifo,nope"], "unknown policy nope"),
+        (["simulate", ITP01, "--format", "csv"], "needs columns for submit, duration and gpus"),
+        (["simulate", ITP01, "--pools", "a=2"], "cannot read pool"),
+        (["simulate", "/no/such.csv"], "cannot read the trace"),
+        (["simulate", ITP01, "--gpus", "12"], "multiple of 8"),
+        (["plan", "--trace", ITP01, "--budget", "lots"], "cannot read the budget"),
+        (["plan", "--trace", ITP01, "--pue", "0.8", "--carbon", GRID], "PUE below 1"),
+        (["plan", "--trace", ITP01, "--carbon", "/no/grid.csv"], "cannot read the carbon series"),
+    ],
+)
+def test_bad_input_is_named_and_exits_non_zero(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    r = fabriek(*args, cwd=tmp_path)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert message in r.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_plan_prints_a_markdown_table(tmp_path: Path) -> None:
+    r = fabriek("plan", "--trace", ITP01, "--max-jobs", "200", "--budget", "2.8M-5.6M",
+                "--sizes", "2", "--carbon", GRID, "--markdown", cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in r.stdout.splitlines() if line.startswith("| ")]
+    assert lines[0].startswith("| nodes | GPUs | capex M€") and len(lines) == 3
+    assert lines[1].startswith("| 8 | 64 | 2.8 |") and lines[2].startswith("| 16 | 128 | 5.6 |")
