@@ -184,11 +184,11 @@ class SlurmBackend:
             return {}
         ids = {job_id: h.get("slurm_id") for job_id, h in handles.items()}
         live = self.squeue()
-        ended = [
+        ended = {
             job_id
             for job_id, sid in ids.items()
             if sid is None or sid not in live or live[sid].state not in _WAITING | _RUNNING
-        ]
+        }
         records = self.finished_records([ids[j] for j in ended if ids[j] is not None])
         result: dict[int, Observation] = {}
         for job_id, handle in handles.items():
@@ -283,13 +283,17 @@ class SlurmBackend:
 
     # --- helpers ------------------------------------------------------------------------------
     def _observe(self, job_id: int, job_dir: Path, record: _Record | None) -> Observation:
+        if record is not None and record.state in _WAITING:  # no files to read yet
+            return Observation(Phase.STARTING, reason=record.reason)
         started = _read_json(job_dir / "started.json")
-        result = _read_json(job_dir / "result.json")
         started_at = (
             datetime.fromtimestamp(float(started["started_at"]), UTC)
             if started
             else (record.started_at if record else None)
         )
+        if record is not None and record.state in _RUNNING:
+            return Observation(Phase.RUNNING, started_at=started_at)
+        result = _read_json(job_dir / "result.json")
         if record is None and result is None:
             if not (job_dir / "submitted").exists() and not started:
                 return Observation(Phase.LOST, reason="the job never reached Slurm")
@@ -299,10 +303,6 @@ class SlurmBackend:
                 reason="Slurm has no record of the job (it left squeue, and no accounting or "
                 "completion log says how it ended)",
             )
-        if record is not None and record.state in _WAITING:
-            return Observation(Phase.STARTING, reason=record.reason)
-        if record is not None and record.state in _RUNNING:
-            return Observation(Phase.RUNNING, started_at=started_at or record.started_at)
         if record is not None and record.usage is None and self.config.accounting:
             # Ended, but its accounting record is not written yet: wait a little for it.
             first = self._ended_at.setdefault(job_id, self.clock())

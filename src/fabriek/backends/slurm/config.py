@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 import sys
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -66,28 +66,8 @@ class Partitions:
     slurm: tuple[SlurmPartition, ...] = ()
 
 
-_KEYS = {
-    "partition",
-    "nodes",
-    "cpus_per_node",
-    "memory_per_node",
-    "gpus_per_node",
-    "gpu_type",
-    "shared_dir",
-    "account",
-    "qos",
-    "python",
-    "slurm_conf",
-    "bin_dir",
-    "accounting",
-    "jobcomp_file",
-    "grace_seconds",
-    "billing_weight",
-    "metering",
-    "gpu_energy",
-    "fabriek_path",
-    "consumed_energy",
-}
+# What a [slurm.NAME] table may hold: every field but the name (the table's own).
+_KEYS = {f.name for f in fields(SlurmPartition)} - {"name"}
 
 
 def load_partitions(path: Path | None) -> Partitions:

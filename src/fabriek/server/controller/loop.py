@@ -375,6 +375,7 @@ class Controller:
         full = self._freed or now_mono - self._last_full_pass >= FULL_PASS_EVERY
         now = self.clock()
         began = time.perf_counter()
+        partitions = self._partitions()
         with self.readers() as session:
             connection = session.connection()
             if now_mono - self._usage_at >= USAGE_EVERY:
@@ -385,7 +386,7 @@ class Controller:
             read = read_snapshot(
                 connection,
                 static=self._static,
-                partitions=self._partitions(),
+                partitions=partitions,
                 now=now,
                 usage=self._usage,
                 after_id=0 if full else self._seen_up_to,
@@ -400,7 +401,7 @@ class Controller:
                 read = read_snapshot(
                     connection,
                     static=self._static,
-                    partitions=self._partitions(),
+                    partitions=partitions,
                     now=now,
                     usage=self._usage,
                     after_id=self._seen_up_to,
