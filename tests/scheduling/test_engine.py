@@ -176,6 +176,32 @@ def test_reclaim_preempts_the_newest_borrowed_work_then_no_ping_pong() -> None:
     assert d3.preemptions == []
 
 
+def test_nodes_a_pool_reclaims_are_given_to_no_borrower() -> None:
+    """A pool reclaims two whole nodes for its gang head: one freed by a victim, one free now.
+    A borrower waiting in the same cycle must not take the free one (it did: the pool reclaimed
+    again next cycle, and the simulator saw 53,660 preemptions in 10,000 Philly jobs)."""
+    pools = (Pool("a", 0.5), Pool("b", 1 / 6), Pool("c", 1 / 3))  # of 48 GPUs: 24, 8, 16
+    machine = h100(6)
+    run = [
+        running(job(1, "b", gpus=8, preemptible=True), ("n000",)),
+        running(job(2, "b", gpus=8, preemptible=True), ("n001",), borrowed=True),
+        running(job(3, "a", gpus=4), ("n002",)),
+        running(job(4, "a", gpus=4), ("n003",)),
+        running(job(5, "c", gpus=4), ("n004",)),
+    ]  # n002-n004 have 4 GPUs free each, n005 all 8: one whole node free
+    head = job(10, "a", gpus=8, nodes=2)  # within a's guarantee: 8 + 16 <= 24
+    borrower = job(11, "b", gpus=8, preemptible=True)  # c lends its idle 12 GPUs
+    d = decide(snap(machine, [head, borrower], run, pools=pools))
+    assert [p.job_id for p in d.preemptions] == [2]
+    assert admitted(d) == []  # n005 stays free for the head, with n001 once job 2 has stopped
+    assert "reclaiming" in d.reasons[10]
+    # Job 2 has stopped and waits again: the head starts on n001 and n005.
+    d2 = decide(snap(machine, [head, borrower, job(2, "b", gpus=8, preemptible=True)],
+                     [r for r in run if r.id != 2], pools=pools))  # fmt: skip
+    assert admitted(d2)[0] == 10 and d2.preemptions == []
+    assert set(d2.admissions[0].placement.nodes) == {"n001", "n005"}
+
+
 def test_reclaim_never_takes_a_lender_below_its_own_guarantee() -> None:
     machine = h100(1)  # 8 GPUs: regional 2, eurohpc 4, national 1, commercial 1
     own = [running(job(i, "eurohpc", preemptible=True), ("n000",)) for i in range(4)]

@@ -10,13 +10,14 @@ import pytest
 from fabriek.core.errors import InvalidRequest
 from fabriek.sim.metrics import summarise
 from fabriek.sim.policies import POLICIES, make_policy
-from fabriek.sim.simulator import Machine, simulate
+from fabriek.sim.simulator import FabriekPolicy, Free, Machine, Tally, simulate
 from fabriek.sim.traces import read_trace
 from fabriek.sim.workload import (
     LIMIT_STEPS,
     PoolShare,
     SimJob,
     build,
+    gpus_for_load,
     offered_load,
     parse_pools,
     scale_arrivals,
@@ -99,6 +100,30 @@ def test_every_policy_finishes_a_real_trace_with_sane_metrics(policy: str) -> No
         assert run.starts[0] >= run.job.submit
     # Discrete events: the policy is asked at most once per submission or end.
     assert metrics["decisions"] <= 2 * len(workload) + sum(r.preemptions for r in outcome.runs)
+
+
+class _AlwaysAsk(FabriekPolicy):
+    def idle(self, tally: Tally, free: Free) -> bool:
+        return False
+
+
+def test_events_skipped_as_idle_change_nothing() -> None:
+    """The replay does not ask the engine when it provably has nothing to do (Policy.idle);
+    asking it anyway gives the very same replay. Philly's gang jobs and borrowing pools make
+    both kinds of skip happen (no room; no reclaim possible)."""
+    trace = read_trace(SHARED / "philly" / "philly.csv", kind="philly")[:1500]
+    pools = parse_pools("regional=0.25:4,euro=0.5:8,commercial=0.25:4")
+    workload = build(trace, pools=pools, seed=2)
+    machine = Machine(gpus_for_load(workload, 1.0, 8) // 8)
+    workload = scale_arrivals(workload, machine.gpus, 1.0)
+    skipping = simulate(workload, machine, FabriekPolicy(machine, pools), pools=pools)
+    asking = simulate(workload, machine, _AlwaysAsk(machine, pools), pools=pools)
+    assert skipping.idle > 100 and asking.idle == 0
+    assert sum(r.preemptions for r in asking.runs) > 0  # reclaim is part of what is compared
+    assert [(r.job.id, r.starts, r.end, r.nodes) for r in skipping.runs] == [
+        (r.job.id, r.starts, r.end, r.nodes) for r in asking.runs
+    ]
+    assert skipping.timeline == asking.timeline
 
 
 def test_utilisation_of_a_full_machine_is_one() -> None:

@@ -161,6 +161,10 @@ class _State:
         self.demand: dict[str, set[str]] = defaultdict(set)  # gpu type -> pools wanting it
         self.preempting = {j.id for j in snapshot.running if j.preempting}
         self.preempted: set[int] = set()  # chosen in this cycle
+        # Nodes a reclaiming pool will start its jobs on once its victims have stopped: later
+        # steps give them to no one else (else a borrower takes them and the pool reclaims
+        # again, and again: found in the simulator as endless preemption).
+        self.claimed: frozenset[tuple[str, str]] = frozenset()
         self.explained: set[int] = set()  # queued jobs given their own reason by a step
         self.urgent: set[int] = set()  # flexible jobs that must start now to meet their deadline
         self._type_by_request: dict[Request, str] = {}
@@ -183,13 +187,33 @@ class _State:
             if len(gpu_partitions) == 1 and nodes
             else (-1, -1, -1, -1)
         )
-        for job in snapshot.running:
-            if job.placement.partition in self.nodes:
-                self.take(job.request, job.placement)
-            gpu_type = self.type_of(job.placement.partition)
-            self.used[job.pool][gpu_type] += job.request.gpus
+        self._hold(snapshot.running)
+
+    def _hold(self, running: Sequence[RunningJob]) -> None:
+        """Take what the running jobs hold: summed per node first, then taken once per node
+        (a cycle's fixed cost, paid for every running job)."""
+        held: dict[tuple[str, str], list[int]] = {}
+        types = {name: self.type_of(name) for name in self.partitions}
+        used = self.used
+        for job in running:
+            request, placement = job.request, job.placement
+            partition = placement.partition
+            if partition in self.nodes:
+                for node in placement.nodes:
+                    sums = held.get((partition, node))
+                    if sums is None:
+                        held[(partition, node)] = [request.gpus_per_node,
+                                                   request.cpus_per_node,
+                                                   request.memory_per_node]  # fmt: skip
+                    else:
+                        sums[0] += request.gpus_per_node
+                        sums[1] += request.cpus_per_node
+                        sums[2] += request.memory_per_node
+            used[job.pool][types.get(partition, NO_GPU)] += request.gpus
             if job.allocation is not None and job.allocation in self.left:
-                self.left[job.allocation] -= self.charge(job.request, job.placement.partition)
+                self.left[job.allocation] -= self.charge(request, partition)
+        for (partition, node), (gpus, cpus, memory) in held.items():
+            self.nodes[partition].take(node, gpus, cpus, memory)
 
     def want(self, pool: str, request: Request) -> None:
         """Record that `pool` has waiting work of this request's GPU type, which keeps its idle
@@ -384,6 +408,7 @@ def _nominate(
     surely = state.surely_fits  # (gpus, cpus, memory, nodes) every node and partition could hold
     largest = _largest_shapes(state)
     possible: dict[Request, bool] = {}
+    wanting = demand[default_type]  # the pools wanting the type a request without one counts on
     for job in pending:
         pool = job.pool
         if pool not in pools:
@@ -415,7 +440,13 @@ def _nominate(
                 continue
         queues[pool].append(job)
         queued.append(job)
-        state.want(pool, request)
+        if (
+            pool not in wanting
+            or not gpus
+            or request.gpu_type is not None
+            or request.partition is not None
+        ):
+            state.want(pool, request)  # else its pool already wants the default GPU type
     # Green planning sees only what could start: a job its allocation cannot cover takes no
     # room in the plan. The jobs it holds back leave their queues (and their pools' demand).
     held = plan_green(state, queued, decisions)
@@ -547,13 +578,13 @@ def _reclaim(
                 break
             if not state.within_guarantee(pool, head.gpu_type, job.request.gpus + extra):
                 break
-            placement = state.place(job.request)
+            placement = state.place(job.request, state.claimed)
             while placement is None and victims:
                 victim = victims.pop(0)
                 state.take(victim.request, victim.placement, sign=-1)
                 freed.append(victim)
                 chosen += victim.id not in state.preempting
-                placement = state.place(job.request)
+                placement = state.place(job.request, state.claimed)
             if placement is None:
                 break
             state.take(job.request, placement)
@@ -566,6 +597,9 @@ def _reclaim(
             state.take(victim.request, victim.placement)
         if not placed:
             continue
+        state.claimed = state.claimed.union(
+            (placement.partition, node) for _, placement in placed for node in placement.nodes
+        )
         newly = [v for v in freed if v.id not in state.preempting][:needed]
         for victim in newly:
             state.preempted.add(victim.id)
@@ -645,7 +679,7 @@ def _borrow(
         at = head.at
         while at < len(queue):
             job = queue[at]
-            placement, within = state.place_for(job)
+            placement, within = state.place_for(job, state.claimed)
             if placement is None:
                 head.kind = "room"
                 break
@@ -701,16 +735,23 @@ def _backfill(
     # Within this step the nodes only fill up, so a shape that found no room (with the same
     # reserved nodes to avoid) finds none later either: most waiting jobs share a few shapes.
     no_room: set[tuple[Request, frozenset[tuple[str, str]]]] = set()
+    avoiding: dict[float, frozenset[tuple[str, str]]] = {}  # a job's end -> nodes it must avoid
     for pool, head in blocked.items():
         queue = queues[pool]
         owed = state.guarantee[pool].get(head.gpu_type, 0)
         later = 0  # GPUs of this pool's type that backfilled jobs still hold at the reservation
+        # Jobs alike in everything the rules below look at, refused since the last admission of
+        # this pool's loop, are refused again: nothing those rules read has changed.
+        refused: set[tuple[Request, frozenset[tuple[str, str]], bool]] = set()
         for job in queue[head.at + 1 : head.at + 1 + depth]:
             ends = state.now + job.request.time_limit_s
-            avoid = frozenset().union(
-                *(nodes for at, nodes in reservations if at is not None and ends > at)
-            )
-            if (job.request, avoid) in no_room:
+            avoid = avoiding.get(ends)
+            if avoid is None:
+                avoid = avoiding[ends] = state.claimed.union(
+                    *(nodes for at, nodes in reservations if at is not None and ends > at)
+                )
+            alike = (job.request, avoid, job.preemptible)
+            if (job.request, avoid) in no_room or alike in refused:
                 continue
             placement, within = state.place_for(job, avoid)
             if placement is None:
@@ -718,6 +759,7 @@ def _backfill(
                 continue
             gpu_type = state.type_of(placement.partition) if job.request.gpus else NO_GPU
             if not within and not _may_borrow(state, job, gpu_type):
+                refused.add(alike)
                 continue
             # Nor may it use the guarantee the head will need at its reserved start.
             outlives = head.reserved_at is not None and ends > head.reserved_at
@@ -726,10 +768,12 @@ def _backfill(
                 and gpu_type == head.gpu_type != NO_GPU
                 and head.pool_used_at + later + job.request.gpus + head.job.request.gpus > owed
             ):
+                refused.add(alike)
                 continue
             if not state.affordable(job, placement, decisions):
                 continue
             state.admit(job, placement, decisions, borrowed=not within)
+            refused.clear()
             if outlives and gpu_type == head.gpu_type:
                 later += job.request.gpus
 

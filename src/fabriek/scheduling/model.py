@@ -67,10 +67,19 @@ class Request:
     gpu_type: str | None = None  # None: any partition
     time_limit_s: float = 3600.0
     partition: str | None = None  # only this partition; None: any (of `gpu_type`)
+    # Derived once: the engine reads `gpus` and hashes requests millions of times a minute in
+    # the simulator (and per pending job per cycle live).
+    gpus: int = field(init=False, repr=False, compare=False)
+    _hash: int = field(init=False, repr=False, compare=False)
 
-    @property
-    def gpus(self) -> int:
-        return self.gpus_per_node * self.nodes
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "gpus", self.gpus_per_node * self.nodes)
+        key = (self.gpus_per_node, self.cpus_per_node, self.memory_per_node, self.nodes,
+               self.gpu_type, self.time_limit_s, self.partition)  # fmt: skip
+        object.__setattr__(self, "_hash", hash(key))
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 @dataclass(frozen=True, slots=True)

@@ -79,6 +79,7 @@ def summarise(outcome: Outcome, pools: dict[str, float]) -> dict[str, Any]:
         },
         "series": series(outcome, first, last, jct),
         "decisions": outcome.decisions,
+        "idle_events": outcome.idle,
         "replay_s": outcome.seconds,
         "jobs_per_s": len(outcome.runs) / outcome.seconds if outcome.seconds else 0.0,
     }

@@ -14,11 +14,11 @@ from __future__ import annotations
 import heapq
 import math
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from fabriek.scheduling.engine import decide
+from fabriek.scheduling.engine import decide, guarantees
 from fabriek.scheduling.model import (
     Node,
     Partition,
@@ -88,6 +88,10 @@ class Run:
     nodes: tuple[str, ...] = ()  # while it runs
     borrowed: bool = False  # runs beyond its pool's guarantee
     stopping: bool = False  # asked to stop; its GPUs are free after the grace period
+    # How the engine sees it, kept between decisions: built once per wait and per run.
+    pending: PendingJob | None = None
+    running: RunningJob | None = None
+    running_key: tuple[int, bool] = (0, False)  # (starts, stopping) `running` was built for
 
     @property
     def start(self) -> float | None:
@@ -110,6 +114,7 @@ class Outcome:
     pool_busy: list[tuple[float, tuple[int, ...]]] = field(default_factory=list)
     pool_names: tuple[str, ...] = ()
     decisions: int = 0  # how many times the policy was asked
+    idle: int = 0  # events where the policy, provably, had nothing to do (Policy.idle)
     seconds: float = 0.0  # wall time of the replay
 
 
@@ -132,11 +137,38 @@ class Policy:
     def finished(self, run: Run, at: float) -> None:
         """A run ended (or was stopped) at `at`: for policies that remember use."""
 
+    def idle(self, tally: Tally, free: Free) -> bool:
+        """True only if `decide` would, provably, start and stop nothing now: the replay then
+        does not ask. (False is always safe.)"""
+        return False
+
     def decide(
         self, now: float, waiting: Sequence[Run], running: Sequence[Run], free: Free
     ) -> tuple[list[tuple[Run, tuple[str, ...]]], list[Run]]:
         """(jobs to start with their nodes, jobs to stop)."""
         raise NotImplementedError
+
+
+@dataclass(slots=True)
+class Tally:
+    """Counts the replay keeps as jobs wait, start and stop, so that a policy can tell cheaply
+    when it has nothing to do (Policy.idle)."""
+
+    # (pool, GPUs per node, nodes) of the waiting jobs -> how many wait
+    shapes: Counter[tuple[str, int, int]] = field(default_factory=Counter)
+    used: Counter[str] = field(default_factory=Counter)  # GPUs each pool runs (stopping too)
+    borrowed: int = 0  # running borrowed jobs not asked to stop
+
+    def wait(self, run: Run, sign: int = 1) -> None:
+        shape = (run.job.pool, run.request.gpus_per_node, run.request.nodes)
+        self.shapes[shape] += sign
+        if not self.shapes[shape]:
+            del self.shapes[shape]
+
+    def run(self, run: Run, sign: int = 1) -> None:
+        self.used[run.job.pool] += sign * run.request.gpus
+        if run.borrowed and not run.stopping:
+            self.borrowed += sign
 
 
 class Free:
@@ -148,6 +180,11 @@ class Free:
         self.free = {f"n{i:05}": self.gpn for i in range(machine.nodes)}
         self.total = machine.gpus
         self.free_gpus = machine.gpus
+        self.levels = [0] * self.gpn + [machine.nodes]  # free GPUs -> how many nodes have that
+
+    def room(self, gpus_per_node: int, nodes: int) -> bool:
+        """Whether `nodes` nodes have `gpus_per_node` free GPUs each."""
+        return sum(self.levels[gpus_per_node:]) >= nodes
 
     def fit(self, request: Request) -> tuple[str, ...] | None:
         if request.nodes == 1:
@@ -167,11 +204,15 @@ class Free:
         empty = cls.__new__(cls)
         empty.gpn, empty.total, empty.free_gpus = other.gpn, other.total, other.total
         empty.free = dict.fromkeys(other.free, other.gpn)
+        empty.levels = [0] * other.gpn + [len(other.free)]
         return empty
 
     def take(self, request: Request, nodes: Sequence[str], sign: int = 1) -> None:
         for node in nodes:
-            self.free[node] -= sign * request.gpus_per_node
+            before = self.free[node]
+            after = self.free[node] = before - sign * request.gpus_per_node
+            self.levels[before] -= 1
+            self.levels[after] += 1
         self.free_gpus -= sign * request.gpus
 
 
@@ -185,6 +226,21 @@ class FabriekPolicy(Policy):
         self.pools = tuple(Pool(p.name, p.guarantee) for p in pools)
         self.rate = math.log(2) / FAIR_SHARE_HALF_LIFE_S
         self.done: dict[str, tuple[float, float]] = {}  # project -> (decayed use, as of when)
+        whole = guarantees(self.pools, {machine.gpu_type: machine.gpus})
+        self.owed = {name: g.get(machine.gpu_type, 0) for name, g in whole.items()}
+
+    def idle(self, tally: Tally, free: Free) -> bool:
+        """The engine admits only onto free nodes, and preempts only for a waiting job within
+        its pool's guarantee, taking borrowed jobs not already stopping. So with no waiting
+        shape fitting the free nodes, and no such job or no such borrowed work, it decides
+        nothing (tests/sim check the replay is the same with and without this)."""
+        shapes = tally.shapes
+        if any(free.room(gpus, nodes) for _, gpus, nodes in shapes):
+            return False
+        if not tally.borrowed:
+            return True
+        used, owed = tally.used, self.owed
+        return all(used[pool] + gpus * nodes > owed.get(pool, 0) for pool, gpus, nodes in shapes)
 
     def finished(self, run: Run, at: float) -> None:
         """Fold an ended run into its project's decayed use (fairshare.decayed_usage's
@@ -210,33 +266,8 @@ class FabriekPolicy(Policy):
             now,
             (self.partition,),
             self.pools,
-            running=tuple(
-                RunningJob(
-                    r.job.id,
-                    r.job.project,
-                    r.job.pool,
-                    None,
-                    r.request,
-                    Placement("sim", r.nodes),
-                    started_at(r, now),
-                    True,
-                    r.borrowed,
-                    r.stopping,
-                )
-                for r in running
-            ),
-            pending=tuple(
-                PendingJob(
-                    r.job.id,
-                    r.job.project,
-                    r.job.pool,
-                    None,
-                    r.request,
-                    r.job.submit,
-                    preemptible=True,
-                )
-                for r in waiting
-            ),
+            running=tuple(_as_running(r, now) for r in running),
+            pending=tuple(_as_pending(r) for r in waiting),
             usage=self.usage(now, running),
         )
         decisions = decide(snapshot)
@@ -247,6 +278,26 @@ class FabriekPolicy(Policy):
             starts.append((run, admission.placement.nodes))
         stopping = {p.job_id for p in decisions.preemptions}
         return starts, [r for r in running if r.job.id in stopping]
+
+
+def _as_pending(run: Run) -> PendingJob:
+    if run.pending is None:
+        job = run.job
+        run.pending = PendingJob(
+            job.id, job.project, job.pool, None, run.request, job.submit, preemptible=True
+        )
+    return run.pending
+
+
+def _as_running(run: Run, now: float) -> RunningJob:
+    key = (len(run.starts), run.stopping)
+    if run.running is None or run.running_key != key:
+        job = run.job
+        run.running = RunningJob(job.id, job.project, job.pool, None, run.request,
+                                 Placement("sim", run.nodes), started_at(run, now), True,
+                                 run.borrowed, run.stopping)  # fmt: skip
+        run.running_key = key
+    return run.running
 
 
 def simulate(
@@ -267,6 +318,7 @@ def simulate(
                       defaultdict(float), pool_names=tuple(p.name for p in pools))  # fmt: skip
     waiting: dict[int, Run] = {}
     running: dict[int, Run] = {}
+    tally = Tally()
     ends: list[tuple[float, int, int]] = []  # (time, job id, run number): stale ones skipped
     i, ended, now = 0, 0, runs[0].job.submit if runs else 0.0
     last = now
@@ -279,7 +331,7 @@ def simulate(
         if not upcoming:  # waiting jobs that can never start (should not happen: sized above)
             break
         now = min(upcoming)
-        _account(outcome, waiting, running, owed, last, now)
+        _account(outcome, tally, owed, last, now)
         last = now
         while ends and ends[0][0] <= now:
             event = heapq.heappop(ends)
@@ -287,6 +339,7 @@ def simulate(
                 continue  # an end of an earlier run, or a stop it finished before
             job_id, stopped = event[1], event[2] < 0
             run = running.pop(job_id)
+            tally.run(run, -1)
             free.take(run.request, run.nodes, sign=-1)
             policy.finished(run, now)
             if stopped:
@@ -299,6 +352,7 @@ def simulate(
                 else:
                     run.lost_gpu_s += run.request.gpus * ran
                 waiting[job_id] = run
+                tally.wait(run)
             else:
                 run.end, run.stopping = now, False
                 ended += 1
@@ -306,23 +360,31 @@ def simulate(
                     progress(ended, len(runs))
         while i < len(runs) and runs[i].job.submit <= now:
             waiting[runs[i].job.id] = runs[i]
+            tally.wait(runs[i])
             i += 1
         if not waiting:
+            continue
+        if policy.idle(tally, free):
+            outcome.idle += 1
             continue
         ordered = sorted(waiting.values(), key=lambda r: (r.job.submit, r.job.id))
         starts, stops = policy.decide(now, ordered, list(running.values()), free)
         outcome.decisions += 1
         for run, nodes in starts:
             del waiting[run.job.id]
+            tally.wait(run, -1)
             run.nodes = tuple(nodes)
             run.starts.append(now)
             free.take(run.request, nodes)
             running[run.job.id] = run
+            tally.run(run)
             left = run.job.duration - run.progress_s
             heapq.heappush(ends, (now + left, run.job.id, len(run.starts)))
         for run in stops:
             if not run.stopping:
+                tally.run(run, -1)
                 run.stopping = True
+                tally.run(run)
                 heapq.heappush(ends, (now + grace_s, run.job.id, -len(run.starts)))
     outcome.seconds = time.perf_counter() - began
     return outcome
@@ -337,24 +399,16 @@ def _current(event: tuple[float, int, int], running: dict[int, Run]) -> bool:
     return run.stopping if event[2] < 0 else True
 
 
-def _account(
-    outcome: Outcome,
-    waiting: dict[int, Run],
-    running: dict[int, Run],
-    owed: dict[str, float],
-    t0: float,
-    t1: float,
-) -> None:
+def _account(outcome: Outcome, tally: Tally, owed: dict[str, float], t0: float, t1: float) -> None:
     """The interval [t0, t1) with the machine as it stands: busy and waiting GPUs, and each
     pool's demand and whether it got its guarantee (or all it wanted)."""
-    busy: dict[str, int] = defaultdict(int)
-    for run in running.values():
-        busy[run.job.pool] += run.request.gpus
+    busy = {pool: gpus for pool, gpus in tally.used.items() if gpus}
     want: dict[str, int] = defaultdict(int)
     smallest: dict[str, int] = {}
-    for run in waiting.values():
-        want[run.job.pool] += run.request.gpus
-        smallest[run.job.pool] = min(smallest.get(run.job.pool, run.request.gpus), run.request.gpus)
+    for (pool, per_node, nodes), count in tally.shapes.items():
+        gpus = per_node * nodes
+        want[pool] += count * gpus
+        smallest[pool] = min(smallest.get(pool, gpus), gpus)
     total_busy, total_want = sum(busy.values()), sum(want.values())
     if not outcome.timeline or outcome.timeline[-1][1:] != (total_busy, total_want):
         outcome.timeline.append((t0, total_busy, total_want))
