@@ -61,16 +61,22 @@ class Easy(Policy):
         if queue:
             head = queue.pop(0)
             shadow, extra = self._reservation(now, head, running, starts, free)
+            no_room: set[tuple[int, int]] = set()  # shapes that did not fit (free only shrinks)
             for run in queue:
-                nodes = free.fit(run.request)
-                if nodes is None:
-                    continue
+                if free.free_gpus == 0:
+                    break
                 ends_in_time = now + run.job.time_limit <= shadow
-                if ends_in_time or run.request.gpus <= extra:
-                    if not ends_in_time:
-                        extra -= run.request.gpus
-                    free.take(run.request, nodes)
-                    starts.append((run, nodes))
+                if not ends_in_time and run.request.gpus > extra:
+                    continue
+                shape = (run.request.gpus_per_node, run.request.nodes)
+                nodes = None if shape in no_room else free.fit(run.request)
+                if nodes is None:
+                    no_room.add(shape)
+                    continue
+                if not ends_in_time:
+                    extra -= run.request.gpus
+                free.take(run.request, nodes)
+                starts.append((run, nodes))
         _undo(free, starts)
         return starts, []
 
@@ -158,6 +164,8 @@ class LeastAttained(Policy):
         trial = Free.empty_like(free)
         keep: set[int] = set()
         for run in ordered:
+            if trial.free_gpus == 0:
+                break
             nodes = trial.fit(run.request)
             if nodes is not None:
                 trial.take(run.request, nodes)

@@ -187,6 +187,8 @@ class Free:
         return sum(self.levels[gpus_per_node:]) >= nodes
 
     def fit(self, request: Request) -> tuple[str, ...] | None:
+        if not self.room(request.gpus_per_node, request.nodes):
+            return None  # the usual answer on a busy machine, known without a look at the nodes
         if request.nodes == 1:
             best = None
             for node, free in self.free.items():
@@ -311,7 +313,7 @@ def simulate(
 ) -> Outcome:
     """Replay `jobs` on `machine` under `policy`, from the first submission until the last end."""
     began = time.perf_counter()
-    runs = [Run(job, machine.request(job)) for job in sorted(jobs, key=lambda j: j.submit)]
+    runs = [Run(job, machine.request(job)) for job in sorted(jobs, key=lambda j: (j.submit, j.id))]
     free = Free(machine)
     owed = {p.name: p.guarantee * machine.gpus for p in pools}
     outcome = Outcome(policy.name, machine, runs, [], defaultdict(float), defaultdict(float),
@@ -319,6 +321,7 @@ def simulate(
     waiting: dict[int, Run] = {}
     running: dict[int, Run] = {}
     tally = Tally()
+    disordered = False  # whether `waiting` may be out of submission order
     ends: list[tuple[float, int, int]] = []  # (time, job id, run number): stale ones skipped
     i, ended, now = 0, 0, runs[0].job.submit if runs else 0.0
     last = now
@@ -353,6 +356,7 @@ def simulate(
                     run.lost_gpu_s += run.request.gpus * ran
                 waiting[job_id] = run
                 tally.wait(run)
+                disordered = True  # it keeps its place: ahead of later submissions
             else:
                 run.end, run.stopping = now, False
                 ended += 1
@@ -367,7 +371,10 @@ def simulate(
         if policy.idle(tally, free):
             outcome.idle += 1
             continue
-        ordered = sorted(waiting.values(), key=lambda r: (r.job.submit, r.job.id))
+        if disordered:  # else in order already: submissions arrive in order
+            waiting = dict(sorted(waiting.items(), key=lambda item: (item[1].job.submit, item[0])))
+            disordered = False
+        ordered = list(waiting.values())
         starts, stops = policy.decide(now, ordered, list(running.values()), free)
         outcome.decisions += 1
         for run, nodes in starts:
