@@ -247,6 +247,28 @@ def test_then_priority_then_age(jobs: list[PendingJob], first: int) -> None:
     assert admitted(decide(snap(h100(1, gpus=1), jobs))) == [first]
 
 
+DAY = 86400.0
+
+
+@pytest.mark.parametrize(
+    ("heavy_waited", "light_waited", "after", "first"),
+    [
+        (6 * DAY, 1 * DAY, 7 * DAY, 2),  # neither starves: fair share orders
+        (8 * DAY, 1 * DAY, 7 * DAY, 1),  # the heavy project's job has waited too long
+        (8 * DAY, 9 * DAY, 7 * DAY, 2),  # both starve: the longest-waiting first
+        (30 * DAY, 1 * DAY, None, 2),  # the guard turned off
+    ],
+)
+def test_fair_share_orders_but_never_starves(
+    heavy_waited: float, light_waited: float, after: float | None, first: int
+) -> None:
+    jobs = [job(1, project="heavy", at=NOW - heavy_waited),
+            job(2, project="light", at=NOW - light_waited)]  # fmt: skip
+    d = decide(snap(h100(1, gpus=1), jobs, usage={"heavy": 1e9, "light": 0.0},
+                    starving_after_s=after))  # fmt: skip
+    assert admitted(d) == [first]
+
+
 def test_backfill_starts_short_work_that_cannot_delay_the_head() -> None:
     machine = h100(1)
     blocker = running(job(1, gpus=6, limit=100), ("n000",), started=NOW)  # ends at NOW + 100

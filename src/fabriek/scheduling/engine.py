@@ -7,7 +7,8 @@ One cycle, each step named and timed (Decisions.timings):
 2. **nominate**: pending jobs per pool; a job that can never start, or whose allocation cannot
    cover it, is set aside with its reason and does not block its pool.
 3. **order**: each pool's queue by fair share with memory (the project's decayed use divided by
-   its allocation's size), then priority, then submission time.
+   its allocation's size), then priority, then submission time; jobs that have waited longer
+   than `starving_after_s` (7 days) first, the longest-waiting first.
 4. **admit**: pools take turns, the one furthest below its guarantee first. A pool's head job
    starts if it fits within the pool's guarantee and on the nodes (gang: all its nodes at once,
    or not at all); otherwise the pool's queue stops there.
@@ -108,13 +109,21 @@ class _Nodes:
     """Free resources per node of one partition, with the nodes bucketed by free GPUs so that
     finding room costs the number of buckets, not the number of nodes, when the machine is full."""
 
-    def __init__(self, partition: Partition) -> None:
+    def __init__(self, partition: Partition, held: Mapping[str, list[int]]) -> None:
+        """`held`: node -> [GPUs, CPUs, memory] the running jobs hold there."""
         self.name = partition.name
-        self.free = {n.name: _Free(n.gpus, n.cpus, n.memory_bytes) for n in partition.nodes}
+        self.free = {}
+        for n in partition.nodes:
+            taken = held.get(n.name)
+            self.free[n.name] = (
+                _Free(n.gpus - taken[0], n.cpus - taken[1], n.memory_bytes - taken[2])
+                if taken
+                else _Free(n.gpus, n.cpus, n.memory_bytes)
+            )
         self.most = max((n.gpus for n in partition.nodes), default=0)
         self.buckets: list[dict[str, None]] = [{} for _ in range(self.most + 1)]
-        for n in partition.nodes:
-            self.buckets[n.gpus][n.name] = None
+        for node, free in self.free.items():
+            self.buckets[min(max(free.gpus, 0), self.most)][node] = None
 
     def take(self, node: str, gpus: int, cpus: int, memory: int) -> None:
         free = self.free[node]
@@ -149,7 +158,6 @@ class _State:
         self.snapshot = snapshot
         self.now = snapshot.now
         self.partitions = {p.name: p for p in snapshot.partitions}
-        self.nodes = {p.name: _Nodes(p) for p in snapshot.partitions}
         self.total: dict[str, int] = defaultdict(int)
         for p in snapshot.partitions:
             self.total[p.gpu_type or NO_GPU] += p.gpus
@@ -187,24 +195,24 @@ class _State:
             if len(gpu_partitions) == 1 and nodes
             else (-1, -1, -1, -1)
         )
-        self._hold(snapshot.running)
+        self.nodes = self._hold(snapshot.running)
 
-    def _hold(self, running: Sequence[RunningJob]) -> None:
-        """Take what the running jobs hold: summed per node first, then taken once per node
-        (a cycle's fixed cost, paid for every running job)."""
-        held: dict[tuple[str, str], list[int]] = {}
+    def _hold(self, running: Sequence[RunningJob]) -> dict[str, _Nodes]:
+        """The partitions' nodes less what the running jobs hold, summed per node first (a
+        cycle's fixed cost, paid for every running job); and what each pool uses."""
+        held: dict[str, dict[str, list[int]]] = {name: {} for name in self.partitions}
         types = {name: self.type_of(name) for name in self.partitions}
         used = self.used
         for job in running:
             request, placement = job.request, job.placement
             partition = placement.partition
-            if partition in self.nodes:
+            on = held.get(partition)
+            if on is not None:
                 for node in placement.nodes:
-                    sums = held.get((partition, node))
+                    sums = on.get(node)
                     if sums is None:
-                        held[(partition, node)] = [request.gpus_per_node,
-                                                   request.cpus_per_node,
-                                                   request.memory_per_node]  # fmt: skip
+                        on[node] = [request.gpus_per_node, request.cpus_per_node,
+                                    request.memory_per_node]  # fmt: skip
                     else:
                         sums[0] += request.gpus_per_node
                         sums[1] += request.cpus_per_node
@@ -212,8 +220,7 @@ class _State:
             used[job.pool][types.get(partition, NO_GPU)] += request.gpus
             if job.allocation is not None and job.allocation in self.left:
                 self.left[job.allocation] -= self.charge(request, partition)
-        for (partition, node), (gpus, cpus, memory) in held.items():
-            self.nodes[partition].take(node, gpus, cpus, memory)
+        return {p.name: _Nodes(p, held[p.name]) for p in self.snapshot.partitions}
 
     def want(self, pool: str, request: Request) -> None:
         """Record that `pool` has waiting work of this request's GPU type, which keeps its idle
@@ -475,8 +482,24 @@ def _order(state: _State, queues: dict[str, list[PendingJob]]) -> None:
         if len(set(keys)) > 1:
             by_share = sorted(range(len(queue)), key=keys.__getitem__)  # stable
             queue[:] = list(map(queue.__getitem__, by_share))
+        _first_the_starving(state, queue)
         if state.urgent:  # flexible jobs whose hour has come: first, to keep their deadline
             queue.sort(key=lambda job: job.id not in state.urgent)
+
+
+def _first_the_starving(state: _State, queue: list[PendingJob]) -> None:
+    """Jobs that have waited `starving_after_s` or longer go first, the longest-waiting first
+    (found in the simulator: at sustained overload a heavy project's jobs sort behind an
+    endless stream of lighter projects' work and waited over a month)."""
+    after = state.snapshot.starving_after_s
+    if after is None:
+        return
+    cutoff = state.now - after
+    old = [job for job in queue if job.submitted_at <= cutoff]
+    if old:
+        old.sort(key=lambda job: (job.submitted_at, job.id))
+        rest = [job for job in queue if job.submitted_at > cutoff]
+        queue[:] = old + rest
 
 
 class _Shares(dict[str, float]):

@@ -136,6 +136,10 @@ class Snapshot:
     # How many pending jobs after each blocked head the backfill step looks at (Slurm's
     # bf_max_job_test is 500 by default).
     backfill_depth: int = 1000
+    # A job waiting this long goes first in its pool's queue, the longest-waiting first, whatever
+    # its project's recent use: fair share orders, it does not starve (Slurm's age factor
+    # saturates at PriorityMaxAge, 7 days by default). None: never.
+    starving_after_s: float | None = 7 * 86400.0
     # The grid's forecast carbon intensity (g CO2e/kWh) of each hour from `forecast_start`
     # (None where unknown); empty: green scheduling holds nothing back.
     forecast: tuple[float | None, ...] = ()

@@ -113,13 +113,16 @@ class FairShare(Policy):
     def __init__(self, machine: Machine) -> None:
         self._use = FabriekPolicy(machine, ())  # only its decayed-usage bookkeeping
 
+    def started(self, run: Run, at: float) -> None:
+        self._use.started(run, at)
+
     def finished(self, run: Run, at: float) -> None:
         self._use.finished(run, at)
 
     def decide(
         self, now: float, waiting: Sequence[Run], running: Sequence[Run], free: Free
     ) -> tuple[Starts, list[Run]]:
-        use = self._use.usage(now, running)
+        use = self._use.usage(now)
         ordered = sorted(waiting, key=lambda r: (use.get(r.job.project, 0.0), r.job.submit))
         return _greedy(ordered, free), []
 

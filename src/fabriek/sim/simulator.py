@@ -134,6 +134,9 @@ class Policy:
     # its run is lost and it starts over (fabriek's live behaviour without checkpoints).
     resumes = False
 
+    def started(self, run: Run, at: float) -> None:
+        """A run started at `at`: for policies that remember use."""
+
     def finished(self, run: Run, at: float) -> None:
         """A run ended (or was stopped) at `at`: for policies that remember use."""
 
@@ -228,6 +231,11 @@ class FabriekPolicy(Policy):
         self.pools = tuple(Pool(p.name, p.guarantee) for p in pools)
         self.rate = math.log(2) / FAIR_SHARE_HALF_LIFE_S
         self.done: dict[str, tuple[float, float]] = {}  # project -> (decayed use, as of when)
+        # Running work per project: GPUs, and the sum of GPUs x exp(rate x (start - epoch)),
+        # so that its decayed use now is (GPUs - exp(-rate x (now - epoch)) x sum) / rate.
+        self.running_gpus: Counter[str] = Counter()
+        self.running_sum: defaultdict[str, float] = defaultdict(float)
+        self.epoch: float | None = None
         whole = guarantees(self.pools, {machine.gpu_type: machine.gpus})
         self.owed = {name: g.get(machine.gpu_type, 0) for name, g in whole.items()}
 
@@ -244,20 +252,46 @@ class FabriekPolicy(Policy):
         used, owed = tally.used, self.owed
         return all(used[pool] + gpus * nodes > owed.get(pool, 0) for pool, gpus, nodes in shapes)
 
+    def started(self, run: Run, at: float) -> None:
+        if self.epoch is None or self.rate * (at - self.epoch) > 300:  # keep exp() in range
+            self._rebase(at)
+        assert self.epoch is not None
+        project = run.job.project
+        self.running_gpus[project] += run.request.gpus
+        self.running_sum[project] += run.request.gpus * math.exp(self.rate * (at - self.epoch))
+
+    def _rebase(self, at: float) -> None:
+        if self.epoch is not None:
+            scale = math.exp(-self.rate * (at - self.epoch))
+            for project in self.running_sum:
+                self.running_sum[project] *= scale
+        self.epoch = at
+
     def finished(self, run: Run, at: float) -> None:
         """Fold an ended run into its project's decayed use (fairshare.decayed_usage's
         integral, kept incrementally)."""
         start = run.start if run.start is not None else at
+        project = run.job.project
+        assert self.epoch is not None
+        self.running_gpus[project] -= run.request.gpus
+        if self.running_gpus[project]:
+            self.running_sum[project] -= run.request.gpus * math.exp(
+                self.rate * (start - self.epoch)
+            )
+        else:  # exactly nothing, not a rounding residue that would order projects apart
+            del self.running_gpus[project], self.running_sum[project]
         value = run.request.gpus * (1 - math.exp(-self.rate * (at - start))) / self.rate
         before, as_of = self.done.get(run.job.project, (0.0, at))
         self.done[run.job.project] = (before * math.exp(-self.rate * (at - as_of)) + value, at)
 
-    def usage(self, now: float, running: Sequence[Run]) -> dict[str, float]:
+    def usage(self, now: float) -> dict[str, float]:
+        """Each project's decayed GPU-seconds: ended runs and running ones."""
         use = {p: v * math.exp(-self.rate * (now - t)) for p, (v, t) in self.done.items()}
-        for run in running:
-            if run.start is not None:
-                value = run.request.gpus * (1 - math.exp(-self.rate * (now - run.start)))
-                use[run.job.project] = use.get(run.job.project, 0.0) + value / self.rate
+        if self.epoch is not None:
+            decay = math.exp(-self.rate * (now - self.epoch))
+            for project, gpus in self.running_gpus.items():
+                value = (gpus - decay * self.running_sum[project]) / self.rate
+                use[project] = use.get(project, 0.0) + value
         return use
 
     def decide(
@@ -270,7 +304,7 @@ class FabriekPolicy(Policy):
             self.pools,
             running=tuple(_as_running(r, now) for r in running),
             pending=tuple(_as_pending(r) for r in waiting),
-            usage=self.usage(now, running),
+            usage=self.usage(now),
         )
         decisions = decide(snapshot)
         starts = []
@@ -385,6 +419,7 @@ def simulate(
             free.take(run.request, nodes)
             running[run.job.id] = run
             tally.run(run)
+            policy.started(run, now)
             left = run.job.duration - run.progress_s
             heapq.heappush(ends, (now + left, run.job.id, len(run.starts)))
         for run in stops:
