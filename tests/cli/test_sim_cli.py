@@ -32,6 +32,20 @@ def test_simulate_compares_policies_and_writes_json_and_a_report(tmp_path: Path)
     assert (tmp_path / "out.html").read_text().count("<svg") >= 4
 
 
+def test_simulate_reports_what_deferring_flexible_jobs_saved(tmp_path: Path) -> None:
+    r = fabriek("simulate", ITP01, "--max-jobs", "300", "--flexible", "0.5", "--slack", "12h",
+                "--exact-limits", "--carbon", GRID, "--json", "out.json", cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "flexible jobs saved" in r.stdout and "deadlines missed" in r.stdout
+    [p] = json.loads((tmp_path / "out.json").read_text())["policies"]
+    assert p["flexible"]["jobs"] > 100 and p["flexible"]["deferred"] > 0
+    green = p["green"]
+    assert green["saved_t_co2e"] == pytest.approx(
+        green["without_deferral_t_co2e"] - green["t_co2e"]
+    )
+    assert green["saved_t_co2e"] > 0
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -40,6 +54,9 @@ def test_simulate_compares_policies_and_writes_json_and_a_report(tmp_path: Path)
         (["simulate", ITP01, "--pools", "a=2"], "cannot read pool"),
         (["simulate", "/no/such.csv"], "cannot read the trace"),
         (["simulate", ITP01, "--gpus", "12"], "multiple of 8"),
+        (["simulate", ITP01, "--flexible", "0.3", "--no-carbon"], "need a carbon series"),
+        (["simulate", ITP01, "--flexible", "1.5", "--carbon", GRID], "flexible share must lie"),
+        (["simulate", ITP01, "--flexible", "0.3", "--slack", "soon"], "cannot read duration"),
         (["plan", "--trace", ITP01, "--budget", "lots"], "cannot read the budget"),
         (["plan", "--trace", ITP01, "--pue", "0.8", "--carbon", GRID], "PUE below 1"),
         (["plan", "--trace", ITP01, "--carbon", "/no/grid.csv"], "cannot read the carbon series"),

@@ -126,6 +126,29 @@ def test_events_skipped_as_idle_change_nothing() -> None:
     assert skipping.timeline == asking.timeline
 
 
+def test_flexible_work_waits_for_the_green_hours_and_keeps_its_deadline() -> None:
+    """The engine's green planning in the replay: a flexible job is held for the hours of low
+    intensity and started then (the replay wakes for it: nothing else happens at that moment),
+    work that cannot wait is not held, and without a forecast nothing is."""
+    machine = Machine(1)
+
+    def intensity(t: float) -> float:  # 500 g/kWh for the first 6 hours of each day, then 100
+        return 500.0 if (t // 3600) % 24 < 6 else 100.0
+
+    flexible = SimJob(0, "p", "all", 0.0, 3600.0, 8, 3600.0, slack=12 * 3600.0)
+    urgent = SimJob(1, "p", "all", 60.0, 600.0, 1, 900.0)
+    green = simulate([flexible, urgent], machine,
+                     FabriekPolicy(machine, ONE_POOL, forecast=intensity, epoch=0.0),
+                     pools=ONE_POOL)  # fmt: skip
+    held, other = green.runs
+    assert held.deferred and 6 * 3600 <= held.starts[0] <= 7 * 3600
+    assert flexible.deadline is not None and held.end is not None
+    assert held.end <= flexible.deadline
+    assert other.starts == [60.0]
+    plain = simulate([flexible, urgent], machine, FabriekPolicy(machine, ONE_POOL), pools=ONE_POOL)
+    assert plain.runs[0].starts == [0.0] and not plain.runs[0].deferred
+
+
 def test_utilisation_of_a_full_machine_is_one() -> None:
     machine = Machine(1)
     outcome = simulate(jobs((0, 100, 8, 100), (100, 50, 8, 50)), machine,

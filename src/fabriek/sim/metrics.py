@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import defaultdict
 from typing import Any
@@ -49,6 +50,7 @@ def summarise(outcome: Outcome, pools: dict[str, float]) -> dict[str, Any]:
     tenant_slowdown = {t: statistics.fmean(v) for t, v in slow.items()}
     values = list(tenant_slowdown.values())
     jain = (sum(values) ** 2 / (len(values) * sum(v * v for v in values))) if values else 1.0
+    flexible = [r for r in done if r.job.deadline is not None]
     return {
         "policy": outcome.policy,
         "jobs": len(outcome.runs),
@@ -59,10 +61,18 @@ def summarise(outcome: Outcome, pools: dict[str, float]) -> dict[str, Any]:
         "small_jobs_wait_s": _dist(small_wait),
         "makespan_s": span,
         "utilisation": used / (gpus * span),
+        # The same from the first to the last submission: without the drain at the end, where
+        # a few long jobs run on an emptying machine and any policy's utilisation falls.
+        "utilisation_while_arriving": _busy_share(outcome, first),
         "preemptions": sum(r.preemptions for r in outcome.runs),
         "lost_gpu_hours": sum(r.lost_gpu_s for r in outcome.runs) / 3600,
         "tenant_slowdown_jain": jain,
         "tenant_slowdown_worst": max(values) if values else 0.0,
+        "flexible": {
+            "jobs": len(flexible),
+            "deferred": sum(r.deferred for r in flexible),
+            "deadlines_missed": sum(r.end > r.job.deadline + 1e-6 for r in flexible),  # type: ignore[operator]
+        },
         "pools": {
             name: {
                 "guarantee": guarantee,
@@ -86,6 +96,20 @@ def summarise(outcome: Outcome, pools: dict[str, float]) -> dict[str, Any]:
 
 
 POINTS = 300  # per plotted line
+
+
+def _busy_share(outcome: Outcome, first: float) -> float:
+    """Busy GPU-time over GPU-time available from the first to the last submission."""
+    last = max((r.job.submit for r in outcome.runs), default=first)
+    if last <= first:
+        return 0.0
+    busy = 0.0
+    timeline = outcome.timeline
+    for (t0, gpus, _), (t1, _, _) in zip(timeline, [*timeline[1:], (math.inf, 0, 0)], strict=True):
+        begin, end = max(t0, first), min(t1, last)
+        if end > begin:
+            busy += gpus * (end - begin)
+    return busy / (outcome.machine.gpus * (last - first))
 
 
 def _step_means(

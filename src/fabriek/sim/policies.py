@@ -21,7 +21,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fabriek.sim.simulator import FabriekPolicy, Free, Machine, Policy, Run, started_at
+from fabriek.sim.simulator import (
+    FabriekPolicy,
+    Free,
+    Intensity,
+    Machine,
+    Policy,
+    Run,
+    started_at,
+)
 from fabriek.sim.workload import PoolShare
 
 Starts = list[tuple[Run, tuple[str, ...]]]
@@ -189,9 +197,19 @@ class LeastAttained(Policy):
 POLICIES = ("fabriek", "fifo", "easy", "sjf", "fairshare", "las")
 
 
-def make_policy(name: str, machine: Machine, pools: Sequence[PoolShare]) -> Policy:
+def make_policy(
+    name: str,
+    machine: Machine,
+    pools: Sequence[PoolShare],
+    *,
+    forecast: Intensity | None = None,
+    epoch: float = 0.0,
+    horizon_h: int = 72,
+) -> Policy:
+    """The policy `name`; only fabriek's engine plans with a carbon `forecast` (the baselines
+    know no deadlines)."""
     if name == "fabriek":
-        return FabriekPolicy(machine, pools)
+        return FabriekPolicy(machine, pools, forecast=forecast, epoch=epoch, horizon_h=horizon_h)
     if name == "fifo":
         return Fifo()
     if name == "easy":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,7 +13,7 @@ from fabriek.core.errors import InvalidRequest
 from fabriek.sim.green import DEFAULT_START, Grid, footprint
 from fabriek.sim.metrics import summarise
 from fabriek.sim.policies import POLICIES, make_policy
-from fabriek.sim.simulator import Machine, simulate
+from fabriek.sim.simulator import Intensity, Machine, Outcome, Policy, simulate
 from fabriek.sim.traces import read_trace, summary
 from fabriek.sim.workload import (
     DEFAULT_POOLS,
@@ -39,10 +40,17 @@ class Study:
     max_jobs: int | None = None  # the first N jobs only
     grace_s: float = 30.0
     carbon_series: Path | None = None  # an hourly grid series: energy, water and carbon
+    # Share of jobs that may wait for greener hours (needs the series), and by how much.
+    flexible: float = 0.0
+    slack_s: float = 12 * 3600.0
     start: datetime = DEFAULT_START  # where in the series the replay begins
 
 
 Progress = Callable[[str, int, int], None]  # policy, jobs ended, jobs in all
+
+
+def _on_clock(grid: Grid, offset: float) -> Intensity:
+    return lambda t: grid.at(t + offset)
 
 
 def run_study(study: Study, progress: Progress | None = None) -> dict[str, Any]:
@@ -54,6 +62,8 @@ def run_study(study: Study, progress: Progress | None = None) -> dict[str, Any]:
         )
     if study.gpus is not None and (study.gpus <= 0 or study.gpus % study.gpus_per_node):
         raise InvalidRequest(f"--gpus must be a positive multiple of {study.gpus_per_node}")
+    if study.flexible and study.carbon_series is None:
+        raise InvalidRequest("flexible jobs need a carbon series to plan with (--carbon)")
     trace = read_trace(study.trace, kind=study.kind, columns=study.columns)
     if study.max_jobs is not None:
         trace = trace[: study.max_jobs]
@@ -63,6 +73,8 @@ def run_study(study: Study, progress: Progress | None = None) -> dict[str, Any]:
         seed=study.seed,
         exact_limits=study.exact_limits,
         max_gpus=study.gpus,
+        flexible=study.flexible,
+        slack_s=study.slack_s,
     )
     if not jobs:
         raise InvalidRequest("no job of the trace fits the machine")
@@ -71,19 +83,35 @@ def run_study(study: Study, progress: Progress | None = None) -> dict[str, Any]:
         jobs = scale_arrivals(jobs, gpus, study.load)
     machine = Machine(gpus // study.gpus_per_node, study.gpus_per_node)
     grid = Grid.read(study.carbon_series) if study.carbon_series is not None else None
+    first = min(j.submit for j in jobs)
+    forecast = None
+    if grid is not None and study.flexible:
+        offset = study.start.timestamp() - first  # the replay's clock on the series' (footprint)
+        forecast = _on_clock(grid, offset)
     results = []
     for name in study.policies:
-        outcome = simulate(
-            jobs,
-            machine,
-            make_policy(name, machine, study.pools),
-            pools=study.pools,
-            grace_s=study.grace_s,
-            progress=(lambda done, total, n=name: progress(n, done, total)) if progress else None,
+
+        def replay(policy: Policy, name: str = name) -> Outcome:
+            return simulate(jobs, machine, policy, pools=study.pools, grace_s=study.grace_s,
+                            progress=(lambda done, total: progress(name, done, total))
+                            if progress else None)  # fmt: skip
+
+        horizon_h = max(72, math.ceil(study.slack_s / 3600) + 48)
+        policy = make_policy(
+            name, machine, study.pools, forecast=forecast, epoch=first, horizon_h=horizon_h
         )
+        outcome = replay(policy)
         metrics = summarise(outcome, {p.name: p.guarantee for p in study.pools})
         if grid is not None:
             metrics["green"] = footprint(outcome, grid, start=study.start)
+        if grid is not None and forecast is not None and name == "fabriek":
+            # What deferral saved: the same engine and workload, with no forecast to plan with.
+            plain = footprint(replay(make_policy(name, machine, study.pools), f"{name} (no deferral)"),
+                              grid, start=study.start)  # fmt: skip
+            saved = plain["t_co2e"] - metrics["green"]["t_co2e"]
+            metrics["green"]["without_deferral_t_co2e"] = plain["t_co2e"]
+            metrics["green"]["saved_t_co2e"] = saved
+            metrics["green"]["saved_share"] = saved / plain["t_co2e"] if plain["t_co2e"] else 0.0
         results.append(metrics)
     return {
         "trace": {"path": str(study.trace), "format": study.kind, **summary(trace)},
@@ -93,6 +121,8 @@ def run_study(study: Study, progress: Progress | None = None) -> dict[str, Any]:
             "offered_load": offered_load(jobs, gpus),
             "seed": study.seed,
             "time_limits": "exact" if study.exact_limits else "over-requested (x1-10, rounded)",
+            "flexible": study.flexible,
+            "slack_s": study.slack_s,
             "pools": [
                 {"name": p.name, "guarantee": p.guarantee, "projects": p.projects}
                 for p in study.pools

@@ -92,6 +92,8 @@ class Run:
     pending: PendingJob | None = None
     running: RunningJob | None = None
     running_key: tuple[int, bool] = (0, False)  # (starts, stopping) `running` was built for
+    green_start: float | None = None  # the start the engine chose for it, if it deferred it
+    deferred: bool = False  # the engine held it back for greener hours at least once
 
     @property
     def start(self) -> float | None:
@@ -119,6 +121,8 @@ class Outcome:
 
 
 Progress = Callable[[int, int], None]  # (jobs ended, jobs in all)
+# The grid's carbon intensity (g CO2e/kWh) of the hour that holds a moment of the replay's clock.
+Intensity = Callable[[float], float]
 
 
 def started_at(run: Run, now: float) -> float:
@@ -136,6 +140,11 @@ class Policy:
 
     def started(self, run: Run, at: float) -> None:
         """A run started at `at`: for policies that remember use."""
+
+    def wakes(self) -> list[float]:
+        """Moments the policy wants to be asked again although nothing starts or ends then
+        (a deferred job's chosen start); each is returned once."""
+        return []
 
     def finished(self, run: Run, at: float) -> None:
         """A run ended (or was stopped) at `at`: for policies that remember use."""
@@ -226,7 +235,20 @@ class FabriekPolicy(Policy):
 
     name = "fabriek"
 
-    def __init__(self, machine: Machine, pools: Sequence[PoolShare]) -> None:
+    def __init__(
+        self,
+        machine: Machine,
+        pools: Sequence[PoolShare],
+        *,
+        forecast: Intensity | None = None,
+        epoch: float = 0.0,
+        horizon_h: int = 72,
+    ) -> None:
+        """`forecast`: the intensity the engine plans flexible work with (None: it defers
+        nothing), hour by hour from `epoch` on the replay's clock, `horizon_h` hours ahead."""
+        self.forecast, self.epoch_hour, self.horizon_h = forecast, epoch, horizon_h
+        self._forecasts: dict[int, tuple[float, ...]] = {}
+        self._wakes: list[float] = []
         self.partition = machine.partition()
         self.pools = tuple(Pool(p.name, p.guarantee) for p in pools)
         self.rate = math.log(2) / FAIR_SHARE_HALF_LIFE_S
@@ -284,6 +306,23 @@ class FabriekPolicy(Policy):
         before, as_of = self.done.get(run.job.project, (0.0, at))
         self.done[run.job.project] = (before * math.exp(-self.rate * (at - as_of)) + value, at)
 
+    def _forecast(self, hour: int) -> tuple[float, ...]:
+        """A perfect forecast: the series itself, `horizon_h` hours from `hour`."""
+        if self.forecast is None:
+            return ()
+        found = self._forecasts.get(hour)
+        if found is None:
+            self._forecasts.clear()  # the clock only moves forward: one hour kept
+            at = self.epoch_hour + hour * 3600
+            found = self._forecasts[hour] = tuple(
+                self.forecast(at + k * 3600) for k in range(self.horizon_h)
+            )
+        return found
+
+    def wakes(self) -> list[float]:
+        wakes, self._wakes = self._wakes, []
+        return wakes
+
     def usage(self, now: float) -> dict[str, float]:
         """Each project's decayed GPU-seconds: ended runs and running ones."""
         use = {p: v * math.exp(-self.rate * (now - t)) for p, (v, t) in self.done.items()}
@@ -298,6 +337,7 @@ class FabriekPolicy(Policy):
         self, now: float, waiting: Sequence[Run], running: Sequence[Run], free: Free
     ) -> tuple[list[tuple[Run, tuple[str, ...]]], list[Run]]:
         by_id = {run.job.id: run for run in waiting}
+        hour = int((now - self.epoch_hour) // 3600)
         snapshot = Snapshot(
             now,
             (self.partition,),
@@ -305,8 +345,17 @@ class FabriekPolicy(Policy):
             running=tuple(_as_running(r, now) for r in running),
             pending=tuple(_as_pending(r) for r in waiting),
             usage=self.usage(now),
+            forecast=self._forecast(hour),
+            forecast_start=self.epoch_hour + hour * 3600,
         )
         decisions = decide(snapshot)
+        for job_id, window in decisions.deferrals.items():
+            run = by_id[job_id]
+            run.deferred = True
+            if run.green_start != window.start:
+                run.green_start, run.pending = window.start, None  # the engine's view changes
+                latest = run.job.submit + run.job.slack  # deadline less the time limit
+                self._wakes += [window.start, latest]
         starts = []
         for admission in decisions.admissions:
             run = by_id[admission.job_id]
@@ -319,9 +368,9 @@ class FabriekPolicy(Policy):
 def _as_pending(run: Run) -> PendingJob:
     if run.pending is None:
         job = run.job
-        run.pending = PendingJob(
-            job.id, job.project, job.pool, None, run.request, job.submit, preemptible=True
-        )
+        run.pending = PendingJob(job.id, job.project, job.pool, None, run.request, job.submit,
+                                 preemptible=True, deadline=job.deadline,
+                                 green_start=run.green_start)  # fmt: skip
     return run.pending
 
 
@@ -357,6 +406,7 @@ def simulate(
     tally = Tally()
     disordered = False  # whether `waiting` may be out of submission order
     ends: list[tuple[float, int, int]] = []  # (time, job id, run number): stale ones skipped
+    wakes: list[float] = []  # moments the policy asked to decide again (Policy.wakes)
     i, ended, now = 0, 0, runs[0].job.submit if runs else 0.0
     last = now
     while i < len(runs) or waiting or running:
@@ -365,6 +415,10 @@ def simulate(
             heapq.heappop(ends)
         if ends:
             upcoming.append(ends[0][0])
+        while wakes and wakes[0] <= now:
+            heapq.heappop(wakes)
+        if wakes and waiting:
+            upcoming.append(wakes[0])
         if not upcoming:  # waiting jobs that can never start (should not happen: sized above)
             break
         now = min(upcoming)
@@ -411,6 +465,9 @@ def simulate(
         ordered = list(waiting.values())
         starts, stops = policy.decide(now, ordered, list(running.values()), free)
         outcome.decisions += 1
+        for wake in policy.wakes():
+            if wake > now:
+                heapq.heappush(wakes, wake)
         for run, nodes in starts:
             del waiting[run.job.id]
             tally.wait(run, -1)

@@ -37,6 +37,13 @@ class SimJob:
     duration: float
     gpus: int
     time_limit: float  # what the user asked for: the engine and backfill plan with this
+    # Flexible work (green scheduling): it may end this much later than if started at once, so
+    # its deadline is submit + time_limit + slack. 0: it cannot wait.
+    slack: float = 0.0
+
+    @property
+    def deadline(self) -> float | None:
+        return self.submit + self.time_limit + self.slack if self.slack > 0 else None
 
 
 DEFAULT_POOLS = (
@@ -71,6 +78,8 @@ def build(
     seed: int = 1,
     exact_limits: bool = False,
     max_gpus: int | None = None,
+    flexible: float = 0.0,
+    slack_s: float = 12 * 3600.0,
 ) -> list[SimJob]:
     """Tenants and pools, and requested time limits:
 
@@ -82,8 +91,14 @@ def build(
     - the limit is the duration times a factor drawn log-uniformly from [1, 10], rounded up to a
       round value (15 min, 30 min, 1 h, 2 h, ... 30 days); `exact_limits`: the duration itself.
     Jobs with more GPUs than `max_gpus` (the machine) are dropped; jobs of 0 GPUs or 0 seconds too.
+    A share `flexible` of the jobs, drawn with its own seeded generator (the rest of the workload
+    is the same with or without), may wait: their deadline is `slack_s` after their time limit
+    would end them if started at once (as `fabriek submit --flexible` sets it).
     """
+    if not 0 <= flexible <= 1 or slack_s < 0:
+        raise InvalidRequest("the flexible share must lie in [0, 1] and the slack be positive")
     rng = random.Random(seed)
+    flex_rng = random.Random(f"{seed}-flexible")
     projects = [(p.name, f"{p.name}-{k:02}", p.guarantee / (k + 1)) for p in pools
                 for k in range(p.projects)]  # fmt: skip
     if not projects:
@@ -103,7 +118,10 @@ def build(
         else:
             pool, project = rng.choices(names, weights)[0]
         limit = job.duration if exact_limits else _requested(job.duration, rng)
-        jobs.append(SimJob(len(jobs), project, pool, job.submit, job.duration, job.gpus, limit))
+        slack = slack_s if flexible and flex_rng.random() < flexible else 0.0
+        jobs.append(
+            SimJob(len(jobs), project, pool, job.submit, job.duration, job.gpus, limit, slack)
+        )
     return jobs
 
 
@@ -134,7 +152,7 @@ def scale_arrivals(jobs: Sequence[SimJob], gpus: int, load: float) -> list[SimJo
     first = min(j.submit for j in jobs)
     return [
         SimJob(j.id, j.project, j.pool, first + (j.submit - first) * factor, j.duration, j.gpus,
-               j.time_limit)
+               j.time_limit, j.slack)
         for j in jobs
     ]  # fmt: skip
 
