@@ -195,6 +195,7 @@ class _State:
             if len(gpu_partitions) == 1 and nodes
             else (-1, -1, -1, -1)
         )
+        self.lent: list[RunningJob] = []  # running jobs borrowed or being preempted: victims
         self.nodes = self._hold(snapshot.running)
 
     def _hold(self, running: Sequence[RunningJob]) -> dict[str, _Nodes]:
@@ -218,6 +219,8 @@ class _State:
                         sums[1] += request.cpus_per_node
                         sums[2] += request.memory_per_node
             used[job.pool][types.get(partition, NO_GPU)] += request.gpus
+            if job.borrowed or job.preempting:
+                self.lent.append(job)
             if job.allocation is not None and job.allocation in self.left:
                 self.left[job.allocation] -= self.charge(request, partition)
         return {p.name: _Nodes(p, held[p.name]) for p in self.snapshot.partitions}
@@ -648,7 +651,7 @@ def _victims(state: _State, pool: str, gpu_type: str) -> list[RunningJob]:
         for name in state.pools
     }
     stopping, borrowed = [], []
-    for job in state.snapshot.running:
+    for job in state.lent:
         if state.type_of(job.placement.partition) != gpu_type or job.id in state.preempted:
             continue
         if job.id in state.preempting:
@@ -724,13 +727,23 @@ def _reserve(state: _State, pool: str, head: _Blocked) -> None:
     owed = state.guarantee[pool].get(head.gpu_type, 0)
     pool_used = state.used[pool].get(head.gpu_type, 0)
     share_ok = head.kind != "guarantee" or head.gpu_type == NO_GPU
+    # At most this many GPUs of its type are free (an upper bound: where the head cannot fit
+    # by count, the nodes need no look).
+    typed = [n for p in state.snapshot.partitions if (p.gpu_type or NO_GPU) == head.gpu_type
+             for n in state.nodes[p.name].free.values()]  # fmt: skip
+    free = sum(max(n.gpus, 0) for n in typed)
     released: list[RunningJob] = []
     for job in state.ending():
         state.take(job.request, job.placement, sign=-1)
         released.append(job)
-        if job.pool == pool and state.type_of(job.placement.partition) == head.gpu_type:
+        same_type = state.type_of(job.placement.partition) == head.gpu_type
+        if same_type:
+            free += job.request.gpus
+        if job.pool == pool and same_type:
             pool_used -= job.request.gpus
         if not share_ok and pool_used + need > owed:
+            continue
+        if free < need:
             continue
         placement = state.place(head.job.request)
         if placement is not None:
