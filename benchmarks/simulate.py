@@ -16,6 +16,7 @@ workload not included), each policy on the trace at load 0.8. Quality replays ev
     python benchmarks/simulate.py --speed                  # both traces, every policy, once
     python benchmarks/simulate.py --quality                # 2 traces x 4 loads x 3 seeds
     python benchmarks/simulate.py --quality --quick        # ITP cluster04 only, 1 seed
+    python benchmarks/simulate.py --quality --traces philly --seeds 1   # a part of the grid
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ def quality(names: list[str], seeds: list[int]) -> list[dict[str, Any]]:
                         "jct_mean_h": p["jct_s"]["mean"] / 3600,
                         "jct_p99_h": p["jct_s"]["p99"] / 3600,
                         "utilisation": p["utilisation"],
+                        "utilisation_arriving": p["utilisation_while_arriving"],
+                        "jain": p["tenant_slowdown_jain"],
                         "small_wait_p99_min": p["small_jobs_wait_s"]["p99"] / 60,
                         "guarantee_met_min": min((m for m in met if m is not None), default=None),
                         "preemptions": p["preemptions"],
@@ -88,12 +91,13 @@ def quality_table(rows: list[dict[str, Any]]) -> str:
             return statistics.fmean(r[key] for r in rows if r[key] is not None)
 
         out.append([trace, load, policy, f"{mean('jct_mean_h'):.2f}", f"{mean('jct_p99_h'):.1f}",
-                    f"{mean('utilisation'):.1%}", f"{mean('small_wait_p99_min'):.0f}",
+                    f"{mean('utilisation'):.1%}", f"{mean('utilisation_arriving'):.1%}",
+                    f"{mean('small_wait_p99_min'):.0f}", f"{mean('jain'):.2f}",
                     f"{min(r['guarantee_met_min'] or 0 for r in mine):.0%}",
                     f"{mean('preemptions'):.0f}"])  # fmt: skip
     return table(
-        ["trace", "load", "policy", "JCT mean h", "JCT p99 h", "util", "1-GPU wait p99 min",
-         "worst pool guarantee met", "preempted"],
+        ["trace", "load", "policy", "JCT mean h", "JCT p99 h", "util", "util arriving",
+         "1-GPU wait p99 min", "tenant Jain", "worst pool guarantee met", "preempted"],
         out,
     )  # fmt: skip
 
@@ -103,9 +107,15 @@ def main() -> None:
     parser.add_argument("--speed", action="store_true")
     parser.add_argument("--quality", action="store_true")
     parser.add_argument("--quick", action="store_true", help="ITP cluster04 only, one seed")
+    parser.add_argument(
+        "--traces", default=",".join(SETS), help="comma-separated: " + ", ".join(SETS)
+    )
+    parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (quality)")
     common_options(parser)
     args = parser.parse_args()
-    names = ["itp-cluster04"] if args.quick else list(SETS)
+    names = ["itp-cluster04"] if args.quick else args.traces.split(",")
+    if unknown := set(names) - set(SETS):
+        parser.error(f"unknown trace {', '.join(sorted(unknown))}")
     info: dict[str, Any] = {"machine": machine(), "code": code_version()}
     print(describe(info["machine"]))
     if args.speed or not args.quality:
@@ -114,7 +124,9 @@ def main() -> None:
                     [[r["trace"], r["policy"], r["jobs"], f"{r['seconds']:.1f}",
                       f"{r['jobs_per_s']:,.0f}"] for r in info["speed"]]))  # fmt: skip
     if args.quality:
-        info["quality"] = quality(names, [1] if args.quick else [1, 2, 3])
+        info["quality"] = quality(
+            names, [1] if args.quick else [int(s) for s in args.seeds.split(",")]
+        )
         print(quality_table(info["quality"]))
     write_json(args.json, info)
 
