@@ -17,6 +17,7 @@ workload not included), each policy on the trace at load 0.8. Quality replays ev
     python benchmarks/simulate.py --quality                # 2 traces x 4 loads x 3 seeds
     python benchmarks/simulate.py --quality --quick        # ITP cluster04 only, 1 seed
     python benchmarks/simulate.py --quality --traces philly --seeds 1   # a part of the grid
+    python benchmarks/simulate.py --green --traces itp-cluster04   # carbon saved by deferral
 """
 
 from __future__ import annotations
@@ -80,6 +81,32 @@ def quality(names: list[str], seeds: list[int]) -> list[dict[str, Any]]:
     return rows
 
 
+GRID = REPO.parent / "shared" / "data" / "grid" / "NL-2021-2023-hourly.csv"
+SLACKS_H = (4, 12, 24)
+
+
+def green(names: list[str], max_jobs: int) -> list[dict[str, Any]]:
+    """Carbon saved by deferral: a share of 0.3 flexible, at load 0.8, per slack and with
+    over-requested and exact limits (the engine plans with limits)."""
+    rows = []
+    for name in names:
+        path, kind = SETS[name]
+        for exact in (False, True):
+            for slack in SLACKS_H:
+                study = Study(trace=path, kind=kind, policies=("fabriek",), load=0.8,
+                              max_jobs=max_jobs, carbon_series=GRID, flexible=0.3,
+                              slack_s=slack * 3600.0, exact_limits=exact)  # fmt: skip
+                [p] = run_study(study)["policies"]
+                g, f = p["green"], p["flexible"]
+                rows.append({"trace": name, "jobs": p["jobs"], "limits": "exact" if exact else "over-requested",
+                             "slack_h": slack, "flexible": f["jobs"], "deferred": f["deferred"],
+                             "missed": f["deadlines_missed"], "t_co2e": g["t_co2e"],
+                             "saved_t": g["saved_t_co2e"], "saved_share": g["saved_share"],
+                             "flexible_saved_share": g["flexible_saved_share"]})  # fmt: skip
+                print(f"{name} {rows[-1]['limits']} slack {slack} h: done", flush=True)
+    return rows
+
+
 def quality_table(rows: list[dict[str, Any]]) -> str:
     out = []
     keys = sorted({(r["trace"], r["load"], r["policy"]) for r in rows},
@@ -111,6 +138,8 @@ def main() -> None:
         "--traces", default=",".join(SETS), help="comma-separated: " + ", ".join(SETS)
     )
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (quality)")
+    parser.add_argument("--green", action="store_true", help="carbon saved by deferral")
+    parser.add_argument("--max-jobs", type=int, default=4000, help="jobs per trace (--green)")
     common_options(parser)
     args = parser.parse_args()
     names = ["itp-cluster04"] if args.quick else args.traces.split(",")
@@ -118,7 +147,15 @@ def main() -> None:
         parser.error(f"unknown trace {', '.join(sorted(unknown))}")
     info: dict[str, Any] = {"machine": machine(), "code": code_version()}
     print(describe(info["machine"]))
-    if args.speed or not args.quality:
+    if args.green:
+        info["green"] = green(names, args.max_jobs)
+        print(table(["trace", "jobs", "limits", "slack h", "flexible", "deferred", "missed",
+                     "t CO2e", "saved t", "saved of all", "saved of flexible"],
+                    [[r["trace"], r["jobs"], r["limits"], r["slack_h"], r["flexible"], r["deferred"],
+                      r["missed"], f"{r['t_co2e']:.1f}", f"{r['saved_t']:.2f}",
+                      f"{r['saved_share']:.1%}", f"{r['flexible_saved_share']:.1%}"]
+                     for r in info["green"]]))  # fmt: skip
+    if args.speed or not (args.quality or args.green):
         info["speed"] = speed(names)
         print(table(["trace", "policy", "jobs", "s", "jobs/s"],
                     [[r["trace"], r["policy"], r["jobs"], f"{r['seconds']:.1f}",

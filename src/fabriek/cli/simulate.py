@@ -189,7 +189,8 @@ def _print(result: dict[str, object]) -> None:
                 console.print(
                     f"{p['policy']}: deferring {f['deferred']} of {f['jobs']} flexible jobs saved "
                     f"{g['saved_t_co2e']:,.2f} t CO2e ({g['saved_share']:.1%} of "
-                    f"{g['without_deferral_t_co2e']:,.1f} t without deferral); "
+                    f"{g['without_deferral_t_co2e']:,.1f} t without deferral; "
+                    f"{g['flexible_saved_share']:.1%} of the flexible jobs' own); "
                     f"{f['deadlines_missed']} deadlines missed",
                     highlight=False,
                 )

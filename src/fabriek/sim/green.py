@@ -9,6 +9,7 @@ Each GPU draws `watts_per_gpu` while its job runs (default 1,275 W: an 8-GPU DGX
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 from fabriek.core.errors import InvalidRequest
 from fabriek.core.green import parse_intensity_csv
-from fabriek.sim.simulator import Outcome
+from fabriek.sim.simulator import Outcome, Run
 
 WATTS_PER_GPU = 10_200 / 8
 DEFAULT_START = datetime(2022, 1, 1, tzinfo=UTC)
@@ -54,14 +55,19 @@ class Facility:
 
 
 def footprint(
-    outcome: Outcome, grid: Grid, facility: Facility = Facility(), start: datetime = DEFAULT_START
+    outcome: Outcome,
+    grid: Grid,
+    facility: Facility = Facility(),
+    start: datetime = DEFAULT_START,
+    runs: Sequence[Run] | None = None,
 ) -> dict[str, Any]:
-    """IT and facility MWh, m³ of water and t CO2e of every run (lost runs too), and per day
-    the mean intensity and utilisation, for the report's carbon-against-load plot."""
+    """IT and facility MWh, m³ of water and t CO2e of every run (lost runs too), or of `runs`
+    only, and per day the mean intensity and utilisation, for the report's carbon-against-load
+    plot."""
     first = min((r.job.submit for r in outcome.runs), default=0.0)
     offset = start.timestamp() - first
     kwh_by_hour: dict[int, float] = {}
-    for run in outcome.runs:
+    for run in outcome.runs if runs is None else runs:
         kw = run.request.gpus * facility.watts_per_gpu / 1000
         ends = [*run.stopped, *([run.end] if run.end is not None else [])]
         for began, ended in zip(run.starts, ends, strict=False):

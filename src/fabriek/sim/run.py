@@ -106,12 +106,23 @@ def run_study(study: Study, progress: Progress | None = None) -> dict[str, Any]:
             metrics["green"] = footprint(outcome, grid, start=study.start)
         if grid is not None and forecast is not None and name == "fabriek":
             # What deferral saved: the same engine and workload, with no forecast to plan with.
-            plain = footprint(replay(make_policy(name, machine, study.pools), f"{name} (no deferral)"),
-                              grid, start=study.start)  # fmt: skip
+            again = replay(make_policy(name, machine, study.pools), f"{name} (no deferral)")
+            plain = footprint(again, grid, start=study.start)
             saved = plain["t_co2e"] - metrics["green"]["t_co2e"]
             metrics["green"]["without_deferral_t_co2e"] = plain["t_co2e"]
             metrics["green"]["saved_t_co2e"] = saved
             metrics["green"]["saved_share"] = saved / plain["t_co2e"] if plain["t_co2e"] else 0.0
+            # The flexible jobs' own footprint, deferred and not: what deferral did for them.
+            flex, flex_plain = (
+                footprint(o, grid, start=study.start,
+                          runs=[r for r in o.runs if r.job.deadline is not None])["t_co2e"]
+                for o in (outcome, again)
+            )  # fmt: skip
+            metrics["green"]["flexible_t_co2e"] = flex
+            metrics["green"]["flexible_without_deferral_t_co2e"] = flex_plain
+            metrics["green"]["flexible_saved_share"] = (
+                (flex_plain - flex) / flex_plain if flex_plain else 0.0
+            )
         results.append(metrics)
     return {
         "trace": {"path": str(study.trace), "format": study.kind, **summary(trace)},
