@@ -34,7 +34,8 @@ def test_simulate_compares_policies_and_writes_json_and_a_report(tmp_path: Path)
 
 def test_simulate_reports_what_deferring_flexible_jobs_saved(tmp_path: Path) -> None:
     r = fabriek("simulate", ITP01, "--max-jobs", "300", "--flexible", "0.5", "--slack", "12h",
-                "--exact-limits", "--carbon", GRID, "--json", "out.json", cwd=tmp_path)  # fmt: skip
+                "--exact-limits", "--carbon", GRID, "--json", "out.json", "--report", "out.html",
+                cwd=tmp_path)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "flexible jobs saved" in r.stdout and "deadlines missed" in r.stdout
     [p] = json.loads((tmp_path / "out.json").read_text())["policies"]
@@ -44,6 +45,7 @@ def test_simulate_reports_what_deferring_flexible_jobs_saved(tmp_path: Path) -> 
         green["without_deferral_t_co2e"] - green["t_co2e"]
     )
     assert green["saved_t_co2e"] > 0
+    assert "flexible jobs to greener hours saved" in (tmp_path / "out.html").read_text()
 
 
 @pytest.mark.parametrize(

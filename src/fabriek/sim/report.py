@@ -156,7 +156,9 @@ def html_report(result: dict[str, Any]) -> str:
             )
             + f'<p class="note">The replay placed at {html.escape(first["start"])} in the grid '
             f"series; {first['watts_per_gpu']:.0f} W per busy GPU (its node's share); PUE "
-            f"{first['pue']}.</p><h3>Carbon intensity against load, per day</h3>"
+            f"{first['pue']}.</p>"
+            + "".join(_saved(p) for p in policies if "saved_t_co2e" in p["green"])
+            + "<h3>Carbon intensity against load, per day</h3>"
             + line_plot(
                 {
                     "grid intensity, g CO2e/kWh / 10": [(d, v / 10) for d, v, _ in first["by_day"]],
@@ -223,3 +225,14 @@ none of them would have fitted within what the pool was owed and did not run.</p
 <p class="note">Made by <code>fabriek simulate</code> (docs/simulator.md).</p>
 </body></html>
 """
+
+
+def _saved(p: dict[str, Any]) -> str:
+    g, f = p["green"], p["flexible"]
+    return (
+        f"<p>{html.escape(p['policy'])}: deferring {f['deferred']} of {f['jobs']} flexible jobs "
+        f"to greener hours saved <b>{g['saved_t_co2e']:,.2f} t CO2e</b> "
+        f"({g['saved_share']:.1%} of the {g['without_deferral_t_co2e']:,.1f} t of the same replay "
+        f"without a forecast; {g['flexible_saved_share']:.1%} of the flexible jobs' own); "
+        f"{f['deadlines_missed']} deadlines missed.</p>"
+    )
