@@ -722,30 +722,43 @@ def _borrow(
 
 def _reserve(state: _State, pool: str, head: _Blocked) -> None:
     """EASY: the earliest time the head can start if running jobs end by their time limits:
-    when it fits on the nodes and, unless it may borrow, within its pool's guarantee."""
-    need = head.job.request.gpus
+    when it fits on the nodes and, unless it may borrow, within its pool's guarantee.
+
+    Jobs are released from the nodes in count only (GPUs per node of the head's type) until
+    enough nodes could hold the head; only then are they taken off the nodes for a real look.
+    """
+    request = head.job.request
+    need, per_node = request.gpus, request.gpus_per_node
     owed = state.guarantee[pool].get(head.gpu_type, 0)
     pool_used = state.used[pool].get(head.gpu_type, 0)
     share_ok = head.kind != "guarantee" or head.gpu_type == NO_GPU
-    # At most this many GPUs of its type are free (an upper bound: where the head cannot fit
-    # by count, the nodes need no look).
-    typed = [n for p in state.snapshot.partitions if (p.gpu_type or NO_GPU) == head.gpu_type
-             for n in state.nodes[p.name].free.values()]  # fmt: skip
-    free = sum(max(n.gpus, 0) for n in typed)
-    released: list[RunningJob] = []
+    typed = {p.name for p in state.snapshot.partitions if (p.gpu_type or NO_GPU) == head.gpu_type}
+    fitting = sum(1 for p in typed for n in state.nodes[p].free.values() if n.gpus >= per_node)
+    counted: list[RunningJob] = []  # released in count, still on the nodes
+    extra: dict[tuple[str, str], int] = defaultdict(int)  # their GPUs per node
+    released: list[RunningJob] = []  # taken off the nodes
     for job in state.ending():
-        state.take(job.request, job.placement, sign=-1)
-        released.append(job)
-        same_type = state.type_of(job.placement.partition) == head.gpu_type
+        counted.append(job)
+        partition = job.placement.partition
+        same_type = partition in typed
         if same_type:
-            free += job.request.gpus
+            free = state.nodes[partition].free
+            for node in job.placement.nodes:
+                before = free[node].gpus + extra[(partition, node)]
+                extra[(partition, node)] += job.request.gpus_per_node
+                fitting += before + job.request.gpus_per_node >= per_node > before
         if job.pool == pool and same_type:
             pool_used -= job.request.gpus
         if not share_ok and pool_used + need > owed:
             continue
-        if free < need:
+        if fitting < request.nodes:
             continue
-        placement = state.place(head.job.request)
+        for done in counted:
+            state.take(done.request, done.placement, sign=-1)
+        released += counted
+        counted.clear()
+        extra.clear()
+        placement = state.place(request)
         if placement is not None:
             head.reserved_at = max(job.ends_by, state.now)
             head.reserved_nodes = frozenset((placement.partition, n) for n in placement.nodes)

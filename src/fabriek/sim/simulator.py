@@ -396,7 +396,14 @@ def simulate(
 ) -> Outcome:
     """Replay `jobs` on `machine` under `policy`, from the first submission until the last end."""
     began = time.perf_counter()
-    runs = [Run(job, machine.request(job)) for job in sorted(jobs, key=lambda j: (j.submit, j.id))]
+    # One Request object per shape, as the live controller's snapshot interns them: the engine
+    # keys sets and dicts by request, and alike objects compare at once.
+    shapes: dict[Request, Request] = {}
+    runs = [
+        Run(job, shapes.setdefault(request, request))
+        for job in sorted(jobs, key=lambda j: (j.submit, j.id))
+        for request in (machine.request(job),)
+    ]
     free = Free(machine)
     owed = {p.name: p.guarantee * machine.gpus for p in pools}
     outcome = Outcome(policy.name, machine, runs, [], defaultdict(float), defaultdict(float),
