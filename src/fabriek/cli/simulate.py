@@ -76,6 +76,13 @@ def simulate(
     slack: Annotated[
         str, typer.Option(help="How much later than at once a flexible job may end, e.g. 12h.")
     ] = "12h",
+    starving_after: Annotated[
+        str,
+        typer.Option(
+            help="fabriek's starvation guard: a job waiting this long goes first in its pool "
+            "(as the live engine, 7d); 'never' turns it off."
+        ),
+    ] = "7d",
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Also write every metric to this file.")
     ] = None,
@@ -106,6 +113,7 @@ def simulate(
             carbon_series=None if no_carbon else (carbon or _default_grid()),
             flexible=flexible,
             slack_s=parse_duration(slack),
+            starving_after_s=None if starving_after == "never" else parse_duration(starving_after),
         )
         with Progress(
             TextColumn("{task.description}"),

@@ -123,6 +123,9 @@ class RunningJob:
         return self.started_at + self.request.time_limit_s
 
 
+STARVING_AFTER_S = 7 * 86400.0  # Snapshot.starving_after_s by default
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     now: float
@@ -139,7 +142,7 @@ class Snapshot:
     # A job waiting this long goes first in its pool's queue, the longest-waiting first, whatever
     # its project's recent use: fair share orders, it does not starve (Slurm's age factor
     # saturates at PriorityMaxAge, 7 days by default). None: never.
-    starving_after_s: float | None = 7 * 86400.0
+    starving_after_s: float | None = STARVING_AFTER_S
     # The grid's forecast carbon intensity (g CO2e/kWh) of each hour from `forecast_start`
     # (None where unknown); empty: green scheduling holds nothing back.
     forecast: tuple[float | None, ...] = ()

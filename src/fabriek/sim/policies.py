@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from fabriek.scheduling.model import STARVING_AFTER_S
 from fabriek.sim.simulator import (
     FabriekPolicy,
     Free,
@@ -205,11 +206,13 @@ def make_policy(
     forecast: Intensity | None = None,
     epoch: float = 0.0,
     horizon_h: int = 72,
+    starving_after_s: float | None = STARVING_AFTER_S,
 ) -> Policy:
     """The policy `name`; only fabriek's engine plans with a carbon `forecast` (the baselines
     know no deadlines)."""
     if name == "fabriek":
-        return FabriekPolicy(machine, pools, forecast=forecast, epoch=epoch, horizon_h=horizon_h)
+        return FabriekPolicy(machine, pools, forecast=forecast, epoch=epoch, horizon_h=horizon_h,
+                             starving_after_s=starving_after_s)  # fmt: skip
     if name == "fifo":
         return Fifo()
     if name == "easy":

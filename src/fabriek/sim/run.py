@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fabriek.core.errors import InvalidRequest
+from fabriek.scheduling.model import STARVING_AFTER_S
 from fabriek.sim.green import DEFAULT_START, Grid, footprint
 from fabriek.sim.metrics import summarise
 from fabriek.sim.policies import POLICIES, make_policy
@@ -43,6 +44,8 @@ class Study:
     # Share of jobs that may wait for greener hours (needs the series), and by how much.
     flexible: float = 0.0
     slack_s: float = 12 * 3600.0
+    # fabriek's starvation guard: a job waiting this long goes first in its pool (None: never).
+    starving_after_s: float | None = STARVING_AFTER_S
     start: datetime = DEFAULT_START  # where in the series the replay begins
 
 
@@ -97,16 +100,18 @@ def run_study(study: Study, progress: Progress | None = None) -> dict[str, Any]:
                             if progress else None)  # fmt: skip
 
         horizon_h = max(72, math.ceil(study.slack_s / 3600) + 48)
-        policy = make_policy(
-            name, machine, study.pools, forecast=forecast, epoch=first, horizon_h=horizon_h
-        )
+        policy = make_policy(name, machine, study.pools, forecast=forecast, epoch=first,
+                             horizon_h=horizon_h, starving_after_s=study.starving_after_s)  # fmt: skip
         outcome = replay(policy)
         metrics = summarise(outcome, {p.name: p.guarantee for p in study.pools})
         if grid is not None:
             metrics["green"] = footprint(outcome, grid, start=study.start)
         if grid is not None and forecast is not None and name == "fabriek":
             # What deferral saved: the same engine and workload, with no forecast to plan with.
-            again = replay(make_policy(name, machine, study.pools), f"{name} (no deferral)")
+            plain_policy = make_policy(
+                name, machine, study.pools, starving_after_s=study.starving_after_s
+            )
+            again = replay(plain_policy, f"{name} (no deferral)")
             plain = footprint(again, grid, start=study.start)
             saved = plain["t_co2e"] - metrics["green"]["t_co2e"]
             metrics["green"]["without_deferral_t_co2e"] = plain["t_co2e"]
@@ -134,6 +139,7 @@ def run_study(study: Study, progress: Progress | None = None) -> dict[str, Any]:
             "time_limits": "exact" if study.exact_limits else "over-requested (x1-10, rounded)",
             "flexible": study.flexible,
             "slack_s": study.slack_s,
+            "starving_after_s": study.starving_after_s,
             "pools": [
                 {"name": p.name, "guarantee": p.guarantee, "projects": p.projects}
                 for p in study.pools

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from fabriek.scheduling.engine import decide, guarantees
 from fabriek.scheduling.model import (
+    STARVING_AFTER_S,
     Node,
     Partition,
     PendingJob,
@@ -243,9 +244,12 @@ class FabriekPolicy(Policy):
         forecast: Intensity | None = None,
         epoch: float = 0.0,
         horizon_h: int = 72,
+        starving_after_s: float | None = STARVING_AFTER_S,
     ) -> None:
         """`forecast`: the intensity the engine plans flexible work with (None: it defers
-        nothing), hour by hour from `epoch` on the replay's clock, `horizon_h` hours ahead."""
+        nothing), hour by hour from `epoch` on the replay's clock, `horizon_h` hours ahead.
+        `starving_after_s`: the engine's starvation guard (Snapshot), None for none."""
+        self.starving_after_s = starving_after_s
         self.forecast, self.epoch_hour, self.horizon_h = forecast, epoch, horizon_h
         self._forecasts: dict[int, tuple[float, ...]] = {}
         self._wakes: list[float] = []
@@ -347,6 +351,7 @@ class FabriekPolicy(Policy):
             usage=self.usage(now),
             forecast=self._forecast(hour),
             forecast_start=self.epoch_hour + hour * 3600,
+            starving_after_s=self.starving_after_s,
         )
         decisions = decide(snapshot)
         for job_id, window in decisions.deferrals.items():
