@@ -53,11 +53,13 @@ def speed(names: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
-def quality(names: list[str], seeds: list[int]) -> list[dict[str, Any]]:
+def quality(
+    names: list[str], seeds: list[int], loads: tuple[float, ...] = LOADS
+) -> list[dict[str, Any]]:
     rows = []
     for name in names:
         path, kind = SETS[name]
-        for load in LOADS:
+        for load in loads:
             for seed in seeds:
                 result = run_study(
                     Study(trace=path, kind=kind, policies=POLICIES, load=load, seed=seed)
@@ -138,6 +140,7 @@ def main() -> None:
         "--traces", default=",".join(SETS), help="comma-separated: " + ", ".join(SETS)
     )
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (quality)")
+    parser.add_argument("--loads", default=",".join(map(str, LOADS)), help="comma-separated")
     parser.add_argument("--green", action="store_true", help="carbon saved by deferral")
     parser.add_argument("--max-jobs", type=int, default=4000, help="jobs per trace (--green)")
     common_options(parser)
@@ -161,9 +164,8 @@ def main() -> None:
                     [[r["trace"], r["policy"], r["jobs"], f"{r['seconds']:.1f}",
                       f"{r['jobs_per_s']:,.0f}"] for r in info["speed"]]))  # fmt: skip
     if args.quality:
-        info["quality"] = quality(
-            names, [1] if args.quick else [int(s) for s in args.seeds.split(",")]
-        )
+        seeds = [1] if args.quick else [int(s) for s in args.seeds.split(",")]
+        info["quality"] = quality(names, seeds, tuple(float(x) for x in args.loads.split(",")))
         print(quality_table(info["quality"]))
     write_json(args.json, info)
 
