@@ -54,16 +54,18 @@ def speed(names: list[str]) -> list[dict[str, Any]]:
 
 
 def quality(
-    names: list[str], seeds: list[int], loads: tuple[float, ...] = LOADS
+    names: list[str],
+    seeds: list[int],
+    loads: tuple[float, ...] = LOADS,
+    max_jobs: int | None = None,
 ) -> list[dict[str, Any]]:
     rows = []
     for name in names:
         path, kind = SETS[name]
         for load in loads:
             for seed in seeds:
-                result = run_study(
-                    Study(trace=path, kind=kind, policies=POLICIES, load=load, seed=seed)
-                )
+                result = run_study(Study(trace=path, kind=kind, policies=POLICIES, load=load,
+                                         seed=seed, max_jobs=max_jobs))  # fmt: skip
                 for p in result["policies"]:
                     met = [v["guarantee_met_while_waiting"] for v in p["pools"].values()]
                     rows.append({
@@ -142,7 +144,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (quality)")
     parser.add_argument("--loads", default=",".join(map(str, LOADS)), help="comma-separated")
     parser.add_argument("--green", action="store_true", help="carbon saved by deferral")
-    parser.add_argument("--max-jobs", type=int, default=4000, help="jobs per trace (--green)")
+    parser.add_argument("--max-jobs", type=int, help="the first N jobs of each trace only "
+                        "(--green: 4000 unless given)")  # fmt: skip
     common_options(parser)
     args = parser.parse_args()
     names = ["itp-cluster04"] if args.quick else args.traces.split(",")
@@ -151,7 +154,7 @@ def main() -> None:
     info: dict[str, Any] = {"machine": machine(), "code": code_version()}
     print(describe(info["machine"]))
     if args.green:
-        info["green"] = green(names, args.max_jobs)
+        info["green"] = green(names, args.max_jobs or 4000)
         print(table(["trace", "jobs", "limits", "slack h", "flexible", "deferred", "missed",
                      "t CO2e", "saved t", "saved of all", "saved of flexible"],
                     [[r["trace"], r["jobs"], r["limits"], r["slack_h"], r["flexible"], r["deferred"],
@@ -165,7 +168,8 @@ def main() -> None:
                       f"{r['jobs_per_s']:,.0f}"] for r in info["speed"]]))  # fmt: skip
     if args.quality:
         seeds = [1] if args.quick else [int(s) for s in args.seeds.split(",")]
-        info["quality"] = quality(names, seeds, tuple(float(x) for x in args.loads.split(",")))
+        loads = tuple(float(x) for x in args.loads.split(","))
+        info["quality"] = quality(names, seeds, loads, args.max_jobs)
         print(quality_table(info["quality"]))
     write_json(args.json, info)
 
