@@ -106,7 +106,9 @@ def green(names: list[str], max_jobs: int) -> list[dict[str, Any]]:
                              "slack_h": slack, "flexible": f["jobs"], "deferred": f["deferred"],
                              "missed": f["deadlines_missed"], "t_co2e": g["t_co2e"],
                              "saved_t": g["saved_t_co2e"], "saved_share": g["saved_share"],
-                             "flexible_saved_share": g["flexible_saved_share"]})  # fmt: skip
+                             "flexible_saved_share": g["flexible_saved_share"],
+                             "deferred_at_submit": g["deferred_g_per_kwh_at_submit"],
+                             "deferred_as_run": g["deferred_g_per_kwh_as_run"]})  # fmt: skip
                 print(f"{name} {rows[-1]['limits']} slack {slack} h: done", flush=True)
     return rows
 
@@ -156,10 +158,12 @@ def main() -> None:
     if args.green:
         info["green"] = green(names, args.max_jobs or 4000)
         print(table(["trace", "jobs", "limits", "slack h", "flexible", "deferred", "missed",
-                     "t CO2e", "saved t", "saved of all", "saved of flexible"],
+                     "t CO2e", "saved t", "saved of all", "saved of flexible",
+                     "deferred g/kWh at once", "as run"],
                     [[r["trace"], r["jobs"], r["limits"], r["slack_h"], r["flexible"], r["deferred"],
                       r["missed"], f"{r['t_co2e']:.1f}", f"{r['saved_t']:.2f}",
-                      f"{r['saved_share']:.1%}", f"{r['flexible_saved_share']:.1%}"]
+                      f"{r['saved_share']:.1%}", f"{r['flexible_saved_share']:.1%}",
+                      f"{r['deferred_at_submit']:.0f}", f"{r['deferred_as_run']:.0f}"]
                      for r in info["green"]]))  # fmt: skip
     if args.speed or not (args.quality or args.green):
         info["speed"] = speed(names)

@@ -45,6 +45,7 @@ def test_simulate_reports_what_deferring_flexible_jobs_saved(tmp_path: Path) -> 
         green["without_deferral_t_co2e"] - green["t_co2e"]
     )
     assert green["saved_t_co2e"] > 0
+    assert green["deferred_g_per_kwh_as_run"] < green["deferred_g_per_kwh_at_submit"]
     assert "flexible jobs to greener hours saved" in (tmp_path / "out.html").read_text()
 
 

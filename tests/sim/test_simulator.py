@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from fabriek.core.errors import InvalidRequest
+from fabriek.sim.green import Grid, mean_intensity
 from fabriek.sim.metrics import summarise
 from fabriek.sim.policies import POLICIES, make_policy
 from fabriek.sim.simulator import FabriekPolicy, Free, Machine, Tally, simulate
@@ -147,6 +148,13 @@ def test_flexible_work_waits_for_the_green_hours_and_keeps_its_deadline() -> Non
     assert other.starts == [60.0]
     plain = simulate([flexible, urgent], machine, FabriekPolicy(machine, ONE_POOL), pools=ONE_POOL)
     assert plain.runs[0].starts == [0.0] and not plain.runs[0].deferred
+
+
+def test_mean_intensity_weighs_each_hour_by_the_time_in_it() -> None:
+    grid = Grid(0.0, (100.0, 300.0, 200.0))
+    assert mean_intensity(grid, 0.0, 5400.0) == pytest.approx((100 * 3600 + 300 * 1800) / 5400)
+    assert mean_intensity(grid, 1800.0, 3600.0) == pytest.approx(200.0)  # half of 100, of 300
+    assert mean_intensity(grid, 3 * 3600.0, 600.0) == 100.0  # past the end: it wraps
 
 
 def test_utilisation_of_a_full_machine_is_one() -> None:

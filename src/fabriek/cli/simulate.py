@@ -198,7 +198,9 @@ def _print(result: dict[str, object]) -> None:
                     f"{p['policy']}: deferring {f['deferred']} of {f['jobs']} flexible jobs saved "
                     f"{g['saved_t_co2e']:,.2f} t CO2e ({g['saved_share']:.1%} of "
                     f"{g['without_deferral_t_co2e']:,.1f} t without deferral; "
-                    f"{g['flexible_saved_share']:.1%} of the flexible jobs' own); "
+                    f"{g['flexible_saved_share']:.1%} of the flexible jobs' own); the deferred "
+                    f"ran at {g['deferred_g_per_kwh_as_run']:.0f} g/kWh, "
+                    f"{g['deferred_g_per_kwh_at_submit']:.0f} had they started at once; "
                     f"{f['deadlines_missed']} deadlines missed",
                     highlight=False,
                 )

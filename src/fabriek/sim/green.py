@@ -54,6 +54,38 @@ class Facility:
     watts_per_gpu: float = WATTS_PER_GPU
 
 
+def mean_intensity(grid: Grid, start: float, seconds: float) -> float:
+    """The grid's mean intensity over [start, start + seconds) (unix time), hour by hour."""
+    if seconds <= 0:
+        return grid.at(start)
+    t, stop, total = start, start + seconds, 0.0
+    while t < stop:
+        edge = min(stop, (t // 3600 + 1) * 3600)
+        total += grid.at(t) * (edge - t)
+        t = edge
+    return total / seconds
+
+
+def deferral_effect(
+    outcome: Outcome, grid: Grid, start: datetime = DEFAULT_START
+) -> dict[str, Any]:
+    """For the jobs the engine held back: the mean intensity (weighted by GPU-hours) over their
+    last run had it begun at submission, and as it ran."""
+    offset = start.timestamp() - min((r.job.submit for r in outcome.runs), default=0.0)
+    weight = at_submit = as_run = 0.0
+    for run in outcome.runs:
+        if not run.deferred or not run.starts:
+            continue
+        w = run.request.gpus * run.job.duration
+        weight += w
+        at_submit += w * mean_intensity(grid, run.job.submit + offset, run.job.duration)
+        as_run += w * mean_intensity(grid, run.starts[-1] + offset, run.job.duration)
+    return {
+        "deferred_g_per_kwh_at_submit": at_submit / weight if weight else 0.0,
+        "deferred_g_per_kwh_as_run": as_run / weight if weight else 0.0,
+    }
+
+
 def footprint(
     outcome: Outcome,
     grid: Grid,

@@ -233,6 +233,8 @@ def _saved(p: dict[str, Any]) -> str:
         f"<p>{html.escape(p['policy'])}: deferring {f['deferred']} of {f['jobs']} flexible jobs "
         f"to greener hours saved <b>{g['saved_t_co2e']:,.2f} t CO2e</b> "
         f"({g['saved_share']:.1%} of the {g['without_deferral_t_co2e']:,.1f} t of the same replay "
-        f"without a forecast; {g['flexible_saved_share']:.1%} of the flexible jobs' own); "
+        f"without a forecast; {g['flexible_saved_share']:.1%} of the flexible jobs' own). The "
+        f"deferred jobs ran at {g['deferred_g_per_kwh_as_run']:.0f} g CO2e/kWh, against "
+        f"{g['deferred_g_per_kwh_at_submit']:.0f} had they started at once; "
         f"{f['deadlines_missed']} deadlines missed.</p>"
     )

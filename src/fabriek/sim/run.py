@@ -11,7 +11,7 @@ from typing import Any
 
 from fabriek.core.errors import InvalidRequest
 from fabriek.scheduling.model import STARVING_AFTER_S
-from fabriek.sim.green import DEFAULT_START, Grid, footprint
+from fabriek.sim.green import DEFAULT_START, Grid, deferral_effect, footprint
 from fabriek.sim.metrics import summarise
 from fabriek.sim.policies import POLICIES, make_policy
 from fabriek.sim.simulator import Intensity, Machine, Outcome, Policy, simulate
@@ -123,6 +123,7 @@ def run_study(study: Study, progress: Progress | None = None) -> dict[str, Any]:
                           runs=[r for r in o.runs if r.job.deadline is not None])["t_co2e"]
                 for o in (outcome, again)
             )  # fmt: skip
+            metrics["green"].update(deferral_effect(outcome, grid, start=study.start))
             metrics["green"]["flexible_t_co2e"] = flex
             metrics["green"]["flexible_without_deferral_t_co2e"] = flex_plain
             metrics["green"]["flexible_saved_share"] = (
