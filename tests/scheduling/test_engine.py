@@ -179,7 +179,7 @@ def test_reclaim_preempts_the_newest_borrowed_work_then_no_ping_pong() -> None:
 def test_nodes_a_pool_reclaims_are_given_to_no_borrower() -> None:
     """A pool reclaims two whole nodes for its gang head: one freed by a victim, one free now.
     A borrower waiting in the same cycle must not take the free one (it did: the pool reclaimed
-    again next cycle, and the simulator saw 53,660 preemptions in 10,000 Philly jobs)."""
+    again next cycle: the simulator saw up to 53,660 preemptions in 10,000 Philly jobs)."""
     pools = (Pool("a", 0.5), Pool("b", 1 / 6), Pool("c", 1 / 3))  # of 48 GPUs: 24, 8, 16
     machine = h100(6)
     run = [
