@@ -54,6 +54,13 @@ class Settings(BaseSettings):
         ge=1,
         description="Largest workdir an upload may unpack to (bytes). Larger belongs in a dataset.",
     )
+    starving_after_seconds: float = Field(
+        7 * 86400.0,
+        ge=0,
+        description="A pending job that has waited this long goes first in its pool's queue, the "
+        "longest-waiting first, whatever its project's fair share (0: never). As Slurm's "
+        "PriorityMaxAge, 7 days by default.",
+    )
     controller_interval_seconds: float = Field(
         1.0,
         gt=0,

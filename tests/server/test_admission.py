@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fabriek.core.errors import Forbidden, InvalidRequest
 from fabriek.core.jobs import JobState
+from fabriek.server.controller import loop
 from fabriek.server.controller.loop import Controller
 from fabriek.server.controller.snapshot import UNALLOCATED
 from fabriek.server.db.models import AuditEventRow, JobEventRow, JobRow
@@ -262,3 +263,43 @@ def test_priority_orders_a_projects_jobs_and_only_operators_raise_it(
             .order_by(JobEventRow.id)
         ).all()
     assert order == [hog, normal, low]
+
+
+def test_a_job_waiting_past_the_starvation_limit_goes_first(
+    sessions: sessionmaker[Session],
+    tmp_path: Path,
+    clock: FrozenClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The controller passes its setting (FABRIEK_STARVING_AFTER_SECONDS) to the engine: a
+    low-priority job that has waited past it goes before a newer normal one. (A job crossing
+    the limit is seen by the next full pass, at most FULL_PASS_EVERY seconds later: every pass
+    is full here.)"""
+    monkeypatch.setattr(loop, "FULL_PASS_EVERY", 0.0)
+    admin, alice, _ = _vision_with_allocation(sessions, clock)
+    controller = make_controller(sessions, tmp_path, clock)
+    controller.starving_after_s = 600.0
+    hog = _submit(sessions, alice, clock, project="vision", cpus=2, argv=["sleep", "30"])
+    _until(controller, sessions, hog)
+    low = _submit(sessions, alice, clock, project="vision", cpus=2, argv=["true"], priority=-5)
+    clock.advance(300)
+    normal = _submit(sessions, alice, clock, project="vision", cpus=2, argv=["true"])
+    controller.run_pass()
+    assert _row(sessions, low).reason == (
+        f"waiting behind job {normal}, first in pool {UNALLOCATED}'s queue"
+    )  # priority orders while neither starves
+    clock.advance(400)  # low has waited 700 s
+    controller.run_pass()
+    assert _row(sessions, normal).reason == (
+        f"waiting behind job {low}, first in pool {UNALLOCATED}'s queue"
+    )
+    with sessions() as session, session.begin():
+        cancel_job(session, actor=alice, job_id=hog, now=clock())
+    settle(controller, sessions, admin, [hog, low, normal])
+    with sessions() as session:
+        order = session.scalars(
+            select(JobEventRow.job_id)
+            .where(JobEventRow.to_state == "admitted")
+            .order_by(JobEventRow.id)
+        ).all()
+    assert order == [hog, low, normal]

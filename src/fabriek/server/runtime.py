@@ -126,6 +126,7 @@ def build_runtime(
         clock=clock,
         workdirs=settings.workdirs_dir,
         interval=settings.controller_interval_seconds,
+        starving_after_s=settings.starving_after_seconds or None,
     )
     backend.on_change = controller.wake
     return Runtime(settings, engine, sessions, readers, backend, controller, clock, backends)

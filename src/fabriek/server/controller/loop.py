@@ -24,7 +24,7 @@ from fabriek.backends.base import Backend, Handle, LaunchSpec, Observation, Phas
 from fabriek.core.jobs import JobState, Resources
 from fabriek.scheduling.engine import decide
 from fabriek.scheduling.fairshare import DEFAULT_HALF_LIFE_S
-from fabriek.scheduling.model import Decisions, Partition
+from fabriek.scheduling.model import STARVING_AFTER_S, Decisions, Partition
 from fabriek.server.controller.snapshot import (
     ACTIVE,
     Read,
@@ -85,6 +85,7 @@ class Controller:
         workdirs: Path,
         interval: float = 1.0,
         half_life_s: float = DEFAULT_HALF_LIFE_S,
+        starving_after_s: float | None = STARVING_AFTER_S,
     ) -> None:
         self.sessions = sessions
         self.readers = readers or sessions
@@ -98,6 +99,7 @@ class Controller:
         self.workdirs = workdirs
         self.interval = interval
         self.half_life_s = half_life_s
+        self.starving_after_s = starving_after_s  # the engine's starvation guard (None: none)
         self._usage: dict[str, float] = {}
         self._usage_at = -USAGE_EVERY
         self._heads: set[int] = set()  # the jobs the pools' queues stopped at in the last pass
@@ -370,7 +372,8 @@ class Controller:
         # look at the heads and at jobs newer than those it has seen; at 10,000 waiting jobs that
         # is the difference between milliseconds and a tenth of a second per submission. A full
         # pass also runs every FULL_PASS_EVERY seconds: for jobs whose ids committed out of order
-        # (possible on PostgreSQL), and pools or allocations an operator changed.
+        # (possible on PostgreSQL), pools or allocations an operator changed, and jobs that have
+        # waited past the starvation limit (they move to the front of their pool's queue).
         now_mono = time.monotonic()
         full = self._freed or now_mono - self._last_full_pass >= FULL_PASS_EVERY
         now = self.clock()
@@ -392,6 +395,7 @@ class Controller:
                 after_id=0 if full else self._seen_up_to,
                 heads=() if full else self._heads,
                 forecast=self._forecast(session, now, now_mono),
+                starving_after_s=self.starving_after_s,
             )
             if not full and any(
                 job.allocation is not None and not self._static.knows(job.allocation)
@@ -407,6 +411,7 @@ class Controller:
                     after_id=self._seen_up_to,
                     heads=self._heads,
                     forecast=self._forecast(session, now, now_mono),
+                    starving_after_s=self.starving_after_s,
                 )
         report.timings["read"] = time.perf_counter() - began
         if full:

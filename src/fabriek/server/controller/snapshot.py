@@ -17,6 +17,7 @@ from fabriek.core.jobs import JobState
 from fabriek.core.tenancy import UNALLOCATED
 from fabriek.scheduling.fairshare import Use, decayed_usage
 from fabriek.scheduling.model import (
+    STARVING_AFTER_S,
     Allocation,
     Node,
     Partition,
@@ -131,6 +132,7 @@ def read_snapshot(
     after_id: int = 0,
     heads: Collection[int] = (),
     forecast: tuple[tuple[float | None, ...], float] = ((), 0.0),
+    starving_after_s: float | None = STARVING_AFTER_S,
 ) -> Read:
     """Everything the engine decides on. Only pending jobs with ids above `after_id` are read,
     and the blocked heads of the last pass (`heads`): see Controller._admit."""
@@ -301,6 +303,7 @@ def read_snapshot(
         usage,
         forecast=forecast[0],
         forecast_start=forecast[1],
+        starving_after_s=starving_after_s,
     )
     return read
 
