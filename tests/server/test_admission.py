@@ -75,6 +75,18 @@ def _until(
     wait_for(reached, what=f"job {job_id} to be {state}")
 
 
+def _admitted_order(sessions: sessionmaker[Session]) -> list[int]:
+    """Job ids in the order they were admitted."""
+    with sessions() as session:
+        return list(
+            session.scalars(
+                select(JobEventRow.job_id)
+                .where(JobEventRow.to_state == "admitted")
+                .order_by(JobEventRow.id)
+            )
+        )
+
+
 def _row(sessions: sessionmaker[Session], job_id: int) -> JobRow:
     with sessions() as session:
         row = session.get(JobRow, job_id)
@@ -256,13 +268,7 @@ def test_priority_orders_a_projects_jobs_and_only_operators_raise_it(
         cancel_job(session, actor=alice, job_id=hog, now=clock())
     done = settle(controller, sessions, admin, [hog, low, normal])
     assert done[2].started_at is not None and done[1].started_at is not None
-    with sessions() as session:
-        order = session.scalars(
-            select(JobEventRow.job_id)
-            .where(JobEventRow.to_state == "admitted")
-            .order_by(JobEventRow.id)
-        ).all()
-    assert order == [hog, normal, low]
+    assert _admitted_order(sessions) == [hog, normal, low]
 
 
 def test_a_job_waiting_past_the_starvation_limit_goes_first(
@@ -296,10 +302,4 @@ def test_a_job_waiting_past_the_starvation_limit_goes_first(
     with sessions() as session, session.begin():
         cancel_job(session, actor=alice, job_id=hog, now=clock())
     settle(controller, sessions, admin, [hog, low, normal])
-    with sessions() as session:
-        order = session.scalars(
-            select(JobEventRow.job_id)
-            .where(JobEventRow.to_state == "admitted")
-            .order_by(JobEventRow.id)
-        ).all()
-    assert order == [hog, low, normal]
+    assert _admitted_order(sessions) == [hog, low, normal]

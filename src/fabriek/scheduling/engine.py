@@ -167,7 +167,7 @@ class _State:
         self.left: dict[int, float] = {a.id: a.remaining_gpu_hours for a in snapshot.allocations}
         self.share_divisor = {(a.project, a.pool): a.size_gpu_hours for a in snapshot.allocations}
         self.demand: dict[str, set[str]] = defaultdict(set)  # gpu type -> pools wanting it
-        self.preempting = {j.id for j in snapshot.running if j.preempting}
+        self.preempting: set[int] = set()  # asked to stop by an earlier cycle (in _hold)
         self.preempted: set[int] = set()  # chosen in this cycle
         # Nodes a reclaiming pool will start its jobs on once its victims have stopped: later
         # steps give them to no one else (else a borrower takes them and the pool reclaims
@@ -219,6 +219,8 @@ class _State:
                         sums[1] += request.cpus_per_node
                         sums[2] += request.memory_per_node
             used[job.pool][types.get(partition, NO_GPU)] += request.gpus
+            if job.preempting:
+                self.preempting.add(job.id)
             if job.borrowed or job.preempting:
                 self.lent.append(job)
             if job.allocation is not None and job.allocation in self.left:

@@ -66,9 +66,31 @@ def mean_intensity(grid: Grid, start: float, seconds: float) -> float:
     return total / seconds
 
 
-def deferral_effect(
-    outcome: Outcome, grid: Grid, start: datetime = DEFAULT_START
+def deferral_saving(
+    deferred: Outcome, total: float, plain: Outcome, grid: Grid, start: datetime = DEFAULT_START
 ) -> dict[str, Any]:
+    """What deferral saved: a replay with flexible jobs deferred (its footprint `total` t CO2e)
+    against the same without a forecast, in all and for the flexible jobs alone; and the
+    deferred jobs' effect."""
+    total_plain = footprint(plain, grid, start=start)["t_co2e"]
+    flex, flex_plain = (
+        footprint(o, grid, start=start, runs=[r for r in o.runs if r.job.deadline is not None])[
+            "t_co2e"
+        ]
+        for o in (deferred, plain)
+    )
+    return {
+        "without_deferral_t_co2e": total_plain,
+        "saved_t_co2e": total_plain - total,
+        "saved_share": (total_plain - total) / total_plain if total_plain else 0.0,
+        **_deferral_effect(deferred, grid, start),
+        "flexible_t_co2e": flex,
+        "flexible_without_deferral_t_co2e": flex_plain,
+        "flexible_saved_share": (flex_plain - flex) / flex_plain if flex_plain else 0.0,
+    }
+
+
+def _deferral_effect(outcome: Outcome, grid: Grid, start: datetime) -> dict[str, Any]:
     """For the jobs the engine held back: the mean intensity (weighted by GPU-hours) over their
     last run had it begun at submission, and as it ran."""
     offset = start.timestamp() - min((r.job.submit for r in outcome.runs), default=0.0)

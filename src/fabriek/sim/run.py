@@ -11,7 +11,7 @@ from typing import Any
 
 from fabriek.core.errors import InvalidRequest
 from fabriek.scheduling.model import STARVING_AFTER_S
-from fabriek.sim.green import DEFAULT_START, Grid, deferral_effect, footprint
+from fabriek.sim.green import DEFAULT_START, Grid, deferral_saving, footprint
 from fabriek.sim.metrics import summarise
 from fabriek.sim.policies import POLICIES, make_policy
 from fabriek.sim.simulator import Intensity, Machine, Outcome, Policy, simulate
@@ -91,6 +91,7 @@ def run_study(study: Study, progress: Progress | None = None) -> dict[str, Any]:
     if grid is not None and study.flexible:
         offset = study.start.timestamp() - first  # the replay's clock on the series' (footprint)
         forecast = _on_clock(grid, offset)
+    horizon_h = max(72, math.ceil(study.slack_s / 3600) + 48)
     results = []
     for name in study.policies:
 
@@ -99,7 +100,6 @@ def run_study(study: Study, progress: Progress | None = None) -> dict[str, Any]:
                             progress=(lambda done, total: progress(name, done, total))
                             if progress else None)  # fmt: skip
 
-        horizon_h = max(72, math.ceil(study.slack_s / 3600) + 48)
         policy = make_policy(name, machine, study.pools, forecast=forecast, epoch=first,
                              horizon_h=horizon_h, starving_after_s=study.starving_after_s)  # fmt: skip
         outcome = replay(policy)
@@ -107,28 +107,11 @@ def run_study(study: Study, progress: Progress | None = None) -> dict[str, Any]:
         if grid is not None:
             metrics["green"] = footprint(outcome, grid, start=study.start)
         if grid is not None and forecast is not None and name == "fabriek":
-            # What deferral saved: the same engine and workload, with no forecast to plan with.
-            plain_policy = make_policy(
-                name, machine, study.pools, starving_after_s=study.starving_after_s
-            )
-            again = replay(plain_policy, f"{name} (no deferral)")
-            plain = footprint(again, grid, start=study.start)
-            saved = plain["t_co2e"] - metrics["green"]["t_co2e"]
-            metrics["green"]["without_deferral_t_co2e"] = plain["t_co2e"]
-            metrics["green"]["saved_t_co2e"] = saved
-            metrics["green"]["saved_share"] = saved / plain["t_co2e"] if plain["t_co2e"] else 0.0
-            # The flexible jobs' own footprint, deferred and not: what deferral did for them.
-            flex, flex_plain = (
-                footprint(o, grid, start=study.start,
-                          runs=[r for r in o.runs if r.job.deadline is not None])["t_co2e"]
-                for o in (outcome, again)
-            )  # fmt: skip
-            metrics["green"].update(deferral_effect(outcome, grid, start=study.start))
-            metrics["green"]["flexible_t_co2e"] = flex
-            metrics["green"]["flexible_without_deferral_t_co2e"] = flex_plain
-            metrics["green"]["flexible_saved_share"] = (
-                (flex_plain - flex) / flex_plain if flex_plain else 0.0
-            )
+            # Against the same engine and workload with no forecast to plan with.
+            plain = make_policy(name, machine, study.pools, starving_after_s=study.starving_after_s)
+            again = replay(plain, f"{name} (no deferral)")
+            green = metrics["green"]
+            green.update(deferral_saving(outcome, green["t_co2e"], again, grid, study.start))
         results.append(metrics)
     return {
         "trace": {"path": str(study.trace), "format": study.kind, **summary(trace)},
