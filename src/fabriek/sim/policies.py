@@ -19,7 +19,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import heapq
+from collections.abc import Iterator, Sequence
 
 from fabriek.scheduling.model import STARVING_AFTER_S
 from fabriek.sim.simulator import (
@@ -163,36 +164,58 @@ class LeastAttained(Policy):
     def decide(
         self, now: float, waiting: Sequence[Run], running: Sequence[Run], free: Free
     ) -> tuple[Starts, list[Run]]:
-        on = {r.job.id for r in running}
-
-        def queue(run: Run) -> int:
-            ran = run.progress_s + (now - started_at(run, now) if run.job.id in on else 0.0)
-            service = run.request.gpus * ran
-            return sum(service >= t for t in self.THRESHOLDS)
-
         live = [r for r in running if not r.stopping]
-        ordered = sorted([*live, *waiting], key=lambda r: (queue(r), r.job.submit, r.job.id))
-        # Which jobs an empty machine would hold, in that order; the others stop or wait.
+        # Which jobs an empty machine would hold, in queue order (least service first, then
+        # first come); the others stop or wait. The order is merged lazily from `waiting`, in
+        # submission order already, so a full machine stops the look early.
         trial = Free.empty_like(free)
-        keep: set[int] = set()
-        for run in ordered:
+        keep: list[Run] = []
+        for run in self._ordered(now, waiting, live):
             if trial.free_gpus == 0:
                 break
             nodes = trial.fit(run.request)
             if nodes is not None:
                 trial.take(run.request, nodes)
-                keep.add(run.job.id)
+                keep.append(run)
+        kept = {run.job.id for run in keep}
         # Those that stop free their GPUs after the grace period: waiting jobs start as room is.
-        stops = [r for r in live if r.job.id not in keep]
+        stops = [r for r in live if r.job.id not in kept]
+        on = {r.job.id for r in running}
         starts: Starts = []
-        for run in waiting:
-            if run.job.id in keep:
-                nodes = free.fit(run.request)
-                if nodes is not None:
-                    free.take(run.request, nodes)
-                    starts.append((run, nodes))
+        for run in sorted((r for r in keep if r.job.id not in on), key=_BY_ARRIVAL):
+            nodes = free.fit(run.request)
+            if nodes is not None:
+                free.take(run.request, nodes)
+                starts.append((run, nodes))
         _undo(free, starts)
         return starts, stops
+
+    def _ordered(self, now: float, waiting: Sequence[Run], live: list[Run]) -> Iterator[Run]:
+        """Waiting and running jobs by (queue, submission, id), produced on demand."""
+        low, high = self.THRESHOLDS
+
+        def level(service: float) -> int:
+            return 0 if service < low else 1 if service < high else 2
+
+        running = sorted(
+            ((level(r.request.gpus * (r.progress_s + now - started_at(r, now))), r) for r in live),
+            key=lambda item: (item[0], item[1].job.submit, item[1].job.id),
+        )
+        queued = (  # a waiting job's service is what its stopped runs attained
+            (r for r in waiting if r.request.gpus * r.progress_s < low),
+            (r for r in waiting if low <= r.request.gpus * r.progress_s < high),
+            (r for r in waiting if r.request.gpus * r.progress_s >= high),
+        )
+        for at, waits in enumerate(queued):
+            mine = [r for lvl, r in running if lvl == at]
+            yield from heapq.merge(mine, waits, key=_BY_ARRIVAL)
+
+
+def _arrival(run: Run) -> tuple[float, int]:
+    return run.job.submit, run.job.id
+
+
+_BY_ARRIVAL = _arrival
 
 
 POLICIES = ("fabriek", "fifo", "easy", "sjf", "fairshare", "las")

@@ -11,6 +11,7 @@ and waits again, keeping its place; its GPUs are free after the grace period.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 import time
@@ -185,14 +186,21 @@ class Tally:
 
 
 class Free:
-    """Free GPUs per node, and where a request fits (best fit: the fullest node that has room;
-    a multi-node job takes whole free nodes)."""
+    """Free GPUs per node, and where a request fits (best fit: the fullest node that has room,
+    the first in node order among equals; a multi-node job takes the first whole free nodes).
+
+    Nodes are kept by how many GPUs they have free, in node order, so that a fit costs the
+    number of levels, not the number of nodes."""
 
     def __init__(self, machine: Machine) -> None:
         self.gpn = machine.gpus_per_node
-        self.free = {f"n{i:05}": self.gpn for i in range(machine.nodes)}
+        self.names = [f"n{i:05}" for i in range(machine.nodes)]
+        self.index = {name: i for i, name in enumerate(self.names)}
+        self.free = [self.gpn] * machine.nodes  # by node index
         self.total = machine.gpus
         self.free_gpus = machine.gpus
+        # free GPUs -> the indices of the nodes with that many, ascending
+        self.at: list[list[int]] = [[] for _ in range(self.gpn)] + [list(range(machine.nodes))]
         self.levels = [0] * self.gpn + [machine.nodes]  # free GPUs -> how many nodes have that
 
     def room(self, gpus_per_node: int, nodes: int) -> bool:
@@ -203,31 +211,37 @@ class Free:
         if not self.room(request.gpus_per_node, request.nodes):
             return None  # the usual answer on a busy machine, known without a look at the nodes
         if request.nodes == 1:
-            best = None
-            for node, free in self.free.items():
-                if free >= request.gpus_per_node and (best is None or free < self.free[best]):
-                    best = node
-                    if free == request.gpus_per_node:
-                        break
-            return (best,) if best is not None else None
-        whole = [n for n, f in self.free.items() if f == self.gpn]
-        return tuple(whole[: request.nodes]) if len(whole) >= request.nodes else None
+            for level in self.at[request.gpus_per_node :]:
+                if level:
+                    return (self.names[level[0]],)
+            return None
+        whole = self.at[self.gpn]
+        if len(whole) < request.nodes:
+            return None
+        return tuple(self.names[i] for i in whole[: request.nodes])
 
     @classmethod
     def empty_like(cls, other: Free) -> Free:
         """A machine of the same nodes with nothing running."""
         empty = cls.__new__(cls)
         empty.gpn, empty.total, empty.free_gpus = other.gpn, other.total, other.total
-        empty.free = dict.fromkeys(other.free, other.gpn)
-        empty.levels = [0] * other.gpn + [len(other.free)]
+        empty.names, empty.index = other.names, other.index
+        empty.free = [other.gpn] * len(other.names)
+        empty.at = [[] for _ in range(other.gpn)] + [list(range(len(other.names)))]
+        empty.levels = [0] * other.gpn + [len(other.names)]
         return empty
 
     def take(self, request: Request, nodes: Sequence[str], sign: int = 1) -> None:
         for node in nodes:
-            before = self.free[node]
-            after = self.free[node] = before - sign * request.gpus_per_node
-            self.levels[before] -= 1
-            self.levels[after] += 1
+            i = self.index[node]
+            before = self.free[i]
+            after = self.free[i] = before - sign * request.gpus_per_node
+            if after != before:
+                level = self.at[before]
+                del level[bisect.bisect_left(level, i)]
+                bisect.insort(self.at[after], i)
+                self.levels[before] -= 1
+                self.levels[after] += 1
         self.free_gpus -= sign * request.gpus
 
 
