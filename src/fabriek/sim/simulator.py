@@ -18,6 +18,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 
 from fabriek.scheduling.engine import decide, guarantees
 from fabriek.scheduling.model import (
@@ -354,20 +355,22 @@ class FabriekPolicy(Policy):
     def decide(
         self, now: float, waiting: Sequence[Run], running: Sequence[Run], free: Free
     ) -> tuple[list[tuple[Run, tuple[str, ...]]], list[Run]]:
-        by_id = {run.job.id: run for run in waiting}
         hour = int((now - self.epoch_hour) // 3600)
         snapshot = Snapshot(
             now,
             (self.partition,),
             self.pools,
-            running=tuple(_as_running(r, now) for r in running),
-            pending=tuple(_as_pending(r) for r in waiting),
+            running=tuple(map(_as_running, running, repeat(now))),
+            pending=tuple(map(_as_pending, waiting)),
             usage=self.usage(now),
             forecast=self._forecast(hour),
             forecast_start=self.epoch_hour + hour * 3600,
             starving_after_s=self.starving_after_s,
         )
         decisions = decide(snapshot)
+        if not (decisions.admissions or decisions.deferrals or decisions.preemptions):
+            return [], []  # half the time on a busy machine: no need to look anything up
+        by_id = {run.job.id: run for run in waiting}
         for job_id, window in decisions.deferrals.items():
             run = by_id[job_id]
             run.deferred = True
