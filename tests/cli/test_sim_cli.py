@@ -38,6 +38,7 @@ def test_simulate_reports_what_deferring_flexible_jobs_saved(tmp_path: Path) -> 
                 cwd=tmp_path)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "flexible jobs saved" in r.stdout and "deadlines missed" in r.stdout
+    assert "without deferral)" in r.stdout
     [p] = json.loads((tmp_path / "out.json").read_text())["policies"]
     assert p["flexible"]["jobs"] > 100 and p["flexible"]["deferred"] > 0
     green = p["green"]
@@ -45,6 +46,7 @@ def test_simulate_reports_what_deferring_flexible_jobs_saved(tmp_path: Path) -> 
         green["without_deferral_t_co2e"] - green["t_co2e"]
     )
     assert green["saved_t_co2e"] > 0
+    assert isinstance(green["deadlines_missed_without_deferral"], int)
     assert green["deferred_g_per_kwh_as_run"] < green["deferred_g_per_kwh_at_submit"]
     assert "flexible jobs to greener hours saved" in (tmp_path / "out.html").read_text()
 

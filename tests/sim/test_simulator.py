@@ -9,7 +9,7 @@ import pytest
 
 from fabriek.core.errors import InvalidRequest
 from fabriek.sim.green import Grid, mean_intensity
-from fabriek.sim.metrics import summarise
+from fabriek.sim.metrics import deadlines_missed, summarise
 from fabriek.sim.policies import POLICIES, make_policy
 from fabriek.sim.simulator import FabriekPolicy, Free, Machine, Tally, simulate
 from fabriek.sim.traces import read_trace
@@ -148,6 +148,25 @@ def test_flexible_work_waits_for_the_green_hours_and_keeps_its_deadline() -> Non
     assert other.starts == [60.0]
     plain = simulate([flexible, urgent], machine, FabriekPolicy(machine, ONE_POOL), pools=ONE_POOL)
     assert plain.runs[0].starts == [0.0] and not plain.runs[0].deferred
+
+
+def test_deadlines_missed_counts_late_flexible_jobs_with_or_without_deferral() -> None:
+    """A flexible job stuck behind a whole-node job longer than its slack is late with no
+    deferral at all: the count the report sets beside the deferred replay's own."""
+    machine = Machine(1)
+    workload = [
+        SimJob(0, "p", "all", 0.0, 7200.0, 8, 7200.0),  # the node for 2 hours
+        SimJob(1, "p", "all", 10.0, 600.0, 8, 600.0, slack=3600.0),  # late: starts at 7200
+        SimJob(2, "p", "all", 20.0, 600.0, 8, 600.0, slack=4 * 3600.0),  # in time: ends 8400
+    ]
+    outcome = simulate(workload, machine, FabriekPolicy(machine, ONE_POOL), pools=ONE_POOL)
+    assert [r.end for r in outcome.runs] == [7200.0, 7800.0, 8400.0]
+    assert deadlines_missed(outcome) == 1
+    assert summarise(outcome, {"all": 1.0})["flexible"] == {
+        "jobs": 2,
+        "deferred": 0,
+        "deadlines_missed": 1,
+    }
 
 
 def test_mean_intensity_weighs_each_hour_by_the_time_in_it() -> None:

@@ -201,7 +201,8 @@ def _print(result: dict[str, object]) -> None:
                     f"{g['flexible_saved_share']:.1%} of the flexible jobs' own); the deferred "
                     f"ran at {g['deferred_g_per_kwh_as_run']:.0f} g/kWh, "
                     f"{g['deferred_g_per_kwh_at_submit']:.0f} had they started at once; "
-                    f"{f['deadlines_missed']} deadlines missed",
+                    f"{f['deadlines_missed']} deadlines missed "
+                    f"({g['deadlines_missed_without_deferral']} without deferral)",
                     highlight=False,
                 )
     console.print("share of its waiting time each pool ran at least its guarantee:")

@@ -17,6 +17,7 @@ from typing import Any
 
 from fabriek.core.errors import InvalidRequest
 from fabriek.core.green import parse_intensity_csv
+from fabriek.sim.metrics import deadlines_missed
 from fabriek.sim.simulator import Outcome, Run
 
 WATTS_PER_GPU = 10_200 / 8
@@ -87,6 +88,9 @@ def deferral_saving(
         "flexible_t_co2e": flex,
         "flexible_without_deferral_t_co2e": flex_plain,
         "flexible_saved_share": (flex_plain - flex) / flex_plain if flex_plain else 0.0,
+        # A busy machine makes some flexible jobs late with or without deferral: what deferral
+        # itself costs is the difference.
+        "deadlines_missed_without_deferral": deadlines_missed(plain),
     }
 
 

@@ -71,7 +71,7 @@ def summarise(outcome: Outcome, pools: dict[str, float]) -> dict[str, Any]:
         "flexible": {
             "jobs": len(flexible),
             "deferred": sum(r.deferred for r in flexible),
-            "deadlines_missed": sum(r.end > r.job.deadline + 1e-6 for r in flexible),  # type: ignore[operator]
+            "deadlines_missed": deadlines_missed(outcome),
         },
         "pools": {
             name: {
@@ -158,3 +158,12 @@ def series(outcome: Outcome, first: float, last: float, jct: list[float]) -> dic
         "pool_share": pools,
         "jct_cdf_h": cdf,
     }
+
+
+def deadlines_missed(outcome: Outcome) -> int:
+    """Jobs with a deadline that ended after it (or never ended)."""
+    return sum(
+        r.end is None or r.end > r.job.deadline + 1e-6
+        for r in outcome.runs
+        if r.job.deadline is not None
+    )
