@@ -18,12 +18,16 @@ workload not included), each policy on the trace at load 0.8. Quality replays ev
     python benchmarks/simulate.py --quality --quick        # ITP cluster04 only, 1 seed
     python benchmarks/simulate.py --quality --traces philly --seeds 1   # a part of the grid
     python benchmarks/simulate.py --green --traces itp-cluster04   # carbon saved by deferral
+    python benchmarks/simulate.py --quality --policies fabriek      # the engine alone, after a change
+    python benchmarks/simulate.py --table results/a.json results/b.json   # one table of both
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+from pathlib import Path
 from typing import Any
 
 from _harness import REPO, code_version, common_options, describe, machine, table, write_json
@@ -58,13 +62,14 @@ def quality(
     seeds: list[int],
     loads: tuple[float, ...] = LOADS,
     max_jobs: int | None = None,
+    policies: tuple[str, ...] = POLICIES,
 ) -> list[dict[str, Any]]:
     rows = []
     for name in names:
         path, kind = SETS[name]
         for load in loads:
             for seed in seeds:
-                result = run_study(Study(trace=path, kind=kind, policies=POLICIES, load=load,
+                result = run_study(Study(trace=path, kind=kind, policies=policies, load=load,
                                          seed=seed, max_jobs=max_jobs))  # fmt: skip
                 for p in result["policies"]:
                     met = [v["guarantee_met_while_waiting"] for v in p["pools"].values()]
@@ -137,6 +142,15 @@ def quality_table(rows: list[dict[str, Any]]) -> str:
     )  # fmt: skip
 
 
+def merged(paths: list[str]) -> list[dict[str, Any]]:
+    rows: dict[tuple[str, float, int, str], dict[str, Any]] = {}
+    for path in paths:
+        info = json.loads(Path(path).read_text())
+        for row in info["quality"]:
+            rows[(row["trace"], row["load"], row["seed"], row["policy"])] = row
+    return list(rows.values())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--speed", action="store_true")
@@ -147,11 +161,19 @@ def main() -> None:
     )
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (quality)")
     parser.add_argument("--loads", default=",".join(map(str, LOADS)), help="comma-separated")
+    parser.add_argument("--policies", default=",".join(POLICIES), help="comma-separated "
+                        "(quality): e.g. fabriek alone after a change to the engine")  # fmt: skip
+    parser.add_argument("--table", nargs="+", metavar="JSON", help="print the quality table of "
+                        "earlier runs' JSON files, merged (a later file's row replaces an earlier "
+                        "one of the same trace, load, seed and policy)")  # fmt: skip
     parser.add_argument("--green", action="store_true", help="carbon saved by deferral")
     parser.add_argument("--max-jobs", type=int, help="the first N jobs of each trace only "
                         "(--green: 4000 unless given)")  # fmt: skip
     common_options(parser)
     args = parser.parse_args()
+    if args.table:
+        print(quality_table(merged(args.table)))
+        return
     names = ["itp-cluster04"] if args.quick else args.traces.split(",")
     if unknown := set(names) - set(SETS):
         parser.error(f"unknown trace {', '.join(sorted(unknown))}")
@@ -175,7 +197,10 @@ def main() -> None:
     if args.quality:
         seeds = [1] if args.quick else [int(s) for s in args.seeds.split(",")]
         loads = tuple(float(x) for x in args.loads.split(","))
-        info["quality"] = quality(names, seeds, loads, args.max_jobs)
+        policies = tuple(args.policies.split(","))
+        if unknown := set(policies) - set(POLICIES):
+            parser.error(f"unknown policy {', '.join(sorted(unknown))}")
+        info["quality"] = quality(names, seeds, loads, args.max_jobs, policies)
         print(quality_table(info["quality"]))
     write_json(args.json, info)
 
