@@ -8,6 +8,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fabriek.scheduling.model import STARVING_AFTER_S
+
 
 def default_home() -> Path:
     """The per-user data directory: $XDG_DATA_HOME/fabriek, else ~/.local/share/fabriek."""
@@ -55,11 +57,11 @@ class Settings(BaseSettings):
         description="Largest workdir an upload may unpack to (bytes). Larger belongs in a dataset.",
     )
     starving_after_seconds: float = Field(
-        7 * 86400.0,
+        STARVING_AFTER_S,
         ge=0,
         description="A pending job that has waited this long goes first in its pool's queue, the "
-        "longest-waiting first, whatever its project's fair share (0: never). As Slurm's "
-        "PriorityMaxAge, 7 days by default.",
+        "longest-waiting first, whatever its project's fair share (0: never). 14 days by default "
+        "(docs/scheduling.md says why not Slurm's 7).",
     )
     controller_interval_seconds: float = Field(
         1.0,

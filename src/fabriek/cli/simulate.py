@@ -80,9 +80,9 @@ def simulate(
         str,
         typer.Option(
             help="fabriek's starvation guard: a job waiting this long goes first in its pool "
-            "(as the live engine, 7d); 'never' turns it off."
+            "(as the live engine, 14d); 'never' turns it off."
         ),
-    ] = "7d",
+    ] = "14d",
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Also write every metric to this file.")
     ] = None,

@@ -8,7 +8,7 @@ One cycle, each step named and timed (Decisions.timings):
    cover it, is set aside with its reason and does not block its pool.
 3. **order**: each pool's queue by fair share with memory (the project's decayed use divided by
    its allocation's size), then priority, then submission time; jobs that have waited longer
-   than `starving_after_s` (7 days) first, the longest-waiting first.
+   than `starving_after_s` (14 days) first, the longest-waiting first.
 4. **admit**: pools take turns, the one furthest below its guarantee first. A pool's head job
    starts if it fits within the pool's guarantee and on the nodes (gang: all its nodes at once,
    or not at all); otherwise the pool's queue stops there.

@@ -123,7 +123,11 @@ class RunningJob:
         return self.started_at + self.request.time_limit_s
 
 
-STARVING_AFTER_S = 7 * 86400.0  # Snapshot.starving_after_s by default
+# Snapshot.starving_after_s by default. Two weeks, not Slurm's 7-day PriorityMaxAge: replays of
+# ITP and Philly at sustained load found 7 days puts so much of the queue first, oldest first,
+# that fair share mostly stops ordering it (small jobs' p99 wait 2-5x longer than without the
+# guard); 14 days keeps most of what the guard is for, the worst waits (BENCHMARKS.md).
+STARVING_AFTER_S = 14 * 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,8 +144,8 @@ class Snapshot:
     # bf_max_job_test is 500 by default).
     backfill_depth: int = 1000
     # A job waiting this long goes first in its pool's queue, the longest-waiting first, whatever
-    # its project's recent use: fair share orders, it does not starve (Slurm's age factor
-    # saturates at PriorityMaxAge, 7 days by default). None: never.
+    # its project's recent use: fair share orders, it does not starve (as Slurm's age factor
+    # saturates at PriorityMaxAge). None: never.
     starving_after_s: float | None = STARVING_AFTER_S
     # The grid's forecast carbon intensity (g CO2e/kWh) of each hour from `forecast_start`
     # (None where unknown); empty: green scheduling holds nothing back.
