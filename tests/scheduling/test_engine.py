@@ -466,6 +466,18 @@ def test_a_flexible_job_waits_for_the_greenest_hours_within_its_deadline() -> No
     assert " vs " in decisions.reasons[1] and "; deadline " in decisions.reasons[1]
 
 
+def test_a_flexible_job_keeps_half_its_length_in_hand_before_its_latest_start() -> None:
+    """Found in the simulator: jobs held to a window 30 minutes before their latest start found
+    the machine busy and missed their deadlines. A 4-hour job whose deadline allows a start up
+    to 5 hours from now plans to start by 3 hours from now: not in hour 4, the greenest, but in
+    hour 3."""
+    clean_after_4h = (400.0,) * 4 + (100.0,) * 8
+    decisions = green((flexible(1, slack_h=5, limit=4 * 3600),), forecast=clean_after_4h)
+    window = decisions.deferrals[1]
+    assert window.start == HOUR_START + 3 * 3600  # NOW + 2.6 h; hour 4 is NOW + 3.6 h
+    assert window.intensity == pytest.approx((400 + 3 * 100) / 4)
+
+
 @pytest.mark.parametrize(
     ("case", "pending", "forecast"),
     [
