@@ -182,7 +182,7 @@ class LeastAttained(Policy):
         stops = [r for r in live if r.job.id not in kept]
         on = {r.job.id for r in running}
         starts: Starts = []
-        for run in sorted((r for r in keep if r.job.id not in on), key=_BY_ARRIVAL):
+        for run in sorted((r for r in keep if r.job.id not in on), key=_arrival):
             nodes = free.fit(run.request)
             if nodes is not None:
                 free.take(run.request, nodes)
@@ -191,7 +191,8 @@ class LeastAttained(Policy):
         return starts, stops
 
     def _ordered(self, now: float, waiting: Sequence[Run], live: list[Run]) -> Iterator[Run]:
-        """Waiting and running jobs by (queue, submission, id), produced on demand."""
+        """Waiting and running jobs by (queue, submission, id), produced on demand. `waiting`
+        comes in (submission, id) order, as the simulator keeps it."""
         low, high = self.THRESHOLDS
 
         def level(service: float) -> int:
@@ -199,7 +200,7 @@ class LeastAttained(Policy):
 
         running = sorted(
             ((level(r.request.gpus * (r.progress_s + now - started_at(r, now))), r) for r in live),
-            key=lambda item: (item[0], item[1].job.submit, item[1].job.id),
+            key=lambda item: (item[0], *_arrival(item[1])),
         )
         queued = (  # a waiting job's service is what its stopped runs attained
             (r for r in waiting if r.request.gpus * r.progress_s < low),
@@ -208,14 +209,11 @@ class LeastAttained(Policy):
         )
         for at, waits in enumerate(queued):
             mine = [r for lvl, r in running if lvl == at]
-            yield from heapq.merge(mine, waits, key=_BY_ARRIVAL)
+            yield from heapq.merge(mine, waits, key=_arrival)
 
 
 def _arrival(run: Run) -> tuple[float, int]:
     return run.job.submit, run.job.id
-
-
-_BY_ARRIVAL = _arrival
 
 
 POLICIES = ("fabriek", "fifo", "easy", "sjf", "fairshare", "las")

@@ -202,11 +202,10 @@ class Free:
         self.free_gpus = machine.gpus
         # free GPUs -> the indices of the nodes with that many, ascending
         self.at: list[list[int]] = [[] for _ in range(self.gpn)] + [list(range(machine.nodes))]
-        self.levels = [0] * self.gpn + [machine.nodes]  # free GPUs -> how many nodes have that
 
     def room(self, gpus_per_node: int, nodes: int) -> bool:
         """Whether `nodes` nodes have `gpus_per_node` free GPUs each."""
-        return sum(self.levels[gpus_per_node:]) >= nodes
+        return sum(map(len, self.at[gpus_per_node:])) >= nodes
 
     def fit(self, request: Request) -> tuple[str, ...] | None:
         if not self.room(request.gpus_per_node, request.nodes):
@@ -229,7 +228,6 @@ class Free:
         empty.names, empty.index = other.names, other.index
         empty.free = [other.gpn] * len(other.names)
         empty.at = [[] for _ in range(other.gpn)] + [list(range(len(other.names)))]
-        empty.levels = [0] * other.gpn + [len(other.names)]
         return empty
 
     def take(self, request: Request, nodes: Sequence[str], sign: int = 1) -> None:
@@ -241,8 +239,6 @@ class Free:
                 level = self.at[before]
                 del level[bisect.bisect_left(level, i)]
                 bisect.insort(self.at[after], i)
-                self.levels[before] -= 1
-                self.levels[after] += 1
         self.free_gpus -= sign * request.gpus
 
 
