@@ -12,6 +12,7 @@ from tests.helpers import FABRIEK
 
 SHARED = Path(__file__).parents[2].parent / "shared" / "data"
 ITP01 = str(SHARED / "traces" / "itp" / "cluster01.csv")
+PHILLY = str(SHARED / "traces" / "philly" / "philly.csv")
 GRID = str(SHARED / "grid" / "NL-2021-2023-hourly.csv")
 
 
@@ -30,6 +31,16 @@ def test_simulate_compares_policies_and_writes_json_and_a_report(tmp_path: Path)
     assert [p["policy"] for p in data["policies"]] == ["fifo", "easy", "fabriek"]
     assert data["workload"]["jobs"] == 200
     assert (tmp_path / "out.html").read_text().count("<svg") >= 4
+
+
+def test_simulate_with_checkpoints_loses_no_work_to_preemption(tmp_path: Path) -> None:
+    r = fabriek("simulate", PHILLY, "--format", "philly", "--max-jobs", "1500", "--load", "1.0",
+                "--checkpoints", "--no-carbon", "--json", "out.json", cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    data = json.loads((tmp_path / "out.json").read_text())
+    [p] = data["policies"]
+    assert data["workload"]["checkpoints"] is True
+    assert p["preemptions"] > 0 and p["lost_gpu_hours"] == 0
 
 
 def test_simulate_reports_what_deferring_flexible_jobs_saved(tmp_path: Path) -> None:

@@ -81,6 +81,32 @@ def test_least_attained_service_preempts_and_resumes() -> None:
     assert a.end == pytest.approx(7330 + 36000 - 7230)
 
 
+@pytest.mark.parametrize(
+    ("checkpoints", "borrower"),
+    [
+        # Pool a runs 4 GPUs within its guarantee and borrows b's idle 4 for a second job at 1 s;
+        # b's job at 100 s reclaims them (the borrower stops at 130 s, after the grace period),
+        # runs 100 s, and a's second job starts again at 230 s.
+        (False, {"starts": [1, 230], "end": 1230, "lost_gpu_s": 4 * 129}),  # the run is lost
+        (True, {"starts": [1, 230], "end": 1101, "lost_gpu_s": 0}),  # it resumes, 129 s done
+    ],
+)
+def test_fabriek_reclaims_and_the_stopped_job_resumes_only_with_checkpoints(
+    checkpoints: bool, borrower: dict[str, object]
+) -> None:
+    pools = (PoolShare("a", 0.5, 1), PoolShare("b", 0.5, 1))
+    machine = Machine(1)
+    workload = [
+        SimJob(0, "a1", "a", 0.0, 2000.0, 4, 2000.0),
+        SimJob(1, "a1", "a", 1.0, 1000.0, 4, 1000.0),
+        SimJob(2, "b1", "b", 100.0, 100.0, 4, 100.0),
+    ]
+    policy = FabriekPolicy(machine, pools, checkpoints=checkpoints)
+    own, big, owner = simulate(workload, machine, policy, pools=pools).runs
+    assert {"starts": big.starts, "end": big.end, "lost_gpu_s": big.lost_gpu_s} == borrower
+    assert big.preemptions == 1 and owner.starts == [130.0] and own.starts == [0.0]
+
+
 @pytest.mark.parametrize("policy", POLICIES)
 def test_every_policy_finishes_a_real_trace_with_sane_metrics(policy: str) -> None:
     trace = read_trace(SHARED / "itp" / "cluster01.csv", kind="itp")[:400]

@@ -83,6 +83,13 @@ def simulate(
             "(as the live engine, 14d); 'never' turns it off."
         ),
     ] = "14d",
+    checkpoints: Annotated[
+        bool,
+        typer.Option(
+            help="fabriek's preempted jobs resume where they stopped, from a checkpoint saved in "
+            "the grace period (LAS's always do); by default their run is lost."
+        ),
+    ] = False,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Also write every metric to this file.")
     ] = None,
@@ -114,6 +121,7 @@ def simulate(
             flexible=flexible,
             slack_s=parse_duration(slack),
             starving_after_s=None if starving_after == "never" else parse_duration(starving_after),
+            checkpoints=checkpoints,
         )
         with Progress(
             TextColumn("{task.description}"),

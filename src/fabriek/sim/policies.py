@@ -228,12 +228,14 @@ def make_policy(
     epoch: float = 0.0,
     horizon_h: int = 72,
     starving_after_s: float | None = STARVING_AFTER_S,
+    checkpoints: bool = False,
 ) -> Policy:
     """The policy `name`; only fabriek's engine plans with a carbon `forecast` (the baselines
-    know no deadlines)."""
+    know no deadlines), and only its preempted jobs resume from `checkpoints` or not (LAS's
+    always do, as Tiresias assumes; the other baselines preempt nothing)."""
     if name == "fabriek":
         return FabriekPolicy(machine, pools, forecast=forecast, epoch=epoch, horizon_h=horizon_h,
-                             starving_after_s=starving_after_s)  # fmt: skip
+                             starving_after_s=starving_after_s, checkpoints=checkpoints)  # fmt: skip
     if name == "fifo":
         return Fifo()
     if name == "easy":

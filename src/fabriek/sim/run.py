@@ -46,6 +46,8 @@ class Study:
     slack_s: float = 12 * 3600.0
     # fabriek's starvation guard: a job waiting this long goes first in its pool (None: never).
     starving_after_s: float | None = STARVING_AFTER_S
+    # fabriek's preempted jobs resume where they stopped (else their run is lost).
+    checkpoints: bool = False
     start: datetime = DEFAULT_START  # where in the series the replay begins
 
 
@@ -101,14 +103,16 @@ def run_study(study: Study, progress: Progress | None = None) -> dict[str, Any]:
                             if progress else None)  # fmt: skip
 
         policy = make_policy(name, machine, study.pools, forecast=forecast, epoch=first,
-                             horizon_h=horizon_h, starving_after_s=study.starving_after_s)  # fmt: skip
+                             horizon_h=horizon_h, starving_after_s=study.starving_after_s,
+                             checkpoints=study.checkpoints)  # fmt: skip
         outcome = replay(policy)
         metrics = summarise(outcome, {p.name: p.guarantee for p in study.pools})
         if grid is not None:
             metrics["green"] = footprint(outcome, grid, start=study.start)
         if grid is not None and forecast is not None and name == "fabriek":
             # Against the same engine and workload with no forecast to plan with.
-            plain = make_policy(name, machine, study.pools, starving_after_s=study.starving_after_s)
+            plain = make_policy(name, machine, study.pools, starving_after_s=study.starving_after_s,
+                                checkpoints=study.checkpoints)  # fmt: skip
             again = replay(plain, f"{name} (no deferral)")
             green = metrics["green"]
             green.update(deferral_saving(outcome, green["t_co2e"], again, grid, study.start))
@@ -124,6 +128,7 @@ def run_study(study: Study, progress: Progress | None = None) -> dict[str, Any]:
             "flexible": study.flexible,
             "slack_s": study.slack_s,
             "starving_after_s": study.starving_after_s,
+            "checkpoints": study.checkpoints,
             "pools": [
                 {"name": p.name, "guarantee": p.guarantee, "projects": p.projects}
                 for p in study.pools

@@ -256,10 +256,14 @@ class FabriekPolicy(Policy):
         epoch: float = 0.0,
         horizon_h: int = 72,
         starving_after_s: float | None = STARVING_AFTER_S,
+        checkpoints: bool = False,
     ) -> None:
         """`forecast`: the intensity the engine plans flexible work with (None: it defers
         nothing), hour by hour from `epoch` on the replay's clock, `horizon_h` hours ahead.
-        `starving_after_s`: the engine's starvation guard (Snapshot), None for none."""
+        `starving_after_s`: the engine's starvation guard (Snapshot), None for none.
+        `checkpoints`: a preempted job saves its work in the grace period and resumes there
+        (the live factory's SIGTERM allows it; whether a job does is up to the job)."""
+        self.resumes = checkpoints
         self.starving_after_s = starving_after_s
         self.forecast, self.epoch_hour, self.horizon_h = forecast, epoch, horizon_h
         self._forecasts: dict[int, tuple[float, ...]] = {}
