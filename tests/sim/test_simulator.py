@@ -153,6 +153,27 @@ def test_events_skipped_as_idle_change_nothing() -> None:
     assert skipping.timeline == asking.timeline
 
 
+@pytest.mark.parametrize("name", ["fifo", "easy", "sjf", "fairshare"])
+def test_baselines_asked_at_every_event_replay_the_same(name: str) -> None:
+    """The baselines only start jobs on free nodes, so the replay skips them when no waiting
+    shape fits (Tally.fits_none); asking them anyway changes nothing, the accounting included."""
+    trace = read_trace(SHARED / "philly" / "philly.csv", kind="philly")[:2000]
+    pools = parse_pools("regional=0.25:4,euro=0.5:8,commercial=0.25:4")
+    workload = build(trace, pools=pools, seed=2)
+    machine = Machine(gpus_for_load(workload, 1.0, 8) // 8)
+    workload = scale_arrivals(workload, machine.gpus, 1.0)
+    skipping = simulate(workload, machine, make_policy(name, machine, pools), pools=pools)
+    always = make_policy(name, machine, pools)
+    always.idle = lambda tally, free: False  # type: ignore[method-assign]
+    asking = simulate(workload, machine, always, pools=pools)
+    assert skipping.idle > 0 and asking.idle == 0  # FIFO: few; its blocked head is cheap
+    assert [(r.job.id, r.starts, r.end, r.nodes) for r in skipping.runs] == [
+        (r.job.id, r.starts, r.end, r.nodes) for r in asking.runs
+    ]
+    assert skipping.timeline == asking.timeline and skipping.pool_busy == asking.pool_busy
+    assert skipping.pool_denied_s == asking.pool_denied_s
+
+
 def test_flexible_work_waits_for_the_green_hours_and_keeps_its_deadline() -> None:
     """The engine's green planning in the replay: a flexible job is held for the hours of low
     intensity and started then (the replay wakes for it: nothing else happens at that moment),

@@ -20,7 +20,7 @@
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 
 from fabriek.scheduling.model import STARVING_AFTER_S
 from fabriek.sim.simulator import (
@@ -30,6 +30,7 @@ from fabriek.sim.simulator import (
     Machine,
     Policy,
     Run,
+    Tally,
     started_at,
 )
 from fabriek.sim.workload import PoolShare
@@ -37,11 +38,18 @@ from fabriek.sim.workload import PoolShare
 Starts = list[tuple[Run, tuple[str, ...]]]
 
 
-class Fifo(Policy):
+class _StartsOnly(Policy):
+    """A policy that only starts waiting jobs on free nodes, and stops none."""
+
+    def idle(self, tally: Tally, free: Free) -> bool:
+        return tally.fits_none(free)
+
+
+class Fifo(_StartsOnly):
     name = "fifo"
 
     def decide(
-        self, now: float, waiting: Sequence[Run], running: Sequence[Run], free: Free
+        self, now: float, waiting: Collection[Run], running: Collection[Run], free: Free
     ) -> tuple[Starts, list[Run]]:
         starts: Starts = []
         for run in waiting:
@@ -54,22 +62,23 @@ class Fifo(Policy):
         return starts, []
 
 
-class Easy(Policy):
+class Easy(_StartsOnly):
     name = "easy"
 
     def decide(
-        self, now: float, waiting: Sequence[Run], running: Sequence[Run], free: Free
+        self, now: float, waiting: Collection[Run], running: Collection[Run], free: Free
     ) -> tuple[Starts, list[Run]]:
         starts: Starts = []
-        queue = list(waiting)
-        while queue:
-            nodes = free.fit(queue[0].request)
+        queue = iter(waiting)  # in order: looked at once, only as far as needed
+        head = None
+        for run in queue:
+            nodes = free.fit(run.request)
             if nodes is None:
+                head = run
                 break
-            free.take(queue[0].request, nodes)
-            starts.append((queue.pop(0), nodes))
-        if queue:
-            head = queue.pop(0)
+            free.take(run.request, nodes)
+            starts.append((run, nodes))
+        if head is not None:
             shadow, extra = self._reservation(now, head, running, starts, free)
             no_room: set[tuple[int, int]] = set()  # shapes that did not fit (free only shrinks)
             for run in queue:
@@ -92,7 +101,7 @@ class Easy(Policy):
 
     @staticmethod
     def _reservation(
-        now: float, head: Run, running: Sequence[Run], starting: Starts, free: Free
+        now: float, head: Run, running: Collection[Run], starting: Starts, free: Free
     ) -> tuple[float, int]:
         """When the head will have room (running jobs ending by their limits, counted in GPUs),
         and how many GPUs beyond its need are free then."""
@@ -108,16 +117,16 @@ class Easy(Policy):
         return float("inf"), 0
 
 
-class ShortestFirst(Policy):
+class ShortestFirst(_StartsOnly):
     name = "sjf"
 
     def decide(
-        self, now: float, waiting: Sequence[Run], running: Sequence[Run], free: Free
+        self, now: float, waiting: Collection[Run], running: Collection[Run], free: Free
     ) -> tuple[Starts, list[Run]]:
         return _greedy(sorted(waiting, key=lambda r: (r.job.duration, r.job.id)), free), []
 
 
-class FairShare(Policy):
+class FairShare(_StartsOnly):
     name = "fairshare"
 
     def __init__(self, machine: Machine) -> None:
@@ -130,14 +139,14 @@ class FairShare(Policy):
         self._use.finished(run, at)
 
     def decide(
-        self, now: float, waiting: Sequence[Run], running: Sequence[Run], free: Free
+        self, now: float, waiting: Collection[Run], running: Collection[Run], free: Free
     ) -> tuple[Starts, list[Run]]:
         use = self._use.usage(now)
         ordered = sorted(waiting, key=lambda r: (use.get(r.job.project, 0.0), r.job.submit))
         return _greedy(ordered, free), []
 
 
-def _greedy(ordered: Sequence[Run], free: Free) -> Starts:
+def _greedy(ordered: Collection[Run], free: Free) -> Starts:
     starts: Starts = []
     for run in ordered:
         if free.free_gpus == 0:
@@ -162,7 +171,7 @@ class LeastAttained(Policy):
     THRESHOLDS = (3600.0, 36000.0)  # GPU-seconds: 1 and 10 GPU-hours
 
     def decide(
-        self, now: float, waiting: Sequence[Run], running: Sequence[Run], free: Free
+        self, now: float, waiting: Collection[Run], running: Collection[Run], free: Free
     ) -> tuple[Starts, list[Run]]:
         live = [r for r in running if not r.stopping]
         # Which jobs an empty machine would hold, in queue order (least service first, then
@@ -190,7 +199,7 @@ class LeastAttained(Policy):
         _undo(free, starts)
         return starts, stops
 
-    def _ordered(self, now: float, waiting: Sequence[Run], live: list[Run]) -> Iterator[Run]:
+    def _ordered(self, now: float, waiting: Collection[Run], live: list[Run]) -> Iterator[Run]:
         """Waiting and running jobs by (queue, submission, id), produced on demand. `waiting`
         comes in (submission, id) order, as the simulator keeps it."""
         low, high = self.THRESHOLDS

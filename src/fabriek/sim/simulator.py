@@ -16,7 +16,7 @@ import heapq
 import math
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 
@@ -158,7 +158,7 @@ class Policy:
         return False
 
     def decide(
-        self, now: float, waiting: Sequence[Run], running: Sequence[Run], free: Free
+        self, now: float, waiting: Collection[Run], running: Collection[Run], free: Free
     ) -> tuple[list[tuple[Run, tuple[str, ...]]], list[Run]]:
         """(jobs to start with their nodes, jobs to stop)."""
         raise NotImplementedError
@@ -167,23 +167,40 @@ class Policy:
 @dataclass(slots=True)
 class Tally:
     """Counts the replay keeps as jobs wait, start and stop, so that a policy can tell cheaply
-    when it has nothing to do (Policy.idle)."""
+    when it has nothing to do (Policy.idle), and the accounting need not look at every job."""
 
     # (pool, GPUs per node, nodes) of the waiting jobs -> how many wait
     shapes: Counter[tuple[str, int, int]] = field(default_factory=Counter)
     used: Counter[str] = field(default_factory=Counter)  # GPUs each pool runs (stopping too)
     borrowed: int = 0  # running borrowed jobs not asked to stop
+    busy: int = 0  # GPUs running (stopping too)
+    wanted: int = 0  # GPUs the waiting jobs ask for
+    # pool -> GPUs a waiting job of it asks for -> how many such jobs wait
+    sizes: defaultdict[str, Counter[int]] = field(default_factory=lambda: defaultdict(Counter))
 
     def wait(self, run: Run, sign: int = 1) -> None:
-        shape = (run.job.pool, run.request.gpus_per_node, run.request.nodes)
+        request, pool = run.request, run.job.pool
+        shape = (pool, request.gpus_per_node, request.nodes)
         self.shapes[shape] += sign
         if not self.shapes[shape]:
             del self.shapes[shape]
+        gpus = request.gpus
+        sizes = self.sizes[pool]
+        sizes[gpus] += sign
+        if not sizes[gpus]:
+            del sizes[gpus]
+        self.wanted += sign * gpus
 
     def run(self, run: Run, sign: int = 1) -> None:
-        self.used[run.job.pool] += sign * run.request.gpus
+        gpus = sign * run.request.gpus
+        self.used[run.job.pool] += gpus
+        self.busy += gpus
         if run.borrowed and not run.stopping:
             self.borrowed += sign
+
+    def fits_none(self, free: Free) -> bool:
+        """Whether no waiting job's shape fits the free nodes now."""
+        return not any(free.room(gpus, nodes) for _, gpus, nodes in self.shapes)
 
 
 class Free:
@@ -285,13 +302,14 @@ class FabriekPolicy(Policy):
         its pool's guarantee, taking borrowed jobs not already stopping. So with no waiting
         shape fitting the free nodes, and no such job or no such borrowed work, it decides
         nothing (tests/sim check the replay is the same with and without this)."""
-        shapes = tally.shapes
-        if any(free.room(gpus, nodes) for _, gpus, nodes in shapes):
+        if not tally.fits_none(free):
             return False
         if not tally.borrowed:
             return True
         used, owed = tally.used, self.owed
-        return all(used[pool] + gpus * nodes > owed.get(pool, 0) for pool, gpus, nodes in shapes)
+        return all(
+            used[pool] + gpus * nodes > owed.get(pool, 0) for pool, gpus, nodes in tally.shapes
+        )
 
     def started(self, run: Run, at: float) -> None:
         if self.epoch is None or self.rate * (at - self.epoch) > 300:  # keep exp() in range
@@ -353,7 +371,7 @@ class FabriekPolicy(Policy):
         return use
 
     def decide(
-        self, now: float, waiting: Sequence[Run], running: Sequence[Run], free: Free
+        self, now: float, waiting: Collection[Run], running: Collection[Run], free: Free
     ) -> tuple[list[tuple[Run, tuple[str, ...]]], list[Run]]:
         hour = int((now - self.epoch_hour) // 3600)
         snapshot = Snapshot(
@@ -491,8 +509,8 @@ def simulate(
         if disordered:  # else in order already: submissions arrive in order
             waiting = dict(sorted(waiting.items(), key=lambda item: (item[1].job.submit, item[0])))
             disordered = False
-        ordered = list(waiting.values())
-        starts, stops = policy.decide(now, ordered, list(running.values()), free)
+        # Views, not copies: a policy looks only as far into the queue as it needs.
+        starts, stops = policy.decide(now, waiting.values(), running.values(), free)
         outcome.decisions += 1
         for wake in policy.wakes():
             if wake > now:
@@ -530,26 +548,21 @@ def _current(event: tuple[float, int, int], running: dict[int, Run]) -> bool:
 def _account(outcome: Outcome, tally: Tally, owed: dict[str, float], t0: float, t1: float) -> None:
     """The interval [t0, t1) with the machine as it stands: busy and waiting GPUs, and each
     pool's demand and whether it got its guarantee (or all it wanted)."""
-    busy = {pool: gpus for pool, gpus in tally.used.items() if gpus}
-    want: dict[str, int] = defaultdict(int)
-    smallest: dict[str, int] = {}
-    for (pool, per_node, nodes), count in tally.shapes.items():
-        gpus = per_node * nodes
-        want[pool] += count * gpus
-        smallest[pool] = min(smallest.get(pool, gpus), gpus)
-    total_busy, total_want = sum(busy.values()), sum(want.values())
-    if not outcome.timeline or outcome.timeline[-1][1:] != (total_busy, total_want):
-        outcome.timeline.append((t0, total_busy, total_want))
-    per_pool = tuple(busy.get(name, 0) for name in outcome.pool_names)
+    timeline, used = outcome.timeline, tally.used
+    if not timeline or timeline[-1][1] != tally.busy or timeline[-1][2] != tally.wanted:
+        timeline.append((t0, tally.busy, tally.wanted))
+    per_pool = tuple(map(used.__getitem__, outcome.pool_names))
     if not outcome.pool_busy or outcome.pool_busy[-1][1] != per_pool:
         outcome.pool_busy.append((t0, per_pool))
     dt = t1 - t0
     if dt <= 0:
         return
-    for pool, gpus in busy.items():
-        outcome.pool_gpu_s[pool] += gpus * dt
-    for pool in want:
-        outcome.pool_demand_s[pool] += dt
-        # Denied its guarantee: a waiting job of the pool would fit within what it is owed.
-        if busy.get(pool, 0) + smallest[pool] <= owed.get(pool, 0.0):
-            outcome.pool_denied_s[pool] += dt
+    for pool, gpus in used.items():
+        if gpus:
+            outcome.pool_gpu_s[pool] += gpus * dt
+    for pool, sizes in tally.sizes.items():
+        if sizes:
+            outcome.pool_demand_s[pool] += dt
+            # Denied its guarantee: a waiting job of the pool would fit within what it is owed.
+            if used[pool] + min(sizes) <= owed.get(pool, 0.0):
+                outcome.pool_denied_s[pool] += dt
