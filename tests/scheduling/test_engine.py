@@ -176,6 +176,30 @@ def test_reclaim_preempts_the_newest_borrowed_work_then_no_ping_pong() -> None:
     assert d3.preemptions == []
 
 
+def test_reclaim_preempts_only_the_work_on_the_nodes_it_takes() -> None:
+    """Victims are released newest first until the head fits; one released on a node the head
+    does not start on made no room and keeps running (the simulator found more than half of
+    Philly's preemptions were such: each a run thrown away for nothing)."""
+    machine = h100(4)  # 32 GPUs: eurohpc is owed 16, regional 8
+    run = [
+        running(job(1, gpus=8), ("n000",)),
+        running(job(2, gpus=8), ("n001",)),
+        running(job(3, gpus=8, preemptible=True), ("n002",), started=NOW - 40, borrowed=True),
+        running(job(4, gpus=7, preemptible=True), ("n003",), started=NOW - 60, borrowed=True),
+        running(job(5, preemptible=True), ("n003",), started=NOW - 10, borrowed=True),
+    ]
+    head = job(100, "regional", gpus=8)  # a whole node, within regional's guarantee
+    d = decide(snap(machine, [head], run))
+    # Job 5 (the newest) was released first, but n003 stays short of 8 free GPUs; job 3 frees
+    # n002, where the head will start. Only job 3 is preempted.
+    assert [p.job_id for p in d.preemptions] == [3]
+    assert admitted(d) == [] and "reclaiming" in d.reasons[100]
+    # Once job 3 has stopped, the head starts on n002 and nothing more is preempted.
+    d2 = decide(snap(machine, [head], [r for r in run if r.id != 3]))
+    assert admitted(d2) == [100] and d2.admissions[0].placement.nodes == ("n002",)
+    assert d2.preemptions == []
+
+
 def test_nodes_a_pool_reclaims_are_given_to_no_borrower() -> None:
     """A pool reclaims two whole nodes for its gang head: one freed by a victim, one free now.
     A borrower waiting in the same cycle must not take the free one (it did: the pool reclaimed

@@ -14,7 +14,8 @@ One cycle, each step named and timed (Decisions.timings):
    or not at all); otherwise the pool's queue stops there.
 5. **preempt**: a pool whose head fits its guarantee but not on the nodes, because other pools
    borrowed, reclaims: the newest borrowed, preemptible jobs of pools above their guarantee are
-   preempted until the head fits. Jobs already being preempted count first.
+   released until the head fits; those on the nodes it will start on are preempted. Jobs
+   already being preempted count first.
 6. **borrow**: heads beyond their guarantee start on idle capacity that pools without pending
    demand may lend (and the unassigned rest), if preemptible and within the borrow limit. Since
    only pools without demand lend, a borrower is not reclaimed at once (no ping-pong). Demand
@@ -592,14 +593,15 @@ def _reclaim(
     decisions: Decisions,
 ) -> None:
     """Give pools their guarantee back from borrowers: preempt the newest borrowed work, as much
-    as the pool's waiting jobs within its guarantee need (at most RECLAIM_DEPTH of them)."""
+    as the pool's waiting jobs within its guarantee need (at most RECLAIM_DEPTH of them), and
+    only where they will start."""
     for pool, head in sorted(blocked.items(), key=lambda item: state.ratio(item[0])):
         if head.kind != "room" or head.gpu_type == NO_GPU:
             continue
         victims = _victims(state, pool, head.gpu_type)
         freed: list[RunningJob] = []  # released in the simulation below
         placed: list[tuple[PendingJob, Placement]] = []
-        chosen, needed = 0, 0  # victims newly chosen so far, and as many as placed jobs need
+        needed = 0  # how many of `freed` the placed jobs had freed for them
         extra = 0
         for job in queues[pool][head.at : head.at + RECLAIM_DEPTH]:
             if state.gpu_type_of(job.request) != head.gpu_type:
@@ -611,24 +613,29 @@ def _reclaim(
                 victim = victims.pop(0)
                 state.take(victim.request, victim.placement, sign=-1)
                 freed.append(victim)
-                chosen += victim.id not in state.preempting
                 placement = state.place(job.request, state.claimed)
             if placement is None:
                 break
             state.take(job.request, placement)
             placed.append((job, placement))
             extra += job.request.gpus
-            needed = chosen
+            needed = len(freed)
         for job, placement in placed:  # undo the simulation: the victims still run
             state.take(job.request, placement, sign=-1)
         for victim in freed:
             state.take(victim.request, victim.placement)
         if not placed:
             continue
-        state.claimed = state.claimed.union(
-            (placement.partition, node) for _, placement in placed for node in placement.nodes
-        )
-        newly = [v for v in freed if v.id not in state.preempting][:needed]
+        claiming = {(p.partition, node) for _, p in placed for node in p.nodes}
+        state.claimed = state.claimed.union(claiming)
+        # Only victims on those nodes: one freed on a node no placed job uses made no room (the
+        # simulator found more than half the preemptions on Philly were such, each a lost run).
+        newly = [
+            v
+            for v in freed[:needed]
+            if v.id not in state.preempting
+            and not claiming.isdisjoint((v.placement.partition, node) for node in v.placement.nodes)
+        ]
         for victim in newly:
             state.preempted.add(victim.id)
             state.used[victim.pool][head.gpu_type] -= victim.request.gpus
