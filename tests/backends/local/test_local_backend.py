@@ -202,10 +202,15 @@ def test_start_ticks_identify_a_process() -> None:
 
 def test_a_result_forged_by_the_running_job_is_ignored(backend: LocalBackend) -> None:
     forged = '{"outcome": "succeeded", "exit_code": 0}'
-    backend.submit(make_spec(1, ["sh", "-c", f"echo '{forged}' > ../result.json; sleep 1; exit 5"]))
+    # The job forges its result, then runs until the test lets it end: a slow machine can
+    # neither end it early nor catch it before its supervisor has recorded the start.
+    script = f"echo '{forged}' > ../result.json; while [ ! -e ../go ]; do sleep 0.05; done; exit 5"
+    backend.submit(make_spec(1, ["sh", "-c", script]))
     handle = {"dir": str(backend.job_dir(1))}
     wait_for(lambda: (backend.job_dir(1) / "result.json").exists(), what="the forged file")
+    wait_for(lambda: backend.poll({1: handle})[1].phase != Phase.STARTING, what="the start")
     assert backend.poll({1: handle})[1].phase == Phase.RUNNING
+    (backend.job_dir(1) / "go").touch()
     seen = finished(backend, 1)
     assert (seen.outcome, seen.exit_code) == (JobState.FAILED, 5)
 

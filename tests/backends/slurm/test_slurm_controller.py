@@ -24,7 +24,9 @@ from tests.server.factories import make_admin, make_request
 def test_a_preempted_slurm_job_is_requeued_and_runs_again(
     sessions: sessionmaker[Session], tmp_path: Path, clock: FrozenClock, slurm_pair: DevCluster
 ) -> None:
-    backend = SlurmBackend(partition_on(slurm_pair, tmp_path / "shared"))
+    # A grace period a starved machine cannot overrun before the job's trap has saved (the job
+    # ends as soon as it has: a long grace costs this test nothing).
+    backend = SlurmBackend(partition_on(slurm_pair, tmp_path / "shared", grace_seconds=20.0))
     controller = Controller(
         sessions=sessions, backends={"slurm": backend}, clock=clock, workdirs=tmp_path / "w"
     )
