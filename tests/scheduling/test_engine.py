@@ -341,29 +341,9 @@ def test_a_head_blocked_behind_jobs_admitted_in_the_same_cycle_keeps_its_reserva
     may. Without A in the reservation, B had none and anything that fitted passed it."""
     pending = [job(1, gpus=2, limit=5), job(2, gpus=8, limit=5), job(3, gpus=1, limit=10),
                job(4, gpus=1, limit=5)]  # fmt: skip
-    d = decide(snap(h100(1), pending, pools=ONE_POOL))
+    d = decide(snap(h100(1), pending))
     assert admitted(d) == [1, 4]
     assert d.reservations[2] == NOW + 5
-
-
-def test_a_head_that_may_not_borrow_reserves_no_nodes_beyond_its_guarantee() -> None:
-    """Pool b's head needs two whole nodes, beyond b's guarantee, and may not borrow (pool a
-    wants its GPUs). It reserves no nodes while it may not borrow, so a's job may
-    backfill onto n002, which a reservation as if b could borrow would have held (found in the
-    simulator: ITP at load 1.0, seed 1, small jobs' p99 wait 2,257 -> 712 minutes)."""
-    pools = (Pool("a", 0.75), Pool("b", 0.25))  # of 32 GPUs: 24 and 8
-    run = [
-        running(job(1, "b", gpus=8, limit=1010), ("n000",)),  # ends by NOW + 1000
-        running(job(2, "a", gpus=4, limit=110), ("n001",)),  # NOW + 100
-        running(job(3, "a", gpus=4, limit=210), ("n002",)),  # NOW + 200
-        running(job(4, "a", gpus=8, limit=5010), ("n003",)),
-    ]
-    head = job(10, "a", gpus=8)  # within a's guarantee (16 + 8), no node has room: n001
-    gang = job(20, "b", gpus=8, nodes=2, preemptible=True)
-    later = job(11, "a", gpus=4, limit=3600)
-    d = decide(snap(h100(4), [head, gang, later], run, pools=pools))
-    assert d.reservations == {10: NOW + 100}  # b's gang: none, it exceeds b's guarantee
-    assert [(a.job_id, a.placement.nodes) for a in d.admissions] == [(11, ("n002",))]
 
 
 def test_backfill_may_use_nodes_the_head_does_not_need() -> None:

@@ -22,8 +22,7 @@ One cycle, each step named and timed (Decisions.timings):
    here is work the pool's guarantee could hold: a job larger than its pool's whole guarantee
    does not keep that guarantee idle (it could never run there).
 7. **backfill** (EASY): each blocked head gets a reserved start, the earliest time enough
-   running jobs end by their time limits for it to fit (and, unless it may borrow, to be within
-   its pool's guarantee). A later job starts now only if it fits
+   running jobs end by their time limits for it to fit. A later job starts now only if it fits
    and cannot delay any reserved head: it ends before the reservation, or uses none of the
    reserved nodes. A job beyond its pool's guarantee that may not borrow (step 6: every pool
    that could lend wants its GPUs) may still borrow GPUs that stand idle on nodes no head has
@@ -754,14 +753,7 @@ def _reserve(state: _State, pool: str, head: _Blocked) -> None:
     need, per_node = request.gpus, request.gpus_per_node
     owed = state.guarantee[pool].get(head.gpu_type, 0)
     pool_used = state.used[pool].get(head.gpu_type, 0)
-    # "Unless it may borrow" is asked now, whatever the head's kind: a head blocked by room
-    # alone was once assumed to borrow, and held nodes it could not use (the simulator found
-    # small jobs waiting behind such reservations).
-    share_ok = (
-        head.gpu_type == NO_GPU
-        or state.within_guarantee(pool, head.gpu_type, need)
-        or _may_borrow(state, head.job, head.gpu_type)
-    )
+    share_ok = head.kind != "guarantee" or head.gpu_type == NO_GPU
     typed = {p.name for p in state.snapshot.partitions if (p.gpu_type or NO_GPU) == head.gpu_type}
     fitting = sum(1 for p in typed for n in state.nodes[p].free.values() if n.gpus >= per_node)
     counted: list[RunningJob] = []  # released in count, still on the nodes
