@@ -341,9 +341,36 @@ def test_a_head_blocked_behind_jobs_admitted_in_the_same_cycle_keeps_its_reserva
     may. Without A in the reservation, B had none and anything that fitted passed it."""
     pending = [job(1, gpus=2, limit=5), job(2, gpus=8, limit=5), job(3, gpus=1, limit=10),
                job(4, gpus=1, limit=5)]  # fmt: skip
-    d = decide(snap(h100(1), pending))
+    d = decide(snap(h100(1), pending, pools=ONE_POOL))  # B within its pool's guarantee
     assert admitted(d) == [1, 4]
     assert d.reservations[2] == NOW + 5
+
+
+def test_a_head_reserves_no_nodes_beyond_what_its_pool_could_ever_borrow() -> None:
+    """Pool b's head needs two whole nodes, beyond b's guarantee (8 of 32 GPUs), and pool a
+    wants its own GPUs: b could borrow nothing however much work ended. It reserves no nodes,
+    so a's job may backfill onto n002, which a reservation as if b could borrow would have
+    held (found in the simulator: Philly at load 1.0, mean JCT 33 -> 23 h)."""
+    pools = (Pool("a", 0.75), Pool("b", 0.25))  # of 32 GPUs: 24 and 8
+    run = [
+        running(job(1, "b", gpus=8, limit=1010), ("n000",)),  # ends by NOW + 1000
+        running(job(2, "a", gpus=4, limit=110), ("n001",)),  # NOW + 100
+        running(job(3, "a", gpus=4, limit=210), ("n002",)),  # NOW + 200
+        running(job(4, "a", gpus=8, limit=5010), ("n003",)),
+    ]
+    head = job(10, "a", gpus=8)  # within a's guarantee (16 + 8), no node has room: n001
+    gang = job(20, "b", gpus=8, nodes=2, preemptible=True)
+    later = job(11, "a", gpus=4, limit=3600)
+    d = decide(snap(h100(4), [head, gang, later], run, pools=pools))
+    assert d.reservations == {10: NOW + 100}
+    assert [(a.job_id, a.placement.nodes) for a in d.admissions] == [(11, ("n002",))]
+
+    # With nothing of a's waiting, b could borrow a's guarantee once a's work has ended: the
+    # gang is reserved n001 and n002 for when they are free, while b's own job still runs
+    # (asked of the machine as it is now, a job of a pool with no guarantee behind a running
+    # job got no reservation at all: the live estimated start showed none).
+    d = decide(snap(h100(4), [gang], run, pools=pools))
+    assert d.reservations == {20: NOW + 200}
 
 
 def test_backfill_may_use_nodes_the_head_does_not_need() -> None:

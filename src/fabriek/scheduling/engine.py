@@ -22,7 +22,9 @@ One cycle, each step named and timed (Decisions.timings):
    here is work the pool's guarantee could hold: a job larger than its pool's whole guarantee
    does not keep that guarantee idle (it could never run there).
 7. **backfill** (EASY): each blocked head gets a reserved start, the earliest time enough
-   running jobs end by their time limits for it to fit. A later job starts now only if it fits
+   running jobs end by their time limits for it to fit, within its pool's guarantee and what
+   the pool could ever borrow (pools with waiting work lend nothing). A later job starts now
+   only if it fits
    and cannot delay any reserved head: it ends before the reservation, or uses none of the
    reserved nodes. A job beyond its pool's guarantee that may not borrow (step 6: every pool
    that could lend wants its GPUs) may still borrow GPUs that stand idle on nodes no head has
@@ -713,6 +715,22 @@ def _may_borrow(state: _State, job: PendingJob, gpu_type: str) -> bool:
     return borrowed - over_now + beyond <= lendable
 
 
+def _lendable_ever(state: _State, job: PendingJob, gpu_type: str) -> int:
+    """The most GPUs of this type the job's pool could borrow however much work has ended: the
+    unassigned ones, and up to the lend limit of the guarantees of pools with no waiting work
+    of this type; none for a job that cannot be preempted; at most the pool's borrow limit."""
+    if not job.preemptible:
+        return 0
+    total = state.total.get(gpu_type, 0)
+    wanting = state.demand.get(gpu_type, set())
+    lendable = total - sum(g.get(gpu_type, 0) for g in state.guarantee.values())
+    for name, lender in state.pools.items():
+        if name != job.pool and name not in wanting:
+            lendable += int(state.guarantee[name].get(gpu_type, 0) * lender.lend_limit)
+    limit = state.pools[job.pool].borrow_limit
+    return lendable if limit is None else min(lendable, int(limit * total))
+
+
 def _borrow(
     state: _State,
     queues: dict[str, list[PendingJob]],
@@ -744,7 +762,8 @@ def _borrow(
 
 def _reserve(state: _State, pool: str, head: _Blocked) -> None:
     """EASY: the earliest time the head can start if running jobs end by their time limits:
-    when it fits on the nodes and, unless it may borrow, within its pool's guarantee.
+    when it fits on the nodes and within what its pool may hold then: its guarantee, and for
+    a head blocked by room alone also what it could ever borrow (`_lendable_ever`).
 
     Jobs are released from the nodes in count only (GPUs per node of the head's type) until
     enough nodes could hold the head; only then are they taken off the nodes for a real look.
@@ -753,7 +772,15 @@ def _reserve(state: _State, pool: str, head: _Blocked) -> None:
     need, per_node = request.gpus, request.gpus_per_node
     owed = state.guarantee[pool].get(head.gpu_type, 0)
     pool_used = state.used[pool].get(head.gpu_type, 0)
-    share_ok = head.kind != "guarantee" or head.gpu_type == NO_GPU
+    # How far beyond its guarantee the pool may be at the reserved start. A head that may not
+    # borrow now: not at all. One blocked by room alone: what it could borrow once other work
+    # has ended, not infinitely (such a head once reserved nodes it could never use, and work
+    # that could have backfilled there waited; BENCHMARKS.md, "A head reserves only what it
+    # may use").
+    if head.gpu_type == NO_GPU:
+        owed = pool_used + need  # no pool limits CPU-only work
+    elif head.kind != "guarantee":
+        owed += _lendable_ever(state, head.job, head.gpu_type)
     typed = {p.name for p in state.snapshot.partitions if (p.gpu_type or NO_GPU) == head.gpu_type}
     fitting = sum(1 for p in typed for n in state.nodes[p].free.values() if n.gpus >= per_node)
     counted: list[RunningJob] = []  # released in count, still on the nodes
@@ -771,7 +798,7 @@ def _reserve(state: _State, pool: str, head: _Blocked) -> None:
                 fitting += before + job.request.gpus_per_node >= per_node > before
         if job.pool == pool and same_type:
             pool_used -= job.request.gpus
-        if not share_ok and pool_used + need > owed:
+        if pool_used + need > owed:
             continue
         if fitting < request.nodes:
             continue
