@@ -452,6 +452,21 @@ def test_a_job_that_can_never_run_does_not_block_its_pool() -> None:
     assert "can never start" in d.reasons[1]
 
 
+def test_a_job_beyond_its_pools_whole_guarantee_that_cannot_be_preempted_is_set_aside() -> None:
+    """Pool eurohpc is owed 4 of 8 GPUs. A job of 8 that cannot be preempted could never borrow
+    the rest: it is set aside with its reason instead of heading the queue for ever (the job
+    behind it once waited for backfill only). The same job, preemptible, may borrow: it starts."""
+    d = decide(snap(h100(1), [job(1, gpus=8), job(2, gpus=2)]))
+    assert admitted(d) == [2]
+    assert d.reasons[1] == (
+        "waiting: it needs 8 GPUs, more than pool eurohpc's whole guarantee (4), and only "
+        "preemptible jobs may borrow beyond it; it can never start as it is"
+    )
+    assert 1 not in d.heads.values()
+    d = decide(snap(h100(1), [job(1, gpus=8, preemptible=True), job(2, gpus=2)]))
+    assert admitted(d) == [1]
+
+
 def test_each_step_is_named_and_timed() -> None:
     d = decide(snap(h100(1), [job(1)]))
     assert list(d.timings) == [

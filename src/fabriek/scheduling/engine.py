@@ -4,8 +4,9 @@ One cycle, each step named and timed (Decisions.timings):
 
 1. **snapshot**: free resources per node, the pools' guarantees in GPUs of each type, what
    every pool and allocation already holds.
-2. **nominate**: pending jobs per pool; a job that can never start, or whose allocation cannot
-   cover it, is set aside with its reason and does not block its pool.
+2. **nominate**: pending jobs per pool; a job that can never start (no partition could hold
+   it, or it cannot be preempted and needs more than its pool's whole guarantee), or whose
+   allocation cannot cover it, is set aside with its reason and does not block its pool.
 3. **order**: each pool's queue by fair share with memory (the project's decayed use divided by
    its allocation's size), then priority, then submission time; jobs that have waited longer
    than `starving_after_s` (14 days) first, the longest-waiting first.
@@ -427,6 +428,7 @@ def _nominate(
     largest = _largest_shapes(state)
     possible: dict[Request, bool] = {}
     wanting = demand[default_type]  # the pools wanting the type a request without one counts on
+    owed_most = {name: max(owed.values(), default=0) for name, owed in state.guarantee.items()}
     for job in pending:
         pool = job.pool
         if pool not in pools:
@@ -449,6 +451,11 @@ def _nominate(
                 reasons[job.id] = (
                     "waiting: no partition has room for it even when empty; it can never start"
                 )
+                continue
+        if not job.preemptible and gpus and request.gpus > owed_most.get(pool, 0):
+            never = _beyond_guarantee_for_ever(state, job)  # rare: a closer look
+            if never:
+                reasons[job.id] = never
                 continue
         if job.allocation is not None:
             have = left.get(job.allocation)
@@ -475,6 +482,25 @@ def _nominate(
             for job in queue:
                 state.want(pool, job.request)
     return queues
+
+
+def _beyond_guarantee_for_ever(state: _State, job: PendingJob) -> str | None:
+    """Why a job that cannot be preempted can never start, if it needs more GPUs than its
+    pool's whole guarantee on every GPU type it may run on (only preemptible jobs borrow):
+    set aside with its reason, it does not block its pool's queue for ever."""
+    request = job.request
+    if request.partition is not None:
+        types = [state.type_of(request.partition)]
+    else:
+        types = [request.gpu_type] if request.gpu_type else state.gpu_types
+    owed = state.guarantee[job.pool]
+    most = max((owed.get(t, 0) for t in types), default=0)
+    if request.gpus <= most:
+        return None
+    return (
+        f"waiting: it needs {request.gpus} GPUs, more than pool {job.pool}'s whole guarantee "
+        f"({most}), and only preemptible jobs may borrow beyond it; it can never start as it is"
+    )
 
 
 def _order(state: _State, queues: dict[str, list[PendingJob]]) -> None:
