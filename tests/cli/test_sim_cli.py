@@ -77,6 +77,7 @@ def test_simulate_reports_what_deferring_flexible_jobs_saved(tmp_path: Path) -> 
         (["plan", "--trace", ITP01, "--budget", "lots"], "cannot read the budget"),
         (["plan", "--trace", ITP01, "--pue", "0.8", "--carbon", GRID], "PUE below 1"),
         (["plan", "--trace", ITP01, "--carbon", "/no/grid.csv"], "cannot read the carbon series"),
+        (["plan", "--trace", ITP01, "--workers", "0", "--carbon", GRID], "at least 1"),
     ],
 )
 def test_bad_input_is_named_and_exits_non_zero(

@@ -66,3 +66,17 @@ def test_each_size_is_simulated_and_costed() -> None:
     # Every default says where it comes from.
     assert all(len(source) > 20 for _, source in DEFAULTS.values())
     assert result["defaults"]["node_max_kw"]["value"] == DEFAULT_HARDWARE.max_kw
+
+
+def test_sizes_replayed_side_by_side_give_the_same_plan() -> None:
+    """Each size replays in its own process when there are cores for it; the plan is the same
+    as with every size replayed here, one after another."""
+    demand = Demand(SHARED / "traces" / "itp" / "cluster01.csv", gpu_hours_per_year=150_000,
+                    max_jobs=300)  # fmt: skip
+    seen: list[tuple[int, int]] = []
+    apart = plan(demand, budget=(2.8e6, 5.6e6), sizes=3, carbon_series=GRID, workers=3,
+                 progress=lambda done, total: seen.append((done, total)))  # fmt: skip
+    here = plan(demand, budget=(2.8e6, 5.6e6), sizes=3, carbon_series=GRID, workers=1)
+    assert apart["sizes"] == here["sizes"]
+    assert [row["nodes"] for row in here["sizes"]] == [8, 12, 16]
+    assert seen == [(1, 3), (2, 3), (3, 3)]

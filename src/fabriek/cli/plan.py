@@ -46,6 +46,12 @@ def plan(
     ] = GRID,
     seed: Annotated[int, typer.Option(help="Seed of the workload's rules.")] = 1,
     max_jobs: Annotated[int | None, typer.Option(help="Only the trace's first N jobs.")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Sizes replayed at once, each in its own process [default: one per core]."
+        ),
+    ] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write it as JSON.")] = None,
     markdown: Annotated[
         bool, typer.Option(help="Print Markdown tables (for a document) instead.")
@@ -66,6 +72,8 @@ def plan(
             pue=pue, wue_onsite_l_per_kwh=wue, water_offsite_l_per_kwh=water_offsite,
         )  # fmt: skip
         _check(hardware, costs, sizes, gpu_hours_per_year)
+        if workers is not None and workers < 1:
+            raise InvalidRequest("--workers must be at least 1")
         demand = Demand(trace, trace_format, gpu_hours_per_year, seed=seed, max_jobs=max_jobs)
         with Progress(TextColumn("simulating sizes"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=err_console, transient=True) as bar:  # fmt: skip
@@ -78,6 +86,7 @@ def plan(
                 costs=costs,
                 carbon_series=carbon,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
+                workers=workers,
             )
     if json_path is not None:
         try:

@@ -5,8 +5,11 @@ all can be overridden."""
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
 import statistics
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,7 @@ from fabriek.sim.metrics import summarise
 from fabriek.sim.policies import make_policy
 from fabriek.sim.simulator import Machine, simulate
 from fabriek.sim.traces import read_trace
-from fabriek.sim.workload import DEFAULT_POOLS, PoolShare, build, scale_arrivals
+from fabriek.sim.workload import DEFAULT_POOLS, PoolShare, SimJob, build, scale_arrivals
 
 HOURS_PER_YEAR = 8760.0
 
@@ -115,8 +118,11 @@ def plan(
     costs: Costs = DEFAULT_COSTS,
     carbon_series: Path,
     progress: Callable[[int, int], None] | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
-    """Each candidate size: simulated with the fabriek policy on the demand, then costed."""
+    """Each candidate size: simulated with the fabriek policy on the demand, then costed.
+    `workers`: sizes replayed at once, each in its own process (None: one per core; 1: all in
+    this process, one after another). The result is the same either way."""
     trace = read_trace(demand.trace, kind=demand.kind)
     if demand.max_jobs is not None:
         trace = trace[: demand.max_jobs]
@@ -127,18 +133,31 @@ def plan(
     span_h = (max(j.submit for j in jobs) - min(j.submit for j in jobs)) / 3600
     trace_rate = sum(j.gpus * j.duration for j in jobs) / 3600 / span_h * HOURS_PER_YEAR
     wanted = demand.gpu_hours_per_year or trace_rate
-    rows = []
-    for k, nodes in enumerate(candidates):
-        gpus = nodes * hardware.gpus_per_node
-        load = wanted / (gpus * HOURS_PER_YEAR)
-        machine = Machine(nodes, hardware.gpus_per_node)
-        scaled = scale_arrivals(jobs, gpus, load)
-        outcome = simulate(scaled, machine, make_policy("fabriek", machine, demand.pools),
-                           pools=demand.pools)  # fmt: skip
-        m = summarise(outcome, {p.name: p.guarantee for p in demand.pools})
-        rows.append(_costed(nodes, gpus, load, m, hardware, costs, intensity))
-        if progress is not None:
-            progress(k + 1, len(candidates))
+    loads = [wanted / (n * hardware.gpus_per_node * HOURS_PER_YEAR) for n in candidates]
+    tasks = [(jobs, n, hardware.gpus_per_node, load, demand.pools)
+             for n, load in zip(candidates, loads, strict=True)]  # fmt: skip
+    workers = min(workers or len(os.sched_getaffinity(0)), len(tasks))
+    metrics: dict[int, dict[str, Any]] = {}
+    if workers == 1:
+        for k, task in enumerate(tasks):
+            metrics[k] = _replay(*task)
+            if progress is not None:
+                progress(k + 1, len(tasks))
+    else:
+        # Each size is its own replay: one process each, as many at once as there are cores
+        # (a replay of the whole Philly file takes minutes; the sizes take no longer together).
+        # Spawned, not forked: a fork copies a parent's threads' locks mid-use.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            futures = {pool.submit(_replay, *task): k for k, task in enumerate(tasks)}
+            for done, future in enumerate(as_completed(futures), 1):
+                metrics[futures[future]] = future.result()
+                if progress is not None:
+                    progress(done, len(tasks))
+    rows = [
+        _costed(n, n * hardware.gpus_per_node, loads[k], metrics[k], hardware, costs, intensity)
+        for k, n in enumerate(candidates)
+    ]
     return {
         "demand": {"trace": str(demand.trace), "format": demand.kind, "jobs": len(jobs),
                    "gpu_hours_per_year": wanted, "trace_gpu_hours_per_year": trace_rate,
@@ -156,6 +175,16 @@ def plan(
         "sizes": rows,
         "defaults": {k: {"value": v, "source": src} for k, (v, src) in DEFAULTS.items()},
     }  # fmt: skip
+
+
+def _replay(
+    jobs: Sequence[SimJob], nodes: int, gpus_per_node: int, load: float, pools: Sequence[PoolShare]
+) -> dict[str, Any]:
+    """One candidate size's replay and its metrics (a worker process runs it)."""
+    machine = Machine(nodes, gpus_per_node)
+    scaled = scale_arrivals(jobs, nodes * gpus_per_node, load)
+    outcome = simulate(scaled, machine, make_policy("fabriek", machine, pools), pools=pools)
+    return summarise(outcome, {p.name: p.guarantee for p in pools})
 
 
 def _costed(
