@@ -103,6 +103,7 @@ def master_port(slurm_job_id):
 
 
 def batch(spec_path):
+    forward = _Forward()
     with open(spec_path) as f:
         spec = json.load(f)
     job_dir = os.path.dirname(spec_path)
@@ -146,6 +147,7 @@ def batch(spec_path):
         cwd = spec["workdir"]
     try:
         child = subprocess.Popen(argv, env=env, cwd=cwd, start_new_session=True)
+        forward.started(child.pid)
     except OSError as exc:
         sys.stderr.write(f"fabriek: cannot start {argv[0]!r}: {exc.strerror}\n")
         _write_json(
@@ -177,19 +179,42 @@ def batch(spec_path):
     return _exit_like(code)
 
 
-def _wait(child, meter, job_dir):
-    """Wait for the command, passing signals on to its process group and sampling the meter;
-    then the node's energy totals go to nodes/NODE/energy.json. Returns the exit status (as
-    subprocess: negative for a signal) and the resource usage."""
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 
-    def forward(signum, _frame):
+
+class _Forward:
+    """Signals to this wrapper go on to the command's process group; those that come before the
+    command has started are kept and sent once it has. Installed first thing: a cancel that came
+    after the command started but before the wrapper had set its handlers (it was starting the
+    meter) killed the wrapper by SIGTERM's default action, and with it the job, before the
+    command's own handler could run (the Slurm cancel test, on a loaded machine)."""
+
+    def __init__(self):
+        self.pid = None
+        self.early = []
+        for signum in FORWARDED:
+            signal.signal(signum, self._on)
+
+    def _on(self, signum, _frame):
+        if self.pid is None:
+            self.early.append(signum)
+            return
         try:
-            os.killpg(child.pid, signum)
+            os.killpg(self.pid, signum)
         except OSError:
             pass
 
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(signum, forward)
+    def started(self, pid):
+        self.pid = pid
+        for signum in self.early:
+            self._on(signum, None)
+        self.early.clear()
+
+
+def _wait(child, meter, job_dir):
+    """Wait for the command (signals reach its process group: `_Forward`), sampling the meter;
+    then the node's energy totals go to nodes/NODE/energy.json. Returns the exit status (as
+    subprocess: negative for a signal) and the resource usage."""
     if meter is not None:
         pidfd = os.pidfd_open(child.pid)
         try:
@@ -269,6 +294,7 @@ def _start_meter(spec, pgid, job_dir):
 def task(spec_path):
     """One task of a multi-node job: the job's command on this node, with its rank set, and
     this node's energy meter."""
+    forward = _Forward()
     with open(spec_path) as f:
         spec = json.load(f)
     env = _distributed_env(
@@ -290,6 +316,7 @@ def task(spec_path):
     argv = spec["argv"]
     try:
         child = subprocess.Popen(argv, env=env, cwd=spec["workdir"], start_new_session=True)
+        forward.started(child.pid)
     except OSError as exc:
         sys.stderr.write(f"fabriek: cannot start {argv[0]!r}: {exc.strerror}\n")
         return 127
