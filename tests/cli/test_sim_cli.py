@@ -96,3 +96,17 @@ def test_plan_prints_a_markdown_table(tmp_path: Path) -> None:
     lines = [line for line in r.stdout.splitlines() if line.startswith("| ")]
     assert lines[0].startswith("| nodes | GPUs | capex M€") and len(lines) == 3
     assert lines[1].startswith("| 8 | 64 | 2.8 |") and lines[2].startswith("| 16 | 128 | 5.6 |")
+
+
+def test_plan_into_a_file_prints_every_figure_whole(tmp_path: Path) -> None:
+    """Not a terminal: the table keeps its width (Rich's 80 columns cut it to `CAP…`, `1,8…`)."""
+    r = fabriek("plan", "--trace", ITP01, "--max-jobs", "200", "--budget", "2.8M-5.6M",
+                "--sizes", "2", "--carbon", GRID, cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "…" not in r.stdout
+    header = next(line for line in r.stdout.splitlines() if "NODES" in line)
+    assert "CAPEX M€" in header and "T CO2E/YR" in header
+    rows = [
+        line.split() for line in r.stdout.splitlines() if line.strip().startswith(("8 ", "16 "))
+    ]
+    assert [row[:3] for row in rows] == [["8", "64", "2.8"], ["16", "128", "5.6"]]
