@@ -350,7 +350,7 @@ def test_a_head_reserves_no_nodes_beyond_what_its_pool_could_ever_borrow() -> No
     """Pool b's head needs two whole nodes, beyond b's guarantee (8 of 32 GPUs), and pool a
     wants its own GPUs: b could borrow nothing however much work ended. It reserves no nodes,
     so a's job may backfill onto n002, which a reservation as if b could borrow would have
-    held (found in the simulator: Philly at load 1.0, mean JCT 33 -> 23 h)."""
+    held (found in the simulator: Philly at load 1.0, mean JCT 33 -> 24 h)."""
     pools = (Pool("a", 0.75), Pool("b", 0.25))  # of 32 GPUs: 24 and 8
     run = [
         running(job(1, "b", gpus=8, limit=1010), ("n000",)),  # ends by NOW + 1000

@@ -73,8 +73,6 @@ def plan(
             pue=pue, wue_onsite_l_per_kwh=wue, water_offsite_l_per_kwh=water_offsite,
         )  # fmt: skip
         _check(hardware, costs, sizes, gpu_hours_per_year)
-        if workers is not None and workers < 1:
-            raise InvalidRequest("--workers must be at least 1")
         demand = Demand(trace, trace_format, gpu_hours_per_year, seed=seed, max_jobs=max_jobs)
         with Progress(TextColumn("simulating sizes"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=err_console, transient=True) as bar:  # fmt: skip

@@ -724,15 +724,7 @@ def _may_borrow(state: _State, job: PendingJob, gpu_type: str) -> bool:
         return False
     gpus = job.request.gpus
     beyond = state.used[job.pool][gpu_type] + gpus - state.guarantee[job.pool].get(gpu_type, 0)
-    total = state.total.get(gpu_type, 0)
-    # Lendable: the unassigned GPUs, and the unused guarantee of pools without pending demand.
-    wanting = state.demand.get(gpu_type, set())
-    lendable = total - sum(g.get(gpu_type, 0) for g in state.guarantee.values())
-    for name, lender in state.pools.items():
-        if name == job.pool or name in wanting:
-            continue
-        owed = state.guarantee[name].get(gpu_type, 0)
-        lendable += min(int(owed * lender.lend_limit), max(0, owed - state.used[name][gpu_type]))
+    lendable = _lendable(state, job.pool, gpu_type, now=True)
     borrowed = sum(
         max(0, state.used[name][gpu_type] - state.guarantee[name].get(gpu_type, 0))
         for name in state.pools
@@ -741,19 +733,31 @@ def _may_borrow(state: _State, job: PendingJob, gpu_type: str) -> bool:
     return borrowed - over_now + beyond <= lendable
 
 
+def _lendable(state: _State, borrower: str, gpu_type: str, *, now: bool) -> int:
+    """GPUs of this type other pools may lend `borrower`: the unassigned ones, and the
+    guarantees of pools with no waiting work of this type, up to their lend limits; `now`: less
+    what those pools use at the moment (else: however much work has ended)."""
+    wanting = state.demand.get(gpu_type, set())
+    lendable = state.total.get(gpu_type, 0) - sum(
+        g.get(gpu_type, 0) for g in state.guarantee.values()
+    )
+    for name, lender in state.pools.items():
+        if name == borrower or name in wanting:
+            continue
+        owed = state.guarantee[name].get(gpu_type, 0)
+        most = int(owed * lender.lend_limit)
+        lendable += min(most, max(0, owed - state.used[name][gpu_type])) if now else most
+    return lendable
+
+
 def _lendable_ever(state: _State, job: PendingJob, gpu_type: str) -> int:
-    """The most GPUs of this type the job's pool could borrow however much work has ended: the
-    unassigned ones, and up to the lend limit of the guarantees of pools with no waiting work
-    of this type; none for a job that cannot be preempted; at most the pool's borrow limit."""
+    """The most GPUs of this type the job's pool could borrow however much work has ended;
+    none for a job that cannot be preempted; at most the pool's borrow limit."""
     if not job.preemptible:
         return 0
-    total = state.total.get(gpu_type, 0)
-    wanting = state.demand.get(gpu_type, set())
-    lendable = total - sum(g.get(gpu_type, 0) for g in state.guarantee.values())
-    for name, lender in state.pools.items():
-        if name != job.pool and name not in wanting:
-            lendable += int(state.guarantee[name].get(gpu_type, 0) * lender.lend_limit)
+    lendable = _lendable(state, job.pool, gpu_type, now=False)
     limit = state.pools[job.pool].borrow_limit
+    total = state.total.get(gpu_type, 0)
     return lendable if limit is None else min(lendable, int(limit * total))
 
 
@@ -801,8 +805,8 @@ def _reserve(state: _State, pool: str, head: _Blocked) -> None:
     # How far beyond its guarantee the pool may be at the reserved start. A head that may not
     # borrow now: not at all. One blocked by room alone: what it could borrow once other work
     # has ended, not infinitely (such a head once reserved nodes it could never use, and work
-    # that could have backfilled there waited; BENCHMARKS.md, "A head reserves only what it
-    # may use").
+    # that could have backfilled there waited; BENCHMARKS.md, "A head reserves only what its
+    # pool may use").
     if head.gpu_type == NO_GPU:
         owed = pool_used + need  # no pool limits CPU-only work
     elif head.kind != "guarantee":

@@ -123,6 +123,8 @@ def plan(
     """Each candidate size: simulated with the fabriek policy on the demand, then costed.
     `workers`: sizes replayed at once, each in its own process (None: one per core; 1: all in
     this process, one after another). The result is the same either way."""
+    if workers is not None and workers < 1:
+        raise InvalidRequest("--workers must be at least 1")
     trace = read_trace(demand.trace, kind=demand.kind)
     if demand.max_jobs is not None:
         trace = trace[: demand.max_jobs]
