@@ -81,7 +81,15 @@ def test_jobs_status_logs_follow_cancel_download(
     out = tmp_path / "out"
     dl = server.cli("download", job_id, str(out))
     assert dl.returncode == 0 and (out / "out.txt").read_text() == "result\n"
-    sleeper = server.cli("submit", "--parsable", "--no-workdir", "--", "sleep", "60").stdout.strip()
+    long_name = "nightly-finetune-of-the-regional-language-model-on-the-whole-corpus"
+    sleeper = server.cli(
+        "submit", "--parsable", "--no-workdir", "--name", long_name, "--", "sleep", "60"
+    ).stdout.strip()
+    # Into a pipe the table keeps every row on one line, whole (Rich squeezed it into 80
+    # columns, folding the name over lines).
+    row = next(line.split() for line in server.cli("jobs").stdout.splitlines() if long_name in line)
+    assert row[:3] == [sleeper, long_name, "default"]
+    assert row[3] in {"pending", "admitted", "running"}
     cancel = server.cli("cancel", sleeper)
     assert cancel.returncode == 0
     wait_for(

@@ -11,13 +11,32 @@ from typing import Any, NoReturn
 
 import typer
 from pydantic import BaseModel
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
 
 from fabriek.core.errors import FabriekError
 
-console = Console()
-err_console = Console(stderr=True)
+WIDE = 1000  # columns into a file or a pipe: more than any table needs, so nothing is cut
+
+
+class _Console(Console):
+    """Rich's console, except that into a file or a pipe it neither cuts nor wraps: there Rich
+    assumes 80 columns and squeezes a table into them, cutting its figures (`CAP…`, `1,8…`) or
+    folding a cell over lines, so `fabriek jobs > jobs.txt` lost what a script would read. An
+    exported COLUMNS (pytest's subprocesses get 80) is ignored there too."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        return size if self.is_terminal else ConsoleDimensions(WIDE, size.height)
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        self._width, self._height = new_size
+
+
+console = _Console()
+err_console = _Console(stderr=True)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fabriek.cli.output import console, err_console, fail, handled
@@ -161,8 +160,7 @@ def _print(result: dict[str, Any]) -> None:
     table = _table(*(c.upper() for c in COLUMNS))
     for row in result["sizes"]:
         table.add_row(*_cells(row))
-    # Into a file or a pipe, whole: Rich would squeeze it into 80 columns and cut the figures.
-    (console if console.is_terminal else Console(width=1000)).print(table)
+    console.print(table)  # into a file or a pipe too, whole (output._Console)
 
 
 def _print_markdown(result: dict[str, Any]) -> None:
