@@ -78,6 +78,52 @@ def test_simulate_reports_what_deferring_flexible_jobs_saved(tmp_path: Path) -> 
         (["plan", "--trace", ITP01, "--pue", "0.8", "--carbon", GRID], "PUE below 1"),
         (["plan", "--trace", ITP01, "--carbon", "/no/grid.csv"], "cannot read the carbon series"),
         (["plan", "--trace", ITP01, "--workers", "0", "--carbon", GRID], "at least 1"),
+        (
+            ["plan", "--trace", ITP01, "--hardware", "nope", "--carbon", GRID],
+            "no hardware option 'nope': the catalogue has h100, h200, b200",
+        ),
+        (
+            ["plan", "--trace", ITP01, "--hardware", "b200:price=lots", "--carbon", GRID],
+            "price must be a number, got 'lots'",
+        ),
+        (
+            ["plan", "--trace", ITP01, "--hardware", "b200:colour=red", "--carbon", GRID],
+            "the fields are price, kw, gpus, speed, lifetime, idle",
+        ),
+        (
+            ["plan", "--trace", ITP01, "--hardware", "b200:speed=0", "--carbon", GRID],
+            "the speed (speed=) must be above 0 (hardware B200 node (8 GPUs))",
+        ),
+        (
+            [
+                "plan",
+                "--trace",
+                ITP01,
+                "--hardware",
+                "h100",
+                "--hardware",
+                "b200",
+                "--node-price",
+                "1",
+                "--carbon",
+                GRID,
+            ],
+            "--node-price changes one hardware option",
+        ),
+        (
+            [
+                "plan",
+                "--trace",
+                ITP01,
+                "--hardware",
+                "b200",
+                "--hardware",
+                "B200",
+                "--carbon",
+                GRID,
+            ],
+            "two hardware options have the same name",
+        ),
     ],
 )
 def test_bad_input_is_named_and_exits_non_zero(
@@ -96,6 +142,29 @@ def test_plan_prints_a_markdown_table(tmp_path: Path) -> None:
     lines = [line for line in r.stdout.splitlines() if line.startswith("| ")]
     assert lines[0].startswith("| nodes | GPUs | capex M€") and len(lines) == 3
     assert lines[1].startswith("| 8 | 64 | 2.8 |") and lines[2].startswith("| 16 | 128 | 5.6 |")
+
+
+def test_plan_compares_hardware_options_in_one_table(tmp_path: Path) -> None:
+    r = fabriek("plan", "--trace", ITP01, "--max-jobs", "200", "--budget", "2.8M-5.6M",
+                "--sizes", "2", "--carbon", GRID, "--markdown", "--hardware", "h100",
+                "--hardware", "b200:price=700000",
+                "--hardware", "lab:price=350000,kw=10.2,speed=0.5",
+                "--json", "plan.json", cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    lines = [line.split(" | ") for line in r.stdout.splitlines() if line.startswith("| ")]
+    assert lines[0][:2] == ["| hardware", "nodes"] and lines[0][6] == "€/H100-h"
+    assert [(row[0], row[1]) for row in lines[1:]] == [
+        ("| H100 node (8 GPUs)", "8"), ("| H100 node (8 GPUs)", "16"),
+        ("| B200 node (8 GPUs)", "4"), ("| B200 node (8 GPUs)", "8"),
+        ("| lab", "8"), ("| lab", "16"),
+    ]  # fmt: skip
+    assert "B200 node (8 GPUs) at €700,000, 14.3 kW, 5 years, 2x an H100" in r.stdout
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert [h["speed"] for h in plan["hardware"]] == [1.0, 2.0, 0.5]
+    h100, lab = plan["sizes"][0], plan["sizes"][4]
+    # The same machine at half the speed: twice the load, the same demand served at a higher cost.
+    assert lab["offered_load"] == pytest.approx(2 * h100["offered_load"])
+    assert lab["cost_per_demand_gpu_hour_eur"] > h100["cost_per_demand_gpu_hour_eur"]
 
 
 def test_plan_into_a_file_prints_every_figure_whole(tmp_path: Path) -> None:

@@ -11,8 +11,11 @@ from fabriek.sim.plan import (
     DEFAULT_COSTS,
     DEFAULT_HARDWARE,
     DEFAULTS,
+    HARDWARE,
+    HARDWARE_SOURCES,
     HOURS_PER_YEAR,
     Demand,
+    Hardware,
     candidate_nodes,
     mean_intensity,
     plan,
@@ -80,3 +83,43 @@ def test_sizes_replayed_side_by_side_give_the_same_plan() -> None:
     assert apart["sizes"] == here["sizes"]
     assert [row["nodes"] for row in here["sizes"]] == [8, 12, 16]
     assert seen == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_hardware_options_are_sized_and_costed_side_by_side() -> None:
+    """Two options alike but for speed: the same nodes, half the load on the faster one (every
+    job runs half as long), and a cost per GPU-hour of the demand that counts the speed."""
+    demand = Demand(SHARED / "traces" / "itp" / "cluster01.csv", gpu_hours_per_year=150_000,
+                    max_jobs=300)  # fmt: skip
+    slow = Hardware("slow", 8, 350_000.0, 10.2, 0.3, 5.0, 1.0)
+    fast = Hardware("fast", 8, 350_000.0, 10.2, 0.3, 5.0, 2.0)
+    result = plan(demand, budget=(2.8e6, 5.6e6), sizes=2, hardware=[slow, fast],
+                  carbon_series=GRID, workers=1)  # fmt: skip
+    rows = {(row["hardware"], row["nodes"]): row for row in result["sizes"]}
+    assert list(rows) == [("slow", 8), ("slow", 16), ("fast", 8), ("fast", 16)]
+    assert [h["name"] for h in result["hardware"]] == ["slow", "fast"]
+    for nodes in (8, 16):
+        s, f = rows["slow", nodes], rows["fast", nodes]
+        assert f["offered_load"] == pytest.approx(s["offered_load"] / 2)
+        assert f["finished"] == f["jobs"] == s["jobs"]  # the same jobs, all served
+        assert f["utilisation"] == pytest.approx(f["offered_load"])
+        assert f["wait_p95_h"] <= s["wait_p95_h"]
+        yearly = (
+            f["capex_eur"] / fast.lifetime_years
+            + f["facility_mwh_per_year"] * 1000 * DEFAULT_COSTS.electricity_eur_per_kwh
+            + f["capex_eur"] * DEFAULT_COSTS.maintenance_per_year
+        )
+        assert f["cost_per_demand_gpu_hour_eur"] == pytest.approx(yearly / 150_000)
+        assert s["cost_per_demand_gpu_hour_eur"] == pytest.approx(s["cost_per_gpu_hour_eur"])
+        # Less busy, it draws less: the same demand costs less on the faster GPU.
+        assert f["facility_mwh_per_year"] < s["facility_mwh_per_year"]
+        assert f["cost_per_demand_gpu_hour_eur"] < s["cost_per_demand_gpu_hour_eur"]
+    with pytest.raises(InvalidRequest, match="same name"):
+        plan(demand, budget=(2.8e6, 5.6e6), sizes=1, hardware=[slow, slow], carbon_series=GRID)
+
+
+def test_every_hardware_option_says_where_its_figures_come_from() -> None:
+    assert HARDWARE["h100"].speed == 1.0  # the demand is counted in H100 GPU-hours
+    for key, option in HARDWARE.items():
+        assert option.gpus_per_node == 8 and option.speed >= 1.0
+        assert set(HARDWARE_SOURCES[key]) == {"price_eur", "max_kw", "speed"}
+        assert all(len(source) > 30 for source in HARDWARE_SOURCES[key].values())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,6 +29,14 @@ def plan(
         str, typer.Option(help="The capital budget, low-high, e.g. 80M-120M (euros).")
     ] = "80M-120M",
     sizes: Annotated[int, typer.Option(help="How many sizes to try within the budget.")] = 5,
+    hardware: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A hardware option to size (repeat it to compare): h100, h200, b200, either "
+            "with changes (b200:price=480000,speed=2.2), or a NAME:price=...,kw=...[,gpus=,"
+            "speed=,lifetime=,idle=] of your own [default: h100]."
+        ),
+    ] = None,
     node_price: Annotated[float | None, typer.Option(help="Euros per node, installed.")] = None,
     node_kw: Annotated[float | None, typer.Option(help="A node's power at full load, kW.")] = None,
     gpus_per_node: Annotated[int | None, typer.Option(help="GPUs per node.")] = None,
@@ -59,28 +68,39 @@ def plan(
 ) -> None:
     """Size a factory for a demand: candidate sizes within the budget, each simulated with
     fabriek's engine, with capex, opex, service, energy, water and carbon (docs/planning.md)."""
-    from fabriek.sim.plan import DEFAULT_COSTS, DEFAULT_HARDWARE, Demand, with_overrides
+    from fabriek.sim.plan import DEFAULT_COSTS, Demand, with_overrides
     from fabriek.sim.plan import plan as make_plan
 
     with handled():
-        hardware = with_overrides(
-            DEFAULT_HARDWARE, price_eur=node_price, max_kw=node_kw, gpus_per_node=gpus_per_node,
-            lifetime_years=lifetime,
-        )  # fmt: skip
+        options = [parse_hardware(text) for text in hardware or ["h100"]]
+        flags = {"--node-price": node_price, "--node-kw": node_kw,
+                 "--gpus-per-node": gpus_per_node, "--lifetime": lifetime}  # fmt: skip
+        given = [flag for flag, value in flags.items() if value is not None]
+        if given and len(options) > 1:
+            raise InvalidRequest(
+                f"{', '.join(given)} changes one hardware option; with several, give the change "
+                "with the option, e.g. --hardware b200:price=480000"
+            )
+        options = [
+            with_overrides(o, price_eur=node_price, max_kw=node_kw, gpus_per_node=gpus_per_node,
+                           lifetime_years=lifetime)
+            for o in options
+        ]  # fmt: skip
         costs = with_overrides(
             DEFAULT_COSTS, electricity_eur_per_kwh=electricity, maintenance_per_year=maintenance,
             pue=pue, wue_onsite_l_per_kwh=wue, water_offsite_l_per_kwh=water_offsite,
         )  # fmt: skip
-        _check(hardware, costs, sizes, gpu_hours_per_year)
+        for option in options:
+            _check(option, costs, sizes, gpu_hours_per_year)
         demand = Demand(trace, trace_format, gpu_hours_per_year, seed=seed, max_jobs=max_jobs)
         with Progress(TextColumn("simulating sizes"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=err_console, transient=True) as bar:  # fmt: skip
-            task = bar.add_task("plan", total=sizes)
+            task = bar.add_task("plan", total=sizes * len(options))
             result = make_plan(
                 demand,
                 budget=_budget(budget),
                 sizes=sizes,
-                hardware=hardware,
+                hardware=options,
                 costs=costs,
                 carbon_series=carbon,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
@@ -94,17 +114,68 @@ def plan(
     (_print_markdown if markdown else _print)(result)
 
 
+# --hardware NAME:FIELD=VALUE: each field, the Hardware attribute it sets, and its type.
+FIELDS: dict[str, tuple[str, type]] = {
+    "price": ("price_eur", float), "kw": ("max_kw", float), "gpus": ("gpus_per_node", int),
+    "speed": ("speed", float), "lifetime": ("lifetime_years", float),
+    "idle": ("idle_fraction", float),
+}  # fmt: skip
+
+
+def parse_hardware(text: str) -> Any:
+    """`b200`, `b200:price=480000,speed=2.2` or `mi300x:price=300000,kw=10.2,speed=1.2`: one
+    of the catalogue's options, changed or not, or one's own (price and kW required)."""
+    from fabriek.sim.plan import DEFAULT_HARDWARE, HARDWARE
+
+    name, _, rest = text.strip().partition(":")
+    key = name.lower()
+    if not name or not re.fullmatch(r"[\w.+-]+", name):
+        raise InvalidRequest(f"cannot read the hardware option {text!r}; use e.g. b200 or "
+                             "mi300x:price=300000,kw=10.2")  # fmt: skip
+    changes: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in rest.split(","))):
+        field, sep, value = part.partition("=")
+        if not sep or field not in FIELDS:
+            raise InvalidRequest(
+                f"hardware option {name!r}: cannot read {part!r}; the fields are "
+                f"{', '.join(FIELDS)} (e.g. price=480000)"
+            )
+        attribute, kind = FIELDS[field]
+        try:
+            changes[attribute] = kind(value)
+        except ValueError:
+            raise InvalidRequest(
+                f"hardware option {name!r}: {field} must be a number, got {value!r}"
+            ) from None
+    if key in HARDWARE:
+        base = HARDWARE[key]
+    elif {"price_eur", "max_kw"} <= changes.keys():
+        base = replace(DEFAULT_HARDWARE, name=name)
+    else:
+        raise InvalidRequest(
+            f"no hardware option {name!r}: the catalogue has {', '.join(HARDWARE)}; one of your "
+            f"own needs at least a price and a power, e.g. {name}:price=300000,kw=10.2"
+        )
+    return replace(base, **changes)
+
+
 def _check(hardware: Any, costs: Any, sizes: int, demand: float | None) -> None:
     if not 1 <= sizes <= 50:
         raise InvalidRequest("--sizes is 1 to 50")
     if demand is not None and demand <= 0:
         raise InvalidRequest("--gpu-hours-per-year must be above 0")
-    for name, value in (("--node-price", hardware.price_eur), ("--node-kw", hardware.max_kw),
-                        ("--gpus-per-node", hardware.gpus_per_node),
-                        ("--lifetime", hardware.lifetime_years),
-                        ("--electricity", costs.electricity_eur_per_kwh)):  # fmt: skip
+    where = f" (hardware {hardware.name})"
+    for name, value in (("the price (--node-price, price=)", hardware.price_eur),
+                        ("the power (--node-kw, kw=)", hardware.max_kw),
+                        ("GPUs per node (--gpus-per-node, gpus=)", hardware.gpus_per_node),
+                        ("the lifetime (--lifetime, lifetime=)", hardware.lifetime_years),
+                        ("the speed (speed=)", hardware.speed)):  # fmt: skip
         if value <= 0:
-            raise InvalidRequest(f"{name} must be above 0")
+            raise InvalidRequest(f"{name} must be above 0{where}")
+    if not 0 <= hardware.idle_fraction <= 1:
+        raise InvalidRequest(f"idle is a fraction of the maximum power, 0 to 1{where}")
+    if costs.electricity_eur_per_kwh <= 0:
+        raise InvalidRequest("--electricity must be above 0")
     if costs.pue < 1:
         raise InvalidRequest(f"a PUE below 1 is impossible, got {costs.pue}")
     if (
@@ -129,11 +200,19 @@ def _budget(text: str) -> tuple[float, float]:
 COLUMNS = ("nodes", "GPUs", "capex M€", "opex M€/yr", "€/GPU-h", "load", "utilisation",
            "wait p50 h", "wait p95 h", "regional share", "regional denied h/yr", "MWh/yr",
            "water m³/yr", "t CO2e/yr")  # fmt: skip
+# With several hardware options: which one, and a cost comparable across them.
+COMPARED = ("hardware", "€/H100-h")
 
 
-def _cells(row: dict[str, Any]) -> list[str]:
+def _columns(result: dict[str, Any]) -> tuple[str, ...]:
+    if len(result["hardware"]) == 1:
+        return COLUMNS
+    return (COMPARED[0], *COLUMNS[:5], COMPARED[1], *COLUMNS[5:])
+
+
+def _cells(row: dict[str, Any], compared: bool) -> list[str]:
     denied = row["regional_denied_hours_per_year"]
-    return [
+    cells = [
         str(row["nodes"]), str(row["gpus"]), f"{row['capex_eur'] / 1e6:.1f}",
         f"{row['opex_eur_per_year'] / 1e6:.2f}", f"{row['cost_per_gpu_hour_eur']:.2f}",
         f"{row['offered_load']:.2f}", f"{row['utilisation']:.1%}", f"{row['wait_p50_h']:.2f}",
@@ -142,30 +221,47 @@ def _cells(row: dict[str, Any]) -> list[str]:
         "-" if denied is None else f"{denied:,.0f}", f"{row['facility_mwh_per_year']:,.0f}",
         f"{row['water_m3_per_year']:,.0f}", f"{row['t_co2e_per_year']:,.0f}",
     ]  # fmt: skip
+    if compared:
+        cells.insert(0, row["hardware"])
+        cells.insert(6, f"{row['cost_per_demand_gpu_hour_eur']:.2f}")
+    return cells
 
 
 def _intro(result: dict[str, Any]) -> str:
-    d, h, c = result["demand"], result["hardware"], result["costs"]
+    d, c = result["demand"], result["costs"]
+    options = result["hardware"]
+    machines = "; ".join(
+        f"{h['name']} at €{h['price_eur']:,.0f}, {h['max_kw']} kW, {h['lifetime_years']:g} years"
+        + (f", {h['speed']:g}x an H100" if len(options) > 1 or h["speed"] != 1 else "")
+        for h in options
+    )
+    compared = (
+        " €/H100-h: euros per GPU-hour of the demand (counted on H100s) served, on any hardware."
+        if len(options) > 1
+        else ""
+    )
     return (
         f"Demand {d['gpu_hours_per_year']:,.0f} GPU-hours a year, shaped like {d['trace']} "
-        f"({d['jobs']} jobs, seed {d['seed']}); {h['name']} at €{h['price_eur']:,.0f}, "
-        f"{h['max_kw']} kW, {h['lifetime_years']:g} years; electricity €{c['electricity_eur_per_kwh']}"
-        f"/kWh, PUE {c['pue']}, water {c['wue_onsite_l_per_kwh']} L/kWh on site and "
-        f"{c['water_offsite_l_per_kwh']} off site, grid {c['carbon_g_per_kwh']:.0f} g CO2e/kWh."
+        f"({d['jobs']} jobs, seed {d['seed']}); {machines}; electricity "
+        f"€{c['electricity_eur_per_kwh']}/kWh, PUE {c['pue']}, water {c['wue_onsite_l_per_kwh']} "
+        f"L/kWh on site and {c['water_offsite_l_per_kwh']} off site, grid "
+        f"{c['carbon_g_per_kwh']:.0f} g CO2e/kWh.{compared}"
     )
 
 
 def _print(result: dict[str, Any]) -> None:
     console.print(_intro(result), highlight=False)
-    table = _table(*(c.upper() for c in COLUMNS))
+    columns = _columns(result)
+    table = _table(*(c.upper() for c in columns))
     for row in result["sizes"]:
-        table.add_row(*_cells(row))
+        table.add_row(*_cells(row, len(columns) > len(COLUMNS)))
     console.print(table)  # into a file or a pipe too, whole (output._Console)
 
 
 def _print_markdown(result: dict[str, Any]) -> None:
     print(_intro(result) + "\n")
-    print("| " + " | ".join(COLUMNS) + " |")
-    print("|" + "---|" * len(COLUMNS))
+    columns = _columns(result)
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
     for row in result["sizes"]:
-        print("| " + " | ".join(_cells(row)) + " |")
+        print("| " + " | ".join(_cells(row, len(columns) > len(COLUMNS))) + " |")

@@ -33,6 +33,9 @@ class Hardware:
     max_kw: float  # per node, at full load
     idle_fraction: float  # of max_kw drawn when idle
     lifetime_years: float
+    # Work a GPU of this kind does in an hour, in the demand's GPU-hours (an H100's: 1). The
+    # demand is counted in H100 GPU-hours; on a GPU twice as fast every job runs half as long.
+    speed: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +47,38 @@ class Costs:
     water_offsite_l_per_kwh: float  # per kWh of electricity
 
 
-DEFAULT_HARDWARE = Hardware("H100 node (8 GPUs)", 8, 350_000.0, 10.2, 0.3, 5.0)
+# The hardware options a plan can compare (`fabriek plan --hardware h100 --hardware b200`), each
+# figure with its source in HARDWARE_SOURCES (docs/planning.md). Prices and speeds are
+# assumptions to replace with quotes and one's own benchmarks.
+HARDWARE: dict[str, Hardware] = {
+    "h100": Hardware("H100 node (8 GPUs)", 8, 350_000.0, 10.2, 0.3, 5.0, 1.0),
+    "h200": Hardware("H200 node (8 GPUs)", 8, 420_000.0, 10.2, 0.3, 5.0, 1.3),
+    "b200": Hardware("B200 node (8 GPUs)", 8, 500_000.0, 14.3, 0.3, 5.0, 2.0),
+}
+HARDWARE_SOURCES: dict[str, dict[str, str]] = {
+    "h100": {
+        "price_eur": "public reports of DGX H100 prices, USD 300,000-500,000 (2023-2024), taken "
+                     "at EUR 350,000 installed; an assumption to replace with a quote",
+        "max_kw": "NVIDIA DGX H100/H200 user guide: 10.2 kW maximum input",
+        "speed": "the reference: the demand is counted in H100 GPU-hours",
+    },
+    "h200": {
+        "price_eur": "no public price at hand; assumed between the H100 and B200 systems' "
+                     "reported prices, EUR 420,000 installed; replace with a quote",
+        "max_kw": "NVIDIA DGX H100/H200 user guide: 10.2 kW maximum input (the same chassis; "
+                  "700 W per GPU, as the H100)",
+        "speed": "NVIDIA: the H200 extended the H100's performance by up to 47 % in MLPerf "
+                 "Training v4.0 (2024); taken at 1.3 for a mixed workload, an assumption",
+    },
+    "b200": {
+        "price_eur": "a reported USD 515,000 for a DGX B200 (2024-2025), taken at EUR 500,000 "
+                     "installed; an assumption to replace with a quote",
+        "max_kw": "NVIDIA DGX B200 user guide: 14.3 kW maximum input",
+        "speed": "MLPerf Training v4.1 (2024): about twice the H100's per-GPU performance in GPT-3 "
+                 "pre-training and Llama 2 70B fine-tuning; taken at 2.0, an assumption",
+    },
+}  # fmt: skip
+DEFAULT_HARDWARE = HARDWARE["h100"]
 DEFAULT_COSTS = Costs(0.15, 0.08, 1.2, 0.0, 1.8)
 # Where each default comes from (also in docs/planning.md): what is measured, what is assumed.
 DEFAULTS: dict[str, tuple[float | str, str]] = {
@@ -114,30 +148,39 @@ def plan(
     *,
     budget: tuple[float, float],
     sizes: int = 5,
-    hardware: Hardware = DEFAULT_HARDWARE,
+    hardware: Hardware | Sequence[Hardware] = DEFAULT_HARDWARE,
     costs: Costs = DEFAULT_COSTS,
     carbon_series: Path,
     progress: Callable[[int, int], None] | None = None,
     workers: int | None = None,
 ) -> dict[str, Any]:
-    """Each candidate size: simulated with the fabriek policy on the demand, then costed.
-    `workers`: sizes replayed at once, each in its own process (None: one per core; 1: all in
-    this process, one after another). The result is the same either way."""
+    """Each candidate size of each hardware option: simulated with the fabriek policy on the
+    demand, then costed. `workers`: sizes replayed at once, each in its own process (None: one
+    per core; 1: all in this process, one after another). The result is the same either way."""
     if workers is not None and workers < 1:
         raise InvalidRequest("--workers must be at least 1")
+    options = (hardware,) if isinstance(hardware, Hardware) else tuple(hardware)
+    if not options:
+        raise InvalidRequest("no hardware to plan with")
+    names = [h.name for h in options]
+    if len(set(names)) < len(names):
+        raise InvalidRequest(f"two hardware options have the same name: {', '.join(names)}")
     trace = read_trace(demand.trace, kind=demand.kind)
     if demand.max_jobs is not None:
         trace = trace[: demand.max_jobs]
     intensity = mean_intensity(carbon_series)
-    candidates = candidate_nodes(budget, hardware, sizes)
+    candidates = [(h, n) for h in options for n in candidate_nodes(budget, h, sizes)]
+    # Jobs larger than the smallest candidate of any option are left out of every replay: all
+    # are compared on the same jobs.
     jobs = build(trace, pools=demand.pools, seed=demand.seed,
-                 max_gpus=candidates[0] * hardware.gpus_per_node)  # fmt: skip
+                 max_gpus=min(n * h.gpus_per_node for h, n in candidates))  # fmt: skip
     span_h = (max(j.submit for j in jobs) - min(j.submit for j in jobs)) / 3600
     trace_rate = sum(j.gpus * j.duration for j in jobs) / 3600 / span_h * HOURS_PER_YEAR
     wanted = demand.gpu_hours_per_year or trace_rate
-    loads = [wanted / (n * hardware.gpus_per_node * HOURS_PER_YEAR) for n in candidates]
-    tasks = [(jobs, n, hardware.gpus_per_node, load, demand.pools)
-             for n, load in zip(candidates, loads, strict=True)]  # fmt: skip
+    # On a GPU `speed` times an H100 the same demand is 1/speed of the GPU-hours.
+    loads = [wanted / h.speed / (n * h.gpus_per_node * HOURS_PER_YEAR) for h, n in candidates]
+    tasks = [(jobs, n, h.gpus_per_node, load, demand.pools, h.speed)
+             for (h, n), load in zip(candidates, loads, strict=True)]  # fmt: skip
     workers = min(workers or len(os.sched_getaffinity(0)), len(tasks))
     metrics: dict[int, dict[str, Any]] = {}
     if workers == 1:
@@ -157,17 +200,17 @@ def plan(
                 if progress is not None:
                     progress(done, len(tasks))
     rows = [
-        _costed(n, n * hardware.gpus_per_node, loads[k], metrics[k], hardware, costs, intensity)
-        for k, n in enumerate(candidates)
+        _costed(n, n * h.gpus_per_node, loads[k], metrics[k], h, costs, intensity, wanted)
+        for k, (h, n) in enumerate(candidates)
     ]
     return {
         "demand": {"trace": str(demand.trace), "format": demand.kind, "jobs": len(jobs),
                    "gpu_hours_per_year": wanted, "trace_gpu_hours_per_year": trace_rate,
                    "seed": demand.seed},
-        "hardware": {"name": hardware.name, "gpus_per_node": hardware.gpus_per_node,
-                     "price_eur": hardware.price_eur, "max_kw": hardware.max_kw,
-                     "idle_fraction": hardware.idle_fraction,
-                     "lifetime_years": hardware.lifetime_years},
+        "hardware": [{"name": h.name, "gpus_per_node": h.gpus_per_node,
+                      "price_eur": h.price_eur, "max_kw": h.max_kw,
+                      "idle_fraction": h.idle_fraction, "lifetime_years": h.lifetime_years,
+                      "speed": h.speed} for h in options],
         "costs": {"electricity_eur_per_kwh": costs.electricity_eur_per_kwh,
                   "maintenance_per_year": costs.maintenance_per_year, "pue": costs.pue,
                   "wue_onsite_l_per_kwh": costs.wue_onsite_l_per_kwh,
@@ -176,14 +219,28 @@ def plan(
         "budget_eur": list(budget),
         "sizes": rows,
         "defaults": {k: {"value": v, "source": src} for k, (v, src) in DEFAULTS.items()},
+        "hardware_catalogue": {
+            key: {"value": {"price_eur": h.price_eur, "max_kw": h.max_kw, "speed": h.speed},
+                  "source": HARDWARE_SOURCES[key]}
+            for key, h in HARDWARE.items()
+        },
     }  # fmt: skip
 
 
 def _replay(
-    jobs: Sequence[SimJob], nodes: int, gpus_per_node: int, load: float, pools: Sequence[PoolShare]
+    jobs: Sequence[SimJob],
+    nodes: int,
+    gpus_per_node: int,
+    load: float,
+    pools: Sequence[PoolShare],
+    speed: float = 1.0,
 ) -> dict[str, Any]:
-    """One candidate size's replay and its metrics (a worker process runs it)."""
+    """One candidate size's replay and its metrics (a worker process runs it). On faster GPUs
+    (`speed`) every job runs, and asks for, 1/speed of its time."""
     machine = Machine(nodes, gpus_per_node)
+    if speed != 1.0:
+        jobs = [replace(j, duration=j.duration / speed, time_limit=j.time_limit / speed)
+                for j in jobs]  # fmt: skip
     scaled = scale_arrivals(jobs, nodes * gpus_per_node, load)
     outcome = simulate(scaled, machine, make_policy("fabriek", machine, pools), pools=pools)
     return summarise(outcome, {p.name: p.guarantee for p in pools})
@@ -197,6 +254,7 @@ def _costed(
     hardware: Hardware,
     costs: Costs,
     intensity: float,
+    wanted: float,
 ) -> dict[str, Any]:
     # A year of this demand: where the machine finished every job, it served the whole demand,
     # so it was busy `load` of the time. (The replay's own utilisation is lower: it counts the
@@ -213,17 +271,23 @@ def _costed(
     facility_mwh = it_mwh * costs.pue
     capex = nodes * hardware.price_eur
     regional = m["pools"].get("regional")
+    yearly = (capex / hardware.lifetime_years
+              + facility_mwh * 1000 * costs.electricity_eur_per_kwh
+              + capex * costs.maintenance_per_year)  # fmt: skip
+    # The demand's GPU-hours (H100 GPU-hours) it served in a year: all of them where it finished
+    # every job, else what it ran at the replay's utilisation.
+    served = wanted if served_all else gpus * HOURS_PER_YEAR * utilisation * hardware.speed
     return {
+        "hardware": hardware.name,
         "nodes": nodes,
         "gpus": gpus,
         "offered_load": load,
         "capex_eur": capex,
         "opex_eur_per_year": facility_mwh * 1000 * costs.electricity_eur_per_kwh
         + capex * costs.maintenance_per_year,
-        "cost_per_gpu_hour_eur": (capex / hardware.lifetime_years
-                                  + facility_mwh * 1000 * costs.electricity_eur_per_kwh
-                                  + capex * costs.maintenance_per_year)
-        / max(1e-9, gpus * HOURS_PER_YEAR * utilisation),
+        "cost_per_gpu_hour_eur": yearly / max(1e-9, gpus * HOURS_PER_YEAR * utilisation),
+        # Comparable across hardware: euros per GPU-hour of the demand served, on any GPU.
+        "cost_per_demand_gpu_hour_eur": yearly / max(1e-9, served),
         "utilisation": utilisation,
         "wait_p50_h": m["wait_s"]["median"] / 3600,
         "wait_p95_h": m["wait_s"]["p95"] / 3600,
