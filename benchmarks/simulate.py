@@ -19,6 +19,7 @@ workload not included), each policy on the trace at load 0.8. Quality replays ev
     python benchmarks/simulate.py --quality --traces philly --seeds 1   # a part of the grid
     python benchmarks/simulate.py --green --traces itp-cluster04   # carbon saved by deferral
     python benchmarks/simulate.py --quality --policies fabriek      # the engine alone, after a change
+    python benchmarks/simulate.py --quality --workers 2    # studies side by side, one per core
     python benchmarks/simulate.py --table results/a.json results/b.json   # one table of both
 """
 
@@ -26,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import statistics
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -63,30 +66,45 @@ def quality(
     loads: tuple[float, ...] = LOADS,
     max_jobs: int | None = None,
     policies: tuple[str, ...] = POLICIES,
+    workers: int = 1,
 ) -> list[dict[str, Any]]:
+    """Every (trace, load, seed) study, `workers` of them at once, each in its own process."""
+    tasks = [(name, load, seed, max_jobs, policies)
+             for name in names for load in loads for seed in seeds]  # fmt: skip
+    if workers <= 1:
+        return [row for task in tasks for row in _study_rows(*task)]
+    done: dict[int, list[dict[str, Any]]] = {}
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = {pool.submit(_study_rows, *task): k for k, task in enumerate(tasks)}
+        for future in as_completed(futures):
+            done[futures[future]] = future.result()
+    return [row for k in range(len(tasks)) for row in done[k]]
+
+
+def _study_rows(
+    name: str, load: float, seed: int, max_jobs: int | None, policies: tuple[str, ...]
+) -> list[dict[str, Any]]:
+    path, kind = SETS[name]
+    result = run_study(Study(trace=path, kind=kind, policies=policies, load=load, seed=seed,
+                             max_jobs=max_jobs))  # fmt: skip
     rows = []
-    for name in names:
-        path, kind = SETS[name]
-        for load in loads:
-            for seed in seeds:
-                result = run_study(Study(trace=path, kind=kind, policies=policies, load=load,
-                                         seed=seed, max_jobs=max_jobs))  # fmt: skip
-                for p in result["policies"]:
-                    met = [v["guarantee_met_while_waiting"] for v in p["pools"].values()]
-                    rows.append({
-                        "trace": name, "load": load, "seed": seed, "policy": p["policy"],
-                        "gpus": result["machine"]["gpus"],
-                        "jct_mean_h": p["jct_s"]["mean"] / 3600,
-                        "jct_p99_h": p["jct_s"]["p99"] / 3600,
-                        "utilisation": p["utilisation"],
-                        "utilisation_arriving": p["utilisation_while_arriving"],
-                        "jain": p["tenant_slowdown_jain"],
-                        "small_wait_p99_min": p["small_jobs_wait_s"]["p99"] / 60,
-                        "guarantee_met_min": min((m for m in met if m is not None), default=None),
-                        "preemptions": p["preemptions"],
-                        "lost_gpu_hours": p["lost_gpu_hours"],
-                    })  # fmt: skip
-                print(f"{name} load {load} seed {seed}: done", flush=True)
+    for p in result["policies"]:
+        met = [v["guarantee_met_while_waiting"] for v in p["pools"].values()]
+        rows.append({
+            "trace": name, "load": load, "seed": seed, "policy": p["policy"],
+            "gpus": result["machine"]["gpus"],
+            "jct_mean_h": p["jct_s"]["mean"] / 3600,
+            "jct_p99_h": p["jct_s"]["p99"] / 3600,
+            "utilisation": p["utilisation"],
+            "utilisation_arriving": p["utilisation_while_arriving"],
+            "jain": p["tenant_slowdown_jain"],
+            "small_wait_p99_min": p["small_jobs_wait_s"]["p99"] / 60,
+            "guarantee_met_min": min((m for m in met if m is not None), default=None),
+            "preemptions": p["preemptions"],
+            "lost_gpu_hours": p["lost_gpu_hours"],
+        })  # fmt: skip
+    print(f"{name} load {load} seed {seed}: done", flush=True)
     return rows
 
 
@@ -166,6 +184,8 @@ def main() -> None:
     parser.add_argument("--table", nargs="+", metavar="JSON", help="print the quality table of "
                         "earlier runs' JSON files, merged (a later file's row replaces an earlier "
                         "one of the same trace, load, seed and policy)")  # fmt: skip
+    parser.add_argument("--workers", type=int, default=1, help="(quality) studies replayed "
+                        "at once, each in its own process; the rows are the same")  # fmt: skip
     parser.add_argument("--green", action="store_true", help="carbon saved by deferral")
     parser.add_argument("--max-jobs", type=int, help="the first N jobs of each trace only "
                         "(--green: 4000 unless given)")  # fmt: skip
@@ -200,7 +220,9 @@ def main() -> None:
         policies = tuple(args.policies.split(","))
         if unknown := set(policies) - set(POLICIES):
             parser.error(f"unknown policy {', '.join(sorted(unknown))}")
-        info["quality"] = quality(names, seeds, loads, args.max_jobs, policies)
+        if args.workers < 1:
+            parser.error("--workers must be at least 1")
+        info["quality"] = quality(names, seeds, loads, args.max_jobs, policies, args.workers)
         print(quality_table(info["quality"]))
     write_json(args.json, info)
 

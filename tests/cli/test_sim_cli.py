@@ -74,6 +74,7 @@ def test_simulate_reports_what_deferring_flexible_jobs_saved(tmp_path: Path) -> 
         (["simulate", ITP01, "--flexible", "1.5", "--carbon", GRID], "flexible share must lie"),
         (["simulate", ITP01, "--flexible", "0.3", "--slack", "soon"], "cannot read duration"),
         (["simulate", ITP01, "--starving-after", "later"], "cannot read duration"),
+        (["simulate", ITP01, "--workers", "0", "--no-carbon"], "at least 1"),
         (["plan", "--trace", ITP01, "--budget", "lots"], "cannot read the budget"),
         (["plan", "--trace", ITP01, "--pue", "0.8", "--carbon", GRID], "PUE below 1"),
         (["plan", "--trace", ITP01, "--carbon", "/no/grid.csv"], "cannot read the carbon series"),

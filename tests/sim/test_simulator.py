@@ -344,3 +344,27 @@ def test_the_footprint_of_a_replay_on_the_dutch_grid() -> None:
         assert min(grid.values) <= g["mean_g_per_kwh"] <= max(grid.values)
         assert g["t_co2e"] == pytest.approx(g["facility_mwh"] * g["mean_g_per_kwh"] / 1000)
     assert "Energy, water and carbon" in html_report(result)
+
+
+def test_policies_replayed_side_by_side_give_the_same_study() -> None:
+    """Each policy replays in its own process when asked; the study is the same as with every
+    policy replayed here, one after another (but for the replays' own timings), and progress
+    comes back from the workers, fabriek's replay without deferral too."""
+    from fabriek.sim.run import Study, run_study
+
+    study = Study(trace=SHARED / "itp" / "cluster01.csv", policies=("fifo", "easy", "fabriek"),
+                  max_jobs=300, carbon_series=SHARED.parent / "grid" / "NL-2021-2023-hourly.csv",
+                  flexible=0.3)  # fmt: skip
+    seen: dict[str, tuple[int, int]] = {}
+    apart = run_study(study, lambda name, done, total: seen.update({name: (done, total)}),
+                      workers=2)  # fmt: skip
+    here = run_study(study, workers=1)
+    for result in (apart, here):
+        for p in result["policies"]:
+            del p["replay_s"], p["jobs_per_s"]
+    assert apart == here
+    assert [p["policy"] for p in apart["policies"]] == ["fifo", "easy", "fabriek"]
+    assert "saved_t_co2e" in apart["policies"][2]["green"]
+    assert seen == dict.fromkeys(["fifo", "easy", "fabriek", "fabriek (no deferral)"], (300, 300))
+    with pytest.raises(InvalidRequest, match="at least 1"):
+        run_study(study, workers=0)

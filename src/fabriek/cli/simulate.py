@@ -97,6 +97,13 @@ def simulate(
         Path | None,
         typer.Option(help="Also write a self-contained HTML report with plots to this file."),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Policies replayed at once, each in its own process [default: one per core]; "
+            "1 for the cleanest JOBS/s."
+        ),
+    ] = None,
 ) -> None:
     """Replay a trace through fabriek's admission engine (and baselines) on a virtual clock."""
     from fabriek.sim.run import Study, run_study
@@ -139,7 +146,7 @@ def simulate(
                 if done % 200 == 0 or done == total:
                     bar.update(tasks[name], completed=done)  # type: ignore[arg-type]
 
-            result = run_study(study, progress)
+            result = run_study(study, progress, workers=workers)
     from fabriek.sim.report import html_report
 
     for path, text in ((json_path, lambda: json.dumps(result, indent=1)),

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 from fabriek.core.errors import InvalidRequest
@@ -58,17 +62,69 @@ def _on_clock(grid: Grid, offset: float) -> Intensity:
     return lambda t: grid.at(t + offset)
 
 
-def run_study(study: Study, progress: Progress | None = None) -> dict[str, Any]:
-    """The workload as built (documented rules, seeded) and each policy's metrics."""
+@dataclass(slots=True)
+class _Prepared:
+    """What every policy's replay of a study starts from (each worker builds its own)."""
+
+    trace: Sequence[Any]
+    jobs: list[Any]
+    gpus: int
+    machine: Machine
+    grid: Grid | None
+    forecast: Intensity | None
+    first: float
+    horizon_h: int
+
+
+def run_study(
+    study: Study, progress: Progress | None = None, *, workers: int | None = 1
+) -> dict[str, Any]:
+    """The workload as built (documented rules, seeded) and each policy's metrics. `workers`:
+    policies replayed at once, each in its own process (None: one per core); the result is the
+    same either way, but for the replays' own timings (`jobs_per_s`), which are cleanest one at
+    a time."""
     unknown = [p for p in study.policies if p not in POLICIES]
     if unknown:
         raise InvalidRequest(
             f"unknown policy {', '.join(unknown)}; use some of {', '.join(POLICIES)}"
         )
+    if workers is not None and workers < 1:
+        raise InvalidRequest("--workers must be at least 1")
     if study.gpus is not None and (study.gpus <= 0 or study.gpus % study.gpus_per_node):
         raise InvalidRequest(f"--gpus must be a positive multiple of {study.gpus_per_node}")
     if study.flexible and study.carbon_series is None:
         raise InvalidRequest("flexible jobs need a carbon series to plan with (--carbon)")
+    prepared = _prepare(study)
+    names = list(study.policies)
+    workers = min(workers or len(os.sched_getaffinity(0)), len(names))
+    if workers <= 1:
+        results = [_metrics(study, prepared, name, progress) for name in names]
+    else:
+        results = _in_processes(study, names, workers, progress)
+    trace, jobs, gpus, machine = prepared.trace, prepared.jobs, prepared.gpus, prepared.machine
+    return {
+        "trace": {"path": str(study.trace), "format": study.kind, **summary(trace)},
+        "workload": {
+            "jobs": len(jobs),
+            "dropped_larger_than_machine": len(trace) - len(jobs),
+            "offered_load": offered_load(jobs, gpus),
+            "seed": study.seed,
+            "time_limits": "exact" if study.exact_limits else "over-requested (x1-10, rounded)",
+            "flexible": study.flexible,
+            "slack_s": study.slack_s,
+            "starving_after_s": study.starving_after_s,
+            "checkpoints": study.checkpoints,
+            "pools": [
+                {"name": p.name, "guarantee": p.guarantee, "projects": p.projects}
+                for p in study.pools
+            ],
+        },
+        "machine": {"gpus": gpus, "nodes": machine.nodes, "gpus_per_node": study.gpus_per_node},
+        "policies": results,
+    }
+
+
+def _prepare(study: Study) -> _Prepared:
     trace = read_trace(study.trace, kind=study.kind, columns=study.columns)
     if study.max_jobs is not None:
         trace = trace[: study.max_jobs]
@@ -94,46 +150,85 @@ def run_study(study: Study, progress: Progress | None = None) -> dict[str, Any]:
         offset = study.start.timestamp() - first  # the replay's clock on the series' (footprint)
         forecast = _on_clock(grid, offset)
     horizon_h = max(72, math.ceil(study.slack_s / 3600) + 48)
-    results = []
-    for name in study.policies:
+    return _Prepared(trace, jobs, gpus, machine, grid, forecast, first, horizon_h)
 
-        def replay(policy: Policy, name: str = name) -> Outcome:
-            return simulate(jobs, machine, policy, pools=study.pools, grace_s=study.grace_s,
-                            progress=(lambda done, total: progress(name, done, total))
-                            if progress else None)  # fmt: skip
 
-        policy = make_policy(name, machine, study.pools, forecast=forecast, epoch=first,
-                             horizon_h=horizon_h, starving_after_s=study.starving_after_s,
-                             checkpoints=study.checkpoints)  # fmt: skip
-        outcome = replay(policy)
-        metrics = summarise(outcome, {p.name: p.guarantee for p in study.pools})
-        if grid is not None:
-            metrics["green"] = footprint(outcome, grid, start=study.start)
-        if grid is not None and forecast is not None and name == "fabriek":
-            # Against the same engine and workload with no forecast to plan with.
-            plain = make_policy(name, machine, study.pools, starving_after_s=study.starving_after_s,
-                                checkpoints=study.checkpoints)  # fmt: skip
-            again = replay(plain, f"{name} (no deferral)")
-            green = metrics["green"]
-            green.update(deferral_saving(outcome, green["t_co2e"], again, grid, study.start))
-        results.append(metrics)
-    return {
-        "trace": {"path": str(study.trace), "format": study.kind, **summary(trace)},
-        "workload": {
-            "jobs": len(jobs),
-            "dropped_larger_than_machine": len(trace) - len(jobs),
-            "offered_load": offered_load(jobs, gpus),
-            "seed": study.seed,
-            "time_limits": "exact" if study.exact_limits else "over-requested (x1-10, rounded)",
-            "flexible": study.flexible,
-            "slack_s": study.slack_s,
-            "starving_after_s": study.starving_after_s,
-            "checkpoints": study.checkpoints,
-            "pools": [
-                {"name": p.name, "guarantee": p.guarantee, "projects": p.projects}
-                for p in study.pools
-            ],
-        },
-        "machine": {"gpus": gpus, "nodes": machine.nodes, "gpus_per_node": study.gpus_per_node},
-        "policies": results,
-    }
+def _metrics(
+    study: Study, prepared: _Prepared, name: str, progress: Progress | None
+) -> dict[str, Any]:
+    """One policy's replay of the study, and what it delivered."""
+    jobs, machine, grid, forecast = (
+        prepared.jobs,
+        prepared.machine,
+        prepared.grid,
+        prepared.forecast,
+    )
+
+    def replay(policy: Policy, label: str = name) -> Outcome:
+        return simulate(jobs, machine, policy, pools=study.pools, grace_s=study.grace_s,
+                        progress=(lambda done, total: progress(label, done, total))
+                        if progress else None)  # fmt: skip
+
+    policy = make_policy(name, machine, study.pools, forecast=forecast, epoch=prepared.first,
+                         horizon_h=prepared.horizon_h, starving_after_s=study.starving_after_s,
+                         checkpoints=study.checkpoints)  # fmt: skip
+    outcome = replay(policy)
+    metrics = summarise(outcome, {p.name: p.guarantee for p in study.pools})
+    if grid is not None:
+        metrics["green"] = footprint(outcome, grid, start=study.start)
+    if grid is not None and forecast is not None and name == "fabriek":
+        # Against the same engine and workload with no forecast to plan with.
+        plain = make_policy(name, machine, study.pools, starving_after_s=study.starving_after_s,
+                            checkpoints=study.checkpoints)  # fmt: skip
+        again = replay(plain, f"{name} (no deferral)")
+        green = metrics["green"]
+        green.update(deferral_saving(outcome, green["t_co2e"], again, grid, study.start))
+    return metrics
+
+
+# How long each policy's replay takes, roughly (jobs/s in BENCHMARKS.md, inverted and rounded).
+REPLAY_COST = {"fabriek": 100, "las": 20, "easy": 5, "fairshare": 5, "sjf": 3, "fifo": 1}
+
+
+def _in_processes(
+    study: Study, names: list[str], workers: int, progress: Progress | None
+) -> list[dict[str, Any]]:
+    """Each policy replayed in its own spawned process (a fork copies a parent's threads'
+    locks mid-use), its progress sent back through a queue."""
+    context = multiprocessing.get_context("spawn")
+    with (
+        context.Manager() as manager,
+        ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool,
+    ):
+        queue = manager.Queue() if progress is not None else None
+        # The slowest first, so that the rest run beside it rather than after it.
+        slowest_first = sorted(names, key=lambda name: -REPLAY_COST.get(name, 0))
+        futures = {pool.submit(_replay_apart, study, name, queue): name for name in slowest_first}
+        waiting = set(futures)
+        while waiting:
+            _, waiting = wait(waiting, timeout=0.2)
+            _drain(queue, progress)
+        _drain(queue, progress)
+        done = {futures[future]: future.result() for future in futures}
+    return [done[name] for name in names]
+
+
+def _replay_apart(study: Study, name: str, queue: Any) -> dict[str, Any]:
+    """A worker process: the study's workload built again (the same, by its seed), one policy."""
+
+    def report(label: str, done: int, total: int) -> None:
+        if done % max(1, total // 200) == 0 or done == total:
+            queue.put((label, done, total))
+
+    return _metrics(study, _prepare(study), name, report if queue is not None else None)
+
+
+def _drain(queue: Any, progress: Progress | None) -> None:
+    if queue is None or progress is None:
+        return
+    while True:
+        try:
+            label, done, total = queue.get_nowait()
+        except Empty:
+            return
+        progress(label, done, total)
