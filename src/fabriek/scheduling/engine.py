@@ -133,12 +133,16 @@ class _Nodes:
             self.buckets[min(max(free.gpus, 0), self.most)][node] = None
 
     def take(self, node: str, gpus: int, cpus: int, memory: int) -> None:
+        # Called millions of times a replay (reservations release and restore running jobs):
+        # the bucket bounds inline, not min(max(...)).
         free = self.free[node]
-        before = min(max(free.gpus, 0), self.most)
-        free.gpus -= gpus
+        most = self.most
+        before = free.gpus
+        after = free.gpus = before - gpus
         free.cpus -= cpus
         free.memory -= memory
-        after = min(max(free.gpus, 0), self.most)
+        before = before if 0 <= before <= most else (0 if before < 0 else most)
+        after = after if 0 <= after <= most else (0 if after < 0 else most)
         if after != before:
             del self.buckets[before][node]
             self.buckets[after][node] = None
@@ -307,14 +311,22 @@ class _State:
         return None, False
 
     def take(self, request: Request, placement: Placement, sign: int = 1) -> None:
-        nodes = self.nodes[placement.partition]
+        take = self.nodes[placement.partition].take
+        gpus, cpus = sign * request.gpus_per_node, sign * request.cpus_per_node
+        memory = sign * request.memory_per_node
         for node in placement.nodes:
-            nodes.take(
-                node,
-                sign * request.gpus_per_node,
-                sign * request.cpus_per_node,
-                sign * request.memory_per_node,
-            )
+            take(node, gpus, cpus, memory)
+
+    def take_all(self, jobs: Sequence[RunningJob], sign: int = 1) -> None:
+        """`take` for each job: reservations release and restore hundreds a cycle."""
+        nodes = self.nodes
+        for job in jobs:
+            request = job.request
+            take = nodes[job.placement.partition].take
+            gpus, cpus = sign * request.gpus_per_node, sign * request.cpus_per_node
+            memory = sign * request.memory_per_node
+            for node in job.placement.nodes:
+                take(node, gpus, cpus, memory)
 
     def gpu_type_of(self, request: Request) -> str:
         """The GPU type whose pool share the request counts against."""
@@ -355,7 +367,7 @@ class _State:
                     *(j for j in self.snapshot.running if j.id not in self.preempted),
                     *self.started,
                 ],
-                key=lambda j: (j.ends_by, j.id),
+                key=_BY_END,
             )
         return self._ending
 
@@ -555,6 +567,7 @@ class _Shares(dict[str, float]):
 
 
 _PROJECT = attrgetter("project")
+_BY_END = attrgetter("ends_by", "id")
 _ID = attrgetter("id")
 _BY_ID = attrgetter("id")
 _BY_AGE = attrgetter("submitted_at")
@@ -832,8 +845,7 @@ def _reserve(state: _State, pool: str, head: _Blocked) -> None:
             continue
         if fitting < request.nodes:
             continue
-        for done in counted:
-            state.take(done.request, done.placement, sign=-1)
+        state.take_all(counted, sign=-1)
         released += counted
         counted.clear()
         extra.clear()
@@ -843,8 +855,7 @@ def _reserve(state: _State, pool: str, head: _Blocked) -> None:
             head.reserved_nodes = frozenset((placement.partition, n) for n in placement.nodes)
             head.pool_used_at = pool_used
             break
-    for job in released:
-        state.take(job.request, job.placement)
+    state.take_all(released)
 
 
 def _backfill(

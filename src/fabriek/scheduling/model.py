@@ -117,10 +117,11 @@ class RunningJob:
     preemptible: bool = False
     borrowed: bool = False  # admitted beyond its pool's guarantee
     preempting: bool = False  # asked to stop by an earlier cycle, still on its nodes
+    # When its time limit ends it: derived once, as every cycle sorts the running jobs by it.
+    ends_by: float = field(init=False, repr=False, compare=False)
 
-    @property
-    def ends_by(self) -> float:
-        return self.started_at + self.request.time_limit_s
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ends_by", self.started_at + self.request.time_limit_s)
 
 
 # Snapshot.starving_after_s by default. Two weeks, not Slurm's 7-day PriorityMaxAge: replays of
