@@ -313,7 +313,19 @@ def test_a_study_with_its_report(tmp_path: Path) -> None:
         assert total == pytest.approx([v for _, v in line], abs=1e-4)
         cdf = p["series"]["jct_cdf_h"]
         assert [q for _, q in cdf] == sorted(q for _, q in cdf) and cdf[-1][1] == 1.0
+        # Finish-time fairness per tenant: the figures the summary's index is made of.
+        tenants = p["tenants"]
+        assert sum(t["jobs"] for t in tenants.values()) == p["finished"]
+        assert {t["pool"] for t in tenants.values()} <= {"regional", "euro", "commercial"}
+        slow = [t["slowdown_mean"] for t in tenants.values()]
+        assert min(slow) >= 1.0 and max(slow) == p["tenant_slowdown_worst"]
+        jain = sum(slow) ** 2 / (len(slow) * sum(v * v for v in slow))
+        assert jain == pytest.approx(p["tenant_slowdown_jain"])
     page = html_report(result)
+    worst = max(result["policies"][0]["tenants"].items(), key=lambda t: t[1]["slowdown_mean"])
+    tenant_table = page.split("Tenants: finish-time fairness")[1]
+    first_row = tenant_table.split("<td>", 1)[1]  # the least fairly served first
+    assert first_row.startswith(f"{worst[0]}</td>")
     assert page.count("<svg") == 3 + 2  # utilisation, queue, JCT, and pool shares per policy
     assert "fabriek" in page
     assert not any(tag in page for tag in ("<script", "<link", 'src="http', 'href="http'))

@@ -45,8 +45,12 @@ def summarise(outcome: Outcome, pools: dict[str, float]) -> dict[str, Any]:
     # Finish-time fairness per tenant: its jobs' mean slowdown (completion time over run time);
     # Jain's index over tenants (1: all alike).
     slow: dict[str, list[float]] = defaultdict(list)
+    tenant_wait: dict[str, list[float]] = defaultdict(list)
+    tenant_pool: dict[str, str] = {}
     for run in done:
         slow[run.job.project].append((run.end - run.job.submit) / run.job.duration)  # type: ignore[operator]
+        tenant_wait[run.job.project].append(run.starts[0] - run.job.submit)
+        tenant_pool[run.job.project] = run.job.pool
     tenant_slowdown = {t: statistics.fmean(v) for t, v in slow.items()}
     values = list(tenant_slowdown.values())
     jain = (sum(values) ** 2 / (len(values) * sum(v * v for v in values))) if values else 1.0
@@ -68,6 +72,16 @@ def summarise(outcome: Outcome, pools: dict[str, float]) -> dict[str, Any]:
         "lost_gpu_hours": sum(r.lost_gpu_s for r in outcome.runs) / 3600,
         "tenant_slowdown_jain": jain,
         "tenant_slowdown_worst": max(values) if values else 0.0,
+        # Each tenant (project): its pool, its finished jobs, their mean slowdown and wait.
+        "tenants": {
+            t: {
+                "pool": tenant_pool[t],
+                "jobs": len(slow[t]),
+                "slowdown_mean": tenant_slowdown[t],
+                "wait_mean_h": statistics.fmean(tenant_wait[t]) / 3600,
+            }
+            for t in sorted(slow)
+        },
         "flexible": {
             "jobs": len(flexible),
             "deferred": sum(r.deferred for r in flexible),

@@ -116,6 +116,14 @@ def html_report(result: dict[str, Any]) -> str:
            for p in policies)]
         for name, first in policies[0]["pools"].items()
     ]  # fmt: skip
+    # Tenants, the least fairly served (by the first policy's mean slowdown) first.
+    tenants = sorted(policies[0]["tenants"].items(), key=lambda item: -item[1]["slowdown_mean"])
+    tenant_rows = [
+        [name, t["pool"], t["jobs"],
+         *(f"{p['tenants'][name]['slowdown_mean']:.1f}" if name in p["tenants"] else "-"
+           for p in policies)]
+        for name, t in tenants
+    ]  # fmt: skip
     utilisation = line_plot(
         {p["policy"]: [(x, y * 100) for x, y in p["series"]["utilisation"]] for p in policies},
         x_label="days", y_label="GPUs busy, %", y_max=100,
@@ -217,6 +225,10 @@ x makespan. Tenant fairness: Jain's index over the tenants' mean slowdown (1: al
 {_table(["pool", "guarantee", *(p["policy"] for p in policies)], pool_rows)}
 <p class="note">"Guarantee met while waiting": of the time a pool had jobs waiting, the share in which
 none of them would have fitted within what the pool was owed and did not run.</p>
+<h2>Tenants: finish-time fairness</h2>
+{_table(["tenant", "pool", "jobs", *(p["policy"] for p in policies)], tenant_rows)}
+<p class="note">Each tenant's (project's) mean slowdown: its jobs' completion time over their run
+time (1: no job waited). Least fairly served first, by {html.escape(policies[0]["policy"])}.</p>
 <h2>Utilisation over time</h2>{utilisation}
 <h2>Queue over time</h2>{queue}
 <h2>Job completion time, distribution</h2>{cdf}
