@@ -93,7 +93,7 @@ def test_simulate_reports_what_deferring_flexible_jobs_saved(tmp_path: Path) -> 
         ),
         (
             ["plan", "--trace", ITP01, "--hardware", "b200:speed=0", "--carbon", GRID],
-            "the speed (speed=) must be above 0 (hardware B200 node (8 GPUs))",
+            "the speed (speed=) must be above 0 (hardware B200 node (8 GPUs), speed=0)",
         ),
         (
             [
@@ -148,7 +148,7 @@ def test_plan_prints_a_markdown_table(tmp_path: Path) -> None:
 def test_plan_compares_hardware_options_in_one_table(tmp_path: Path) -> None:
     r = fabriek("plan", "--trace", ITP01, "--max-jobs", "200", "--budget", "2.8M-5.6M",
                 "--sizes", "2", "--carbon", GRID, "--markdown", "--hardware", "h100",
-                "--hardware", "b200:price=700000",
+                "--hardware", "b200", "--hardware", "b200:price=700000",
                 "--hardware", "lab:price=350000,kw=10.2,speed=0.5",
                 "--json", "plan.json", cwd=tmp_path)  # fmt: skip
     assert r.returncode == 0, r.stderr
@@ -156,13 +156,14 @@ def test_plan_compares_hardware_options_in_one_table(tmp_path: Path) -> None:
     assert lines[0][:2] == ["| hardware", "nodes"] and lines[0][6] == "€/H100-h"
     assert [(row[0], row[1]) for row in lines[1:]] == [
         ("| H100 node (8 GPUs)", "8"), ("| H100 node (8 GPUs)", "16"),
-        ("| B200 node (8 GPUs)", "4"), ("| B200 node (8 GPUs)", "8"),
+        ("| B200 node (8 GPUs)", "6"), ("| B200 node (8 GPUs)", "11"),
+        ("| B200 node (8 GPUs), price=700000", "4"), ("| B200 node (8 GPUs), price=700000", "8"),
         ("| lab", "8"), ("| lab", "16"),
     ]  # fmt: skip
-    assert "B200 node (8 GPUs) at €700,000, 14.3 kW, 5 years, 2x an H100" in r.stdout
+    assert "B200 node (8 GPUs), price=700000 at €700,000, 14.3 kW, 5 years, 2x an H100" in r.stdout
     plan = json.loads((tmp_path / "plan.json").read_text())
-    assert [h["speed"] for h in plan["hardware"]] == [1.0, 2.0, 0.5]
-    h100, lab = plan["sizes"][0], plan["sizes"][4]
+    assert [h["speed"] for h in plan["hardware"]] == [1.0, 2.0, 2.0, 0.5]
+    h100, lab = plan["sizes"][0], plan["sizes"][6]
     # The same machine at half the speed: twice the load, the same demand served at a higher cost.
     assert lab["offered_load"] == pytest.approx(2 * h100["offered_load"])
     assert lab["cost_per_demand_gpu_hour_eur"] > h100["cost_per_demand_gpu_hour_eur"]

@@ -149,6 +149,8 @@ def parse_hardware(text: str) -> Any:
             ) from None
     if key in HARDWARE:
         base = HARDWARE[key]
+        if changes:  # a variant is named by its changes: b200 and b200:speed=1.5 side by side
+            base = replace(base, name=f"{base.name}, {rest.strip().rstrip(',')}")
     elif {"price_eur", "max_kw"} <= changes.keys():
         base = replace(DEFAULT_HARDWARE, name=name)
     else:
