@@ -82,7 +82,11 @@ def test_sizes_replayed_side_by_side_give_the_same_plan() -> None:
     here = plan(demand, budget=(2.8e6, 5.6e6), sizes=3, carbon_series=GRID, workers=1)
     assert apart["sizes"] == here["sizes"]
     assert [row["nodes"] for row in here["sizes"]] == [8, 12, 16]
-    assert seen == [(1, 3), (2, 3), (3, 3)]
+    # Progress in jobs replayed over all sizes, from the workers as they go, to the end.
+    total = 3 * here["sizes"][0]["jobs"]
+    assert {t for _, t in seen} == {total} and seen[-1] == (total, total)
+    done = [d for d, _ in seen]
+    assert done == sorted(done) and len(set(done)) > 3
 
 
 def test_hardware_options_are_sized_and_costed_side_by_side() -> None:

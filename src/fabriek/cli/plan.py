@@ -93,9 +93,9 @@ def plan(
         for option in options:
             _check(option, costs, sizes, gpu_hours_per_year)
         demand = Demand(trace, trace_format, gpu_hours_per_year, seed=seed, max_jobs=max_jobs)
-        with Progress(TextColumn("simulating sizes"), BarColumn(), MofNCompleteColumn(),
+        with Progress(TextColumn("replaying jobs, all sizes"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=err_console, transient=True) as bar:  # fmt: skip
-            task = bar.add_task("plan", total=sizes * len(options))
+            task = bar.add_task("plan", total=None)
             result = make_plan(
                 demand,
                 budget=_budget(budget),

@@ -9,7 +9,7 @@ import multiprocessing
 import os
 import statistics
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -183,22 +183,40 @@ def plan(
              for (h, n), load in zip(candidates, loads, strict=True)]  # fmt: skip
     workers = min(workers or len(os.sched_getaffinity(0)), len(tasks))
     metrics: dict[int, dict[str, Any]] = {}
+    # Progress in jobs replayed over all the sizes: one size of a busy Philly-sized demand takes
+    # minutes, too long for a bar that moves only when a size is done.
+    total = len(jobs) * len(tasks)
+    ended = [0] * len(tasks)
+
+    def report(k: int, done: int) -> None:
+        ended[k] = done
+        if progress is not None:
+            progress(sum(ended), total)
+
     if workers == 1:
         for k, task in enumerate(tasks):
-            metrics[k] = _replay(*task)
-            if progress is not None:
-                progress(k + 1, len(tasks))
+            metrics[k] = _replay(*task, on_end=lambda done, k=k: report(k, done))
     else:
         # Each size is its own replay: one process each, as many at once as there are cores
         # (a replay of the whole Philly file takes minutes; the sizes take no longer together).
         # Spawned, not forked: a fork copies a parent's threads' locks mid-use.
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            futures = {pool.submit(_replay, *task): k for k, task in enumerate(tasks)}
-            for done, future in enumerate(as_completed(futures), 1):
-                metrics[futures[future]] = future.result()
-                if progress is not None:
-                    progress(done, len(tasks))
+        with (
+            context.Manager() as manager,
+            ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool,
+        ):
+            queue = manager.Queue()
+            futures = {
+                pool.submit(_replay_apart, task, k, queue): k for k, task in enumerate(tasks)
+            }
+            waiting = set(futures)
+            while waiting:
+                _, waiting = wait(waiting, timeout=0.2)
+                while not queue.empty():
+                    report(*queue.get())
+            for future, k in futures.items():
+                metrics[k] = future.result()
+                report(k, len(jobs))
     rows = [
         _costed(n, n * h.gpus_per_node, loads[k], metrics[k], h, costs, intensity, wanted)
         for k, (h, n) in enumerate(candidates)
@@ -234,16 +252,30 @@ def _replay(
     load: float,
     pools: Sequence[PoolShare],
     speed: float = 1.0,
+    *,
+    on_end: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """One candidate size's replay and its metrics (a worker process runs it). On faster GPUs
-    (`speed`) every job runs, and asks for, 1/speed of its time."""
+    """One candidate size's replay and its metrics. On faster GPUs (`speed`) every job runs, and
+    asks for, 1/speed of its time. `on_end(jobs ended)` now and then as it goes."""
     machine = Machine(nodes, gpus_per_node)
     if speed != 1.0:
         jobs = [replace(j, duration=j.duration / speed, time_limit=j.time_limit / speed)
                 for j in jobs]  # fmt: skip
     scaled = scale_arrivals(jobs, nodes * gpus_per_node, load)
-    outcome = simulate(scaled, machine, make_policy("fabriek", machine, pools), pools=pools)
+    step = max(1, len(jobs) // 100)
+
+    def ended(done: int, total: int) -> None:
+        if on_end is not None and (done % step == 0 or done == total):
+            on_end(done)
+
+    outcome = simulate(scaled, machine, make_policy("fabriek", machine, pools), pools=pools,
+                       progress=ended)  # fmt: skip
     return summarise(outcome, {p.name: p.guarantee for p in pools})
+
+
+def _replay_apart(task: tuple[Any, ...], k: int, queue: Any) -> dict[str, Any]:
+    """A worker process: one size's replay, its progress put on the parent's queue."""
+    return _replay(*task, on_end=lambda done: queue.put((k, done)))
 
 
 def _costed(
