@@ -79,7 +79,9 @@ def test_sizes_replayed_side_by_side_give_the_same_plan() -> None:
     seen: list[tuple[int, int]] = []
     apart = plan(demand, budget=(2.8e6, 5.6e6), sizes=3, carbon_series=GRID, workers=3,
                  progress=lambda done, total: seen.append((done, total)))  # fmt: skip
-    here = plan(demand, budget=(2.8e6, 5.6e6), sizes=3, carbon_series=GRID, workers=1)
+    alone: list[tuple[int, int]] = []
+    here = plan(demand, budget=(2.8e6, 5.6e6), sizes=3, carbon_series=GRID, workers=1,
+                progress=lambda done, total: alone.append((done, total)))  # fmt: skip
     assert apart["sizes"] == here["sizes"]
     assert [row["nodes"] for row in here["sizes"]] == [8, 12, 16]
     # Progress in jobs replayed over all sizes, from the workers as they go, to the end.
@@ -87,6 +89,7 @@ def test_sizes_replayed_side_by_side_give_the_same_plan() -> None:
     assert {t for _, t in seen} == {total} and seen[-1] == (total, total)
     done = [d for d, _ in seen]
     assert done == sorted(done) and len(set(done)) > 3
+    assert alone[-1] == (total, total) and [d for d, _ in alone] == sorted(d for d, _ in alone)
 
 
 def test_hardware_options_are_sized_and_costed_side_by_side() -> None:
