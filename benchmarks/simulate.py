@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import statistics
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 from _harness import REPO, code_version, common_options, describe, machine, table, write_json
 
+from fabriek.sim.parallel import Send, side_by_side
 from fabriek.sim.policies import POLICIES
 from fabriek.sim.run import Study, run_study
 
@@ -72,18 +71,19 @@ def quality(
     tasks = [(name, load, seed, max_jobs, policies)
              for name in names for load in loads for seed in seeds]  # fmt: skip
     if workers <= 1:
-        return [row for task in tasks for row in _study_rows(*task)]
-    done: dict[int, list[dict[str, Any]]] = {}
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = {pool.submit(_study_rows, *task): k for k, task in enumerate(tasks)}
-        for future in as_completed(futures):
-            done[futures[future]] = future.result()
-    return [row for k in range(len(tasks)) for row in done[k]]
+        studies = [_study_rows(*task) for task in tasks]
+    else:
+        studies = side_by_side(_study_rows, tasks, workers)
+    return [row for rows in studies for row in rows]
 
 
 def _study_rows(
-    name: str, load: float, seed: int, max_jobs: int | None, policies: tuple[str, ...]
+    name: str,
+    load: float,
+    seed: int,
+    max_jobs: int | None,
+    policies: tuple[str, ...],
+    _send: Send | None = None,
 ) -> list[dict[str, Any]]:
     path, kind = SETS[name]
     result = run_study(Study(trace=path, kind=kind, policies=policies, load=load, seed=seed,

@@ -90,8 +90,7 @@ def plan(
             DEFAULT_COSTS, electricity_eur_per_kwh=electricity, maintenance_per_year=maintenance,
             pue=pue, wue_onsite_l_per_kwh=wue, water_offsite_l_per_kwh=water_offsite,
         )  # fmt: skip
-        for option in options:
-            _check(option, costs, sizes, gpu_hours_per_year)
+        _check(options, costs, sizes, gpu_hours_per_year)
         demand = Demand(trace, trace_format, gpu_hours_per_year, seed=seed, max_jobs=max_jobs)
         with Progress(TextColumn("replaying jobs, all sizes"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=err_console, transient=True) as bar:  # fmt: skip
@@ -161,21 +160,22 @@ def parse_hardware(text: str) -> Any:
     return replace(base, **changes)
 
 
-def _check(hardware: Any, costs: Any, sizes: int, demand: float | None) -> None:
+def _check(options: list[Any], costs: Any, sizes: int, demand: float | None) -> None:
     if not 1 <= sizes <= 50:
         raise InvalidRequest("--sizes is 1 to 50")
     if demand is not None and demand <= 0:
         raise InvalidRequest("--gpu-hours-per-year must be above 0")
-    where = f" (hardware {hardware.name})"
-    for name, value in (("the price (--node-price, price=)", hardware.price_eur),
-                        ("the power (--node-kw, kw=)", hardware.max_kw),
-                        ("GPUs per node (--gpus-per-node, gpus=)", hardware.gpus_per_node),
-                        ("the lifetime (--lifetime, lifetime=)", hardware.lifetime_years),
-                        ("the speed (speed=)", hardware.speed)):  # fmt: skip
-        if value <= 0:
-            raise InvalidRequest(f"{name} must be above 0{where}")
-    if not 0 <= hardware.idle_fraction <= 1:
-        raise InvalidRequest(f"idle is a fraction of the maximum power, 0 to 1{where}")
+    for hardware in options:
+        where = f" (hardware {hardware.name})"
+        for name, value in (("the price (--node-price, price=)", hardware.price_eur),
+                            ("the power (--node-kw, kw=)", hardware.max_kw),
+                            ("GPUs per node (--gpus-per-node, gpus=)", hardware.gpus_per_node),
+                            ("the lifetime (--lifetime, lifetime=)", hardware.lifetime_years),
+                            ("the speed (speed=)", hardware.speed)):  # fmt: skip
+            if value <= 0:
+                raise InvalidRequest(f"{name} must be above 0{where}")
+        if not 0 <= hardware.idle_fraction <= 1:
+            raise InvalidRequest(f"idle is a fraction of the maximum power, 0 to 1{where}")
     if costs.electricity_eur_per_kwh <= 0:
         raise InvalidRequest("--electricity must be above 0")
     if costs.pue < 1:
@@ -206,10 +206,8 @@ COLUMNS = ("nodes", "GPUs", "capex M€", "opex M€/yr", "€/GPU-h", "load", "
 COMPARED = ("hardware", "€/H100-h")
 
 
-def _columns(result: dict[str, Any]) -> tuple[str, ...]:
-    if len(result["hardware"]) == 1:
-        return COLUMNS
-    return (COMPARED[0], *COLUMNS[:5], COMPARED[1], *COLUMNS[5:])
+def _columns(compared: bool) -> tuple[str, ...]:
+    return (COMPARED[0], *COLUMNS[:5], COMPARED[1], *COLUMNS[5:]) if compared else COLUMNS
 
 
 def _cells(row: dict[str, Any], compared: bool) -> list[str]:
@@ -253,17 +251,18 @@ def _intro(result: dict[str, Any]) -> str:
 
 def _print(result: dict[str, Any]) -> None:
     console.print(_intro(result), highlight=False)
-    columns = _columns(result)
-    table = _table(*(c.upper() for c in columns))
+    compared = len(result["hardware"]) > 1
+    table = _table(*(c.upper() for c in _columns(compared)))
     for row in result["sizes"]:
-        table.add_row(*_cells(row, len(columns) > len(COLUMNS)))
+        table.add_row(*_cells(row, compared))
     console.print(table)  # into a file or a pipe too, whole (output._Console)
 
 
 def _print_markdown(result: dict[str, Any]) -> None:
     print(_intro(result) + "\n")
-    columns = _columns(result)
+    compared = len(result["hardware"]) > 1
+    columns = _columns(compared)
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))
     for row in result["sizes"]:
-        print("| " + " | ".join(_cells(row, len(columns) > len(COLUMNS))) + " |")
+        print("| " + " | ".join(_cells(row, compared)) + " |")

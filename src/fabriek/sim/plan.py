@@ -5,11 +5,8 @@ all can be overridden."""
 from __future__ import annotations
 
 import math
-import multiprocessing
-import os
 import statistics
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +14,7 @@ from typing import Any
 from fabriek.core.errors import InvalidRequest
 from fabriek.core.green import parse_intensity_csv
 from fabriek.sim.metrics import summarise
+from fabriek.sim.parallel import Send, side_by_side, workers_for
 from fabriek.sim.policies import make_policy
 from fabriek.sim.simulator import Machine, simulate
 from fabriek.sim.traces import read_trace
@@ -181,8 +179,7 @@ def plan(
     loads = [wanted / h.speed / (n * h.gpus_per_node * HOURS_PER_YEAR) for h, n in candidates]
     tasks = [(jobs, n, h.gpus_per_node, load, demand.pools, h.speed)
              for (h, n), load in zip(candidates, loads, strict=True)]  # fmt: skip
-    workers = min(workers or len(os.sched_getaffinity(0)), len(tasks))
-    metrics: dict[int, dict[str, Any]] = {}
+    workers = workers_for(workers, len(tasks))
     # Progress in jobs replayed over all the sizes: one size of a busy Philly-sized demand takes
     # minutes, too long for a bar that moves only when a size is done.
     total = len(jobs) * len(tasks)
@@ -194,29 +191,11 @@ def plan(
             progress(sum(ended), total)
 
     if workers == 1:
-        for k, task in enumerate(tasks):
-            metrics[k] = _replay(*task, on_end=lambda done, k=k: report(k, done))
-    else:
-        # Each size is its own replay: one process each, as many at once as there are cores
-        # (a replay of the whole Philly file takes minutes; the sizes take no longer together).
-        # Spawned, not forked: a fork copies a parent's threads' locks mid-use.
-        context = multiprocessing.get_context("spawn")
-        with (
-            context.Manager() as manager,
-            ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool,
-        ):
-            queue = manager.Queue()
-            futures = {
-                pool.submit(_replay_apart, task, k, queue): k for k, task in enumerate(tasks)
-            }
-            waiting = set(futures)
-            while waiting:
-                _, waiting = wait(waiting, timeout=0.2)
-                while not queue.empty():
-                    report(*queue.get())
-            for future, k in futures.items():
-                metrics[k] = future.result()
-                report(k, len(jobs))
+        metrics = [_replay(*task, on_end=lambda done, k=k: report(k, done))
+                   for k, task in enumerate(tasks)]  # fmt: skip
+    else:  # each size its own replay, one process each, as many at once as there are cores
+        metrics = side_by_side(_replay_apart, [(task, k) for k, task in enumerate(tasks)],
+                               workers, lambda message: report(*message))  # fmt: skip
     rows = [
         _costed(n, n * h.gpus_per_node, loads[k], metrics[k], h, costs, intensity, wanted)
         for k, (h, n) in enumerate(candidates)
@@ -273,9 +252,9 @@ def _replay(
     return summarise(outcome, {p.name: p.guarantee for p in pools})
 
 
-def _replay_apart(task: tuple[Any, ...], k: int, queue: Any) -> dict[str, Any]:
-    """A worker process: one size's replay, its progress put on the parent's queue."""
-    return _replay(*task, on_end=lambda done: queue.put((k, done)))
+def _replay_apart(task: tuple[Any, ...], k: int, send: Send) -> dict[str, Any]:
+    """A worker process: one size's replay (the `k`-th), its progress sent back."""
+    return _replay(*task, on_end=lambda done: send((k, done)))
 
 
 def _costed(

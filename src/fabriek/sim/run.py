@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import math
-import multiprocessing
-import os
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from queue import Empty
 from typing import Any
 
 from fabriek.core.errors import InvalidRequest
 from fabriek.scheduling.model import STARVING_AFTER_S
 from fabriek.sim.green import DEFAULT_START, Grid, deferral_saving, footprint
 from fabriek.sim.metrics import summarise
+from fabriek.sim.parallel import Send, side_by_side, workers_for
 from fabriek.sim.policies import POLICIES, make_policy
 from fabriek.sim.simulator import Intensity, Machine, Outcome, Policy, simulate
 from fabriek.sim.traces import read_trace, summary
@@ -96,8 +93,8 @@ def run_study(
         raise InvalidRequest("flexible jobs need a carbon series to plan with (--carbon)")
     prepared = _prepare(study)
     names = list(study.policies)
-    workers = min(workers or len(os.sched_getaffinity(0)), len(names))
-    if workers <= 1:
+    workers = workers_for(workers, len(names))
+    if workers == 1:
         results = [_metrics(study, prepared, name, progress) for name in names]
     else:
         results = _in_processes(study, names, workers, progress)
@@ -157,12 +154,8 @@ def _metrics(
     study: Study, prepared: _Prepared, name: str, progress: Progress | None
 ) -> dict[str, Any]:
     """One policy's replay of the study, and what it delivered."""
-    jobs, machine, grid, forecast = (
-        prepared.jobs,
-        prepared.machine,
-        prepared.grid,
-        prepared.forecast,
-    )
+    jobs, machine = prepared.jobs, prepared.machine
+    grid, forecast = prepared.grid, prepared.forecast
 
     def replay(policy: Policy, label: str = name) -> Outcome:
         return simulate(jobs, machine, policy, pools=study.pools, grace_s=study.grace_s,
@@ -193,42 +186,24 @@ REPLAY_COST = {"fabriek": 100, "las": 20, "easy": 5, "fairshare": 5, "sjf": 3, "
 def _in_processes(
     study: Study, names: list[str], workers: int, progress: Progress | None
 ) -> list[dict[str, Any]]:
-    """Each policy replayed in its own spawned process (a fork copies a parent's threads'
-    locks mid-use), its progress sent back through a queue."""
-    context = multiprocessing.get_context("spawn")
-    with (
-        context.Manager() as manager,
-        ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool,
-    ):
-        queue = manager.Queue() if progress is not None else None
-        # The slowest first, so that the rest run beside it rather than after it.
-        slowest_first = sorted(names, key=lambda name: -REPLAY_COST.get(name, 0))
-        futures = {pool.submit(_replay_apart, study, name, queue): name for name in slowest_first}
-        waiting = set(futures)
-        while waiting:
-            _, waiting = wait(waiting, timeout=0.2)
-            _drain(queue, progress)
-        _drain(queue, progress)
-        done = {futures[future]: future.result() for future in futures}
+    """Each policy replayed in its own process, the slowest first so that the rest run beside
+    it rather than after it; its progress sent back as it goes."""
+    slowest_first = sorted(names, key=lambda name: -REPLAY_COST.get(name, 0))
+    results = side_by_side(
+        _replay_apart,
+        [(study, name) for name in slowest_first],
+        workers,
+        (lambda message: progress(*message)) if progress is not None else None,
+    )
+    done = dict(zip(slowest_first, results, strict=True))
     return [done[name] for name in names]
 
 
-def _replay_apart(study: Study, name: str, queue: Any) -> dict[str, Any]:
+def _replay_apart(study: Study, name: str, send: Send | None) -> dict[str, Any]:
     """A worker process: the study's workload built again (the same, by its seed), one policy."""
 
     def report(label: str, done: int, total: int) -> None:
-        if done % max(1, total // 200) == 0 or done == total:
-            queue.put((label, done, total))
+        if send is not None and (done % max(1, total // 200) == 0 or done == total):
+            send((label, done, total))
 
-    return _metrics(study, _prepare(study), name, report if queue is not None else None)
-
-
-def _drain(queue: Any, progress: Progress | None) -> None:
-    if queue is None or progress is None:
-        return
-    while True:
-        try:
-            label, done, total = queue.get_nowait()
-        except Empty:
-            return
-        progress(label, done, total)
+    return _metrics(study, _prepare(study), name, report if send is not None else None)

@@ -1,0 +1,63 @@
+"""Replays side by side: each in its own process, their progress sent back as they go.
+
+Replays are independent and CPU-bound (a whole Philly replay takes minutes), so a plan's sizes,
+a comparison's policies and a benchmark's studies run one per core. Processes are spawned, not
+forked: a fork copies a parent's threads' locks mid-use.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, wait
+from queue import Empty
+from typing import Any
+
+Send = Callable[[Any], None]
+
+
+def workers_for(workers: int | None, tasks: int) -> int:
+    """How many processes for `tasks` replays: `workers`, or one per core (None), at most one a
+    task."""
+    return max(1, min(workers or len(os.sched_getaffinity(0)), tasks))
+
+
+def side_by_side(
+    work: Callable[..., Any],
+    tasks: Sequence[tuple[Any, ...]],
+    workers: int,
+    on_message: Callable[[Any], None] | None = None,
+) -> list[Any]:
+    """`work(*task, send)` for every task, `workers` at once, each in a spawned process; what a
+    worker passes to `send` reaches `on_message` here as the work goes (`send` is None without
+    it). `work` must be a module-level function. The results come in the tasks' order; the
+    tasks start in it too (put the longest first)."""
+    context = multiprocessing.get_context("spawn")
+    with (
+        context.Manager() as manager,
+        ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool,
+    ):
+        queue = manager.Queue() if on_message is not None else None
+        futures = [pool.submit(_call, work, task, queue) for task in tasks]
+        waiting = set(futures)
+        while waiting:
+            _, waiting = wait(waiting, timeout=0.2)
+            _drain(queue, on_message)
+        _drain(queue, on_message)
+        return [future.result() for future in futures]
+
+
+def _call(work: Callable[..., Any], task: tuple[Any, ...], queue: Any) -> Any:
+    return work(*task, queue.put if queue is not None else None)
+
+
+def _drain(queue: Any, on_message: Callable[[Any], None] | None) -> None:
+    if queue is None or on_message is None:
+        return
+    while True:
+        try:
+            message = queue.get_nowait()
+        except Empty:
+            return
+        on_message(message)
