@@ -704,3 +704,22 @@ def test_a_job_that_cannot_start_takes_no_room_in_the_green_plan() -> None:
     assert decisions.deferrals[1].start == HOUR_START + 3 * 3600
     assert decisions.reasons[1].startswith("waiting for a greener hour")
     assert decisions.reasons[2].startswith("waiting: allocation 7 cannot cover it")
+
+
+def test_without_explain_the_same_decisions_and_no_reasons_for_those_left_waiting() -> None:
+    # The simulator asks for decisions only (Snapshot.explain=False): what is admitted,
+    # reserved and preempted must not depend on it.
+    pending = [job(i, pool, gpus=1 + i % 8, preemptible=i % 3 == 0, limit=600 * (1 + i % 5))
+               for i, pool in enumerate(["eurohpc", "regional", "national", "commercial"] * 15)]  # fmt: skip
+    lent = job(900, "commercial", gpus=8, preemptible=True)
+    base = snap(h100(6), pending, [running(lent, ("n000",), borrowed=True)])
+    told, silent = decide(base), decide(replace(base, explain=False))
+    assert told.admissions and told.reasons and told.heads
+    assert silent.admissions == told.admissions
+    assert silent.preemptions == told.preemptions
+    assert silent.reservations == told.reservations
+    # Only the jobs set aside before the queues keep their reasons (they are not decisions the
+    # replay could miss: such jobs never start); none of those left in a queue get one.
+    assert silent.heads == {} and len(silent.reasons) < len(told.reasons)
+    assert silent.reasons.items() <= told.reasons.items()
+    assert all("can never start" in why for why in silent.reasons.values())

@@ -39,11 +39,12 @@ from __future__ import annotations
 
 import heapq
 import time
+from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 
 from fabriek.scheduling.green import plan_green
 from fabriek.scheduling.model import (
@@ -86,8 +87,9 @@ def decide(snapshot: Snapshot, *, clock: Callable[[], float] = time.perf_counter
         _borrow(state, queues, blocked, decisions)
     with _step(decisions, "backfill", clock):
         _backfill(state, queues, blocked, decisions, snapshot.backfill_depth)
-    with _step(decisions, "explain", clock):
-        _explain(state, queues, blocked, decisions)
+    if snapshot.explain:
+        with _step(decisions, "explain", clock):
+            _explain(state, queues, blocked, decisions)
     return decisions
 
 
@@ -861,12 +863,21 @@ def _backfill(
         _reserve(state, pool, head)
         if head.reserved_at is not None:
             decisions.reservations[head.job.id] = head.reserved_at
-    reservations = [(h.reserved_at, h.reserved_nodes) for h in heads if h.reserved_at is not None]
+    reservations = sorted(
+        ((h.reserved_at, h.reserved_nodes) for h in heads if h.reserved_at is not None),
+        key=itemgetter(0),
+    )
     reserved = state.claimed.union(*(nodes for _, nodes in reservations))
+    # The nodes a job ending at `ends` must avoid: the claimed ones and those of every
+    # reservation it would outlive, the first `bisect_left(starts, ends)` by start. One set per
+    # such count, not per job: every job has its own time limit.
+    starts = [at for at, _ in reservations]
+    avoiding = [state.claimed]
+    for _, nodes in reservations:
+        avoiding.append(avoiding[-1].union(nodes))
     # Within this step the nodes only fill up, so a shape that found no room (with the same
     # reserved nodes to avoid) finds none later either: most waiting jobs share a few shapes.
     no_room: set[tuple[Request, frozenset[tuple[str, str]]]] = set()
-    avoiding: dict[float, frozenset[tuple[str, str]]] = {}  # a job's end -> nodes it must avoid
     for pool, head in blocked.items():
         queue = queues[pool]
         owed = state.guarantee[pool].get(head.gpu_type, 0)
@@ -876,11 +887,7 @@ def _backfill(
         refused: set[tuple[Request, frozenset[tuple[str, str]], bool]] = set()
         for job in queue[head.at + 1 : head.at + 1 + depth]:
             ends = state.now + job.request.time_limit_s
-            avoid = avoiding.get(ends)
-            if avoid is None:
-                avoid = avoiding[ends] = state.claimed.union(
-                    *(nodes for at, nodes in reservations if at is not None and ends > at)
-                )
+            avoid = avoiding[bisect_left(starts, ends)]
             alike = (job.request, avoid, job.preemptible)
             if (job.request, avoid) in no_room or alike in refused:
                 continue

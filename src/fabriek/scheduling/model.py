@@ -152,6 +152,9 @@ class Snapshot:
     # (None where unknown); empty: green scheduling holds nothing back.
     forecast: tuple[float | None, ...] = ()
     forecast_start: float = 0.0
+    # Whether every job left in a queue gets its reason, and each blocked pool its head
+    # (Decisions.reasons, .heads): the controller shows them; the simulator reads neither.
+    explain: bool = True
 
 
 @dataclass(frozen=True, slots=True)

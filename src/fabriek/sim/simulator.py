@@ -384,6 +384,7 @@ class FabriekPolicy(Policy):
             forecast=self._forecast(hour),
             forecast_start=self.epoch_hour + hour * 3600,
             starving_after_s=self.starving_after_s,
+            explain=False,
         )
         decisions = decide(snapshot)
         if not (decisions.admissions or decisions.deferrals or decisions.preemptions):
