@@ -75,6 +75,31 @@ def test_simulate_reports_what_deferring_flexible_jobs_saved(tmp_path: Path) -> 
         (["simulate", ITP01, "--flexible", "0.3", "--slack", "soon"], "cannot read duration"),
         (["simulate", ITP01, "--starving-after", "later"], "cannot read duration"),
         (["simulate", ITP01, "--workers", "0", "--no-carbon"], "at least 1"),
+        (["simulate", ITP01, "--compare", ""], "--compare names no policy"),
+        (["simulate", ITP01, "--policy", "easy", "--compare", "fifo"], "not both"),
+        (["simulate", ITP01, "--columns", "gpus=num_gpu"], "--columns is for --format csv"),
+        (
+            [
+                "simulate",
+                ITP01,
+                "--format",
+                "csv",
+                "--columns",
+                "submit=submission_time,duration=duration,gpus=num_gpu,submit=duration",
+            ],
+            "--columns names submit twice",
+        ),
+        (["simulate", ITP01, "--load", "nan"], "--load is from 0.01 to 100"),
+        (["simulate", ITP01, "--load", "1e-9"], "--load is from 0.01 to 100"),
+        (["simulate", ITP01, "--gpus-per-node", "0"], "--gpus-per-node is 1 to 64"),
+        (["simulate", ITP01, "--max-jobs", "-5"], "--max-jobs must be at least 1"),
+        (["simulate", ITP01, "--max-jobs", "1"], "all submitted at one moment"),
+        (["plan", "--trace", ITP01, "--budget", "80-120"], "buys not one H100 node"),
+        (["plan", "--trace", ITP01, "--electricity", "nan"], "--electricity must be a finite"),
+        (["plan", "--trace", ITP01, "--gpu-hours-per-year", "nan"], "a number above 0; got nan"),
+        (["plan", "--trace", ITP01, "--maintenance", "5"], "fraction of the capex a year"),
+        (["plan", "--trace", ITP01, "--max-jobs", "0"], "--max-jobs must be at least 1"),
+        (["plan", "--trace", ITP01, "--pools", "regional=2"], "cannot read pool"),
         (["plan", "--trace", ITP01, "--budget", "lots"], "cannot read the budget"),
         (["plan", "--trace", ITP01, "--pue", "0.8", "--carbon", GRID], "PUE below 1"),
         (["plan", "--trace", ITP01, "--carbon", "/no/grid.csv"], "cannot read the carbon series"),
@@ -176,8 +201,35 @@ def test_plan_into_a_file_prints_every_figure_whole(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "…" not in r.stdout
     header = next(line for line in r.stdout.splitlines() if "NODES" in line)
-    assert "CAPEX M€" in header and "T CO2E/YR" in header
+    assert "CAPEX M€" in header and "t CO2e/yr" in header and "MWh/yr" in header
     rows = [
         line.split() for line in r.stdout.splitlines() if line.strip().startswith(("8 ", "16 "))
     ]
     assert [row[:3] for row in rows] == [["8", "64", "2.8"], ["16", "128", "5.6"]]
+
+
+def test_plan_from_any_directory_flags_a_size_that_cannot_keep_up(tmp_path: Path) -> None:
+    """The Dutch series is found beside the checkout wherever the command runs (no --carbon);
+    a size offered more than it can run says so, and is costed on what it can run."""
+    r = fabriek("plan", "--trace", ITP01, "--max-jobs", "300", "--budget", "0.7M-3M", "--sizes",
+                "2", "--gpu-hours-per-year", "300000", "--pools", "regional=0.4:4,rest=0.6:8", "--json",
+                "p.json", cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    sizes = json.loads((tmp_path / "p.json").read_text())["sizes"]
+    small, large = sizes
+    assert small["offered_load"] > 1 and not small["keeps_up"] and large["keeps_up"]
+    assert "* a load above 1: the size cannot run the demand" in r.stdout
+    assert f"{small['offered_load']:.2f}*" in r.stdout
+    # Costed per GPU-hour it can run: the same as its cost per GPU-hour at full use, not less.
+    assert small["cost_per_demand_gpu_hour_eur"] == pytest.approx(small["cost_per_gpu_hour_eur"])
+    assert small["t_co2e_per_year"] > 0  # the default series was read
+    assert small["regional_share"] is not None  # the pools given, regional among them
+
+
+def test_simulate_finds_the_carbon_series_from_any_directory(tmp_path: Path) -> None:
+    r = fabriek("simulate", ITP01, "--max-jobs", "200", "--carbon", str(tmp_path / "none.csv"),
+                cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 2 and "cannot read the carbon series" in r.stderr
+    r = fabriek("simulate", ITP01, "--max-jobs", "200", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "t CO2e" in r.stdout  # the default series, found from another directory

@@ -30,6 +30,10 @@ def test_sizes_spread_over_the_budget() -> None:
     assert candidate_nodes((1e6, 1e6), DEFAULT_HARDWARE, 3) == [3]
     with pytest.raises(InvalidRequest, match="budget"):
         candidate_nodes((0, 1e6), DEFAULT_HARDWARE, 3)
+    # A budget in euros where millions were meant buys nothing: refused, not one node over it.
+    with pytest.raises(InvalidRequest, match="at most €120 buys not one H100 node"):
+        candidate_nodes((80, 120), DEFAULT_HARDWARE, 5)
+    assert candidate_nodes((100e3, 400e3), DEFAULT_HARDWARE, 5) == [1]
 
 
 def test_each_size_is_simulated_and_costed() -> None:

@@ -266,7 +266,12 @@ def test_load_scaling_hits_the_target() -> None:
         ("a,b\n1,2\n", "no column 'submit_time'"),
         ("submit_time,run,n\n1,2,x\n", "row 2, column n: 'x' is not a number"),
         ("submit_time,run,n\nyesterday,2,1\n", "neither seconds nor a date"),
-        ("submit_time,run,n\n1,2,1.5\n", "a fraction of a GPU"),
+        ("submit_time,run,n\n1,2,1.5\n", "1.5 GPUs; a job has a whole number"),
+        ("submit_time,run,n\n1,2,-1\n", "-1 GPUs; a job has a whole number"),
+        ("submit_time,run,n\n1,-2,1\n", "row 2: a negative duration (-2)"),
+        ("submit_time,run,n\n1,inf,1\n", "column run: 'inf' is not a finite number"),
+        ("submit_time,run,n\nnan,2,1\n", "'nan' is not a finite number of seconds"),
+        ("submit_time,run,n\n1,2,1\n3,4\n", "row 3: fewer fields than the header names"),
         ("submit_time,run,n\n", "no jobs in it"),
     ],
 )
@@ -279,6 +284,15 @@ def test_csv_traces_with_a_mapping_and_their_errors(
     with pytest.raises(InvalidRequest, match=r"t\.csv") as caught:
         read_trace(path, kind="csv", columns=columns)
     assert message in str(caught.value)
+
+
+def test_a_csv_trace_saved_with_a_byte_order_mark(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_bytes(b"\xef\xbb\xbfsubmit_time,run,n\n1,2,1\n")  # as Excel saves "CSV UTF-8"
+    columns = {"submit": "submit_time", "duration": "run", "gpus": "n"}
+    assert [
+        (j.submit, j.duration, j.gpus) for j in read_trace(path, kind="csv", columns=columns)
+    ] == [(0.0, 2.0, 1)]
 
 
 def test_a_csv_trace_with_dates(tmp_path: Path) -> None:
@@ -326,6 +340,14 @@ def test_a_study_with_its_report(tmp_path: Path) -> None:
     tenant_table = page.split("Tenants: finish-time fairness")[1]
     first_row = tenant_table.split("<td>", 1)[1]  # the least fairly served first
     assert first_row.startswith(f"{worst[0]}</td>")
+    first = result["policies"][0]
+    wait = f"{first['tenants'][worst[0]]['wait_mean_h']:.1f}"
+    assert f"{worst[1]['slowdown_mean']:.1f} / {wait}</td>" in first_row.split("</tr>")[0]
+    row = page.split("<h2>Policies</h2>")[1].split("</tr>")[1]  # the first policy's row
+    assert f"<td>{first['utilisation_while_arriving']:.1%}</td>" in row
+    assert f"<td>{first['wait_s']['p95'] / 60:.0f}</td>" in row
+    # regional and commercial are both owed 25 %: one dashed line, labelled with both.
+    assert page.count(">regional, commercial 25</text>") == 2
     assert page.count("<svg") == 3 + 2  # utilisation, queue, JCT, and pool shares per policy
     assert "fabriek" in page
     assert not any(tag in page for tag in ("<script", "<link", 'src="http', 'href="http'))

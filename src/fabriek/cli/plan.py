@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -14,8 +15,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from fabriek.cli.output import console, err_console, fail, handled
 from fabriek.cli.tenancy import _table
 from fabriek.core.errors import InvalidRequest
-
-GRID = Path("../shared/data/grid/NL-2021-2023-hourly.csv")
 
 
 def plan(
@@ -33,28 +32,53 @@ def plan(
         list[str] | None,
         typer.Option(
             help="A hardware option to size (repeat it to compare): h100, h200, b200, either "
-            "with changes (b200:price=480000,speed=2.2), or a NAME:price=...,kw=...[,gpus=,"
-            "speed=,lifetime=,idle=] of your own [default: h100]."
+            "with changes (b200:price=480000,speed=2.2), or one of your own, e.g. "
+            "mi300x:price=300000,kw=10.2 (also gpus=, speed=, lifetime=, idle=) [default: h100]."
         ),
     ] = None,
-    node_price: Annotated[float | None, typer.Option(help="Euros per node, installed.")] = None,
-    node_kw: Annotated[float | None, typer.Option(help="A node's power at full load, kW.")] = None,
-    gpus_per_node: Annotated[int | None, typer.Option(help="GPUs per node.")] = None,
-    lifetime: Annotated[float | None, typer.Option(help="Years the hardware serves.")] = None,
-    electricity: Annotated[float | None, typer.Option(help="Euros per kWh.")] = None,
-    maintenance: Annotated[
-        float | None, typer.Option(help="Yearly maintenance, a fraction of the capex.")
+    node_price: Annotated[
+        float | None, typer.Option(help="Euros per node, installed [default: h100's 350000].")
     ] = None,
-    pue: Annotated[float | None, typer.Option(help="The facility's PUE.")] = None,
-    wue: Annotated[float | None, typer.Option(help="On-site water, litres per IT kWh.")] = None,
+    node_kw: Annotated[
+        float | None, typer.Option(help="A node's power at full load, kW [default: 10.2].")
+    ] = None,
+    gpus_per_node: Annotated[int | None, typer.Option(help="GPUs per node [default: 8].")] = None,
+    lifetime: Annotated[
+        float | None, typer.Option(help="Years the hardware serves [default: 5].")
+    ] = None,
+    electricity: Annotated[
+        float | None, typer.Option(help="Euros per kWh [default: 0.15].")
+    ] = None,
+    maintenance: Annotated[
+        float | None,
+        typer.Option(help="Yearly maintenance, a fraction of the capex, 0-1 [default: 0.08]."),
+    ] = None,
+    pue: Annotated[float | None, typer.Option(help="The facility's PUE [default: 1.2].")] = None,
+    wue: Annotated[
+        float | None, typer.Option(help="On-site water, litres per IT kWh [default: 0].")
+    ] = None,
     water_offsite: Annotated[
-        float | None, typer.Option(help="Water at the power plants, litres per kWh.")
+        float | None,
+        typer.Option(help="Water at the power plants, litres per kWh [default: 1.8]."),
     ] = None,
     carbon: Annotated[
-        Path, typer.Option(help="Hourly grid carbon intensity (Electricity Maps CSV).")
-    ] = GRID,
+        Path | None,
+        typer.Option(
+            help="Hourly grid carbon intensity (Electricity Maps CSV) [default: the Dutch "
+            "2021-2023 series beside the checkout]."
+        ),
+    ] = None,
+    pools: Annotated[
+        str,
+        typer.Option(
+            help="Pools: name=guarantee:projects, comma-separated; the regional "
+            "columns follow the pool named regional."
+        ),
+    ] = "regional=0.25:8,euro=0.5:16,commercial=0.25:8",
     seed: Annotated[int, typer.Option(help="Seed of the workload's rules.")] = 1,
-    max_jobs: Annotated[int | None, typer.Option(help="Only the trace's first N jobs.")] = None,
+    max_jobs: Annotated[
+        int | None, typer.Option(help="Only the trace's first N jobs, by submission time.")
+    ] = None,
     workers: Annotated[
         int | None,
         typer.Option(
@@ -68,8 +92,11 @@ def plan(
 ) -> None:
     """Size a factory for a demand: candidate sizes within the budget, each simulated with
     fabriek's engine, with capex, opex, service, energy, water and carbon (docs/planning.md)."""
+    from fabriek.sim.green import DUTCH_GRID, default_grid
     from fabriek.sim.plan import DEFAULT_COSTS, Demand, with_overrides
     from fabriek.sim.plan import plan as make_plan
+    from fabriek.sim.run import check_shape
+    from fabriek.sim.workload import parse_pools
 
     with handled():
         options = [parse_hardware(text) for text in hardware or ["h100"]]
@@ -91,7 +118,14 @@ def plan(
             pue=pue, wue_onsite_l_per_kwh=wue, water_offsite_l_per_kwh=water_offsite,
         )  # fmt: skip
         _check(options, costs, sizes, gpu_hours_per_year)
-        demand = Demand(trace, trace_format, gpu_hours_per_year, seed=seed, max_jobs=max_jobs)
+        check_shape(gpus_per_node or 8, max_jobs)
+        series = carbon or default_grid()
+        if series is None:
+            raise InvalidRequest(
+                f"no carbon series: the Dutch one is not at {DUTCH_GRID}; give --carbon FILE"
+            )
+        demand = Demand(trace, trace_format, gpu_hours_per_year, pools=parse_pools(pools),
+                        seed=seed, max_jobs=max_jobs)  # fmt: skip
         with Progress(TextColumn("replaying jobs, all sizes"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=err_console, transient=True) as bar:  # fmt: skip
             task = bar.add_task("plan", total=None)
@@ -101,7 +135,7 @@ def plan(
                 sizes=sizes,
                 hardware=options,
                 costs=costs,
-                carbon_series=carbon,
+                carbon_series=series,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
                 workers=workers,
             )
@@ -163,8 +197,18 @@ def parse_hardware(text: str) -> Any:
 def _check(options: list[Any], costs: Any, sizes: int, demand: float | None) -> None:
     if not 1 <= sizes <= 50:
         raise InvalidRequest("--sizes is 1 to 50")
-    if demand is not None and demand <= 0:
-        raise InvalidRequest("--gpu-hours-per-year must be above 0")
+    if demand is not None and not 0 < demand < math.inf:
+        raise InvalidRequest(f"--gpu-hours-per-year must be a number above 0; got {demand}")
+    figures = {"price": [h.price_eur for h in options], "kw": [h.max_kw for h in options],
+               "speed": [h.speed for h in options], "lifetime": [h.lifetime_years for h in options],
+               "idle": [h.idle_fraction for h in options],
+               "--electricity": [costs.electricity_eur_per_kwh],
+               "--maintenance": [costs.maintenance_per_year], "--pue": [costs.pue],
+               "--wue": [costs.wue_onsite_l_per_kwh],
+               "--water-offsite": [costs.water_offsite_l_per_kwh]}  # fmt: skip
+    for name, values in figures.items():
+        if not all(map(math.isfinite, values)):
+            raise InvalidRequest(f"{name} must be a finite number")
     for hardware in options:
         where = f" (hardware {hardware.name})"
         for name, value in (("the price (--node-price, price=)", hardware.price_eur),
@@ -185,6 +229,11 @@ def _check(options: list[Any], costs: Any, sizes: int, demand: float | None) -> 
         < 0
     ):
         raise InvalidRequest("maintenance and water figures cannot be negative")
+    if costs.maintenance_per_year > 1:
+        raise InvalidRequest(
+            f"--maintenance is a fraction of the capex a year (0.08: 8 %); got "
+            f"{costs.maintenance_per_year}"
+        )
 
 
 def _budget(text: str) -> tuple[float, float]:
@@ -215,8 +264,8 @@ def _cells(row: dict[str, Any], compared: bool) -> list[str]:
     cells = [
         str(row["nodes"]), str(row["gpus"]), f"{row['capex_eur'] / 1e6:.1f}",
         f"{row['opex_eur_per_year'] / 1e6:.2f}", f"{row['cost_per_gpu_hour_eur']:.2f}",
-        f"{row['offered_load']:.2f}", f"{row['utilisation']:.1%}", f"{row['wait_p50_h']:.2f}",
-        f"{row['wait_p95_h']:.1f}",
+        f"{row['offered_load']:.2f}" + ("" if row["keeps_up"] else "*"),
+        f"{row['utilisation']:.1%}", f"{row['wait_p50_h']:.2f}", f"{row['wait_p95_h']:.1f}",
         "-" if row["regional_share"] is None else f"{row['regional_share']:.1%}",
         "-" if denied is None else f"{denied:,.0f}", f"{row['facility_mwh_per_year']:,.0f}",
         f"{row['water_m3_per_year']:,.0f}", f"{row['t_co2e_per_year']:,.0f}",
@@ -249,13 +298,27 @@ def _intro(result: dict[str, Any]) -> str:
     )
 
 
+OVERLOADED = (
+    "* a load above 1: the size cannot run the demand, whose queue grows all year; its waits are "
+    "the replay's, over the trace's span only, and its costs count the GPU-hours it can run."
+)
+
+
+def _header(column: str) -> str:
+    """Words in capitals as in every table of the CLI; units as they are written (MWh, m³, t)."""
+    return " ".join(w.upper() if w.isalnum() and w.islower() and len(w) > 1 else w
+                    for w in column.split())  # fmt: skip
+
+
 def _print(result: dict[str, Any]) -> None:
     console.print(_intro(result), highlight=False)
     compared = len(result["hardware"]) > 1
-    table = _table(*(c.upper() for c in _columns(compared)))
+    table = _table(*map(_header, _columns(compared)))
     for row in result["sizes"]:
         table.add_row(*_cells(row, compared))
     console.print(table)  # into a file or a pipe too, whole (output._Console)
+    if not all(row["keeps_up"] for row in result["sizes"]):
+        console.print(OVERLOADED, highlight=False)
 
 
 def _print_markdown(result: dict[str, Any]) -> None:
@@ -266,3 +329,5 @@ def _print_markdown(result: dict[str, Any]) -> None:
     print("|" + "---|" * len(columns))
     for row in result["sizes"]:
         print("| " + " | ".join(_cells(row, compared)) + " |")
+    if not all(row["keeps_up"] for row in result["sizes"]):
+        print("\n" + OVERLOADED)

@@ -31,7 +31,9 @@ def simulate(
             help="For --format csv: submit=COL,duration=COL,gpus=COL[,tenant=COL][,id=COL]."
         ),
     ] = None,
-    policy: Annotated[str, typer.Option(help="The policy to replay.")] = "fabriek",
+    policy: Annotated[
+        str | None, typer.Option(help="The policy to replay [default: fabriek].")
+    ] = None,
     compare: Annotated[
         str | None,
         typer.Option(
@@ -57,7 +59,9 @@ def simulate(
     exact_limits: Annotated[
         bool, typer.Option(help="Time limits equal to the true durations (perfect knowledge).")
     ] = False,
-    max_jobs: Annotated[int | None, typer.Option(help="Only the trace's first N jobs.")] = None,
+    max_jobs: Annotated[
+        int | None, typer.Option(help="Only the trace's first N jobs, by submission time.")
+    ] = None,
     carbon: Annotated[
         Path | None,
         typer.Option(
@@ -106,12 +110,26 @@ def simulate(
     ] = None,
 ) -> None:
     """Replay a trace through fabriek's admission engine (and baselines) on a virtual clock."""
+    from fabriek.sim.green import DUTCH_GRID, default_grid
     from fabriek.sim.run import Study, run_study
     from fabriek.sim.workload import parse_pools
 
     with handled():
-        mapping = _columns(columns) if columns else None
-        names = [p.strip() for p in (compare or policy).split(",") if p.strip()]
+        if columns is not None and trace_format != "csv":
+            raise InvalidRequest(f"--columns is for --format csv; {trace_format} has its own")
+        mapping = _columns(columns) if columns is not None else None
+        if compare is not None and policy is not None:
+            raise InvalidRequest("give --policy (one) or --compare (several), not both")
+        chosen = compare if compare is not None else (policy or "fabriek")
+        names = [p.strip() for p in chosen.split(",") if p.strip()]
+        if not names:
+            raise InvalidRequest("--compare names no policy; e.g. --compare fifo,easy,fabriek")
+        carbon_series = None if no_carbon else (carbon or default_grid())
+        if carbon_series is None and not no_carbon:
+            err_console.print(
+                f"no energy, water or carbon: the Dutch series is not at {DUTCH_GRID}; give "
+                "--carbon FILE, or --no-carbon to say so"
+            )
         study = Study(
             trace=trace,
             kind=trace_format,
@@ -124,7 +142,7 @@ def simulate(
             seed=seed,
             exact_limits=exact_limits,
             max_jobs=max_jobs,
-            carbon_series=None if no_carbon else (carbon or _default_grid()),
+            carbon_series=carbon_series,
             flexible=flexible,
             slack_s=parse_duration(slack),
             starving_after_s=None if starving_after == "never" else parse_duration(starving_after),
@@ -159,30 +177,35 @@ def simulate(
     _print(result)
 
 
-def _default_grid() -> Path | None:
-    path = Path("../shared/data/grid/NL-2021-2023-hourly.csv")
-    return path if path.exists() else None
-
-
 def _columns(text: str) -> dict[str, str]:
     mapping = {}
     for part in text.split(","):
         role, sep, column = part.partition("=")
         if not sep or not role.strip() or not column.strip():
             raise InvalidRequest(f"cannot read --columns part {part!r}; use e.g. gpus=num_gpu")
+        if role.strip() in mapping:
+            raise InvalidRequest(f"--columns names {role.strip()} twice")
         mapping[role.strip()] = column.strip()
     return mapping
 
 
 def _print(result: dict[str, object]) -> None:
     w, m = result["workload"], result["machine"]
+    dropped = w["dropped_larger_than_machine"]  # type: ignore[index]
     console.print(
-        f"{w['jobs']} jobs on {m['gpus']} GPUs ({m['nodes']} nodes), offered load "  # type: ignore[index]
-        f"{w['offered_load']:.2f}, seed {w['seed']}, time limits {w['time_limits']}",  # type: ignore[index]
+        f"{w['jobs']} jobs on {m['gpus']} GPUs ({m['nodes']} node{'s' * (m['nodes'] != 1)}), "  # type: ignore[index]
+        f"offered load {w['offered_load']:.2f}, seed {w['seed']}, time limits "  # type: ignore[index]
+        f"{w['time_limits']}"  # type: ignore[index]
+        + (
+            f"; {dropped} of the trace's jobs left out: no GPUs, no duration, or larger than "
+            "the machine"
+            if dropped
+            else ""
+        ),
         highlight=False,
     )
     policies = result["policies"]  # type: ignore[index]
-    table = _table("POLICY", "JCT h", "P50 h", "P99 h", "WAIT min", "1-GPU P99 min", "UTIL",
+    table = _table("POLICY", "JCT h", "P50 h", "P99 h", "WAIT mean min", "1-GPU WAIT P99 min", "UTIL",
                    "UTIL ARRIVING", "PREEMPTED", "JOBS/s")  # fmt: skip
     for p in policies:  # type: ignore[attr-defined]
         table.add_row(

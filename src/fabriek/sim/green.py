@@ -22,6 +22,14 @@ from fabriek.sim.simulator import Outcome, Run
 
 WATTS_PER_GPU = 10_200 / 8
 DEFAULT_START = datetime(2022, 1, 1, tzinfo=UTC)
+# The Dutch 2021-2023 hourly series, in the shared data beside the checkout (src/fabriek/sim/
+# is three levels below it), wherever the command is run from.
+DUTCH_GRID = Path(__file__).resolve().parents[3].parent / "shared/data/grid/NL-2021-2023-hourly.csv"
+
+
+def default_grid() -> Path | None:
+    """The Dutch series if it is there (a checkout beside the shared data), else None."""
+    return DUTCH_GRID if DUTCH_GRID.is_file() else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -102,7 +102,8 @@ DEFAULTS: dict[str, tuple[float | str, str]] = {
                                 "of the electricity water intensity factors used by Li et al., "
                                 "'Making AI Less Thirsty' (2023); no Dutch figure is at hand"),
     "carbon": ("mean of the series", "the Dutch grid's hourly life-cycle intensity, "
-               "../shared/data/grid/NL-2021-2023-hourly.csv (Electricity Maps format)"),
+               "shared/data/grid/NL-2021-2023-hourly.csv beside the checkout (Electricity Maps "
+               "format)"),
 }  # fmt: skip
 
 
@@ -121,6 +122,11 @@ def candidate_nodes(budget: tuple[float, float], hardware: Hardware, count: int)
     low, high = budget
     if not 0 < low <= high:
         raise InvalidRequest("the budget is a range of euros, low to high, above 0")
+    if high < hardware.price_eur:
+        raise InvalidRequest(
+            f"a budget of at most €{high:,.0f} buys not one {hardware.name}, at €"
+            f"{hardware.price_eur:,.0f} each; amounts take k, M or B, e.g. 80M-120M"
+        )
     first = max(1, math.ceil(low / hardware.price_eur))
     last = max(first, math.floor(high / hardware.price_eur))
     if count <= 1 or last == first:
@@ -270,6 +276,7 @@ def _costed(
     # A year of this demand: where the machine finished every job, it served the whole demand,
     # so it was busy `load` of the time. (The replay's own utilisation is lower: it counts the
     # trace's tail, after the last submission, while the machine drains; a year has no tail.)
+    # Above a load of 1 it cannot: its queue grows all year, and it serves only what it can run.
     served_all = m["finished"] == m["jobs"]
     utilisation = min(1.0, load) if served_all else min(1.0, m["utilisation"])
     span_h = m["makespan_s"] / 3600
@@ -287,12 +294,19 @@ def _costed(
               + capex * costs.maintenance_per_year)  # fmt: skip
     # The demand's GPU-hours (H100 GPU-hours) it served in a year: all of them where it finished
     # every job, else what it ran at the replay's utilisation.
-    served = wanted if served_all else gpus * HOURS_PER_YEAR * utilisation * hardware.speed
+    served = (
+        wanted * min(1.0, 1.0 / load)
+        if served_all
+        else gpus * HOURS_PER_YEAR * utilisation * hardware.speed
+    )
     return {
         "hardware": hardware.name,
         "nodes": nodes,
         "gpus": gpus,
         "offered_load": load,
+        # Whether it can run the demand at all: above a load of 1 the queue grows without end
+        # (the replay's waits are those of the trace's span only, and understate a year's).
+        "keeps_up": load <= 1.0,
         "capex_eur": capex,
         "opex_eur_per_year": facility_mwh * 1000 * costs.electricity_eur_per_kwh
         + capex * costs.maintenance_per_year,

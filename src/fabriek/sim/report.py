@@ -72,10 +72,18 @@ def line_plot(
                  f"{html.escape(x_label)}</text>"
                  f'<text x="12" y="{(H - PAD_B) / 2}" transform="rotate(-90 12 {(H - PAD_B) / 2})" '
                  f'text-anchor="middle">{html.escape(y_label)}</text>')  # fmt: skip
-    for value, colour in zip((dashed or {}).values(), COLOURS, strict=False):
+    # One dashed line per value, labelled with every name at it: lines of equal value (two
+    # pools of 25 %) would hide one another.
+    at: dict[float, list[tuple[str, str]]] = {}
+    for (name, value), colour in zip((dashed or {}).items(), COLOURS, strict=False):
+        at.setdefault(value, []).append((name, colour))
+    for value, named in at.items():
         y = sy(value)
         parts.append(f'<line x1="{PAD_L}" x2="{W - PAD_R}" y1="{y:.1f}" y2="{y:.1f}" '
-                     f'stroke="{colour}" stroke-dasharray="4 3"/>')  # fmt: skip
+                     f'stroke="{named[0][1]}" stroke-dasharray="4 3"/>'
+                     f'<text x="{W - PAD_R - 2}" y="{y - 3:.1f}" text-anchor="end" '
+                     f'fill="{named[0][1]}">{html.escape(", ".join(n for n, _ in named))} '
+                     f"{_fmt(value)}</text>")  # fmt: skip
     for k, (label, line) in enumerate(lines.items()):
         colour = COLOURS[k % len(COLOURS)]
         path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in line)
@@ -103,7 +111,9 @@ def html_report(result: dict[str, Any]) -> str:
     rows = [
         [p["policy"], f"{p['jct_s']['mean'] / 3600:.2f}", f"{p['jct_s']['median'] / 3600:.2f}",
          f"{p['jct_s']['p99'] / 3600:.1f}", f"{p['wait_s']['mean'] / 60:.0f}",
-         f"{p['small_jobs_wait_s']['p99'] / 60:.0f}", f"{p['utilisation']:.1%}",
+         f"{p['wait_s']['median'] / 60:.0f}", f"{p['wait_s']['p95'] / 60:.0f}",
+         f"{p['wait_s']['p99'] / 60:.0f}", f"{p['small_jobs_wait_s']['p99'] / 60:.0f}",
+         f"{p['utilisation']:.1%}", f"{p['utilisation_while_arriving']:.1%}",
          f"{p['makespan_s'] / 86400:.1f}", p["preemptions"], f"{p['lost_gpu_hours']:.0f}",
          f"{p['tenant_slowdown_jain']:.3f}", f"{p['jobs_per_s']:,.0f}"]
         for p in policies
@@ -120,8 +130,8 @@ def html_report(result: dict[str, Any]) -> str:
     tenants = sorted(policies[0]["tenants"].items(), key=lambda item: -item[1]["slowdown_mean"])
     tenant_rows = [
         [name, t["pool"], t["jobs"],
-         *(f"{p['tenants'][name]['slowdown_mean']:.1f}" if name in p["tenants"] else "-"
-           for p in policies)]
+         *(f"{p['tenants'][name]['slowdown_mean']:.1f} / {p['tenants'][name]['wait_mean_h']:.1f}"
+           if name in p["tenants"] else "-" for p in policies)]
         for name, t in tenants
     ]  # fmt: skip
     utilisation = line_plot(
@@ -208,8 +218,12 @@ nodes of {m["gpus_per_node"]}; offered load {w["offered_load"]:.2f}; seed {w["se
                 "JCT median h",
                 "JCT p99 h",
                 "wait mean min",
+                "wait median min",
+                "wait p95 min",
+                "wait p99 min",
                 "1-GPU wait p99 min",
                 "utilisation",
+                "util. while arriving",
                 "makespan days",
                 "preempted",
                 "lost GPU-h",
@@ -220,15 +234,19 @@ nodes of {m["gpus_per_node"]}; offered load {w["offered_load"]:.2f}; seed {w["se
         )
     }
 <p class="note">JCT: job completion time, submission to end. Utilisation: GPU-time used over GPUs
-x makespan. Tenant fairness: Jain's index over the tenants' mean slowdown (1: all alike).</p>
+x makespan; while arriving: from the first to the last submission, without the drain at the end.
+Wait: submission to (first) start. Tenant fairness: Jain's index over the tenants' mean slowdown
+(1: all alike).</p>
 <h2>Pools: share used / guarantee met while waiting</h2>
 {_table(["pool", "guarantee", *(p["policy"] for p in policies)], pool_rows)}
 <p class="note">"Guarantee met while waiting": of the time a pool had jobs waiting, the share in which
 none of them would have fitted within what the pool was owed and did not run.</p>
-<h2>Tenants: finish-time fairness</h2>
+<h2>Tenants: finish-time fairness (mean slowdown / mean wait, hours)</h2>
 {_table(["tenant", "pool", "jobs", *(p["policy"] for p in policies)], tenant_rows)}
 <p class="note">Each tenant's (project's) mean slowdown: its jobs' completion time over their run
-time (1: no job waited). Least fairly served first, by {html.escape(policies[0]["policy"])}.</p>
+time (1: no job waited); and its jobs' mean wait in hours. Least fairly served first, by {
+        html.escape(policies[0]["policy"])
+    }.</p>
 <h2>Utilisation over time</h2>{utilisation}
 <h2>Queue over time</h2>{queue}
 <h2>Job completion time, distribution</h2>{cdf}

@@ -53,6 +53,17 @@ class Study:
 
 
 Progress = Callable[[str, int, int], None]  # policy, jobs ended, jobs in all
+# The offered loads a study may ask for: below a hundredth the machine would be a hundred times
+# the trace's need (a typo, and a replay of a machine of millions of GPUs).
+MIN_LOAD, MAX_LOAD = 0.01, 100.0
+
+
+def check_shape(gpus_per_node: int, max_jobs: int | None) -> None:
+    """The options `fabriek simulate` and `fabriek plan` share, checked alike."""
+    if not 1 <= gpus_per_node <= 64:
+        raise InvalidRequest(f"--gpus-per-node is 1 to 64; got {gpus_per_node}")
+    if max_jobs is not None and max_jobs < 1:
+        raise InvalidRequest(f"--max-jobs must be at least 1; got {max_jobs}")
 
 
 def _on_clock(grid: Grid, offset: float) -> Intensity:
@@ -87,6 +98,12 @@ def run_study(
         )
     if workers is not None and workers < 1:
         raise InvalidRequest("--workers must be at least 1")
+    check_shape(study.gpus_per_node, study.max_jobs)
+    if study.load is not None and not MIN_LOAD <= study.load <= MAX_LOAD:
+        raise InvalidRequest(
+            f"--load is from {MIN_LOAD} to {MAX_LOAD:g} (the offered load, 1: as much work as the "
+            f"machine can do), or 0 to keep the trace's arrivals; got {study.load}"
+        )
     if study.gpus is not None and (study.gpus <= 0 or study.gpus % study.gpus_per_node):
         raise InvalidRequest(f"--gpus must be a positive multiple of {study.gpus_per_node}")
     if study.flexible and study.carbon_series is None:

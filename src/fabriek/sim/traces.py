@@ -8,6 +8,7 @@ the row and the column; nothing is half-read.
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -50,7 +51,7 @@ def read_trace(
     if unknown:
         raise InvalidRequest(f"unknown column role(s) {', '.join(sorted(unknown))}")
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # a BOM, as Excel writes
             return _read(path, csv.DictReader(f), columns)
     except OSError as exc:
         raise InvalidRequest(f"cannot read the trace {path}: {exc.strerror}") from None
@@ -66,11 +67,15 @@ def _read(path: Path, rows: csv.DictReader[str], columns: Mapping[str, str]) -> 
     raw: list[tuple[str, float, float, int, str | None]] = []
     for line, row in enumerate(rows, start=2):
         where = f"{path}, row {line}"
+        if None in row.values():  # DictReader's filler for the fields a short row lacks
+            raise InvalidRequest(f"{where}: fewer fields than the header names")
         submit = _time(row[columns["submit"]], f"{where}, column {columns['submit']}")
         duration = _number(row[columns["duration"]], f"{where}, column {columns['duration']}")
         gpus = _number(row[columns["gpus"]], f"{where}, column {columns['gpus']}")
-        if duration < 0 or gpus < 0 or gpus != int(gpus):
-            raise InvalidRequest(f"{where}: a negative duration or a fraction of a GPU")
+        if duration < 0:
+            raise InvalidRequest(f"{where}: a negative duration ({duration:g})")
+        if gpus < 0 or gpus != int(gpus):
+            raise InvalidRequest(f"{where}: {gpus:g} GPUs; a job has a whole number, 0 or more")
         tenant = row[columns["tenant"]] if "tenant" in columns else None
         job_id = row[columns["id"]] if "id" in columns else str(line - 1)
         raw.append((job_id, submit, duration, int(gpus), tenant or None))
@@ -84,16 +89,23 @@ def _read(path: Path, rows: csv.DictReader[str], columns: Mapping[str, str]) -> 
 
 def _number(text: str, where: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise InvalidRequest(f"{where}: {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise InvalidRequest(f"{where}: {text!r} is not a finite number")
+    return value
 
 
 def _time(text: str, where: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(value):
+            raise InvalidRequest(f"{where}: {text!r} is not a finite number of seconds")
+        return value
     try:
         at = datetime.fromisoformat(text.strip())
     except ValueError:

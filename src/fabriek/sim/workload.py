@@ -162,6 +162,11 @@ def gpus_for_load(jobs: Sequence[SimJob], load: float, gpus_per_node: int) -> in
     if load <= 0:
         raise InvalidRequest("the load must be above 0")
     needed = offered_load(jobs, 1) / load
+    if not math.isfinite(needed):
+        raise InvalidRequest(
+            "the trace's jobs are all submitted at one moment: no load to size the machine by; "
+            "give the machine's size (--gpus)"
+        )
     nodes = max(1, math.ceil(needed / gpus_per_node))
     largest = max(j.gpus for j in jobs)
     return max(nodes * gpus_per_node, math.ceil(largest / gpus_per_node) * gpus_per_node)
