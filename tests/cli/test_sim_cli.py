@@ -100,6 +100,7 @@ def test_simulate_reports_what_deferring_flexible_jobs_saved(tmp_path: Path) -> 
         (["plan", "--trace", ITP01, "--maintenance", "5"], "fraction of the capex a year"),
         (["plan", "--trace", ITP01, "--max-jobs", "0"], "--max-jobs must be at least 1"),
         (["plan", "--trace", ITP01, "--pools", "regional=2"], "cannot read pool"),
+        (["plan", "--trace", ITP01, "--users", "5", "--gpu-hours-per-year", "1e5"], "not both"),
         (["plan", "--trace", ITP01, "--budget", "lots"], "cannot read the budget"),
         (["plan", "--trace", ITP01, "--pue", "0.8", "--carbon", GRID], "PUE below 1"),
         (["plan", "--trace", ITP01, "--carbon", "/no/grid.csv"], "cannot read the carbon series"),

@@ -36,6 +36,28 @@ def test_sizes_spread_over_the_budget() -> None:
     assert candidate_nodes((100e3, 400e3), DEFAULT_HARDWARE, 5) == [1]
 
 
+def test_a_demand_of_users_is_the_trace_tenants_mean_times_their_number() -> None:
+    trace = SHARED / "traces" / "itp" / "cluster01.csv"
+    own = plan(Demand(trace, max_jobs=300), budget=(2.8e6, 2.8e6), sizes=1, carbon_series=GRID)
+    d = own["demand"]
+    assert d["users"] is None and d["gpu_hours_per_year"] == d["trace_gpu_hours_per_year"]
+    assert d["trace_tenants"] > 1
+    assert d["gpu_hours_per_user_per_year"] == pytest.approx(
+        d["trace_gpu_hours_per_year"] / d["trace_tenants"]
+    )
+    users = 3 * d["trace_tenants"]
+    triple = plan(Demand(trace, users=users, max_jobs=300), budget=(2.8e6, 2.8e6), sizes=1,
+                  carbon_series=GRID)  # fmt: skip
+    assert triple["demand"]["users"] == users
+    assert triple["demand"]["gpu_hours_per_year"] == pytest.approx(3 * d["gpu_hours_per_year"])
+    assert triple["sizes"][0]["offered_load"] == pytest.approx(3 * own["sizes"][0]["offered_load"])
+    for wrong, message in (({"users": 0}, "at least 1"), ({"users": 5, "gpu_hours_per_year": 1e5},
+                           "not both")):  # fmt: skip
+        with pytest.raises(InvalidRequest, match=message):
+            plan(Demand(trace, max_jobs=300, **wrong), budget=(2.8e6, 2.8e6), sizes=1,  # type: ignore[arg-type]
+                 carbon_series=GRID)  # fmt: skip
+
+
 def test_each_size_is_simulated_and_costed() -> None:
     demand = Demand(SHARED / "traces" / "itp" / "cluster01.csv", gpu_hours_per_year=150_000,
                     max_jobs=300)  # fmt: skip

@@ -24,6 +24,13 @@ def plan(
         float | None,
         typer.Option(help="The demand to plan for [default: the trace's own rate]."),
     ] = None,
+    users: Annotated[
+        int | None,
+        typer.Option(
+            help="Or the demand of this many users, each asking what one of the trace's tenants "
+            "asks on average a year."
+        ),
+    ] = None,
     budget: Annotated[
         str, typer.Option(help="The capital budget, low-high, e.g. 80M-120M (euros).")
     ] = "80M-120M",
@@ -124,8 +131,8 @@ def plan(
             raise InvalidRequest(
                 f"no carbon series: the Dutch one is not at {DUTCH_GRID}; give --carbon FILE"
             )
-        demand = Demand(trace, trace_format, gpu_hours_per_year, pools=parse_pools(pools),
-                        seed=seed, max_jobs=max_jobs)  # fmt: skip
+        demand = Demand(trace, trace_format, gpu_hours_per_year, users=users,
+                        pools=parse_pools(pools), seed=seed, max_jobs=max_jobs)  # fmt: skip
         with Progress(TextColumn("replaying jobs, all sizes"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=err_console, transient=True) as bar:  # fmt: skip
             task = bar.add_task("plan", total=None)
@@ -289,8 +296,14 @@ def _intro(result: dict[str, Any]) -> str:
         if len(options) > 1
         else ""
     )
+    users = (
+        f" ({d['users']:,} users, each {d['gpu_hours_per_user_per_year']:,.0f} GPU-hours a year: "
+        f"the mean of the trace's {d['trace_tenants']} tenants)"
+        if d.get("users")
+        else ""
+    )
     return (
-        f"Demand {d['gpu_hours_per_year']:,.0f} GPU-hours a year, shaped like {d['trace']} "
+        f"Demand {d['gpu_hours_per_year']:,.0f} GPU-hours a year{users}, shaped like {d['trace']} "
         f"({d['jobs']} jobs, seed {d['seed']}); {machines}; electricity "
         f"€{c['electricity_eur_per_kwh']}/kWh, PUE {c['pue']}, water {c['wue_onsite_l_per_kwh']} "
         f"L/kWh on site and {c['water_offsite_l_per_kwh']} off site, grid "

@@ -111,7 +111,10 @@ DEFAULTS: dict[str, tuple[float | str, str]] = {
 class Demand:
     trace: Path
     kind: str = "itp"
-    gpu_hours_per_year: float | None = None  # None: the trace's own rate
+    gpu_hours_per_year: float | None = None  # None: the trace's own rate (or `users`')
+    # Or a number of users: each asks what one of the trace's tenants asks on average a year
+    # (Philly's virtual clusters; ITP's tenants are the seeded rule's projects).
+    users: int | None = None
     pools: Sequence[PoolShare] = DEFAULT_POOLS
     seed: int = 1
     max_jobs: int | None = None
@@ -163,6 +166,10 @@ def plan(
     per core; 1: all in this process, one after another). The result is the same either way."""
     if workers is not None and workers < 1:
         raise InvalidRequest("--workers must be at least 1")
+    if demand.gpu_hours_per_year is not None and demand.users is not None:
+        raise InvalidRequest("give the demand as GPU-hours a year or as users, not both")
+    if demand.users is not None and demand.users < 1:
+        raise InvalidRequest(f"--users must be at least 1; got {demand.users}")
     options = (hardware,) if isinstance(hardware, Hardware) else tuple(hardware)
     if not options:
         raise InvalidRequest("no hardware to plan with")
@@ -180,7 +187,11 @@ def plan(
                  max_gpus=min(n * h.gpus_per_node for h, n in candidates))  # fmt: skip
     span_h = (max(j.submit for j in jobs) - min(j.submit for j in jobs)) / 3600
     trace_rate = sum(j.gpus * j.duration for j in jobs) / 3600 / span_h * HOURS_PER_YEAR
-    wanted = demand.gpu_hours_per_year or trace_rate
+    tenants = len({j.project for j in jobs})
+    per_user = trace_rate / tenants
+    wanted = demand.gpu_hours_per_year or (
+        demand.users * per_user if demand.users is not None else trace_rate
+    )
     # On a GPU `speed` times an H100 the same demand is 1/speed of the GPU-hours.
     loads = [wanted / h.speed / (n * h.gpus_per_node * HOURS_PER_YEAR) for h, n in candidates]
     tasks = [(jobs, n, h.gpus_per_node, load, demand.pools, h.speed)
@@ -209,7 +220,8 @@ def plan(
     return {
         "demand": {"trace": str(demand.trace), "format": demand.kind, "jobs": len(jobs),
                    "gpu_hours_per_year": wanted, "trace_gpu_hours_per_year": trace_rate,
-                   "seed": demand.seed},
+                   "users": demand.users, "trace_tenants": tenants,
+                   "gpu_hours_per_user_per_year": per_user, "seed": demand.seed},
         "hardware": [{"name": h.name, "gpus_per_node": h.gpus_per_node,
                       "price_eur": h.price_eur, "max_kw": h.max_kw,
                       "idle_fraction": h.idle_fraction, "lifetime_years": h.lifetime_years,
