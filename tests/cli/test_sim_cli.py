@@ -91,9 +91,16 @@ def test_simulate_reports_what_deferring_flexible_jobs_saved(tmp_path: Path) -> 
         ),
         (["simulate", ITP01, "--load", "nan"], "--load is from 0.01 to 100"),
         (["simulate", ITP01, "--load", "1e-9"], "--load is from 0.01 to 100"),
-        (["simulate", ITP01, "--gpus-per-node", "0"], "--gpus-per-node is 1 to 64"),
+        (["simulate", ITP01, "--gpus-per-node", "0"], "(--gpus-per-node) are 1 to 64; got 0"),
         (["simulate", ITP01, "--max-jobs", "-5"], "--max-jobs must be at least 1"),
-        (["simulate", ITP01, "--max-jobs", "1"], "all submitted at one moment"),
+        (["simulate", ITP01, "--max-jobs", "1"], "(--gpus N --load 0)"),
+        (["plan", "--trace", ITP01, "--max-jobs", "1"], "all submitted at one moment"),
+        (
+            ["plan", "--trace", ITP01, "--hardware", "h100:gpus=200"],
+            "(--gpus-per-node) are 1 to 64; got 200",
+        ),
+        (["simulate", ITP01, "--policy", "fifo,easy"], "--policy names one"),
+        (["simulate", ITP01, "--policy", ""], "--policy names one"),
         (["plan", "--trace", ITP01, "--budget", "80-120"], "buys not one H100 node"),
         (["plan", "--trace", ITP01, "--electricity", "nan"], "--electricity must be a finite"),
         (["plan", "--trace", ITP01, "--gpu-hours-per-year", "nan"], "a number above 0; got nan"),
@@ -234,3 +241,16 @@ def test_simulate_finds_the_carbon_series_from_any_directory(tmp_path: Path) -> 
     r = fabriek("simulate", ITP01, "--max-jobs", "200", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "t CO2e" in r.stdout  # the default series, found from another directory
+
+
+def test_plan_reads_a_csv_trace_with_a_column_mapping(tmp_path: Path) -> None:
+    rows = Path(ITP01).read_text().splitlines()[1:201]
+    lines = ["arrival,runtime,n_gpu"] + [
+        ",".join((r.split(",")[1], r.split(",")[2], r.split(",")[3])) for r in rows
+    ]
+    (tmp_path / "mine.csv").write_text("\n".join(lines) + "\n")
+    r = fabriek("plan", "--trace", "mine.csv", "--format", "csv", "--columns",
+                "submit=arrival,duration=runtime,gpus=n_gpu", "--budget", "2.8M-5.6M", "--sizes",
+                "1", "--json", "p.json", cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "p.json").read_text())["demand"]["jobs"] > 150

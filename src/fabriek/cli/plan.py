@@ -19,7 +19,15 @@ from fabriek.core.errors import InvalidRequest
 
 def plan(
     trace: Annotated[Path, typer.Option(help="The demand's shape: a job trace.")],
-    trace_format: Annotated[str, typer.Option("--format", help="itp, philly or csv.")] = "itp",
+    trace_format: Annotated[
+        str, typer.Option("--format", help="itp, philly or csv (with --columns).")
+    ] = "itp",
+    columns: Annotated[
+        str | None,
+        typer.Option(
+            help="For --format csv: submit=COL,duration=COL,gpus=COL[,tenant=COL][,id=COL]."
+        ),
+    ] = None,
     gpu_hours_per_year: Annotated[
         float | None,
         typer.Option(help="The demand to plan for [default: the trace's own rate]."),
@@ -99,6 +107,7 @@ def plan(
 ) -> None:
     """Size a factory for a demand: candidate sizes within the budget, each simulated with
     fabriek's engine, with capex, opex, service, energy, water and carbon (docs/planning.md)."""
+    from fabriek.cli.simulate import parse_columns
     from fabriek.sim.green import DUTCH_GRID, default_grid
     from fabriek.sim.plan import DEFAULT_COSTS, Demand, with_overrides
     from fabriek.sim.plan import plan as make_plan
@@ -125,14 +134,18 @@ def plan(
             pue=pue, wue_onsite_l_per_kwh=wue, water_offsite_l_per_kwh=water_offsite,
         )  # fmt: skip
         _check(options, costs, sizes, gpu_hours_per_year)
-        check_shape(gpus_per_node or 8, max_jobs)
+        for option in options:
+            check_shape(option.gpus_per_node, max_jobs)
+        if columns is not None and trace_format != "csv":
+            raise InvalidRequest(f"--columns is for --format csv; {trace_format} has its own")
         series = carbon or default_grid()
         if series is None:
             raise InvalidRequest(
                 f"no carbon series: the Dutch one is not at {DUTCH_GRID}; give --carbon FILE"
             )
         demand = Demand(trace, trace_format, gpu_hours_per_year, users=users,
-                        pools=parse_pools(pools), seed=seed, max_jobs=max_jobs)  # fmt: skip
+                        pools=parse_pools(pools), seed=seed, max_jobs=max_jobs,
+                        columns=parse_columns(columns) if columns is not None else None)  # fmt: skip
         with Progress(TextColumn("replaying jobs, all sizes"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=err_console, transient=True) as bar:  # fmt: skip
             task = bar.add_task("plan", total=None)

@@ -117,9 +117,11 @@ def simulate(
     with handled():
         if columns is not None and trace_format != "csv":
             raise InvalidRequest(f"--columns is for --format csv; {trace_format} has its own")
-        mapping = _columns(columns) if columns is not None else None
+        mapping = parse_columns(columns) if columns is not None else None
         if compare is not None and policy is not None:
             raise InvalidRequest("give --policy (one) or --compare (several), not both")
+        if policy is not None and ("," in policy or not policy.strip()):
+            raise InvalidRequest(f"--policy names one, got {policy!r}; --compare for several")
         chosen = compare if compare is not None else (policy or "fabriek")
         names = [p.strip() for p in chosen.split(",") if p.strip()]
         if not names:
@@ -177,7 +179,8 @@ def simulate(
     _print(result)
 
 
-def _columns(text: str) -> dict[str, str]:
+def parse_columns(text: str) -> dict[str, str]:
+    """`--columns submit=COL,duration=COL,...`: role -> the CSV's column."""
     mapping = {}
     for part in text.split(","):
         role, sep, column = part.partition("=")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -115,6 +115,7 @@ class Demand:
     # Or a number of users: each asks what one of the trace's tenants asks on average a year
     # (Philly's virtual clusters; ITP's tenants are the seeded rule's projects).
     users: int | None = None
+    columns: Mapping[str, str] | None = None  # for kind "csv": which column holds what
     pools: Sequence[PoolShare] = DEFAULT_POOLS
     seed: int = 1
     max_jobs: int | None = None
@@ -176,7 +177,7 @@ def plan(
     names = [h.name for h in options]
     if len(set(names)) < len(names):
         raise InvalidRequest(f"two hardware options have the same name: {', '.join(names)}")
-    trace = read_trace(demand.trace, kind=demand.kind)
+    trace = read_trace(demand.trace, kind=demand.kind, columns=demand.columns)
     if demand.max_jobs is not None:
         trace = trace[: demand.max_jobs]
     intensity = mean_intensity(carbon_series)
@@ -185,7 +186,16 @@ def plan(
     # are compared on the same jobs.
     jobs = build(trace, pools=demand.pools, seed=demand.seed,
                  max_gpus=min(n * h.gpus_per_node for h, n in candidates))  # fmt: skip
+    if not jobs:
+        raise InvalidRequest(
+            "no job of the trace fits the smallest size: each is larger, or asks for no GPU"
+        )
     span_h = (max(j.submit for j in jobs) - min(j.submit for j in jobs)) / 3600
+    if span_h <= 0:
+        raise InvalidRequest(
+            "the trace's jobs are all submitted at one moment: it gives no rate of demand to "
+            "scale (take more of it than --max-jobs gives)"
+        )
     trace_rate = sum(j.gpus * j.duration for j in jobs) / 3600 / span_h * HOURS_PER_YEAR
     tenants = len({j.project for j in jobs})
     per_user = trace_rate / tenants

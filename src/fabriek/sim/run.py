@@ -61,7 +61,7 @@ MIN_LOAD, MAX_LOAD = 0.01, 100.0
 def check_shape(gpus_per_node: int, max_jobs: int | None) -> None:
     """The options `fabriek simulate` and `fabriek plan` share, checked alike."""
     if not 1 <= gpus_per_node <= 64:
-        raise InvalidRequest(f"--gpus-per-node is 1 to 64; got {gpus_per_node}")
+        raise InvalidRequest(f"GPUs per node (--gpus-per-node) are 1 to 64; got {gpus_per_node}")
     if max_jobs is not None and max_jobs < 1:
         raise InvalidRequest(f"--max-jobs must be at least 1; got {max_jobs}")
 

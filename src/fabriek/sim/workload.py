@@ -165,7 +165,7 @@ def gpus_for_load(jobs: Sequence[SimJob], load: float, gpus_per_node: int) -> in
     if not math.isfinite(needed):
         raise InvalidRequest(
             "the trace's jobs are all submitted at one moment: no load to size the machine by; "
-            "give the machine's size (--gpus)"
+            "give its size and keep the arrivals (--gpus N --load 0)"
         )
     nodes = max(1, math.ceil(needed / gpus_per_node))
     largest = max(j.gpus for j in jobs)
