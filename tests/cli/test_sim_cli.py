@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,7 @@ from tests.helpers import FABRIEK
 
 SHARED = Path(__file__).parents[2].parent / "shared" / "data"
 ITP01 = str(SHARED / "traces" / "itp" / "cluster01.csv")
+ITP04 = str(SHARED / "traces" / "itp" / "cluster04.csv")
 PHILLY = str(SHARED / "traces" / "philly" / "philly.csv")
 GRID = str(SHARED / "grid" / "NL-2021-2023-hourly.csv")
 
@@ -254,3 +258,30 @@ def test_plan_reads_a_csv_trace_with_a_column_mapping(tmp_path: Path) -> None:
                 "1", "--json", "p.json", cwd=tmp_path)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "p.json").read_text())["demand"]["jobs"] > 150
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_ctrl_c_stops_a_comparison_cleanly(tmp_path: Path, workers: str) -> None:
+    """Ctrl-C at a terminal signals the whole process group, the workers too: one line, exit
+    status 130, nothing written, and no process of the group left behind."""
+    process = subprocess.Popen(
+        [FABRIEK, "simulate", ITP04, "--compare", "fifo,easy,fabriek", "--no-carbon", "--load", "1.2",
+         "--workers", workers, "--json", "out.json"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    time.sleep(4)  # well into the replays (fabriek's alone takes 20 s and more at 1.2)
+    assert process.poll() is None
+    os.killpg(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "interrupted; nothing written" in err and "Traceback" not in err
+    assert not (tmp_path / "out.json").exists()
+    for _ in range(100):  # the workers go with it (a zombie lingers until init reaps it)
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("a process of the command's group outlived it by 10 s")

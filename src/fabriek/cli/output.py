@@ -53,6 +53,16 @@ def handled() -> Iterator[None]:
         fail(exc.message, exc.exit_code)
 
 
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """Ctrl-C during long local work (a replay, a plan): one line and exit status 130, no
+    traceback; the command writes its files only after this block, so none is half-written."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        fail("interrupted; nothing written", 130)
+
+
 def print_json(data: BaseModel | list[BaseModel] | dict[str, Any]) -> None:
     if isinstance(data, list):
         payload: Any = [d.model_dump(mode="json") for d in data]

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fabriek.cli.output import console, err_console, fail, handled
+from fabriek.cli.output import console, err_console, fail, handled, interruptible
 from fabriek.cli.tenancy import _table
 from fabriek.core.errors import InvalidRequest
 
@@ -114,7 +114,7 @@ def plan(
     from fabriek.sim.run import check_shape
     from fabriek.sim.workload import parse_pools
 
-    with handled():
+    with handled(), interruptible():
         options = [parse_hardware(text) for text in hardware or ["h100"]]
         flags = {"--node-price": node_price, "--node-kw": node_kw,
                  "--gpus-per-node": gpus_per_node, "--lifetime": lifetime}  # fmt: skip

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fabriek.cli.output import console, err_console, fail, handled
+from fabriek.cli.output import console, err_console, fail, handled, interruptible
 from fabriek.cli.tenancy import _table
 from fabriek.core.errors import InvalidRequest
 from fabriek.core.units import parse_duration
@@ -114,7 +114,7 @@ def simulate(
     from fabriek.sim.run import Study, run_study
     from fabriek.sim.workload import parse_pools
 
-    with handled():
+    with handled(), interruptible():
         if columns is not None and trace_format != "csv":
             raise InvalidRequest(f"--columns is for --format csv; {trace_format} has its own")
         mapping = parse_columns(columns) if columns is not None else None
