@@ -13,8 +13,10 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fabriek.cli.output import console, err_console, fail, handled, interruptible
+from fabriek.cli.simulate import ColumnsOption, PoolsOption, parse_columns
 from fabriek.cli.tenancy import _table
 from fabriek.core.errors import InvalidRequest
+from fabriek.sim.workload import DEFAULT_POOLS_TEXT, parse_pools
 
 
 def plan(
@@ -22,12 +24,7 @@ def plan(
     trace_format: Annotated[
         str, typer.Option("--format", help="itp, philly or csv (with --columns).")
     ] = "itp",
-    columns: Annotated[
-        str | None,
-        typer.Option(
-            help="For --format csv: submit=COL,duration=COL,gpus=COL[,tenant=COL][,id=COL]."
-        ),
-    ] = None,
+    columns: ColumnsOption = None,
     gpu_hours_per_year: Annotated[
         float | None,
         typer.Option(help="The demand to plan for [default: the trace's own rate]."),
@@ -83,13 +80,7 @@ def plan(
             "2021-2023 series beside the checkout]."
         ),
     ] = None,
-    pools: Annotated[
-        str,
-        typer.Option(
-            help="Pools: name=guarantee:projects, comma-separated; the regional "
-            "columns follow the pool named regional."
-        ),
-    ] = "regional=0.25:8,euro=0.5:16,commercial=0.25:8",
+    pools: PoolsOption = DEFAULT_POOLS_TEXT,
     seed: Annotated[int, typer.Option(help="Seed of the workload's rules.")] = 1,
     max_jobs: Annotated[
         int | None, typer.Option(help="Only the trace's first N jobs, by submission time.")
@@ -107,12 +98,10 @@ def plan(
 ) -> None:
     """Size a factory for a demand: candidate sizes within the budget, each simulated with
     fabriek's engine, with capex, opex, service, energy, water and carbon (docs/planning.md)."""
-    from fabriek.cli.simulate import parse_columns
     from fabriek.sim.green import DUTCH_GRID, default_grid
     from fabriek.sim.plan import DEFAULT_COSTS, Demand, with_overrides
     from fabriek.sim.plan import plan as make_plan
     from fabriek.sim.run import check_shape
-    from fabriek.sim.workload import parse_pools
 
     with handled(), interruptible():
         options = [parse_hardware(text) for text in hardware or ["h100"]]
@@ -136,8 +125,6 @@ def plan(
         _check(options, costs, sizes, gpu_hours_per_year)
         for option in options:
             check_shape(option.gpus_per_node, max_jobs)
-        if columns is not None and trace_format != "csv":
-            raise InvalidRequest(f"--columns is for --format csv; {trace_format} has its own")
         series = carbon or default_grid()
         if series is None:
             raise InvalidRequest(
@@ -219,16 +206,6 @@ def _check(options: list[Any], costs: Any, sizes: int, demand: float | None) -> 
         raise InvalidRequest("--sizes is 1 to 50")
     if demand is not None and not 0 < demand < math.inf:
         raise InvalidRequest(f"--gpu-hours-per-year must be a number above 0; got {demand}")
-    figures = {"price": [h.price_eur for h in options], "kw": [h.max_kw for h in options],
-               "speed": [h.speed for h in options], "lifetime": [h.lifetime_years for h in options],
-               "idle": [h.idle_fraction for h in options],
-               "--electricity": [costs.electricity_eur_per_kwh],
-               "--maintenance": [costs.maintenance_per_year], "--pue": [costs.pue],
-               "--wue": [costs.wue_onsite_l_per_kwh],
-               "--water-offsite": [costs.water_offsite_l_per_kwh]}  # fmt: skip
-    for name, values in figures.items():
-        if not all(map(math.isfinite, values)):
-            raise InvalidRequest(f"{name} must be a finite number")
     for hardware in options:
         where = f" (hardware {hardware.name})"
         for name, value in (("the price (--node-price, price=)", hardware.price_eur),
@@ -236,10 +213,18 @@ def _check(options: list[Any], costs: Any, sizes: int, demand: float | None) -> 
                             ("GPUs per node (--gpus-per-node, gpus=)", hardware.gpus_per_node),
                             ("the lifetime (--lifetime, lifetime=)", hardware.lifetime_years),
                             ("the speed (speed=)", hardware.speed)):  # fmt: skip
+            if not math.isfinite(value):
+                raise InvalidRequest(f"{name} must be a finite number{where}")
             if value <= 0:
                 raise InvalidRequest(f"{name} must be above 0{where}")
-        if not 0 <= hardware.idle_fraction <= 1:
+        if not 0 <= hardware.idle_fraction <= 1:  # NaN fails it too
             raise InvalidRequest(f"idle is a fraction of the maximum power, 0 to 1{where}")
+    for name, value in (("--electricity", costs.electricity_eur_per_kwh),
+                        ("--maintenance", costs.maintenance_per_year), ("--pue", costs.pue),
+                        ("--wue", costs.wue_onsite_l_per_kwh),
+                        ("--water-offsite", costs.water_offsite_l_per_kwh)):  # fmt: skip
+        if not math.isfinite(value):
+            raise InvalidRequest(f"{name} must be a finite number")
     if costs.electricity_eur_per_kwh <= 0:
         raise InvalidRequest("--electricity must be above 0")
     if costs.pue < 1:

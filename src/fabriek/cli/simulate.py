@@ -13,6 +13,14 @@ from fabriek.cli.output import console, err_console, fail, handled, interruptibl
 from fabriek.cli.tenancy import _table
 from fabriek.core.errors import InvalidRequest
 from fabriek.core.units import parse_duration
+from fabriek.sim.workload import DEFAULT_POOLS_TEXT, parse_pools
+
+# Options `fabriek simulate` and `fabriek plan` share.
+ColumnsOption = Annotated[
+    str | None,
+    typer.Option(help="For --format csv: submit=COL,duration=COL,gpus=COL[,tenant=COL][,id=COL]."),
+]
+PoolsOption = Annotated[str, typer.Option(help="Pools: name=guarantee:projects, comma-separated.")]
 
 
 def simulate(
@@ -25,12 +33,7 @@ def simulate(
             "duration, num_gpus, gpu_time, cluster) or csv (with --columns).",
         ),
     ] = "itp",
-    columns: Annotated[
-        str | None,
-        typer.Option(
-            help="For --format csv: submit=COL,duration=COL,gpus=COL[,tenant=COL][,id=COL]."
-        ),
-    ] = None,
+    columns: ColumnsOption = None,
     policy: Annotated[
         str | None, typer.Option(help="The policy to replay [default: fabriek].")
     ] = None,
@@ -51,10 +54,7 @@ def simulate(
         typer.Option(help="The machine's GPUs [default: sized so that the trace offers --load]."),
     ] = None,
     gpus_per_node: Annotated[int, typer.Option(help="GPUs per node.")] = 8,
-    pools: Annotated[
-        str,
-        typer.Option(help="Pools: name=guarantee:projects, comma-separated."),
-    ] = "regional=0.25:8,euro=0.5:16,commercial=0.25:8",
+    pools: PoolsOption = DEFAULT_POOLS_TEXT,
     seed: Annotated[int, typer.Option(help="Seed of the tenant and time-limit rules.")] = 1,
     exact_limits: Annotated[
         bool, typer.Option(help="Time limits equal to the true durations (perfect knowledge).")
@@ -112,11 +112,8 @@ def simulate(
     """Replay a trace through fabriek's admission engine (and baselines) on a virtual clock."""
     from fabriek.sim.green import DUTCH_GRID, default_grid
     from fabriek.sim.run import Study, run_study
-    from fabriek.sim.workload import parse_pools
 
     with handled(), interruptible():
-        if columns is not None and trace_format != "csv":
-            raise InvalidRequest(f"--columns is for --format csv; {trace_format} has its own")
         mapping = parse_columns(columns) if columns is not None else None
         if compare is not None and policy is not None:
             raise InvalidRequest("give --policy (one) or --compare (several), not both")

@@ -18,7 +18,14 @@ from fabriek.sim.parallel import Send, side_by_side, workers_for
 from fabriek.sim.policies import make_policy
 from fabriek.sim.simulator import Machine, simulate
 from fabriek.sim.traces import read_trace
-from fabriek.sim.workload import DEFAULT_POOLS, PoolShare, SimJob, build, scale_arrivals
+from fabriek.sim.workload import (
+    DEFAULT_POOLS,
+    PoolShare,
+    SimJob,
+    build,
+    offered_load,
+    scale_arrivals,
+)
 
 HOURS_PER_YEAR = 8760.0
 
@@ -190,13 +197,13 @@ def plan(
         raise InvalidRequest(
             "no job of the trace fits the smallest size: each is larger, or asks for no GPU"
         )
-    span_h = (max(j.submit for j in jobs) - min(j.submit for j in jobs)) / 3600
-    if span_h <= 0:
+    busy = offered_load(jobs, 1)  # GPUs the trace keeps busy on average while it arrives
+    if not math.isfinite(busy):
         raise InvalidRequest(
             "the trace's jobs are all submitted at one moment: it gives no rate of demand to "
             "scale (take more of it than --max-jobs gives)"
         )
-    trace_rate = sum(j.gpus * j.duration for j in jobs) / 3600 / span_h * HOURS_PER_YEAR
+    trace_rate = busy * HOURS_PER_YEAR
     tenants = len({j.project for j in jobs})
     per_user = trace_rate / tenants
     wanted = demand.gpu_hours_per_year or (

@@ -37,6 +37,8 @@ def read_trace(
 ) -> list[TraceJob]:
     """`kind`: itp (Microsoft ITP, 2021), philly (Microsoft Philly, 2017) or csv (with
     `columns`, e.g. {"submit": "arrival", "duration": "runtime", "gpus": "n_gpu"})."""
+    if columns is not None and kind in ("itp", "philly"):
+        raise InvalidRequest(f"--columns is for --format csv; {kind} has its own")
     if kind == "itp":
         columns = {"submit": "submission_time", "duration": "duration", "gpus": "num_gpu",
                    "id": "job_id"}  # fmt: skip

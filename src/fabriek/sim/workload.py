@@ -51,6 +51,8 @@ DEFAULT_POOLS = (
     PoolShare("euro", 0.50, 16),
     PoolShare("commercial", 0.25, 8),
 )
+# As `parse_pools` reads them (the CLI's default).
+DEFAULT_POOLS_TEXT = ",".join(f"{p.name}={p.guarantee:g}:{p.projects}" for p in DEFAULT_POOLS)
 
 
 def parse_pools(text: str) -> tuple[PoolShare, ...]:
