@@ -723,3 +723,78 @@ def test_without_explain_the_same_decisions_and_no_reasons_for_those_left_waitin
     assert silent.heads == {} and 0 < len(silent.reasons) < len(told.reasons)
     assert silent.reasons.items() <= told.reasons.items()
     assert all("can never start" in why for why in silent.reasons.values())
+
+
+def test_where_a_job_lands_depends_on_what_is_free_not_on_how_it_came_to_be() -> None:
+    # Reservations take running jobs off the nodes and put them back, in the order they end;
+    # the node a job is then given must be the one it would have got before (found when one
+    # pass came to serve every head's reservation: with nodes kept in the order they last
+    # moved, every such pass changed where later jobs landed).
+    from fabriek.scheduling.engine import _Nodes
+
+    machine = h100(6)
+    held = {"n000": [3, 3, 0], "n002": [5, 5, 0], "n004": [3, 3, 0]}
+    fresh, moved = _Nodes(machine, held), _Nodes(machine, held)
+    for node, gpus in [("n001", 2), ("n000", 1), ("n003", 8), ("n001", 5)]:
+        moved.take(node, gpus, gpus, 0)  # a job released or placed, then put back
+        moved.take(node, -gpus, -gpus, 0)
+    assert moved.buckets == fresh.buckets
+    for gpus, nodes in [(1, 1), (3, 1), (5, 1), (8, 1), (8, 2), (4, 3)]:
+        request = Request(gpus_per_node=gpus, cpus_per_node=1, nodes=nodes)
+        assert moved.find(request, frozenset()) == fresh.find(request, frozenset())
+    # Among nodes with as much free, the first in the partition's order: n000 and n004 both
+    # have 5 free; the fullest node that fits a 5-GPU job is n000.
+    assert fresh.find(Request(gpus_per_node=5, cpus_per_node=1), frozenset()) == ("n000",)
+    assert fresh.find(Request(gpus_per_node=2, cpus_per_node=1), frozenset()) == ("n002",)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_one_pass_reserves_for_every_head_as_each_alone_would(seed: int) -> None:
+    # `_reserve` looks for every blocked head's start in one pass over the running jobs; each
+    # head must get the start and nodes it gets looked for alone, and the nodes must be left
+    # as they were.
+    from fabriek.scheduling import engine as E
+
+    rng = random.Random(seed)
+    machine = h100(rng.randint(2, 6))
+    pools = ["eurohpc", "regional", "national", "commercial"]
+    run, k = [], 0
+    for node in machine.nodes:
+        used = 0
+        while used < 8:
+            g = rng.randint(1, 8 - used)
+            k += 1
+            pending = job(k, rng.choice(pools), gpus=g, limit=rng.choice([60, 300, 900, 3600]),
+                          preemptible=rng.random() < 0.3)  # fmt: skip
+            run.append(running(pending, (node.name,), started=NOW - rng.randint(0, 50),
+                               borrowed=pending.preemptible))  # fmt: skip
+            used += g
+    run = run[rng.randint(0, len(run) // 3) :]
+    waiting = [job(100 + i, rng.choice(pools), gpus=rng.choice([1, 2, 4, 8]),
+                   nodes=rng.choice([1, 1, 1, 2]), preemptible=rng.random() < 0.5,
+                   limit=rng.choice([120, 600, 3600]))
+               for i in range(16)]  # fmt: skip
+    snapshot = snap(machine, waiting, run)
+
+    def blocked_heads() -> tuple[E._State, dict[str, E._Blocked]]:
+        decisions = Decisions()
+        state = E._State(snapshot)
+        queues = E._nominate(state, snapshot.pending, decisions)
+        E._order(state, queues)
+        blocked = E._admit_within_guarantees(state, queues, decisions)
+        E._reclaim(state, queues, blocked, decisions)
+        E._borrow(state, queues, blocked, decisions)
+        return state, blocked
+
+    state, blocked = blocked_heads()
+    before = {n: (f.gpus, f.cpus, f.memory) for n, f in state.nodes["gpu"].free.items()}
+    buckets = [list(b) for b in state.nodes["gpu"].buckets]
+    E._reserve(state, blocked)
+    assert {n: (f.gpus, f.cpus, f.memory) for n, f in state.nodes["gpu"].free.items()} == before
+    assert state.nodes["gpu"].buckets == buckets
+    for pool, head in blocked.items():
+        alone_state, alone = blocked_heads()
+        E._reserve(alone_state, {pool: alone[pool]})
+        mine = alone[pool]
+        assert (mine.reserved_at, mine.reserved_nodes, mine.pool_used_at) == (
+            head.reserved_at, head.reserved_nodes, head.pool_used_at), (seed, pool)  # fmt: skip

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import heapq
 import time
-from bisect import bisect_left
+from bisect import bisect_left, insort
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -116,11 +116,17 @@ class _Blocked:
 
 class _Nodes:
     """Free resources per node of one partition, with the nodes bucketed by free GPUs so that
-    finding room costs the number of buckets, not the number of nodes, when the machine is full."""
+    finding room costs the number of buckets, not the number of nodes, when the machine is full.
+
+    Each bucket holds its nodes in the partition's order, whatever order they came in, so that
+    where a job lands depends only on what is free, not on how the cycle got there (reservations
+    release and restore running jobs; in what order must not move anyone)."""
 
     def __init__(self, partition: Partition, held: Mapping[str, list[int]]) -> None:
         """`held`: node -> [GPUs, CPUs, memory] the running jobs hold there."""
         self.name = partition.name
+        self.names = [n.name for n in partition.nodes]
+        self.index = {name: i for i, name in enumerate(self.names)}
         self.free = {}
         for n in partition.nodes:
             taken = held.get(n.name)
@@ -130,9 +136,10 @@ class _Nodes:
                 else _Free(n.gpus, n.cpus, n.memory_bytes)
             )
         self.most = max((n.gpus for n in partition.nodes), default=0)
-        self.buckets: list[dict[str, None]] = [{} for _ in range(self.most + 1)]
-        for node, free in self.free.items():
-            self.buckets[min(max(free.gpus, 0), self.most)][node] = None
+        # free GPUs -> the indices of the nodes with that many, ascending
+        self.buckets: list[list[int]] = [[] for _ in range(self.most + 1)]
+        for i, free in enumerate(self.free.values()):
+            self.buckets[min(max(free.gpus, 0), self.most)].append(i)
 
     def take(self, node: str, gpus: int, cpus: int, memory: int) -> None:
         # Called millions of times a replay (reservations release and restore running jobs):
@@ -146,15 +153,24 @@ class _Nodes:
         before = before if 0 <= before <= most else (0 if before < 0 else most)
         after = after if 0 <= after <= most else (0 if after < 0 else most)
         if after != before:
-            del self.buckets[before][node]
-            self.buckets[after][node] = None
+            i = self.index[node]
+            bucket = self.buckets[before]
+            del bucket[bisect_left(bucket, i)]
+            insort(self.buckets[after], i)
+
+    def room(self, gpus_per_node: int) -> int:
+        """How many nodes have at least this many GPUs free."""
+        return sum(map(len, self.buckets[gpus_per_node:]))
 
     def find(self, request: Request, avoid: frozenset[tuple[str, str]]) -> tuple[str, ...] | None:
-        """`request.nodes` nodes that fit, the fullest first (best fit keeps big holes whole)."""
+        """`request.nodes` nodes that fit, the fullest first (best fit keeps big holes whole),
+        the first in the partition's order among equals."""
         found: list[str] = []
+        names, frees = self.names, self.free
         for gpus in range(request.gpus_per_node, self.most + 1):
-            for node in self.buckets[gpus]:
-                free = self.free[node]
+            for i in self.buckets[gpus]:
+                node = names[i]
+                free = frees[node]
                 if (
                     free.cpus >= request.cpus_per_node
                     and free.memory >= request.memory_per_node
@@ -535,6 +551,8 @@ def _first_the_starving(state: _State, queue: list[PendingJob]) -> None:
     if after is None:
         return
     cutoff = state.now - after
+    if not queue or min(map(_BY_AGE, queue)) > cutoff:
+        return  # the usual case: nobody has waited that long (one pass in C, not two in Python)
     old = [job for job in queue if job.submitted_at <= cutoff]
     if old:
         old.sort(key=lambda job: (job.submitted_at, job.id))
@@ -794,59 +812,83 @@ def _borrow(
             head.job, head.at, head.gpu_type = queue[at], at, state.gpu_type_of(queue[at].request)
 
 
-def _reserve(state: _State, pool: str, head: _Blocked) -> None:
-    """EASY: the earliest time the head can start if running jobs end by their time limits:
+@dataclass(slots=True)
+class _Seeking:
+    """A blocked head looking for its reserved start (`_reserve`)."""
+
+    pool: str
+    head: _Blocked
+    need: int  # GPUs
+    per_node: int
+    nodes: int
+    owed: int  # the most its pool may hold of its type at the reserved start
+    pool_used: int  # its pool's GPUs of its type still running, as work is released
+    typed: list[_Nodes]  # the partitions of its GPU type
+    typed_names: frozenset[str]
+    # Whether it must look again: it last found too few nodes of its type with room in count,
+    # and nothing of its type was released since, is the one case it need not.
+    stale: bool = True
+
+
+def _reserve(state: _State, blocked: Mapping[str, _Blocked]) -> None:
+    """EASY: the earliest time each head can start if running jobs end by their time limits:
     when it fits on the nodes and within what its pool may hold then: its guarantee, and for
     a head blocked by room alone also what it could ever borrow (`_lendable_ever`).
 
-    Jobs are released from the nodes in count only (GPUs per node of the head's type) until
-    enough nodes could hold the head; only then are they taken off the nodes for a real look.
+    One pass for all heads: running jobs are taken off the nodes in the order they end, and
+    after each, every head still seeking looks whether it could start; the nodes are put back
+    at the end. A head looks at the nodes only once enough of them have its GPUs free in count
+    (the buckets) and its pool is within what it may hold.
     """
-    request = head.job.request
-    need, per_node = request.gpus, request.gpus_per_node
-    owed = state.guarantee[pool].get(head.gpu_type, 0)
-    pool_used = state.used[pool].get(head.gpu_type, 0)
-    # How far beyond its guarantee the pool may be at the reserved start. A head that may not
-    # borrow now: not at all. One blocked by room alone: what it could borrow once other work
-    # has ended, not infinitely (such a head once reserved nodes it could never use, and work
-    # that could have backfilled there waited; BENCHMARKS.md, "A head reserves only what its
-    # pool may use").
-    if head.gpu_type == NO_GPU:
-        owed = pool_used + need  # no pool limits CPU-only work
-    elif head.kind != "guarantee":
-        owed += _lendable_ever(state, head.job, head.gpu_type)
-    typed = {p.name for p in state.snapshot.partitions if (p.gpu_type or NO_GPU) == head.gpu_type}
-    fitting = sum(1 for p in typed for n in state.nodes[p].free.values() if n.gpus >= per_node)
-    counted: list[RunningJob] = []  # released in count, still on the nodes
-    extra: dict[tuple[str, str], int] = defaultdict(int)  # their GPUs per node
-    released: list[RunningJob] = []  # taken off the nodes
+    seeking = []
+    for pool, head in blocked.items():
+        request = head.job.request
+        owed = state.guarantee[pool].get(head.gpu_type, 0)
+        pool_used = state.used[pool].get(head.gpu_type, 0)
+        # How far beyond its guarantee the pool may be at the reserved start. A head that may
+        # not borrow now: not at all. One blocked by room alone: what it could borrow once other
+        # work has ended, not infinitely (such a head once reserved nodes it could never use,
+        # and work that could have backfilled there waited; BENCHMARKS.md, "A head reserves only
+        # what its pool may use").
+        if head.gpu_type == NO_GPU:
+            owed = pool_used + request.gpus  # no pool limits CPU-only work
+        elif head.kind != "guarantee":
+            owed += _lendable_ever(state, head.job, head.gpu_type)
+        typed = [
+            state.nodes[p.name]
+            for p in state.snapshot.partitions
+            if (p.gpu_type or NO_GPU) == head.gpu_type
+        ]
+        seeking.append(_Seeking(pool, head, request.gpus, request.gpus_per_node, request.nodes,
+                                owed, pool_used, typed, frozenset(n.name for n in typed)))  # fmt: skip
+    if not seeking:
+        return
+    released: list[RunningJob] = []
     for job in state.ending():
-        counted.append(job)
+        state.take(job.request, job.placement, sign=-1)
+        released.append(job)
         partition = job.placement.partition
-        same_type = partition in typed
-        if same_type:
-            free = state.nodes[partition].free
-            for node in job.placement.nodes:
-                before = free[node].gpus + extra[(partition, node)]
-                extra[(partition, node)] += job.request.gpus_per_node
-                fitting += before + job.request.gpus_per_node >= per_node > before
-        if job.pool == pool and same_type:
-            pool_used -= job.request.gpus
-        if pool_used + need > owed:
-            continue
-        if fitting < request.nodes:
-            continue
-        for done in counted:
-            state.take(done.request, done.placement, sign=-1)
-        released += counted
-        counted.clear()
-        extra.clear()
-        placement = state.place(request)
-        if placement is not None:
-            head.reserved_at = max(job.ends_by, state.now)
-            head.reserved_nodes = frozenset((placement.partition, n) for n in placement.nodes)
-            head.pool_used_at = pool_used
-            break
+        found = False
+        for s in seeking:
+            if partition in s.typed_names:
+                s.stale = True
+                if job.pool == s.pool:
+                    s.pool_used -= job.request.gpus
+            if not s.stale or s.pool_used + s.need > s.owed:
+                continue
+            if sum(nodes.room(s.per_node) for nodes in s.typed) < s.nodes:
+                s.stale = False
+                continue
+            placement = state.place(s.head.job.request)
+            if placement is not None:
+                s.head.reserved_at = max(job.ends_by, state.now)
+                s.head.reserved_nodes = frozenset((placement.partition, n) for n in placement.nodes)
+                s.head.pool_used_at = s.pool_used
+                found = True
+        if found:
+            seeking = [s for s in seeking if s.head.reserved_at is None]
+            if not seeking:
+                break
     for job in released:
         state.take(job.request, job.placement)
 
@@ -859,8 +901,8 @@ def _backfill(
     depth: int,
 ) -> None:
     heads = list(blocked.values())
-    for pool, head in blocked.items():
-        _reserve(state, pool, head)
+    _reserve(state, blocked)
+    for head in blocked.values():
         if head.reserved_at is not None:
             decisions.reservations[head.job.id] = head.reserved_at
     reservations = sorted(

@@ -19,6 +19,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
+from operator import attrgetter
 
 from fabriek.scheduling.engine import decide, guarantees
 from fabriek.scheduling.model import (
@@ -379,7 +380,7 @@ class FabriekPolicy(Policy):
             (self.partition,),
             self.pools,
             running=tuple(map(_as_running, running, repeat(now))),
-            pending=tuple(map(_as_pending, waiting)),
+            pending=(pending := tuple(map(_as_pending, waiting))),
             usage=self.usage(now),
             forecast=self._forecast(hour),
             forecast_start=self.epoch_hour + hour * 3600,
@@ -389,7 +390,8 @@ class FabriekPolicy(Policy):
         decisions = decide(snapshot)
         if not (decisions.admissions or decisions.deferrals or decisions.preemptions):
             return [], []  # half the time on a busy machine: no need to look anything up
-        by_id = {run.job.id: run for run in waiting}
+        # In C: the views are in `waiting`'s order.
+        by_id = dict(zip(map(_ID, pending), waiting, strict=True))
         for job_id, window in decisions.deferrals.items():
             run = by_id[job_id]
             run.deferred = True
@@ -404,6 +406,9 @@ class FabriekPolicy(Policy):
             starts.append((run, admission.placement.nodes))
         stopping = {p.job_id for p in decisions.preemptions}
         return starts, [r for r in running if r.job.id in stopping]
+
+
+_ID = attrgetter("id")
 
 
 def _as_pending(run: Run) -> PendingJob:
