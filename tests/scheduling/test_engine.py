@@ -798,3 +798,29 @@ def test_one_pass_reserves_for_every_head_as_each_alone_would(seed: int) -> None
         mine = alone[pool]
         assert (mine.reserved_at, mine.reserved_nodes, mine.pool_used_at) == (
             head.reserved_at, head.reserved_nodes, head.pool_used_at), (seed, pool)  # fmt: skip
+
+
+def test_pending_already_in_order_decides_the_same_without_sorting_it() -> None:
+    # The simulator promises its queue is by priority, submission and id
+    # (Snapshot.pending_in_order): the engine must then decide exactly as if it had sorted it.
+    rng = random.Random(3)
+    pending = sorted(
+        (job(i, rng.choice(["eurohpc", "regional", "national", "commercial"]),
+             gpus=rng.choice([1, 2, 4, 8]), project=f"p{i % 5}", priority=rng.choice([0, 0, 5]),
+             at=NOW - rng.randint(0, 5000), limit=rng.choice([600, 3600]),
+             preemptible=i % 2 == 0)
+         for i in range(60)),
+        key=lambda j: (-j.priority, j.submitted_at, j.id),
+    )  # fmt: skip
+    usage = {f"p{k}": 1000.0 * k for k in range(5)}
+    base = snap(h100(4), pending, usage=usage)
+    sorted_here = decide(base)
+    trusted = decide(replace(base, pending_in_order=True))
+    assert sorted_here.admissions and sorted_here.reservations
+    assert trusted.admissions == sorted_here.admissions
+    assert trusted.reservations == sorted_here.reservations
+    assert trusted.reasons == sorted_here.reasons
+    # What the promise is for: given out of order, the engine would not notice.
+    shuffled = replace(base, pending=tuple(reversed(pending)))
+    assert decide(shuffled).admissions == sorted_here.admissions
+    assert decide(replace(shuffled, pending_in_order=True)).admissions != sorted_here.admissions

@@ -114,6 +114,42 @@ class _Blocked:
     pool_used_at: int = 0  # its pool's GPUs of its type still running at reserved_at
 
 
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """What a cycle needs of a partition's nodes that does not change while the partition does
+    not: derived once per Partition object (the simulator passes the same one every cycle)."""
+
+    names: list[str]
+    index: dict[str, int]
+    capacity: list[tuple[int, int, int]]  # GPUs, CPUs, memory per node, in `names` order
+    most: int  # GPUs of the largest node
+    gpus: int  # in all
+    least: tuple[int, int, int]  # the fewest GPUs, CPUs and memory bytes of any node
+
+    @classmethod
+    def of(cls, partition: Partition) -> _Layout:
+        found = _LAYOUTS.get(id(partition))
+        if found is not None and found[0] is partition:
+            return found[1]
+        names = [n.name for n in partition.nodes]
+        capacity = [(n.gpus, n.cpus, n.memory_bytes) for n in partition.nodes]
+        layout = cls(
+            names,
+            {name: i for i, name in enumerate(names)},
+            capacity,
+            max((c[0] for c in capacity), default=0),
+            sum(c[0] for c in capacity),
+            tuple(min((c[k] for c in capacity), default=0) for k in range(3)),  # type: ignore[arg-type]
+        )
+        if len(_LAYOUTS) >= 64:  # partitions built anew each cycle: keep only the latest
+            _LAYOUTS.clear()
+        _LAYOUTS[id(partition)] = (partition, layout)  # holding it keeps its id its own
+        return layout
+
+
+_LAYOUTS: dict[int, tuple[Partition, _Layout]] = {}
+
+
 class _Nodes:
     """Free resources per node of one partition, with the nodes bucketed by free GPUs so that
     finding room costs the number of buckets, not the number of nodes, when the machine is full.
@@ -124,22 +160,20 @@ class _Nodes:
 
     def __init__(self, partition: Partition, held: Mapping[str, list[int]]) -> None:
         """`held`: node -> [GPUs, CPUs, memory] the running jobs hold there."""
+        layout = _Layout.of(partition)
         self.name = partition.name
-        self.names = [n.name for n in partition.nodes]
-        self.index = {name: i for i, name in enumerate(self.names)}
+        self.names, self.index, self.most = layout.names, layout.index, layout.most
         self.free = {}
-        for n in partition.nodes:
-            taken = held.get(n.name)
-            self.free[n.name] = (
-                _Free(n.gpus - taken[0], n.cpus - taken[1], n.memory_bytes - taken[2])
-                if taken
-                else _Free(n.gpus, n.cpus, n.memory_bytes)
-            )
-        self.most = max((n.gpus for n in partition.nodes), default=0)
         # free GPUs -> the indices of the nodes with that many, ascending
         self.buckets: list[list[int]] = [[] for _ in range(self.most + 1)]
-        for i, free in enumerate(self.free.values()):
-            self.buckets[min(max(free.gpus, 0), self.most)].append(i)
+        most, buckets = self.most, self.buckets
+        names = zip(self.names, layout.capacity, strict=True)
+        for i, (name, (gpus, cpus, memory)) in enumerate(names):
+            taken = held.get(name)
+            if taken:
+                gpus, cpus, memory = gpus - taken[0], cpus - taken[1], memory - taken[2]
+            self.free[name] = _Free(gpus, cpus, memory)
+            buckets[gpus if 0 <= gpus <= most else (0 if gpus < 0 else most)].append(i)
 
     def take(self, node: str, gpus: int, cpus: int, memory: int) -> None:
         # Called millions of times a replay (reservations release and restore running jobs):
@@ -189,7 +223,7 @@ class _State:
         self.partitions = {p.name: p for p in snapshot.partitions}
         self.total: dict[str, int] = defaultdict(int)
         for p in snapshot.partitions:
-            self.total[p.gpu_type or NO_GPU] += p.gpus
+            self.total[p.gpu_type or NO_GPU] += _Layout.of(p).gpus
         self.pools = {p.name: p for p in snapshot.pools}
         self.guarantee = guarantees(snapshot.pools, self.total)
         self.used: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -213,15 +247,9 @@ class _State:
         self.min_weight = min((p.billing_weight for p in gpu_partitions), default=1.0)
         self.default_gpu_type = gpu_partitions[0].gpu_type if gpu_partitions else NO_GPU
         # What every node of every GPU partition could hold: most requests need no closer look.
-        nodes = [n for p in gpu_partitions for n in p.nodes]
         self.surely_fits = (
-            (
-                min(n.gpus for n in nodes),
-                min(n.cpus for n in nodes),
-                min(n.memory_bytes for n in nodes),
-                min(len(p.nodes) for p in gpu_partitions),
-            )
-            if len(gpu_partitions) == 1 and nodes
+            (*_Layout.of(gpu_partitions[0]).least, len(gpu_partitions[0].nodes))
+            if len(gpu_partitions) == 1 and gpu_partitions[0].nodes
             else (-1, -1, -1, -1)
         )
         self.lent: list[RunningJob] = []  # running jobs borrowed or being preempted: victims
@@ -444,7 +472,7 @@ def _nominate(
     queued: list[PendingJob] = []  # what the queues got, in the order the jobs came
     default_type = state.default_gpu_type
     surely = state.surely_fits  # (gpus, cpus, memory, nodes) every node and partition could hold
-    largest = _largest_shapes(state)
+    largest: dict[str, list[tuple[int, int, int]]] | None = None
     possible: dict[Request, bool] = {}
     wanting = demand[default_type]  # the pools wanting the type a request without one counts on
     owed_most = {name: max(owed.values(), default=0) for name, owed in state.guarantee.items()}
@@ -465,6 +493,8 @@ def _nominate(
         ):
             fits = possible.get(request)
             if fits is None:
+                if largest is None:
+                    largest = _largest_shapes(state)
                 fits = possible[request] = _could_ever_fit(request, state, largest)
             if not fits:
                 reasons[job.id] = (
@@ -529,30 +559,39 @@ def _order(state: _State, queues: dict[str, list[PendingJob]]) -> None:
     Done as stable sorts whose keys are computed in C (attrgetter, map, dict and list lookups):
     a key function in Python per job was most of a cycle at 50,000 waiting jobs.
     """
+    in_order = state.snapshot.pending_in_order  # each queue kept the order of `pending`
     for pool, queue in queues.items():
+        if not queue:  # green planning held back all it had
+            continue
         share = _Shares(state, pool)
-        queue.sort(key=_BY_ID)  # usually in id order already: linear
-        queue.sort(key=_BY_AGE)  # one float key sorts twice as fast as a tuple
-        queue.sort(key=_BY_PRIORITY, reverse=True)  # stable, also reversed
+        if not in_order:
+            queue.sort(key=_BY_ID)  # usually in id order already: linear
+            queue.sort(key=_BY_AGE)  # one float key sorts twice as fast as a tuple
+            queue.sort(key=_BY_PRIORITY, reverse=True)  # stable, also reversed
+        # Alike priorities (the first and last are equal): the first job is the oldest.
+        oldest = queue[0].submitted_at if queue[0].priority == queue[-1].priority else None
         keys = list(map(share.__getitem__, map(_PROJECT, queue)))
         if len(set(keys)) > 1:
             by_share = sorted(range(len(queue)), key=keys.__getitem__)  # stable
             queue[:] = list(map(queue.__getitem__, by_share))
-        _first_the_starving(state, queue)
+        _first_the_starving(state, queue, oldest)
         if state.urgent:  # flexible jobs whose hour has come: first, to keep their deadline
             queue.sort(key=lambda job: job.id not in state.urgent)
 
 
-def _first_the_starving(state: _State, queue: list[PendingJob]) -> None:
+def _first_the_starving(state: _State, queue: list[PendingJob], oldest: float | None) -> None:
     """Jobs that have waited `starving_after_s` or longer go first, the longest-waiting first
     (found in the simulator: at sustained overload a heavy project's jobs sort behind an
-    endless stream of lighter projects' work and waited over a month)."""
+    endless stream of lighter projects' work and waited over a month). `oldest`: the earliest
+    submission in the queue, if known."""
     after = state.snapshot.starving_after_s
     if after is None:
         return
     cutoff = state.now - after
-    if not queue or min(map(_BY_AGE, queue)) > cutoff:
-        return  # the usual case: nobody has waited that long (one pass in C, not two in Python)
+    if oldest is None:
+        oldest = min(map(_BY_AGE, queue))
+    if oldest > cutoff:
+        return  # the usual case: nobody has waited that long (no pass over the queue)
     old = [job for job in queue if job.submitted_at <= cutoff]
     if old:
         old.sort(key=lambda job: (job.submitted_at, job.id))
@@ -917,25 +956,29 @@ def _backfill(
     avoiding = [state.claimed]
     for _, nodes in reservations:
         avoiding.append(avoiding[-1].union(nodes))
-    # Within this step the nodes only fill up, so a shape that found no room (with the same
-    # reserved nodes to avoid) finds none later either: most waiting jobs share a few shapes.
-    no_room: set[tuple[Request, frozenset[tuple[str, str]]]] = set()
+    # Within this step the nodes only fill up, so a request that found no room (avoiding the
+    # reserved nodes its time limit would outlive) finds none later either: most waiting jobs
+    # share a few requests (on Philly 25 among 700). Requests are known here by their id(), not
+    # their hash (a call in Python): alike requests apart in memory are only looked at twice.
+    no_room: set[int] = set()
     for pool, head in blocked.items():
         queue = queues[pool]
         owed = state.guarantee[pool].get(head.gpu_type, 0)
         later = 0  # GPUs of this pool's type that backfilled jobs still hold at the reservation
         # Jobs alike in everything the rules below look at, refused since the last admission of
         # this pool's loop, are refused again: nothing those rules read has changed.
-        refused: set[tuple[Request, frozenset[tuple[str, str]], bool]] = set()
+        # (The id of its request, or its complement for jobs that cannot be preempted.)
+        refused: set[int] = set()
         for job in queue[head.at + 1 : head.at + 1 + depth]:
+            shape = id(job.request)
+            alike = shape if job.preemptible else ~shape
+            if shape in no_room or alike in refused:
+                continue
             ends = state.now + job.request.time_limit_s
             avoid = avoiding[bisect_left(starts, ends)]
-            alike = (job.request, avoid, job.preemptible)
-            if (job.request, avoid) in no_room or alike in refused:
-                continue
             placement, within = state.place_for(job, avoid)
             if placement is None:
-                no_room.add((job.request, avoid))
+                no_room.add(shape)
                 continue
             gpu_type = state.type_of(placement.partition) if job.request.gpus else NO_GPU
             if not within and not _may_borrow(state, job, gpu_type):

@@ -155,6 +155,10 @@ class Snapshot:
     # Whether every job left in a queue gets its reason, and each blocked pool its head
     # (Decisions.reasons, .heads): the controller shows them; the simulator reads neither.
     explain: bool = True
+    # The caller's promise that `pending` is already by priority (highest first), then
+    # submission time, then id: the engine need not sort it so before fair share orders it
+    # (the simulator keeps its queue so; three sorts of every pending job per cycle).
+    pending_in_order: bool = False
 
 
 @dataclass(frozen=True, slots=True)

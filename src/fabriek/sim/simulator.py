@@ -92,7 +92,8 @@ class Run:
     nodes: tuple[str, ...] = ()  # while it runs
     borrowed: bool = False  # runs beyond its pool's guarantee
     stopping: bool = False  # asked to stop; its GPUs are free after the grace period
-    # How the engine sees it, kept between decisions: built once per wait and per run.
+    # How the engine sees it, kept between decisions: waiting, built once (Policy.prepare) and
+    # again when its green start changes; running, once per run.
     pending: PendingJob | None = None
     running: RunningJob | None = None
     running_key: tuple[int, bool] = (0, False)  # (starts, stopping) `running` was built for
@@ -141,6 +142,9 @@ class Policy:
     # A stopped job resumes from where it stopped (a checkpoint, as Tiresias assumes); if False,
     # its run is lost and it starts over (fabriek's live behaviour without checkpoints).
     resumes = False
+
+    def prepare(self, runs: Sequence[Run]) -> None:
+        """Every run of the replay, before it begins: for policies that keep a view of each."""
 
     def started(self, run: Run, at: float) -> None:
         """A run started at `at`: for policies that remember use."""
@@ -312,6 +316,12 @@ class FabriekPolicy(Policy):
             used[pool] + gpus * nodes > owed.get(pool, 0) for pool, gpus, nodes in tally.shapes
         )
 
+    def prepare(self, runs: Sequence[Run]) -> None:
+        """The engine's view of every job, built once (a cycle then gathers the waiting jobs'
+        views in C, not with a call per job)."""
+        for run in runs:
+            run.pending = _as_pending(run)
+
     def started(self, run: Run, at: float) -> None:
         if self.epoch is None or self.rate * (at - self.epoch) > 300:  # keep exp() in range
             self._rebase(at)
@@ -380,12 +390,13 @@ class FabriekPolicy(Policy):
             (self.partition,),
             self.pools,
             running=tuple(map(_as_running, running, repeat(now))),
-            pending=(pending := tuple(map(_as_pending, waiting))),
+            pending=(pending := tuple(map(_PENDING, waiting))),
             usage=self.usage(now),
             forecast=self._forecast(hour),
             forecast_start=self.epoch_hour + hour * 3600,
             starving_after_s=self.starving_after_s,
             explain=False,
+            pending_in_order=True,  # `waiting` is by submission, then id; priorities are alike
         )
         decisions = decide(snapshot)
         if not (decisions.admissions or decisions.deferrals or decisions.preemptions):
@@ -396,7 +407,8 @@ class FabriekPolicy(Policy):
             run = by_id[job_id]
             run.deferred = True
             if run.green_start != window.start:
-                run.green_start, run.pending = window.start, None  # the engine's view changes
+                run.green_start = window.start
+                run.pending = _as_pending(run)  # the engine's view changes
                 latest = run.job.submit + run.job.slack  # deadline less the time limit
                 self._wakes += [window.start, latest]
         starts = []
@@ -409,15 +421,14 @@ class FabriekPolicy(Policy):
 
 
 _ID = attrgetter("id")
+_PENDING = attrgetter("pending")
 
 
 def _as_pending(run: Run) -> PendingJob:
-    if run.pending is None:
-        job = run.job
-        run.pending = PendingJob(job.id, job.project, job.pool, None, run.request, job.submit,
-                                 preemptible=True, deadline=job.deadline,
-                                 green_start=run.green_start)  # fmt: skip
-    return run.pending
+    job = run.job
+    return PendingJob(job.id, job.project, job.pool, None, run.request, job.submit,
+                      preemptible=True, deadline=job.deadline,
+                      green_start=run.green_start)  # fmt: skip
 
 
 def _as_running(run: Run, now: float) -> RunningJob:
@@ -450,6 +461,7 @@ def simulate(
         for job in sorted(jobs, key=lambda j: (j.submit, j.id))
         for request in (machine.request(job),)
     ]
+    policy.prepare(runs)
     free = Free(machine)
     owed = {p.name: p.guarantee * machine.gpus for p in pools}
     outcome = Outcome(policy.name, machine, runs, [], defaultdict(float), defaultdict(float),
