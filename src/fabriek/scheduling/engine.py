@@ -114,42 +114,6 @@ class _Blocked:
     pool_used_at: int = 0  # its pool's GPUs of its type still running at reserved_at
 
 
-@dataclass(frozen=True, slots=True)
-class _Layout:
-    """What a cycle needs of a partition's nodes that does not change while the partition does
-    not: derived once per Partition object (the simulator passes the same one every cycle)."""
-
-    names: list[str]
-    index: dict[str, int]
-    capacity: list[tuple[int, int, int]]  # GPUs, CPUs, memory per node, in `names` order
-    most: int  # GPUs of the largest node
-    gpus: int  # in all
-    least: tuple[int, int, int]  # the fewest GPUs, CPUs and memory bytes of any node
-
-    @classmethod
-    def of(cls, partition: Partition) -> _Layout:
-        found = _LAYOUTS.get(id(partition))
-        if found is not None and found[0] is partition:
-            return found[1]
-        names = [n.name for n in partition.nodes]
-        capacity = [(n.gpus, n.cpus, n.memory_bytes) for n in partition.nodes]
-        layout = cls(
-            names,
-            {name: i for i, name in enumerate(names)},
-            capacity,
-            max((c[0] for c in capacity), default=0),
-            sum(c[0] for c in capacity),
-            tuple(min((c[k] for c in capacity), default=0) for k in range(3)),  # type: ignore[arg-type]
-        )
-        if len(_LAYOUTS) >= 64:  # partitions built anew each cycle: keep only the latest
-            _LAYOUTS.clear()
-        _LAYOUTS[id(partition)] = (partition, layout)  # holding it keeps its id its own
-        return layout
-
-
-_LAYOUTS: dict[int, tuple[Partition, _Layout]] = {}
-
-
 class _Nodes:
     """Free resources per node of one partition, with the nodes bucketed by free GPUs so that
     finding room costs the number of buckets, not the number of nodes, when the machine is full.
@@ -160,19 +124,19 @@ class _Nodes:
 
     def __init__(self, partition: Partition, held: Mapping[str, list[int]]) -> None:
         """`held`: node -> [GPUs, CPUs, memory] the running jobs hold there."""
-        layout = _Layout.of(partition)
         self.name = partition.name
-        self.names, self.index, self.most = layout.names, layout.index, layout.most
+        self.nodes, self.index = partition.nodes, partition.node_index
+        self.most = partition.most_gpus
         self.free = {}
         # free GPUs -> the indices of the nodes with that many, ascending
         self.buckets: list[list[int]] = [[] for _ in range(self.most + 1)]
         most, buckets = self.most, self.buckets
-        names = zip(self.names, layout.capacity, strict=True)
-        for i, (name, (gpus, cpus, memory)) in enumerate(names):
-            taken = held.get(name)
+        for i, n in enumerate(partition.nodes):
+            taken = held.get(n.name)
+            gpus, cpus, memory = n.gpus, n.cpus, n.memory_bytes
             if taken:
                 gpus, cpus, memory = gpus - taken[0], cpus - taken[1], memory - taken[2]
-            self.free[name] = _Free(gpus, cpus, memory)
+            self.free[n.name] = _Free(gpus, cpus, memory)
             buckets[gpus if 0 <= gpus <= most else (0 if gpus < 0 else most)].append(i)
 
     def take(self, node: str, gpus: int, cpus: int, memory: int) -> None:
@@ -200,10 +164,10 @@ class _Nodes:
         """`request.nodes` nodes that fit, the fullest first (best fit keeps big holes whole),
         the first in the partition's order among equals."""
         found: list[str] = []
-        names, frees = self.names, self.free
+        nodes, frees = self.nodes, self.free
         for gpus in range(request.gpus_per_node, self.most + 1):
             for i in self.buckets[gpus]:
-                node = names[i]
+                node = nodes[i].name
                 free = frees[node]
                 if (
                     free.cpus >= request.cpus_per_node
@@ -223,7 +187,7 @@ class _State:
         self.partitions = {p.name: p for p in snapshot.partitions}
         self.total: dict[str, int] = defaultdict(int)
         for p in snapshot.partitions:
-            self.total[p.gpu_type or NO_GPU] += _Layout.of(p).gpus
+            self.total[p.gpu_type or NO_GPU] += p.gpus
         self.pools = {p.name: p for p in snapshot.pools}
         self.guarantee = guarantees(snapshot.pools, self.total)
         self.used: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -248,7 +212,7 @@ class _State:
         self.default_gpu_type = gpu_partitions[0].gpu_type if gpu_partitions else NO_GPU
         # What every node of every GPU partition could hold: most requests need no closer look.
         self.surely_fits = (
-            (*_Layout.of(gpu_partitions[0]).least, len(gpu_partitions[0].nodes))
+            (*gpu_partitions[0].least, len(gpu_partitions[0].nodes))
             if len(gpu_partitions) == 1 and gpu_partitions[0].nodes
             else (-1, -1, -1, -1)
         )
@@ -397,13 +361,10 @@ class _State:
         simulator's fidelity test found the live controller, which admits batches, deciding
         differently from the same engine asked at every submission.)"""
         if self._ending is None:
-            self._ending = sorted(
-                [
-                    *(j for j in self.snapshot.running if j.id not in self.preempted),
-                    *self.started,
-                ],
-                key=_BY_END,
-            )
+            running = self.snapshot.running
+            if self.preempted:
+                running = tuple(j for j in running if j.id not in self.preempted)
+            self._ending = sorted([*running, *self.started], key=_BY_END)
         return self._ending
 
     def affordable(self, job: PendingJob, placement: Placement, decisions: Decisions) -> bool:

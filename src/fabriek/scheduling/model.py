@@ -27,10 +27,25 @@ class Partition:
     gpu_type: str
     nodes: tuple[Node, ...]
     billing_weight: float = 1.0  # GPU-hours charged per GPU-hour used on this type
+    # Derived once: the engine reads them every cycle, and a partition's nodes do not change.
+    gpus: int = field(init=False, repr=False, compare=False)
+    node_index: dict[str, int] = field(init=False, repr=False, compare=False)  # name -> position
+    # The fewest GPUs, CPUs and memory bytes of any node (0 without nodes), and the most GPUs.
+    least: tuple[int, int, int] = field(init=False, repr=False, compare=False)
+    most_gpus: int = field(init=False, repr=False, compare=False)
 
-    @property
-    def gpus(self) -> int:
-        return sum(n.gpus for n in self.nodes)
+    def __post_init__(self) -> None:
+        nodes = self.nodes
+        object.__setattr__(self, "gpus", sum(n.gpus for n in nodes))
+        object.__setattr__(self, "node_index", {n.name: i for i, n in enumerate(nodes)})
+        least = (
+            (min(n.gpus for n in nodes), min(n.cpus for n in nodes),
+             min(n.memory_bytes for n in nodes))
+            if nodes
+            else (0, 0, 0)
+        )  # fmt: skip
+        object.__setattr__(self, "least", least)
+        object.__setattr__(self, "most_gpus", max((n.gpus for n in nodes), default=0))
 
 
 @dataclass(frozen=True, slots=True)
