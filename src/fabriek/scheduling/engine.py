@@ -825,8 +825,8 @@ class _Seeking:
     pool_used: int  # its pool's GPUs of its type still running, as work is released
     typed: list[_Nodes]  # the partitions of its GPU type
     typed_names: frozenset[str]
-    # Whether it must look again: it last found too few nodes of its type with room in count,
-    # and nothing of its type was released since, is the one case it need not.
+    # False while its last look found too few nodes of its type with room (in count) and
+    # nothing of its type was released since: then it need not look again.
     stale: bool = True
 
 
