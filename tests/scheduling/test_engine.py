@@ -820,7 +820,32 @@ def test_pending_already_in_order_decides_the_same_without_sorting_it() -> None:
     assert trusted.admissions == sorted_here.admissions
     assert trusted.reservations == sorted_here.reservations
     assert trusted.reasons == sorted_here.reasons
-    # What the promise is for: given out of order, the engine would not notice.
-    shuffled = replace(base, pending=tuple(reversed(pending)))
+    shuffled = replace(base, pending=tuple(reversed(pending)))  # without the promise: sorted
     assert decide(shuffled).admissions == sorted_here.admissions
-    assert decide(replace(shuffled, pending_in_order=True)).admissions != sorted_here.admissions
+
+
+def test_in_order_the_starving_still_go_first() -> None:
+    # With the promise and alike priorities the oldest job is found at the queue's head.
+    old = job(1, project="heavy", at=NOW - 15 * 86400, gpus=8)
+    pending = [old, *(job(i, project="light", gpus=8) for i in range(2, 6))]
+    usage = {"heavy": 1e9, "light": 0.0}
+    for in_order in (False, True):
+        d = decide(snap(h100(1), pending, pools=ONE_POOL, usage=usage, pending_in_order=in_order))
+        assert admitted(d) == [1]
+
+
+def test_running_work_on_a_partition_or_node_since_removed_frees_nothing_there() -> None:
+    # The controller builds running jobs from the database: one may still run on a partition or
+    # node no longer configured. Reservations pass over it instead of failing the cycle.
+    machine = h100(1)
+    # Both end before the blocker, so the reservation's pass meets them first.
+    gone = RunningJob(90, "p", "eurohpc", None,
+                      Request(gpus_per_node=8, cpus_per_node=1, time_limit_s=30),
+                      Placement("gone", ("x1",)), NOW - 10, False)  # fmt: skip
+    moved = RunningJob(91, "p", "eurohpc", None,
+                       Request(gpus_per_node=4, cpus_per_node=1, time_limit_s=60),
+                       Placement("gpu", ("n999",)), NOW - 10, False)  # fmt: skip
+    blocker = running(job(1, gpus=8, limit=600), ("n000",))
+    d = decide(snap(machine, [job(2, gpus=8)], [blocker, gone, moved], pools=ONE_POOL))
+    assert admitted(d) == []
+    assert d.reservations == {2: blocker.ends_by}

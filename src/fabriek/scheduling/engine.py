@@ -142,7 +142,9 @@ class _Nodes:
     def take(self, node: str, gpus: int, cpus: int, memory: int) -> None:
         # Called millions of times a replay (reservations release and restore running jobs):
         # the bucket bounds inline, not min(max(...)).
-        free = self.free[node]
+        free = self.free.get(node)
+        if free is None:
+            return  # a node no longer in the partition: what runs there holds nothing here
         most = self.most
         before = free.gpus
         after = free.gpus = before - gpus
@@ -865,9 +867,11 @@ def _reserve(state: _State, blocked: Mapping[str, _Blocked]) -> None:
         return
     released: list[RunningJob] = []
     for job in state.ending():
+        partition = job.placement.partition
+        if partition not in state.nodes:
+            continue  # on a partition no longer configured: it frees nothing here
         state.take(job.request, job.placement, sign=-1)
         released.append(job)
-        partition = job.placement.partition
         found = False
         for s in seeking:
             if partition in s.typed_names:
@@ -920,7 +924,8 @@ def _backfill(
     # Within this step the nodes only fill up, so a request that found no room (avoiding the
     # reserved nodes its time limit would outlive) finds none later either: most waiting jobs
     # share a few requests (on Philly 25 among 700). Requests are known here by their id(), not
-    # their hash (a call in Python): alike requests apart in memory are only looked at twice.
+    # their hash (a call in Python): equal requests that are separate objects are each looked
+    # at once (the simulator and the controller share one object per request).
     no_room: set[int] = set()
     for pool, head in blocked.items():
         queue = queues[pool]
