@@ -4,6 +4,7 @@ backfill, gang admission, allocation limits."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
@@ -384,26 +385,31 @@ def test_backfill_may_use_nodes_the_head_does_not_need() -> None:
     assert d.reservations == {3: NOW + 100}
 
 
-@pytest.mark.parametrize("seed", range(30))
-def test_backfill_never_delays_the_head(seed: int) -> None:
-    """Random machines and queues: the head's reserved start with the backfilled jobs running
-    is never later than without them."""
-    rng = random.Random(seed)
-    machine = h100(rng.randint(1, 4))
+def full(
+    machine: Partition, rng: random.Random, make: Callable[[int, int], PendingJob]
+) -> list[RunningJob]:
+    """Every node filled with running jobs of random sizes, `make(id, gpus)` each, started in the
+    last minute; preemptible ones marked borrowed."""
     run, k = [], 0
     for node in machine.nodes:
         used = 0
         while used < 8:
             g = rng.randint(1, 8 - used)
             k += 1
-            run.append(
-                running(
-                    job(k, gpus=g, limit=rng.choice([60, 300, 900])),
-                    (node.name,),
-                    started=NOW - rng.randint(0, 50),
-                )
-            )
+            pending = make(k, g)
+            run.append(running(pending, (node.name,), started=NOW - rng.randint(0, 50),
+                               borrowed=pending.preemptible))  # fmt: skip
             used += g
+    return run
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_backfill_never_delays_the_head(seed: int) -> None:
+    """Random machines and queues: the head's reserved start with the backfilled jobs running
+    is never later than without them."""
+    rng = random.Random(seed)
+    machine = h100(rng.randint(1, 4))
+    run = full(machine, rng, lambda k, g: job(k, gpus=g, limit=rng.choice([60, 300, 900])))
     pending = [
         job(100 + i, gpus=rng.randint(1, 8), nodes=1, limit=rng.choice([30, 120, 600, 3600]))
         for i in range(12)
@@ -758,17 +764,9 @@ def test_one_pass_reserves_for_every_head_as_each_alone_would(seed: int) -> None
     rng = random.Random(seed)
     machine = h100(rng.randint(2, 6))
     pools = ["eurohpc", "regional", "national", "commercial"]
-    run, k = [], 0
-    for node in machine.nodes:
-        used = 0
-        while used < 8:
-            g = rng.randint(1, 8 - used)
-            k += 1
-            pending = job(k, rng.choice(pools), gpus=g, limit=rng.choice([60, 300, 900, 3600]),
-                          preemptible=rng.random() < 0.3)  # fmt: skip
-            run.append(running(pending, (node.name,), started=NOW - rng.randint(0, 50),
-                               borrowed=pending.preemptible))  # fmt: skip
-            used += g
+    run = full(machine, rng, lambda k, g: job(k, rng.choice(pools), gpus=g,
+                                              limit=rng.choice([60, 300, 900, 3600]),
+                                              preemptible=rng.random() < 0.3))  # fmt: skip
     run = run[rng.randint(0, len(run) // 3) :]
     waiting = [job(100 + i, rng.choice(pools), gpus=rng.choice([1, 2, 4, 8]),
                    nodes=rng.choice([1, 1, 1, 2]), preemptible=rng.random() < 0.5,
