@@ -754,25 +754,53 @@ def test_where_a_job_lands_depends_on_what_is_free_not_on_how_it_came_to_be() ->
     assert fresh.find(Request(gpus_per_node=2, cpus_per_node=1), frozenset()) == ("n002",)
 
 
-@pytest.mark.parametrize("seed", range(20))
+@pytest.mark.parametrize("seed", range(60))
 def test_one_pass_reserves_for_every_head_as_each_alone_would(seed: int) -> None:
     # `_reserve` looks for every blocked head's start in one pass over the running jobs; each
     # head must get the start and nodes it gets looked for alone, and the nodes must be left
-    # as they were.
+    # as they were. Machines of one to three partitions (H100, A100 and CPU-only nodes of
+    # different sizes), so that heads of other GPU types, CPU-only heads and heads that fit by
+    # GPUs but not by CPUs or memory are among them.
     from fabriek.scheduling import engine as E
 
     rng = random.Random(seed)
-    machine = h100(rng.randint(2, 6))
+    kinds = [("a", "h100"), ("b", "a100"), ("c", "")][: rng.randint(1, 3)]
+    partitions = tuple(
+        Partition(name, gpu_type, tuple(
+            Node(f"{name}{i}", rng.choice([4, 8]) if gpu_type else 0, rng.choice([8, 16]),
+                 rng.choice([64, 128]) * G)
+            for i in range(rng.randint(1, 4))))
+        for name, gpu_type in kinds
+    )  # fmt: skip
     pools = ["eurohpc", "regional", "national", "commercial"]
-    run = full(machine, rng, lambda k, g: job(k, rng.choice(pools), gpus=g,
-                                              limit=rng.choice([60, 300, 900, 3600]),
-                                              preemptible=rng.random() < 0.3))  # fmt: skip
+    run: list[RunningJob] = []
+    for partition in partitions:
+        for node in partition.nodes:
+            gpus = cpus = 0
+            while gpus < node.gpus or (not node.gpus and cpus < node.cpus):
+                g = rng.randint(1, node.gpus - gpus) if node.gpus else 0
+                c = rng.randint(1, 4)
+                if cpus + c > node.cpus:
+                    break
+                request = Request(g, c, rng.choice([0, 16 * G]), 1, partition.gpu_type or None,
+                                  rng.choice([60, 300, 900, 3600]),
+                                  rng.choice([None, partition.name]))  # fmt: skip
+                lent = rng.random() < 0.3
+                run.append(RunningJob(len(run) + 1, "p", rng.choice(pools), None, request,
+                                      Placement(partition.name, (node.name,)),
+                                      NOW - rng.randint(0, 50), lent, lent))  # fmt: skip
+                gpus, cpus = gpus + g, cpus + c
     run = run[rng.randint(0, len(run) // 3) :]
-    waiting = [job(100 + i, rng.choice(pools), gpus=rng.choice([1, 2, 4, 8]),
-                   nodes=rng.choice([1, 1, 1, 2]), preemptible=rng.random() < 0.5,
-                   limit=rng.choice([120, 600, 3600]))
-               for i in range(16)]  # fmt: skip
-    snapshot = snap(machine, waiting, run)
+    waiting = []
+    for i in range(16):
+        partition = rng.choice(partitions)
+        g = rng.choice([1, 2, 4, 8]) if partition.gpu_type and rng.random() > 0.2 else 0
+        request = Request(g, rng.choice([1, 4, 8, 16]), rng.choice([0, 32 * G, 100 * G]),
+                          rng.choice([1, 1, 2]), rng.choice([None, partition.gpu_type or None]),
+                          rng.choice([120, 600, 3600]))  # fmt: skip
+        waiting.append(PendingJob(100 + i, "p", rng.choice(pools), None, request, NOW - 100 + i,
+                                  preemptible=rng.random() < 0.5))  # fmt: skip
+    snapshot = Snapshot(NOW, partitions, POOLS, running=tuple(run), pending=tuple(waiting))
 
     def blocked_heads() -> tuple[E._State, dict[str, E._Blocked]]:
         decisions = Decisions()
@@ -784,12 +812,15 @@ def test_one_pass_reserves_for_every_head_as_each_alone_would(seed: int) -> None
         E._borrow(state, queues, blocked, decisions)
         return state, blocked
 
+    def nodes(state: E._State) -> dict[str, object]:
+        return {name: ([list(b) for b in n.buckets],
+                       {node: (f.gpus, f.cpus, f.memory) for node, f in n.free.items()})
+                for name, n in state.nodes.items()}  # fmt: skip
+
     state, blocked = blocked_heads()
-    before = {n: (f.gpus, f.cpus, f.memory) for n, f in state.nodes["gpu"].free.items()}
-    buckets = [list(b) for b in state.nodes["gpu"].buckets]
+    before = nodes(state)
     E._reserve(state, blocked)
-    assert {n: (f.gpus, f.cpus, f.memory) for n, f in state.nodes["gpu"].free.items()} == before
-    assert state.nodes["gpu"].buckets == buckets
+    assert nodes(state) == before
     for pool, head in blocked.items():
         alone_state, alone = blocked_heads()
         E._reserve(alone_state, {pool: alone[pool]})
