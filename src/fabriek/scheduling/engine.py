@@ -825,8 +825,11 @@ class _Seeking:
     nodes: int
     owed: int  # the most its pool may hold of its type at the reserved start
     pool_used: int  # its pool's GPUs of its type still running, as work is released
-    typed_names: frozenset[str]  # the partitions of its GPU type
-    fitting: int  # nodes of those with `per_node` GPUs free, kept as work is released
+    typed: list[_Nodes]  # the partitions of its GPU type
+    typed_names: frozenset[str]
+    # False while its last look found too few nodes of its type with room (in count) and
+    # nothing of its type was released since: then it need not look again.
+    stale: bool = True
 
 
 def _reserve(state: _State, blocked: Mapping[str, _Blocked]) -> None:
@@ -858,9 +861,8 @@ def _reserve(state: _State, blocked: Mapping[str, _Blocked]) -> None:
             for p in state.snapshot.partitions
             if (p.gpu_type or NO_GPU) == head.gpu_type
         ]
-        fitting = sum(nodes.room(request.gpus_per_node) for nodes in typed)
         seeking.append(_Seeking(pool, head, request.gpus, request.gpus_per_node, request.nodes,
-                                owed, pool_used, frozenset(n.name for n in typed), fitting))  # fmt: skip
+                                owed, pool_used, typed, frozenset(n.name for n in typed)))  # fmt: skip
     if not seeking:
         return
     released: list[RunningJob] = []
@@ -870,18 +872,16 @@ def _reserve(state: _State, blocked: Mapping[str, _Blocked]) -> None:
             continue  # on a partition no longer configured: it frees nothing here
         state.take(job.request, job.placement, sign=-1)
         released.append(job)
-        freed = job.request.gpus_per_node
-        free = state.nodes[partition].free
-        # GPUs free on each of its nodes now, and before it was released.
-        afters = [free[n].gpus for n in job.placement.nodes if n in free]
         found = False
         for s in seeking:
             if partition in s.typed_names:
-                for after in afters:
-                    s.fitting += after - freed < s.per_node <= after
+                s.stale = True
                 if job.pool == s.pool:
                     s.pool_used -= job.request.gpus
-            if s.fitting < s.nodes or s.pool_used + s.need > s.owed:
+            if not s.stale or s.pool_used + s.need > s.owed:
+                continue
+            if sum(nodes.room(s.per_node) for nodes in s.typed) < s.nodes:
+                s.stale = False
                 continue
             placement = state.place(s.head.job.request)
             if placement is not None:
@@ -923,13 +923,12 @@ def _backfill(
         avoiding.append(avoiding[-1].union(nodes))
     # Within this step the nodes only fill up, so a request that found no room (avoiding the
     # reserved nodes its time limit would outlive) finds none later either: most waiting jobs
-    # share a few requests (on Philly 25 among 700). A request is known here by a number: the
-    # id() of the first equal request met, found by the object's id() and only once per object
-    # by its hash (a call in Python): the simulator and the controller share one object per
-    # request, so most jobs cost one lookup by id; a caller that does not pays a hash per job.
+    # share a few requests (on Philly 25 among 700). A request's verdicts are kept under the
+    # id() of the first equal request met: the simulator and the controller share one object
+    # per request, so most jobs are decided by their request's id() alone, without its hash (a
+    # call in Python); a job of another object equal to one met before is looked up by hash.
     no_room: set[int] = set()
-    first: dict[Request, int] = {}
-    known: dict[int, int] = {}  # id(request) -> its number
+    first: dict[Request, int] = {}  # request -> the id() its verdicts are kept under
     for pool, head in blocked.items():
         queue = queues[pool]
         owed = state.guarantee[pool].get(head.gpu_type, 0)
@@ -939,12 +938,15 @@ def _backfill(
         # (Its request's number, or the number's complement for jobs that cannot be preempted.)
         refused: set[int] = set()
         for job in queue[head.at + 1 : head.at + 1 + depth]:
-            shape = known.get(id(job.request))
-            if shape is None:
-                shape = known[id(job.request)] = first.setdefault(job.request, id(job.request))
+            shape = id(job.request)
             alike = shape if job.preemptible else ~shape
             if shape in no_room or alike in refused:
                 continue
+            known = first.setdefault(job.request, shape)
+            if known != shape:  # an equal request met before as another object
+                shape, alike = known, known if job.preemptible else ~known
+                if shape in no_room or alike in refused:
+                    continue
             ends = state.now + job.request.time_limit_s
             avoid = avoiding[bisect_left(starts, ends)]
             placement, within = state.place_for(job, avoid)
