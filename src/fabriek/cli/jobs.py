@@ -1,0 +1,385 @@
+"""The job commands of `fabriek`: submit, jobs, status, logs, cancel, download (registered in
+main.py). Built on the SDK; what a job's workflow looks like is in docs/jobs.md."""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from fabriek.cli.output import (
+    STATE_STYLE,
+    age,
+    console,
+    err_console,
+    fail,
+    handled,
+    print_json,
+    utc_iso,
+)
+from fabriek.core.jobs import JobState
+from fabriek.core.units import format_bytes, format_duration, parse_duration, parse_memory
+
+if TYPE_CHECKING:
+    from fabriek.server.schemas import JobOut
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _client():  # type: ignore[no-untyped-def]
+    from fabriek.client.client import Client
+
+    return Client()
+
+
+# --- jobs ---------------------------------------------------------------------------------------
+def submit(
+    command: Annotated[
+        list[str] | None, typer.Argument(help="The command to run, after `--`.")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Job name [default: the command's name].")
+    ] = None,
+    project: Annotated[str, typer.Option(help="Project to run in.")] = "default",
+    cpus: Annotated[int, typer.Option(help="CPU cores (per node).")] = 1,
+    mem: Annotated[str, typer.Option(help="Memory per node, e.g. 512M, 2G.")] = "2G",
+    gpus: Annotated[int, typer.Option(help="GPUs (per node).")] = 0,
+    nodes: Annotated[
+        int,
+        typer.Option(
+            help="Nodes: the command runs once on each, with MASTER_ADDR, WORLD_SIZE, RANK "
+            "and LOCAL_RANK set for torch.distributed (a Slurm partition)."
+        ),
+    ] = 1,
+    partition: Annotated[
+        str | None,
+        typer.Option(help="Run it in this partition [default: wherever there is room first]."),
+    ] = None,
+    time: Annotated[
+        str | None,
+        typer.Option("--time", "-t", help="Time limit, e.g. 10m, 2h, 1:30:00 [default: 1h]."),
+    ] = None,
+    env: Annotated[
+        list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE, repeatable.")
+    ] = None,
+    workdir: Annotated[
+        Path, typer.Option(help="Directory to upload; the job runs in a copy.")
+    ] = Path("."),
+    no_workdir: Annotated[bool, typer.Option("--no-workdir", help="Upload nothing.")] = False,
+    allocation: Annotated[
+        int | None,
+        typer.Option(help="Charge it to this allocation of the project (see allocation list)."),
+    ] = None,
+    preemptible: Annotated[
+        bool,
+        typer.Option(
+            help="May borrow idle GPUs beyond its pool's guarantee, and be stopped (SIGTERM, a "
+            "grace period, requeued keeping its place) when their pool needs them back. Jobs "
+            "without an allocation always are."
+        ),
+    ] = False,
+    priority: Annotated[
+        int,
+        typer.Option(
+            help="Orders your jobs of equal fair share, higher first (-1000 to 1000); only "
+            "operators go above 0."
+        ),
+    ] = 0,
+    deadline: Annotated[
+        str | None,
+        typer.Option(
+            help="It must end by then (ISO 8601; UTC unless it names a zone); until then it may "
+            "wait for the hours with the lowest forecast carbon intensity. Needs --time."
+        ),
+    ] = None,
+    flexible: Annotated[
+        str | None,
+        typer.Option(
+            help="It may start up to this much later, e.g. 12h, for greener hours. Needs --time."
+        ),
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option(help="Stream the logs and exit with the job's exit code.")
+    ] = False,
+    parsable: Annotated[bool, typer.Option(help="Print only the job id.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Submit a job: fabriek submit --cpus 2 --mem 2G --time 10m -- python train.py"""
+    if not command:
+        fail("no command given; put it after `--`, e.g. fabriek submit -- python train.py", 2)
+    with handled():
+        variables = _parse_env(env or [])
+        client = _client()
+        job = client.submit(
+            command,
+            name=name,
+            project=project,
+            cpus=cpus,
+            memory_bytes=parse_memory(mem),
+            gpus=gpus,
+            nodes=nodes,
+            partition=partition,
+            time_limit_s=parse_duration(time) if time is not None else None,
+            env=variables,
+            workdir=None if no_workdir else workdir,
+            allocation=allocation,
+            preemptible=preemptible,
+            priority=priority,
+            deadline=datetime.fromisoformat(utc_iso(deadline)) if deadline else None,
+            flexible_s=parse_duration(flexible) if flexible else None,
+        )
+    if parsable:
+        print(job.id, flush=True)
+    elif json_out:
+        print_json(job)
+    else:
+        err_console.print(f"submitted job [bold]{job.id}[/] ({escape(job.name)})", highlight=False)
+    if wait:
+        raise typer.Exit(_stream_until_done(client, job.id))
+
+
+def _parse_env(pairs: list[str]) -> dict[str, str]:
+    from fabriek.core.errors import InvalidRequest
+
+    result = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise InvalidRequest(f"--env needs KEY=VALUE, got {pair!r}")
+        result[key] = value
+    return result
+
+
+def _stream_until_done(client, job_id: int) -> int:  # type: ignore[no-untyped-def]
+    with handled():
+        for chunk in client.follow_logs(job_id):
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.buffer.flush()
+        job = client.wait(job_id)
+    err_console.print(
+        f"job {job_id} {job.state.value}" + (f": {escape(job.reason)}" if job.reason else ""),
+        highlight=False,
+    )
+    if job.exit_code is not None:
+        return int(job.exit_code)
+    return 128 + job.signal if job.signal else 1
+
+
+def jobs(
+    state: Annotated[
+        list[JobState] | None, typer.Option(help="Only jobs in this state (repeatable).")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 50,
+    json_out: JsonOpt = False,
+) -> None:
+    """List your jobs, newest first."""
+    with handled():
+        found = _client().jobs(states=state, limit=limit)
+    if json_out:
+        print_json(found)
+        return
+    table = Table(
+        "ID", "NAME", "PROJECT", "STATE", "RESOURCES", "AGE", box=None, header_style="bold"
+    )
+    for job in found:
+        r = job.resources
+        table.add_row(
+            str(job.id),
+            escape(job.name),
+            escape(job.project),
+            f"[{STATE_STYLE.get(job.state.value, '')}]{job.state.value}[/]",
+            f"{r.cpus} cpu {format_bytes(r.memory_bytes)} {r.gpus} gpu",
+            age(job.submitted_at),
+        )
+    console.print(table)
+
+
+def status(
+    job_id: Annotated[int, typer.Argument(help="Job id.")], json_out: JsonOpt = False
+) -> None:
+    """Everything known about one job: state, why it waits, what it used, and its history."""
+    with handled():
+        job = _client().job(job_id)
+    if json_out:
+        print_json(job)
+        return
+    r, u = job.resources, job.usage
+    rows = [
+        ("job", f"{job.id} ({escape(job.name)})"),
+        ("state", f"[{STATE_STYLE.get(job.state.value, '')}]{job.state.value}[/]"),
+        ("reason", escape(job.reason or "-")),
+        ("project", escape(f"{job.project}  user {job.user}")),
+        (
+            "allocation",
+            "-"
+            if job.allocation is None
+            else f"{job.allocation}: holds {job.hold_gpu_hours:.2f} GPU-hours"
+            + (
+                f", charged {job.charged_gpu_hours:.2f}"
+                if job.charged_gpu_hours is not None
+                else ""
+            ),
+        ),
+        ("command", escape(" ".join(job.argv))),
+        (
+            "asked",
+            (f"{job.nodes} nodes with " if job.nodes > 1 else "")
+            + f"{r.cpus} CPUs, {format_bytes(r.memory_bytes)}, {r.gpus} GPUs"
+            + (" each" if job.nodes > 1 else "")
+            + (f" in partition {escape(job.partition)}" if job.partition else "")
+            + f", time limit {format_duration(job.time_limit_s)}",
+        ),
+        (
+            "partition",
+            (job.backend or "- (not admitted yet)")
+            + (f", GPUs {job.gpu_ids}" if job.gpu_ids else ""),
+        ),
+    ]
+    rows.append(("pool", _pool_line(job)))
+    if job.state == JobState.PENDING:
+        rows.append(("start", _start_line(job)))
+    if job.exit_code is not None or job.signal is not None:
+        rows.append(
+            ("exit", f"code {job.exit_code}" if job.signal is None else f"signal {job.signal}")
+        )
+    if u.wall_s is not None:
+        rows.append(
+            (
+                "used",
+                f"wall {format_duration(u.wall_s)}, CPU {u.cpu_s:.1f}s, "
+                f"peak memory {format_bytes(u.max_rss_bytes)}, GPU {u.gpu_s or 0:.1f}s",
+            )
+        )
+    if job.deadline is not None:
+        rows.append(("deadline", _green_line(job)))
+    for component, e in job.energy.items():
+        how = "measured" if e.measured else "estimated"
+        rows.append(
+            (
+                f"energy {component}",
+                f"{_wh(e.joules)} {how} ({escape(e.method)})",
+            )
+        )
+    if job.footprint is not None:
+        f = job.footprint
+        carbon = "carbon unknown" if f.carbon_kg is None else f"{f.carbon_kg:,.3g} kg CO2e"
+        rows.append(
+            (
+                "footprint",
+                f"{_wh(f.facility_kwh * 3.6e6)} at the meter, {f.water_l:,.3g} L water, {carbon}"
+                + (f" ({escape(f.note)})" if f.note else ""),
+            )
+        )
+        if f.carbon_saved_kg is not None:
+            rows.append(("saved", f"{f.carbon_saved_kg:,.3g} kg CO2e by waiting for greener hours"))
+    info = Table.grid(padding=(0, 2))
+    for key, value in rows:
+        info.add_row(f"[bold]{key}[/]", value)
+    console.print(info)
+    events = Table("AT", "FROM", "TO", "BY", "WHY", box=None, header_style="bold", title="history")
+    for e in job.events:
+        events.add_row(
+            e.at.strftime("%Y-%m-%d %H:%M:%S"),
+            e.from_state or "-",
+            e.to_state,
+            escape(e.actor),
+            escape(e.reason or ""),
+        )
+    console.print(events)
+
+
+def _green_line(job: JobOut) -> str:
+    assert job.deadline is not None
+    line = f"ends by {job.deadline.astimezone():%Y-%m-%d %H:%M}"
+    if job.green_start_at is not None:
+        line += f"; held for greener hours until {job.green_start_at.astimezone():%H:%M}"
+    return line
+
+
+def _wh(joules: float) -> str:
+    """Energy to read: Wh below a kWh, kWh above."""
+    wh = joules / 3600
+    return f"{wh / 1000:,.2f} kWh" if wh >= 1000 else f"{wh:,.3g} Wh"
+
+
+def _pool_line(job: JobOut) -> str:
+    line = escape(job.pool or "unallocated (runs on idle GPUs)")
+    notes = []
+    if job.borrowed:
+        notes.append("on borrowed GPUs")
+    if job.preemptible:
+        notes.append("preemptible")
+    if job.preempting:
+        notes.append("being preempted: asked to stop, then requeued")
+    if job.priority:
+        notes.append(f"priority {job.priority}")
+    if job.preemptions:
+        notes.append(f"preempted {job.preemptions} time{'s' if job.preemptions > 1 else ''}")
+    return line + (f" ({', '.join(notes)})" if notes else "")
+
+
+def _start_line(job: JobOut) -> str:
+    """Position and estimate, added when shown: the stored reason stays stable between passes."""
+    ahead = job.queue_position or 0
+    waiting = f"{ahead} older job{'s' if ahead != 1 else ''} waiting in its pool"
+    if job.estimated_start_at is None:
+        return f"{waiting}; no estimate (it is not first in its pool's queue)"
+    local = job.estimated_start_at.astimezone()
+    return (
+        f"{waiting}; estimated start {local:%Y-%m-%d %H:%M} "
+        "(if running jobs end by their time limits)"
+    )
+
+
+def logs(
+    job_id: Annotated[int, typer.Argument(help="Job id.")],
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing until the job ends.")
+    ] = False,
+) -> None:
+    """Print the job's combined stdout and stderr."""
+    with handled():
+        client = _client()
+        if follow:
+            for chunk in client.follow_logs(job_id):
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.buffer.flush()
+            return
+        offset = 0
+        while True:
+            data, offset, _ = client.read_logs(job_id, offset)
+            if not data:
+                break
+            sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+
+
+def cancel(job_id: Annotated[int, typer.Argument(help="Job id.")]) -> None:
+    """Cancel a job: a waiting one at once, a running one with SIGTERM, then SIGKILL after a grace."""
+    with handled():
+        job = _client().cancel(job_id)
+    console.print(
+        f"job {job.id}: {job.state.value}" + (f" ({escape(job.reason)})" if job.reason else ""),
+        highlight=False,
+    )
+
+
+def download(
+    job_id: Annotated[int, typer.Argument(help="Job id.")],
+    directory: Annotated[
+        Path | None, typer.Argument(help="Where to put them [default: ./job-ID].")
+    ] = None,
+) -> None:
+    """Download the files the job wrote to $FABRIEK_OUTPUT_DIR."""
+    target = directory or Path(f"job-{job_id}")
+    with handled():
+        names = _client().download_outputs(job_id, target)
+    console.print(f"{len(names)} files in {target}{os.sep}")
+    for name in names:
+        console.print(f"  {escape(name)}", highlight=False)
