@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from fabriek import __version__
 from fabriek.server.errors import install_error_handlers
@@ -23,10 +24,15 @@ from fabriek.server.runtime import Runtime
 from fabriek.server.schemas import ErrorResponse
 
 API_PREFIX = "/api/v1"
+DOCS_ASSETS = "/docs-assets"  # Swagger UI's and ReDoc's scripts, from the fastapi-offline package
 
 
 def create_app(runtime: Runtime) -> FastAPI:
-    app = FastAPI(
+    # /docs and /redoc load their scripts from this server, not from a CDN: a factory's closed
+    # network (or a laptop offline) would otherwise get blank pages.
+    app: FastAPI = FastAPIOffline(
+        static_url=DOCS_ASSETS,
+        swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from validator.swagger.io
         title="fabriek",
         version=__version__,
         description="The open platform that runs an AI Factory.",
