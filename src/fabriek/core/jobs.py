@@ -31,6 +31,8 @@ class JobState(StrEnum):
         return self in (JobState.ADMITTED, JobState.RUNNING)
 
 
+DEFAULT_MEMORY_BYTES = 2 * 1024**3  # per node, when the user asks for none
+
 FINAL_STATES = frozenset(
     {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT}
 )
@@ -160,7 +162,7 @@ class JobRequest:
     """What a user asks to run, before it is a job."""
 
     name: str
-    project: str
+    project: str | None  # None: the submitter's own (services.jobs.default_project)
     argv: list[str]
     resources: Resources
     time_limit_s: int
@@ -178,6 +180,9 @@ class JobRequest:
     deadline: datetime | None = None
     flexible_s: int | None = None
     time_limit_given: bool = True
+    # False: the user gave no memory, and `resources` holds DEFAULT_MEMORY_BYTES, which the
+    # service lowers to what the partition it goes to offers (services.jobs.fit_default_memory).
+    memory_given: bool = True
     # `resources` on each of `nodes` nodes (a multi-node job is started on all at once), in
     # `partition` if named (None: wherever the engine finds room).
     nodes: int = 1

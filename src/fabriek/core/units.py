@@ -64,6 +64,17 @@ def format_bytes(n: int | None) -> str:
     raise AssertionError("unreachable")
 
 
+def format_bytes_apart(a: int, b: int) -> tuple[str, str]:
+    """`a` and `b` as format_bytes writes them, unless that hides their difference (2048M and
+    2000M are both 2.0G): then both in MiB, or in bytes if even MiB hide it."""
+    shown = format_bytes(a), format_bytes(b)
+    if a == b or shown[0] != shown[1]:
+        return shown
+    if a // 2**20 != b // 2**20:
+        return f"{a // 2**20}M", f"{b // 2**20}M"
+    return f"{a}B", f"{b}B"
+
+
 def format_duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"

@@ -51,10 +51,18 @@ class JobSubmit(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="A short name to recognise the job by.")
-    project: str = Field("default", description="The project the job runs in.")
+    project: str | None = Field(
+        None,
+        description="The project the job runs in; default: your only project, else 'default' "
+        "if you are a member of it (else the error names your projects).",
+    )
     argv: list[str] = Field(description="The command and its arguments, run without a shell.")
     cpus: int = Field(1, description="CPU cores (on each node).")
-    memory_bytes: int = Field(2 * 1024**3, description="Memory in bytes (on each node).")
+    memory_bytes: int | None = Field(
+        None,
+        description="Memory in bytes (on each node); default: 2 GiB, or all a node of the "
+        "partition has where that is less.",
+    )
     gpus: int = Field(0, description="GPUs (on each node).")
     nodes: int = Field(1, description="Nodes, each with the CPUs, memory and GPUs above.")
     partition: str | None = Field(

@@ -8,7 +8,7 @@ from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel
 from starlette.background import BackgroundTask
 
-from fabriek.core.jobs import JobRequest, JobState, Resources
+from fabriek.core.jobs import DEFAULT_MEMORY_BYTES, JobRequest, JobState, Resources
 from fabriek.server.schemas import JobOut, JobSubmit
 from fabriek.server.security.deps import ActorDep, RuntimeDep
 from fabriek.server.services import job_files
@@ -37,7 +37,11 @@ def submit(body: JobSubmit, actor: ActorDep, runtime: RuntimeDep) -> Response:
         name=body.name,
         project=body.project,
         argv=body.argv,
-        resources=Resources(body.cpus, body.memory_bytes, body.gpus),
+        resources=Resources(
+            body.cpus,
+            DEFAULT_MEMORY_BYTES if body.memory_bytes is None else body.memory_bytes,
+            body.gpus,
+        ),
         nodes=body.nodes,
         partition=body.partition,
         time_limit_s=body.time_limit_s,
@@ -49,6 +53,7 @@ def submit(body: JobSubmit, actor: ActorDep, runtime: RuntimeDep) -> Response:
         deadline=body.deadline,
         flexible_s=body.flexible_s,
         time_limit_given="time_limit_s" in body.model_fields_set,
+        memory_given=body.memory_bytes is not None,
     )
     with runtime.transaction() as session:
         job = service.submit_job(

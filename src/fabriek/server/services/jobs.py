@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -24,6 +25,7 @@ from sqlalchemy.orm import Session
 from fabriek.backends.base import Capacity
 from fabriek.core.errors import Conflict, Forbidden, InvalidRequest, NotFound, ResourcesUnavailable
 from fabriek.core.jobs import (
+    DEFAULT_MEMORY_BYTES,
     MAX_PRIORITY,
     ComponentEnergy,
     Job,
@@ -34,7 +36,7 @@ from fabriek.core.jobs import (
     flexible_deadline,
     validate_request,
 )
-from fabriek.core.units import format_bytes
+from fabriek.core.units import format_bytes_apart
 from fabriek.server.db.models import (
     AllocationRow,
     JobEventRow,
@@ -95,6 +97,8 @@ def submit_job(
 ) -> Job:
     """Queue a job. `partitions` is what the factory has: a job that fits none of them could
     never run. With `require_allocation`, a GPU job must name the allocation it is charged to."""
+    if not request.memory_given:
+        request = fit_default_memory(request, partitions)
     validate_request(
         name=request.name,
         argv=request.argv,
@@ -117,8 +121,11 @@ def submit_job(
             "GPU jobs on this factory are charged to an allocation: add --allocation ID "
             "(see `fabriek allocation list`)"
         )
-    if not request.project.isprintable() or len(request.project) > 128:
-        raise InvalidRequest(f"invalid project name {request.project!r}")
+    project = request.project
+    if project is None:
+        project = default_project(session, actor=actor)
+    elif not project.isprintable() or len(project) > 128:
+        raise InvalidRequest(f"invalid project name {project!r}")
     if request.workdir_digest is not None:
         check_workdir(session, actor=actor, digest=request.workdir_digest)
     row = JobRow(
@@ -154,12 +161,12 @@ def submit_job(
     connection = session.connection()
     found = connection.execute(
         _insert_as_member(connection.dialect.name),
-        {**values, "member_id": actor.user_id, "project_name": request.project},
+        {**values, "member_id": actor.user_id, "project_name": project},
     ).first()
     if found is not None:
         row.id, row.project_id = found
     else:  # not a member: an operator may submit anyway; anyone else gets the reason
-        row.project_id, _ = _project_for(session, actor=actor, name=request.project)
+        row.project_id, _ = _project_for(session, actor=actor, name=project)
         row.id = connection.execute(
             _INSERT_JOB, {**values, "project_id": row.project_id}
         ).scalar_one()
@@ -169,7 +176,7 @@ def submit_job(
             session,
             allocation_id=request.allocation_id,
             project_id=row.project_id,
-            project=request.project,
+            project=project,
             gpus=request.resources.gpus * request.nodes,
             time_limit_s=request.time_limit_s,
             now=now,
@@ -193,10 +200,24 @@ def submit_job(
         target_type="job",
         target_id=row.id,
         at=now,
-        project=request.project,
+        project=project,
         name=request.name,
     )
-    return to_job(row, project=request.project, user=actor.name, pool=pool)
+    return to_job(row, project=project, user=actor.name, pool=pool)
+
+
+def fit_default_memory(request: JobRequest, partitions: Mapping[str, Capacity]) -> JobRequest:
+    """A request that named no memory asks for DEFAULT_MEMORY_BYTES, or for all a node has where
+    the partition it names (else the largest partition) offers less."""
+    if request.partition is not None:
+        candidates = [partitions[request.partition]] if request.partition in partitions else []
+    else:
+        candidates = list(partitions.values())
+    if not candidates:
+        return request  # _check_fits says why it cannot run
+    most = max(c.resources.memory_bytes for c in candidates)
+    r = request.resources
+    return replace(request, resources=Resources(r.cpus, min(DEFAULT_MEMORY_BYTES, most), r.gpus))
 
 
 def _check_fits(request: JobRequest, partitions: Mapping[str, Capacity]) -> str:
@@ -233,11 +254,35 @@ def _why_not(request: JobRequest, name: str, capacity: Capacity) -> str | None:
         if asked > offered:
             return f"the job asks for {asked} {label}{per} but {where} has {offered}"
     if want.memory_bytes > has.memory_bytes:
-        return (
-            f"the job asks for {format_bytes(want.memory_bytes)} of memory{per} but {where} "
-            f"offers {format_bytes(has.memory_bytes)}"
-        )
+        want_text, has_text = format_bytes_apart(want.memory_bytes, has.memory_bytes)
+        return f"the job asks for {want_text} of memory{per} but {where} offers {has_text}"
     return None
+
+
+def default_project(session: Session, *, actor: Actor) -> str:
+    """The project a submission that names none runs in: the submitter's only project, else
+    `default` if they are a member of it (as before projects could be left out); otherwise
+    the error names their projects."""
+    mine = sorted(
+        session.scalars(
+            select(ProjectRow.name)
+            .join(ProjectMemberRow, ProjectMemberRow.project_id == ProjectRow.id)
+            .where(ProjectMemberRow.user_id == actor.user_id)
+        )
+    )
+    if len(mine) == 1:
+        return mine[0]
+    if "default" in mine or (not mine and actor.is_operator):  # operators may submit anywhere
+        return "default"
+    if not mine:
+        raise InvalidRequest(
+            "you are not a member of any project yet; ask a project's manager to add you "
+            "(`fabriek project add-member PROJECT YOU`)"
+        )
+    raise InvalidRequest(
+        f"you are a member of several projects ({', '.join(mine)}): choose one with "
+        "--project NAME, or set your default with `fabriek config set project NAME`"
+    )
 
 
 # The project by name, with the actor's membership of it (NULL if none); a Core statement built
