@@ -1,4 +1,5 @@
-"""`fabriek simulate` and `fabriek plan` as a user runs them: real processes, the shared traces."""
+"""`fabriek simulate` and `fabriek plan` as a user runs them: real processes, the traces shipped
+with fabriek (fabriek.data)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from fabriek import data
 from tests.helpers import FABRIEK
 
-SHARED = Path(__file__).parents[2].parent / "shared" / "data"
-ITP01 = str(SHARED / "traces" / "itp" / "cluster01.csv")
-ITP04 = str(SHARED / "traces" / "itp" / "cluster04.csv")
-PHILLY = str(SHARED / "traces" / "philly" / "philly.csv")
-GRID = str(SHARED / "grid" / "NL-2021-2023-hourly.csv")
+# The traces shipped with fabriek, by the names a user types; the grid series by its file.
+ITP01 = "itp/cluster01"
+ITP04 = "itp/cluster04"
+PHILLY = "philly"
+GRID = str(data.path("nl-grid"))
 
 
 def fabriek(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -72,7 +74,13 @@ def test_simulate_reports_what_deferring_flexible_jobs_saved(tmp_path: Path) -> 
         (["simulate", ITP01, "--compare", "fifo,nope"], "unknown policy nope"),
         (["simulate", ITP01, "--format", "csv"], "needs columns for submit, duration and gpus"),
         (["simulate", ITP01, "--pools", "a=2"], "cannot read pool"),
-        (["simulate", "/no/such.csv"], "cannot read the trace"),
+        (["simulate", "/no/such.csv"], "no trace file '/no/such.csv'"),
+        (["simulate", "cluster99"], "shipped: itp/cluster01, itp/cluster02"),
+        (
+            ["simulate", "philly", "--format", "itp"],
+            "it looks like a philly trace: add --format philly",
+        ),
+        (["simulate", GRID], "are not those of an ITP or Philly trace; for a CSV of your own"),
         (["simulate", ITP01, "--gpus", "12"], "multiple of 8"),
         (["simulate", ITP01, "--flexible", "0.3", "--no-carbon"], "need a carbon series"),
         (["simulate", ITP01, "--flexible", "1.5", "--carbon", GRID], "flexible share must lie"),
@@ -81,7 +89,10 @@ def test_simulate_reports_what_deferring_flexible_jobs_saved(tmp_path: Path) -> 
         (["simulate", ITP01, "--workers", "0", "--no-carbon"], "at least 1"),
         (["simulate", ITP01, "--compare", ""], "--compare names no policy"),
         (["simulate", ITP01, "--policy", "easy", "--compare", "fifo"], "not both"),
-        (["simulate", ITP01, "--columns", "gpus=num_gpu"], "--columns is for --format csv"),
+        (
+            ["simulate", ITP01, "--format", "itp", "--columns", "gpus=num_gpu"],
+            "--columns is for --format csv",
+        ),
         (
             [
                 "simulate",
@@ -248,7 +259,7 @@ def test_simulate_finds_the_carbon_series_from_any_directory(tmp_path: Path) -> 
 
 
 def test_plan_reads_a_csv_trace_with_a_column_mapping(tmp_path: Path) -> None:
-    rows = Path(ITP01).read_text().splitlines()[1:201]
+    rows = data.read_text(data.path(ITP01)).splitlines()[1:201]
     lines = ["arrival,runtime,n_gpu"] + [
         ",".join((r.split(",")[1], r.split(",")[2], r.split(",")[3])) for r in rows
     ]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
+from fabriek import data
 from fabriek.core.errors import InvalidRequest
 from fabriek.core.green import (
     Facility,
@@ -23,9 +23,6 @@ EM_HEADER = (
     "Datetime (UTC),Country,Zone name,Zone id,Carbon intensity gCO₂eq/kWh (direct),"
     "Carbon intensity gCO₂eq/kWh (Life cycle),Carbon-free energy percentage (CFE%),"
     "Renewable energy percentage (RE%),Data source,Data estimated,Data estimation method"
-)
-SHARED = (
-    Path(__file__).resolve().parents[3] / "shared" / "data" / "grid" / "NL-2021-2023-hourly.csv"
 )
 
 
@@ -46,11 +43,8 @@ def test_electricity_maps_export_is_read_hour_by_hour() -> None:
     ]
 
 
-@pytest.mark.skipif(
-    not SHARED.exists(), reason="the shared Dutch series is not beside this checkout"
-)
-def test_the_dutch_2021_2023_series_loads_whole() -> None:
-    rows = parse_intensity_csv(SHARED.read_text(encoding="utf-8"))
+def test_the_dutch_2021_2023_series_shipped_with_fabriek_loads_whole() -> None:
+    rows = parse_intensity_csv(data.read_text(data.path("nl-grid")))
     assert len(rows) == (datetime(2024, 1, 1) - datetime(2021, 1, 1)).days * 24
     assert all(r.life_cycle is not None for r in rows)
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
+from fabriek import data
 from fabriek.core.errors import InvalidRequest
 from fabriek.sim.plan import (
     DEFAULT_COSTS,
@@ -21,8 +20,7 @@ from fabriek.sim.plan import (
     plan,
 )
 
-SHARED = Path(__file__).parents[2].parent / "shared" / "data"
-GRID = SHARED / "grid" / "NL-2021-2023-hourly.csv"
+GRID = data.path("nl-grid")
 
 
 def test_sizes_spread_over_the_budget() -> None:
@@ -37,7 +35,7 @@ def test_sizes_spread_over_the_budget() -> None:
 
 
 def test_a_demand_of_users_is_the_trace_tenants_mean_times_their_number() -> None:
-    trace = SHARED / "traces" / "itp" / "cluster01.csv"
+    trace = data.path("itp/cluster01")
     own = plan(Demand(trace, max_jobs=300), budget=(2.8e6, 2.8e6), sizes=1, carbon_series=GRID)
     d = own["demand"]
     assert d["users"] is None and d["gpu_hours_per_year"] == d["trace_gpu_hours_per_year"]
@@ -59,7 +57,7 @@ def test_a_demand_of_users_is_the_trace_tenants_mean_times_their_number() -> Non
 
 
 def test_each_size_is_simulated_and_costed() -> None:
-    demand = Demand(SHARED / "traces" / "itp" / "cluster01.csv", gpu_hours_per_year=150_000,
+    demand = Demand(data.path("itp/cluster01"), gpu_hours_per_year=150_000,
                     max_jobs=300)  # fmt: skip
     result = plan(demand, budget=(2.8e6, 5.6e6), sizes=2, carbon_series=GRID)
     small, large = result["sizes"]
@@ -100,7 +98,7 @@ def test_each_size_is_simulated_and_costed() -> None:
 def test_sizes_replayed_side_by_side_give_the_same_plan() -> None:
     """Each size replays in its own process when there are cores for it; the plan is the same
     as with every size replayed here, one after another."""
-    demand = Demand(SHARED / "traces" / "itp" / "cluster01.csv", gpu_hours_per_year=150_000,
+    demand = Demand(data.path("itp/cluster01"), gpu_hours_per_year=150_000,
                     max_jobs=300)  # fmt: skip
     seen: list[tuple[int, int]] = []
     apart = plan(demand, budget=(2.8e6, 5.6e6), sizes=3, carbon_series=GRID, workers=3,
@@ -121,7 +119,7 @@ def test_sizes_replayed_side_by_side_give_the_same_plan() -> None:
 def test_hardware_options_are_sized_and_costed_side_by_side() -> None:
     """Two options alike but for speed: the same nodes, half the load on the faster one (every
     job runs half as long), and a cost per GPU-hour of the demand that counts the speed."""
-    demand = Demand(SHARED / "traces" / "itp" / "cluster01.csv", gpu_hours_per_year=150_000,
+    demand = Demand(data.path("itp/cluster01"), gpu_hours_per_year=150_000,
                     max_jobs=300)  # fmt: skip
     slow = Hardware("slow", 8, 350_000.0, 10.2, 0.3, 5.0, 1.0)
     fast = Hardware("fast", 8, 350_000.0, 10.2, 0.3, 5.0, 2.0)

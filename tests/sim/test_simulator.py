@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from fabriek import data
 from fabriek.core.errors import InvalidRequest
 from fabriek.sim.green import Grid, mean_intensity
 from fabriek.sim.metrics import deadlines_missed, summarise
@@ -24,7 +25,6 @@ from fabriek.sim.workload import (
     scale_arrivals,
 )
 
-SHARED = Path(__file__).parents[2].parent / "shared" / "data" / "traces"
 ONE_POOL = (PoolShare("all", 1.0, 1),)
 
 
@@ -109,7 +109,7 @@ def test_fabriek_reclaims_and_the_stopped_job_resumes_only_with_checkpoints(
 
 @pytest.mark.parametrize("policy", POLICIES)
 def test_every_policy_finishes_a_real_trace_with_sane_metrics(policy: str) -> None:
-    trace = read_trace(SHARED / "itp" / "cluster01.csv", kind="itp")[:400]
+    trace = read_trace(data.path("itp/cluster01"), kind="itp")[:400]
     pools = parse_pools("regional=0.25:4,euro=0.5:8,commercial=0.25:4")
     workload = build(trace, pools=pools, seed=3, max_gpus=32)
     machine = Machine(4)
@@ -138,7 +138,7 @@ def test_events_skipped_as_idle_change_nothing() -> None:
     """The replay does not ask the engine when it provably has nothing to do (Policy.idle);
     asking it anyway gives the very same replay. Philly's gang jobs and borrowing pools make
     both kinds of skip happen (no room; no reclaim possible)."""
-    trace = read_trace(SHARED / "philly" / "philly.csv", kind="philly")[:1500]
+    trace = read_trace(data.path("philly"), kind="philly")[:1500]
     pools = parse_pools("regional=0.25:4,euro=0.5:8,commercial=0.25:4")
     workload = build(trace, pools=pools, seed=2)
     machine = Machine(gpus_for_load(workload, 1.0, 8) // 8)
@@ -157,7 +157,7 @@ def test_events_skipped_as_idle_change_nothing() -> None:
 def test_baselines_asked_at_every_event_replay_the_same(name: str) -> None:
     """The baselines only start jobs on free nodes, so the replay skips them when no waiting
     shape fits (Tally.fits_none); asking them anyway changes nothing, the accounting included."""
-    trace = read_trace(SHARED / "philly" / "philly.csv", kind="philly")[:2000]
+    trace = read_trace(data.path("philly"), kind="philly")[:2000]
     pools = parse_pools("regional=0.25:4,euro=0.5:8,commercial=0.25:4")
     workload = build(trace, pools=pools, seed=2)
     machine = Machine(gpus_for_load(workload, 1.0, 8) // 8)
@@ -235,7 +235,7 @@ def test_utilisation_of_a_full_machine_is_one() -> None:
 
 # --- workloads ---------------------------------------------------------------------------------
 def test_workloads_are_seeded_and_limits_over_request() -> None:
-    trace = read_trace(SHARED / "itp" / "cluster02.csv", kind="itp")
+    trace = read_trace(data.path("itp/cluster02"), kind="itp")
     a, b = build(trace, seed=7), build(trace, seed=7)
     assert a == b
     assert build(trace, seed=8) != a
@@ -248,14 +248,14 @@ def test_workloads_are_seeded_and_limits_over_request() -> None:
 
 
 def test_philly_virtual_clusters_become_tenants() -> None:
-    trace = read_trace(SHARED / "philly" / "philly.csv", kind="philly")
+    trace = read_trace(data.path("philly"), kind="philly")
     assert len(trace) == 82_247 and len({j.tenant for j in trace}) == 15
     workload = build(trace[:5000])
     assert all(j.project.split("-", 1)[1] in {t.tenant for t in trace} for j in workload)
 
 
 def test_load_scaling_hits_the_target() -> None:
-    workload = build(read_trace(SHARED / "itp" / "cluster03.csv", kind="itp"))
+    workload = build(read_trace(data.path("itp/cluster03"), kind="itp"))
     for load in (0.6, 1.0, 1.2):
         assert offered_load(scale_arrivals(workload, 256, load), 256) == pytest.approx(load)
 
@@ -312,7 +312,7 @@ def test_a_study_with_its_report(tmp_path: Path) -> None:
     from fabriek.sim.run import Study, run_study
 
     result = run_study(
-        Study(trace=SHARED / "itp" / "cluster01.csv", policies=("fifo", "fabriek"), max_jobs=300)
+        Study(trace=data.path("itp/cluster01"), policies=("fifo", "fabriek"), max_jobs=300)
     )
     assert result["workload"]["jobs"] == 300
     assert result["workload"]["offered_load"] == pytest.approx(0.8)
@@ -352,7 +352,7 @@ def test_a_study_with_its_report(tmp_path: Path) -> None:
     assert "fabriek" in page
     assert not any(tag in page for tag in ("<script", "<link", 'src="http', 'href="http'))
     with pytest.raises(InvalidRequest, match="unknown policy tiresias"):
-        run_study(Study(trace=SHARED / "itp" / "cluster01.csv", policies=("tiresias",)))
+        run_study(Study(trace=data.path("itp/cluster01"), policies=("tiresias",)))
 
 
 def test_the_footprint_of_a_replay_on_the_dutch_grid() -> None:
@@ -360,8 +360,8 @@ def test_the_footprint_of_a_replay_on_the_dutch_grid() -> None:
     from fabriek.sim.report import html_report
     from fabriek.sim.run import Study, run_study
 
-    series = SHARED.parent / "grid" / "NL-2021-2023-hourly.csv"
-    trace = SHARED / "itp" / "cluster01.csv"
+    series = data.path("nl-grid")
+    trace = data.path("itp/cluster01")
     result = run_study(
         Study(trace=trace, policies=("fifo", "las"), max_jobs=300, carbon_series=series)
     )
@@ -386,8 +386,8 @@ def test_policies_replayed_side_by_side_give_the_same_study() -> None:
     comes back from the workers, fabriek's replay without deferral too."""
     from fabriek.sim.run import Study, run_study
 
-    study = Study(trace=SHARED / "itp" / "cluster01.csv", policies=("fifo", "easy", "fabriek"),
-                  max_jobs=300, carbon_series=SHARED.parent / "grid" / "NL-2021-2023-hourly.csv",
+    study = Study(trace=data.path("itp/cluster01"), policies=("fifo", "easy", "fabriek"),
+                  max_jobs=300, carbon_series=data.path("nl-grid"),
                   flexible=0.3)  # fmt: skip
     seen: dict[str, tuple[int, int]] = {}
     apart = run_study(study, lambda name, done, total: seen.update({name: (done, total)}),

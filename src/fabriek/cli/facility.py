@@ -11,6 +11,7 @@ from rich.markup import escape
 from fabriek.cli.output import console, err_console, fail, handled, print_json, utc_iso
 from fabriek.cli.reports import FromOpt, ToOpt, _period
 from fabriek.cli.tenancy import JsonOpt, _client, _table
+from fabriek.core.errors import FabriekError
 
 facility_app = typer.Typer(
     help="The facility: PUE, water, grid carbon intensity, meter readings (operators change them).",
@@ -23,10 +24,15 @@ facility_app.add_typer(reading_app, name="reading")
 
 
 def _read(path: Path) -> str:
+    """A CSV file's text, gzip'd (`.gz`) or not."""
+    from fabriek.data import read_text
+
     try:
-        return path.read_text(encoding="utf-8")
+        return read_text(path)
     except (OSError, UnicodeDecodeError) as exc:
         fail(f"cannot read {path}: {exc}", 2)
+    except FabriekError as exc:
+        fail(exc.message, exc.exit_code)
 
 
 @facility_app.command("show")
@@ -105,11 +111,13 @@ def load_pue(
 
 @carbon_app.command("load")
 def load_carbon(
-    path: Annotated[
-        Path,
+    series: Annotated[
+        str,
         typer.Argument(
-            help="Hourly CSV: Electricity Maps' export, or hour, direct_g_per_kwh, "
-            "life_cycle_g_per_kwh."
+            help="Hourly CSV (gzip'd or not): Electricity Maps' export, or hour, "
+            "direct_g_per_kwh, life_cycle_g_per_kwh; or `nl-grid`, the Dutch 2021-2023 series "
+            "shipped with fabriek.",
+            metavar="FILE|nl-grid",
         ),
     ],
     zone: Annotated[str, typer.Option(help="The grid zone it describes.")] = "NL",
@@ -118,6 +126,14 @@ def load_carbon(
     ] = False,
 ) -> None:
     """Operators: load hourly grid carbon intensity; it replaces the hours it covers."""
+    from fabriek import data
+
+    path = Path(series)
+    shipped = None if path.exists() else data.lookup(series)
+    if shipped is not None and shipped.kind == "grid":
+        path = data.path(shipped.name)
+    elif not path.exists():
+        fail(f"no file {series!r}; give a CSV file, or nl-grid for the shipped Dutch series", 2)
     text = _read(path)
     err_console.print(f"uploading {len(text) / 2**20:.1f} MiB ...", highlight=False)
     with handled():

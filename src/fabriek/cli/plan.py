@@ -13,17 +13,22 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fabriek.cli.output import console, err_console, fail, handled, interruptible
-from fabriek.cli.simulate import ColumnsOption, PoolsOption, parse_columns
+from fabriek.cli.simulate import ColumnsOption, FormatOption, PoolsOption, parse_columns
 from fabriek.cli.tenancy import _table
 from fabriek.core.errors import InvalidRequest
 from fabriek.sim.workload import DEFAULT_POOLS_TEXT, parse_pools
 
 
 def plan(
-    trace: Annotated[Path, typer.Option(help="The demand's shape: a job trace.")],
-    trace_format: Annotated[
-        str, typer.Option("--format", help="itp, philly or csv (with --columns).")
-    ] = "itp",
+    trace: Annotated[
+        str,
+        typer.Option(
+            help="The demand's shape: a job trace, a CSV file or a shipped trace "
+            "(itp/cluster01 .. itp/cluster07, philly).",
+            show_default=False,
+        ),
+    ],
+    trace_format: FormatOption = None,
     columns: ColumnsOption = None,
     gpu_hours_per_year: Annotated[
         float | None,
@@ -77,7 +82,7 @@ def plan(
         Path | None,
         typer.Option(
             help="Hourly grid carbon intensity (Electricity Maps CSV) [default: the Dutch "
-            "2021-2023 series beside the checkout]."
+            "2021-2023 series shipped with fabriek]."
         ),
     ] = None,
     pools: PoolsOption = DEFAULT_POOLS_TEXT,
@@ -98,10 +103,11 @@ def plan(
 ) -> None:
     """Size a factory for a demand: candidate sizes within the budget, each simulated with
     fabriek's engine, with capex, opex, service, energy, water and carbon (docs/planning.md)."""
-    from fabriek.sim.green import DUTCH_GRID, default_grid
+    from fabriek.sim.green import default_grid
     from fabriek.sim.plan import DEFAULT_COSTS, Demand, with_overrides
     from fabriek.sim.plan import plan as make_plan
     from fabriek.sim.run import check_shape
+    from fabriek.sim.traces import resolve
 
     with handled(), interruptible():
         options = [parse_hardware(text) for text in hardware or ["h100"]]
@@ -126,11 +132,8 @@ def plan(
         for option in options:
             check_shape(option.gpus_per_node, max_jobs)
         series = carbon or default_grid()
-        if series is None:
-            raise InvalidRequest(
-                f"no carbon series: the Dutch one is not at {DUTCH_GRID}; give --carbon FILE"
-            )
-        demand = Demand(trace, trace_format, gpu_hours_per_year, users=users,
+        trace_path, kind = resolve(trace, trace_format or ("csv" if columns else None))
+        demand = Demand(trace_path, kind, gpu_hours_per_year, users=users,
                         pools=parse_pools(pools), seed=seed, max_jobs=max_jobs,
                         columns=parse_columns(columns) if columns is not None else None)  # fmt: skip
         with Progress(TextColumn("replaying jobs, all sizes"), BarColumn(), MofNCompleteColumn(),

@@ -16,6 +16,21 @@ from fabriek.core.units import parse_duration
 from fabriek.sim.workload import DEFAULT_POOLS_TEXT, parse_pools
 
 # Options `fabriek simulate` and `fabriek plan` share.
+TraceArgument = typer.Argument(
+    help="The job trace: a CSV file (gzip'd or not), or a trace shipped with fabriek: "
+    "itp/cluster01 .. itp/cluster07 (Microsoft ITP, 2021) or philly (Microsoft Philly, 2017).",
+    metavar="TRACE",
+    show_default=False,
+)
+FormatOption = Annotated[
+    str | None,
+    typer.Option(
+        "--format",
+        help="itp (job_id, submission_time, duration, num_gpu), philly (timestamp, duration, "
+        "num_gpus, gpu_time, cluster) or csv (with --columns) [default: found from the "
+        "file's header].",
+    ),
+]
 ColumnsOption = Annotated[
     str | None,
     typer.Option(help="For --format csv: submit=COL,duration=COL,gpus=COL[,tenant=COL][,id=COL]."),
@@ -24,15 +39,8 @@ PoolsOption = Annotated[str, typer.Option(help="Pools: name=guarantee:projects, 
 
 
 def simulate(
-    trace: Annotated[Path, typer.Argument(help="The job trace (CSV).")],
-    trace_format: Annotated[
-        str,
-        typer.Option(
-            "--format",
-            help="itp (job_id, submission_time, duration, num_gpu), philly (timestamp, "
-            "duration, num_gpus, gpu_time, cluster) or csv (with --columns).",
-        ),
-    ] = "itp",
+    trace: Annotated[str, TraceArgument],
+    trace_format: FormatOption = None,
     columns: ColumnsOption = None,
     policy: Annotated[
         str | None, typer.Option(help="The policy to replay [default: fabriek].")
@@ -66,7 +74,7 @@ def simulate(
         Path | None,
         typer.Option(
             help="Hourly grid carbon intensity (Electricity Maps CSV) for energy, water and "
-            "carbon [default: the Dutch 2021-2023 series beside the checkout, if there]."
+            "carbon [default: the Dutch 2021-2023 series shipped with fabriek]."
         ),
     ] = None,
     no_carbon: Annotated[bool, typer.Option("--no-carbon", help="No footprint.")] = False,
@@ -110,8 +118,9 @@ def simulate(
     ] = None,
 ) -> None:
     """Replay a trace through fabriek's admission engine (and baselines) on a virtual clock."""
-    from fabriek.sim.green import DUTCH_GRID, default_grid
+    from fabriek.sim.green import default_grid
     from fabriek.sim.run import Study, run_study
+    from fabriek.sim.traces import resolve
 
     with handled(), interruptible():
         mapping = parse_columns(columns) if columns is not None else None
@@ -124,14 +133,10 @@ def simulate(
         if not names:
             raise InvalidRequest("--compare names no policy; e.g. --compare fifo,easy,fabriek")
         carbon_series = None if no_carbon else (carbon or default_grid())
-        if carbon_series is None and not no_carbon:
-            err_console.print(
-                f"no energy, water or carbon: the Dutch series is not at {DUTCH_GRID}; give "
-                "--carbon FILE, or --no-carbon to say so"
-            )
+        trace_path, kind = resolve(trace, trace_format or ("csv" if mapping else None))
         study = Study(
-            trace=trace,
-            kind=trace_format,
+            trace=trace_path,
+            kind=kind,
             columns=mapping,
             policies=names,
             load=load or None,

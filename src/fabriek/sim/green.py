@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from fabriek import data
 from fabriek.core.errors import InvalidRequest
 from fabriek.core.green import parse_intensity_csv
 from fabriek.sim.metrics import deadlines_missed
@@ -22,14 +23,11 @@ from fabriek.sim.simulator import Outcome, Run
 
 WATTS_PER_GPU = 10_200 / 8
 DEFAULT_START = datetime(2022, 1, 1, tzinfo=UTC)
-# The Dutch 2021-2023 hourly series, in the shared data beside the checkout (src/fabriek/sim/
-# is three levels below it), wherever the command is run from.
-DUTCH_GRID = Path(__file__).resolve().parents[3].parent / "shared/data/grid/NL-2021-2023-hourly.csv"
 
 
-def default_grid() -> Path | None:
-    """The Dutch series if it is there (a checkout beside the shared data), else None."""
-    return DUTCH_GRID if DUTCH_GRID.is_file() else None
+def default_grid() -> Path:
+    """The Dutch 2021-2023 hourly series, shipped with fabriek (fabriek.data: `nl-grid`)."""
+    return data.default_grid()
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +40,7 @@ class Grid:
     @classmethod
     def read(cls, path: Path) -> Grid:
         try:
-            rows = parse_intensity_csv(path.read_text())
+            rows = parse_intensity_csv(data.read_text(path))
         except OSError as exc:
             raise InvalidRequest(f"cannot read the carbon series {path}: {exc.strerror}") from None
         values = [r.life_cycle for r in rows]

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from fabriek import data
 from fabriek.core.errors import InvalidRequest
 from fabriek.core.green import parse_intensity_csv
 from fabriek.sim.metrics import summarise
@@ -109,7 +110,7 @@ DEFAULTS: dict[str, tuple[float | str, str]] = {
                                 "of the electricity water intensity factors used by Li et al., "
                                 "'Making AI Less Thirsty' (2023); no Dutch figure is at hand"),
     "carbon": ("mean of the series", "the Dutch grid's hourly life-cycle intensity, "
-               "shared/data/grid/NL-2021-2023-hourly.csv beside the checkout (Electricity Maps "
+               "shipped with fabriek as nl-grid (src/fabriek/data, Electricity Maps "
                "format)"),
 }  # fmt: skip
 
@@ -149,7 +150,7 @@ def candidate_nodes(budget: tuple[float, float], hardware: Hardware, count: int)
 def mean_intensity(series: Path) -> float:
     """g CO2e per kWh, the mean of the hourly life-cycle series."""
     try:
-        text = series.read_text()
+        text = data.read_text(series)
     except OSError as exc:
         raise InvalidRequest(f"cannot read the carbon series {series}: {exc.strerror}") from None
     values = [r.life_cycle for r in parse_intensity_csv(text) if r.life_cycle is not None]

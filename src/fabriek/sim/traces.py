@@ -8,13 +8,16 @@ the row and the column; nothing is half-read.
 from __future__ import annotations
 
 import csv
+import gzip
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from fabriek import data
 from fabriek.core.errors import InvalidRequest
+from fabriek.data import open_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +33,11 @@ FORMATS = ("itp", "philly", "csv")
 # The generic CSV's columns: which of the file's columns holds what. `submit` is seconds, or a
 # date and time (ISO 8601, UTC unless it says otherwise); `tenant` and `id` are optional.
 MAPPING_KEYS = ("submit", "duration", "gpus", "tenant", "id")
+KNOWN_COLUMNS = {
+    "itp": {"submit": "submission_time", "duration": "duration", "gpus": "num_gpu", "id": "job_id"},
+    "philly": {"submit": "timestamp", "duration": "duration", "gpus": "num_gpus",
+               "tenant": "cluster"},
+}  # fmt: skip
 
 
 def read_trace(
@@ -39,12 +47,8 @@ def read_trace(
     `columns`, e.g. {"submit": "arrival", "duration": "runtime", "gpus": "n_gpu"})."""
     if columns is not None and kind in ("itp", "philly"):
         raise InvalidRequest(f"--columns is for --format csv; {kind} has its own")
-    if kind == "itp":
-        columns = {"submit": "submission_time", "duration": "duration", "gpus": "num_gpu",
-                   "id": "job_id"}  # fmt: skip
-    elif kind == "philly":
-        columns = {"submit": "timestamp", "duration": "duration", "gpus": "num_gpus",
-                   "tenant": "cluster"}  # fmt: skip
+    if kind in KNOWN_COLUMNS:
+        columns = KNOWN_COLUMNS[kind]
     elif kind != "csv":
         raise InvalidRequest(f"unknown trace format {kind!r}; use one of {', '.join(FORMATS)}")
     if not columns or not {"submit", "duration", "gpus"} <= set(columns):
@@ -53,18 +57,59 @@ def read_trace(
     if unknown:
         raise InvalidRequest(f"unknown column role(s) {', '.join(sorted(unknown))}")
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:  # a BOM, as Excel writes
-            return _read(path, csv.DictReader(f), columns)
+        with open_text(path) as f:  # gzip'd or not; a BOM, as Excel writes, dropped
+            return _read(path, csv.DictReader(f), columns, kind)
     except OSError as exc:
         raise InvalidRequest(f"cannot read the trace {path}: {exc.strerror}") from None
+    except (gzip.BadGzipFile, EOFError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"cannot read the trace {path} as CSV text: {exc}") from None
 
 
-def _read(path: Path, rows: csv.DictReader[str], columns: Mapping[str, str]) -> list[TraceJob]:
+def resolve(trace: str, kind: str | None) -> tuple[Path, str]:
+    """What a user named on the command line: a file (its format `kind`, or found from its header
+    when None) or a shipped trace (`itp/cluster04`, `philly`: fabriek.data), with its format."""
+    path = Path(trace)
+    shipped = None if path.exists() else data.lookup(trace)
+    if shipped is not None and shipped.kind == "trace":
+        return data.path(shipped.name), kind or shipped.format
+    if not path.exists():
+        raise InvalidRequest(f"no trace file {trace!r} (and no shipped trace of that name; "
+                             f"{data.listing('trace')})")  # fmt: skip
+    return path, kind or detect_format(path)
+
+
+def detect_format(path: Path) -> str:
+    """itp or philly, by the columns of the file's header; else InvalidRequest saying how to
+    read it (a CSV of one's own needs --format csv and --columns)."""
+    try:
+        with open_text(path) as f:
+            header = next(csv.reader(f), [])
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read the trace {path}: {exc.strerror}") from None
+    except (gzip.BadGzipFile, EOFError, UnicodeDecodeError, csv.Error) as exc:
+        raise InvalidRequest(f"cannot read the trace {path} as CSV text: {exc}") from None
+    have = {h.strip() for h in header}
+    for kind, columns in KNOWN_COLUMNS.items():
+        if set(columns.values()) <= have:
+            return kind
+    raise InvalidRequest(
+        f"{path}: its columns ({', '.join(header) or 'none'}) are not those of an ITP or Philly "
+        "trace; for a CSV of your own give --format csv --columns "
+        "submit=COL,duration=COL,gpus=COL"
+    )
+
+
+def _read(
+    path: Path, rows: csv.DictReader[str], columns: Mapping[str, str], kind: str
+) -> list[TraceJob]:
     missing = [c for c in columns.values() if c not in (rows.fieldnames or ())]
     if missing:
+        have = set(rows.fieldnames or ())
+        other = [k for k, c in KNOWN_COLUMNS.items() if k != kind and set(c.values()) <= have]
         raise InvalidRequest(
             f"{path}: no column {', '.join(map(repr, missing))} "
             f"(the header has {', '.join(rows.fieldnames or ())})"
+            + (f"; it looks like a {other[0]} trace: add --format {other[0]}" if other else "")
         )
     raw: list[tuple[str, float, float, int, str | None]] = []
     for line, row in enumerate(rows, start=2):
