@@ -295,6 +295,8 @@ ORG_SEERS = ("operator", "owner", "manager", "member", "project_member")
 RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/health"): Rule(fixed("/health"), expect(200, anonymous=200)),
     ("GET", "/whoami"): Rule(fixed("/whoami"), expect(200)),
+    # the factory now: counts only, for everyone signed in
+    ("GET", "/partitions"): Rule(fixed("/partitions"), expect(200)),
     # jobs
     ("POST", "/jobs"): Rule(
         _job_body,
@@ -486,6 +488,9 @@ RULES: dict[tuple[str, str], Rule] = {
     # tokens: personal
     ("POST", "/tokens"): Rule(fixed("/tokens", json={"name": "t"}), expect(201)),
     ("GET", "/tokens"): Rule(fixed("/tokens"), expect(200)),
+    ("GET", "/tokens/{token_id}"): Rule(
+        _token_of_project_member, expect(404, operator=200, project_member=200)
+    ),
     ("DELETE", "/tokens/{token_id}"): Rule(
         _token_of_project_member, expect(404, operator=200, project_member=200)
     ),

@@ -125,8 +125,17 @@ def apply(
 
 
 def _say(a) -> None:  # type: ignore[no-untyped-def]
-    tail = f": {a.decision}" if a.decision else ""
-    console.print(f"application {a.id} is {a.state.value}{escape(tail)}", highlight=False)
+    console.print(escape(_state_line(a.id, a.state.value, a.decision)), highlight=False)
+
+
+def _state_line(application: int, state: str, decision: str | None) -> str:
+    """The line `application 1 is approved: allocation 3 of 10 GPU-hours`. A decision's text
+    often begins with the state itself ("approved; allocation 3 ...", "withdrawn"): said once."""
+    line = f"application {application} is {state}"
+    why = (decision or "").strip()
+    if why.startswith(state):
+        why = why[len(state) :].lstrip(" ;:,.")
+    return f"{line}: {why}" if why else line
 
 
 @application_app.command("list")

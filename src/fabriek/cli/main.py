@@ -8,11 +8,13 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from fabriek.cli import info
 from fabriek.cli import jobs as job_commands
 from fabriek.cli.calls import application_app, call_app
 from fabriek.cli.calls import apply as apply_to_call
 from fabriek.cli.calls import review as review_application
 from fabriek.cli.facility import facility_app
+from fabriek.cli.group import FabriekGroup
 from fabriek.cli.output import console, err_console, fail, handled
 from fabriek.cli.plan import plan as plan_command
 from fabriek.cli.reports import report_app
@@ -30,12 +32,16 @@ from fabriek.core.errors import FabriekError
 from fabriek.core.units import format_bytes
 
 app = typer.Typer(
+    cls=FabriekGroup,  # everyday commands first in --help; usage errors as one line
     help="fabriek: run and follow jobs on an AI Factory.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion, --show-completion (docs/cli.md)
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # usage errors as one plain line, like every other error
 )
+app.callback()(info.root)  # --version
+app.command("whoami")(info.whoami)
+app.command("partitions")(info.partitions)
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(org_app, name="org")

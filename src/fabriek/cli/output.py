@@ -13,8 +13,10 @@ import typer
 from pydantic import BaseModel
 from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
+from rich.table import Table
 
 from fabriek.core.errors import FabriekError
+from fabriek.core.units import format_duration
 
 WIDE = 1000  # columns into a file or a pipe: more than any table needs, so nothing is cut
 
@@ -71,6 +73,25 @@ def print_json(data: BaseModel | list[BaseModel] | dict[str, Any]) -> None:
     else:
         payload = data
     sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+
+
+def print_rows(*rows: tuple[str, str]) -> None:
+    """A `show` command's answer: one labelled line each, the values shown literally."""
+    grid = Table.grid(padding=(0, 2))
+    for label, value in rows:
+        grid.add_row(f"[bold]{label}[/]", escape(value))
+    console.print(grid)
+
+
+def expiry_text(
+    moment: datetime | None, now: Callable[[], datetime] = lambda: datetime.now(UTC)
+) -> str:
+    """When something (a token) expires, and how long from now, or that it has."""
+    if moment is None:
+        return "never"
+    when = f"{moment.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+    left = (moment - now()).total_seconds()
+    return f"{when} (expired)" if left <= 0 else f"{when} (in {format_duration(left)})"
 
 
 def age(moment: datetime | None, now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> str:

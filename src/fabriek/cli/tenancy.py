@@ -8,7 +8,16 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from fabriek.cli.output import age, console, err_console, handled, print_json, utc_iso
+from fabriek.cli.output import (
+    age,
+    console,
+    err_console,
+    expiry_text,
+    handled,
+    print_json,
+    print_rows,
+    utc_iso,
+)
 from fabriek.core.tenancy import OrgKind, OrgRole, ProjectRole
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -273,6 +282,25 @@ def user_list(json_out: JsonOpt = False) -> None:
     console.print(table)
 
 
+@user_app.command("show")
+def user_show(
+    name: Annotated[str, typer.Argument(help="Yourself; operators: anyone.")],
+    json_out: JsonOpt = False,
+) -> None:
+    """One user and their platform roles (see also `fabriek whoami`)."""
+    with handled():
+        u = _client().user(name)
+    if json_out:
+        print_json(u)
+        return
+    print_rows(
+        ("user", u.name),
+        ("operator", "yes" if u.is_operator else "no"),
+        ("reviewer", "yes" if u.is_reviewer else "no"),
+        ("created", f"{u.created_at:%Y-%m-%d %H:%M} UTC"),
+    )
+
+
 @user_app.command("set-roles")
 def user_set_roles(
     name: str,
@@ -294,11 +322,15 @@ def user_set_roles(
 def token_create(
     name: Annotated[str, typer.Argument(help="What it is for, e.g. 'laptop' or 'ci'.")],
     days: Annotated[int, typer.Option(help="Lifetime in days (1-366).")] = 90,
+    user: Annotated[
+        str | None,
+        typer.Option(help="Operators: for this user, e.g. one whose tokens all expired."),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """A new personal token, printed once."""
     with handled():
-        t = _client().create_token(name, days=days)
+        t = _client().create_token(name, days=days, user=user)
     if json_out:
         print_json(t)
         return
@@ -331,6 +363,27 @@ def token_list(
             f"{t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else "-",
         )
     console.print(table)
+
+
+@token_app.command("show")
+def token_show(
+    token_id: Annotated[int, typer.Argument(help="Token id (see token list).")],
+    json_out: JsonOpt = False,
+) -> None:
+    """One of your tokens (operators: anyone's): when it expires; never its secret."""
+    with handled():
+        t = _client().token(token_id)
+    if json_out:
+        print_json(t)
+        return
+    print_rows(
+        ("token", f"{t.id} ({t.name})"),
+        ("user", t.user),
+        ("prefix", t.prefix + "..."),
+        ("created", f"{t.created_at:%Y-%m-%d %H:%M} UTC"),
+        ("expires", expiry_text(t.expires_at)),
+        ("revoked", f"{t.revoked_at:%Y-%m-%d %H:%M} UTC" if t.revoked_at else "no"),
+    )
 
 
 @token_app.command("revoke")
@@ -470,6 +523,29 @@ def pool_update(
     )
 
 
+@pool_app.command("show")
+def pool_show(name: str, json_out: JsonOpt = False) -> None:
+    """One pool: its share of the factory, its limits and who is eligible."""
+    with handled():
+        p = _client().pool(name)
+    if json_out:
+        print_json(p)
+        return
+    print_rows(
+        ("pool", f"{p.name} ({p.display_name})"),
+        ("guarantee", f"{p.guarantee:.0%} of each GPU type"),
+        (
+            "borrows",
+            "up to any idle capacity"
+            if p.borrow_limit is None
+            else f"up to {p.borrow_limit:.0%} beyond its guarantee",
+        ),
+        ("lends", f"{p.lend_limit:.0%} of its guarantee when idle"),
+        ("eligible", _eligibility_text(p.eligibility)),
+        ("created", f"{p.created_at:%Y-%m-%d}"),
+    )
+
+
 @org_app.command("pools")
 def org_pools(name: str, json_out: JsonOpt = False) -> None:
     """Which pools the organisation may get allocations in, and why not where it may not."""
@@ -543,3 +619,26 @@ def allocation_list(
             f"{a.ends_at:%Y-%m-%d}",
         )
     console.print(table)
+
+
+@allocation_app.command("show")
+def allocation_show(
+    allocation_id: Annotated[int, typer.Argument(help="Allocation id (see allocation list).")],
+    json_out: JsonOpt = False,
+) -> None:
+    """One allocation: budget, what running or waiting jobs hold, what was charged, what is left."""
+    with handled():
+        a = _client().allocation(allocation_id)
+    if json_out:
+        print_json(a)
+        return
+    print_rows(
+        ("allocation", f"{a.id}: project {a.project} in pool {a.pool}"),
+        ("budget", f"{a.gpu_hours:g} GPU-hours"),
+        ("held", f"{a.held_gpu_hours:.2f} GPU-hours by jobs that have not ended"),
+        ("charged", f"{a.charged_gpu_hours:.2f} GPU-hours by jobs that ended"),
+        ("left", f"{a.left_gpu_hours:.2f} GPU-hours for new jobs"),
+        ("period", f"{a.starts_at:%Y-%m-%d %H:%M} to {a.ends_at:%Y-%m-%d %H:%M} UTC"),
+        ("granted by", a.granted_by),
+        ("note", a.note or "-"),
+    )

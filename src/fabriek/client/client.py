@@ -28,6 +28,7 @@ from fabriek.server.schemas import (
     ApplicationOut,
     CallOut,
     FacilityOut,
+    FactoryOut,
     Health,
     JobOut,
     Me,
@@ -320,14 +321,26 @@ class Client:
         body = {"is_operator": operator, "is_reviewer": reviewer}
         return UserOut.model_validate(self._send("PATCH", f"/users/{_seg(name)}", body))
 
+    def user(self, name: str) -> UserOut:
+        return UserOut.model_validate(self._get(f"/users/{_seg(name)}"))
+
+    def token(self, token_id: int) -> TokenOut:
+        return TokenOut.model_validate(self._get(f"/tokens/{token_id}"))
+
+    def partitions(self) -> FactoryOut:
+        """Each partition's nodes and what is busy now, and each pool's running and waiting
+        jobs (counts only)."""
+        return FactoryOut.model_validate(self._get("/partitions"))
+
     def tokens(self, user: str | None = None) -> list[TokenOut]:
         params = {"user": user} if user else {}
         return [TokenOut.model_validate(t) for t in self._get("/tokens", params=params)]
 
-    def create_token(self, name: str, *, days: int = 90) -> TokenCreated:
-        return TokenCreated.model_validate(
-            self._send("POST", "/tokens", {"name": name, "days": days})
-        )
+    def create_token(self, name: str, *, days: int = 90, user: str | None = None) -> TokenCreated:
+        body: dict[str, Any] = {"name": name, "days": days}
+        if user is not None:
+            body["user"] = user  # operators: a token for someone else
+        return TokenCreated.model_validate(self._send("POST", "/tokens", body))
 
     def revoke_token(self, token_id: int) -> TokenOut:
         return TokenOut.model_validate(self._request("DELETE", f"/tokens/{token_id}").json())

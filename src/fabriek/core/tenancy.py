@@ -179,6 +179,19 @@ class Token:
     revoked_at: datetime | None
 
 
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a signed-in user is: their platform roles, where they belong and with which role
+    (organisations: (name, role); projects: (name, organisation, role)), and the token they
+    came with."""
+
+    user_id: int
+    user: User
+    organisations: tuple[tuple[str, str], ...]
+    projects: tuple[tuple[str, str, str], ...]
+    token: Token | None
+
+
 # --- pools ----------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Eligibility:

@@ -4,8 +4,10 @@ from fastapi import APIRouter
 from sqlalchemy import text
 
 from fabriek import __version__
-from fabriek.server.schemas import Health, Me
-from fabriek.server.security.deps import ActorDep, RuntimeDep
+from fabriek.server.schemas import FactoryOut, Health, Me
+from fabriek.server.security.deps import ActorDep, RuntimeDep, TokenDep
+from fabriek.server.services import users
+from fabriek.server.services.partitions import factory_now
 
 router = APIRouter(tags=["system"])
 
@@ -26,11 +28,15 @@ def health(runtime: RuntimeDep) -> Health:
 
 
 @router.get("/whoami", response_model=Me)
-def whoami(actor: ActorDep) -> Me:
-    assert actor.user_id is not None
-    return Me(
-        id=actor.user_id,
-        name=actor.name,
-        is_operator=actor.is_operator,
-        is_reviewer=actor.is_reviewer,
-    )
+def whoami(actor: ActorDep, token: TokenDep, runtime: RuntimeDep) -> Me:
+    """You: platform roles, organisations and projects with your role, and this token's expiry."""
+    with runtime.reading() as session:
+        return Me.of(users.identity(session, actor=actor, token=token))
+
+
+@router.get("/partitions", response_model=FactoryOut)
+def partitions(actor: ActorDep, runtime: RuntimeDep) -> FactoryOut:
+    """What `sinfo` shows: each partition's nodes, GPUs and what is busy now, and how many jobs
+    run and wait in each pool. Anyone signed in; counts only, no one's jobs named."""
+    with runtime.reading() as session:
+        return FactoryOut.of(factory_now(session, partitions=runtime.partitions()))

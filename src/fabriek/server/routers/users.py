@@ -72,10 +72,16 @@ def set_roles(user: UserName, body: UserRoles, actor: ActorDep, runtime: Runtime
 
 @tokens.post("", response_model=TokenCreated, status_code=201)
 def create_token(body: TokenCreate, actor: ActorDep, runtime: RuntimeDep) -> TokenCreated:
-    """A new personal token for you (shown once), valid for `days` days."""
+    """A new personal token for you (shown once), valid for `days` days; operators may make one
+    for another `user` (e.g. one whose tokens all expired)."""
     with runtime.transaction() as session:
         token, secret = service.new_token(
-            session, actor=actor, name=body.name, days=body.days, now=runtime.clock()
+            session,
+            actor=actor,
+            name=body.name,
+            days=body.days,
+            user=body.user,
+            now=runtime.clock(),
         )
     return TokenCreated(**TokenOut.of(token).model_dump(), token=secret)
 
@@ -89,6 +95,13 @@ def list_tokens(
     """Your tokens, revoked and expired ones included; never the secrets."""
     with runtime.reading() as session:
         return [TokenOut.of(t) for t in service.list_tokens(session, actor=actor, user=user)]
+
+
+@tokens.get("/{token_id}", response_model=TokenOut)
+def get_token(token_id: TokenId, actor: ActorDep, runtime: RuntimeDep) -> TokenOut:
+    """One of your tokens (operators: anyone's); never its secret."""
+    with runtime.reading() as session:
+        return TokenOut.of(service.get_token(session, actor=actor, token_id=token_id))
 
 
 @tokens.delete("/{token_id}", response_model=TokenOut)

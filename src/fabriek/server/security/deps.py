@@ -43,5 +43,13 @@ def _check(runtime: Runtime, token: str) -> tuple[Actor, datetime | None]:
         return authenticate_with_expiry(session, token=token, now=runtime.clock())
 
 
+async def get_token(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str | None:
+    """The bearer token itself (with ActorDep, which checks it), e.g. to tell its expiry."""
+    return credentials.credentials if credentials else None
+
+
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 ActorDep = Annotated[Actor, Depends(get_actor)]
+TokenDep = Annotated[str | None, Depends(get_token)]

@@ -25,6 +25,12 @@ from fabriek.server.services.actors import SYSTEM, Actor
 TOKEN_PREFIX = "fbk_"
 DEFAULT_PROJECT = "default"
 DEFAULT_ORGANISATION = "default"
+# What a user whose token no longer works can do about it.
+NEW_TOKEN_HINT = (
+    "get a new one with `fabriek token create NAME` using another token of yours that is still "
+    "valid, or from an operator (`fabriek token create NAME --user YOU`), then "
+    "`fabriek login URL --token NEW`"
+)
 
 
 def hash_token(token: str) -> str:
@@ -54,9 +60,11 @@ def authenticate_with_expiry(
         raise Unauthenticated("the API token is not valid; log in again with `fabriek login`")
     tok, user = row
     if tok.revoked_at is not None:
-        raise Unauthenticated("the API token was revoked")
+        raise Unauthenticated(f"the API token was revoked; {NEW_TOKEN_HINT}")
     if tok.expires_at is not None and tok.expires_at <= now:
-        raise Unauthenticated("the API token has expired")
+        raise Unauthenticated(
+            f"the API token expired on {tok.expires_at:%Y-%m-%d %H:%M} UTC; {NEW_TOKEN_HINT}"
+        )
     actor = Actor(
         user_id=user.id, name=user.name, is_operator=user.is_operator, is_reviewer=user.is_reviewer
     )

@@ -13,11 +13,18 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from fabriek.core.errors import Conflict, Forbidden, InvalidRequest, NotFound
-from fabriek.core.tenancy import Token, User, check_user_name
-from fabriek.server.db.models import TokenRow, UserRow
+from fabriek.core.tenancy import Identity, Token, User, check_user_name
+from fabriek.server.db.models import (
+    OrganisationMemberRow,
+    OrganisationRow,
+    ProjectMemberRow,
+    ProjectRow,
+    TokenRow,
+    UserRow,
+)
 from fabriek.server.services import audit
 from fabriek.server.services.actors import Actor
-from fabriek.server.services.auth import create_token, issue_token
+from fabriek.server.services.auth import create_token, hash_token, issue_token
 
 DEFAULT_TOKEN_DAYS = 90
 MAX_TOKEN_DAYS = 366
@@ -86,6 +93,41 @@ def get_user(session: Session, *, actor: Actor, name: str) -> User:
     return _to_user(_user(session, name))
 
 
+def identity(session: Session, *, actor: Actor, token: str | None = None) -> Identity:
+    """The actor as they see themselves: roles, memberships with their roles, and `token`
+    (the secret they signed in with; only its hash is looked up) if it is theirs."""
+    row = session.get(UserRow, actor.user_id)
+    if row is None:
+        raise NotFound("no such user")
+    organisations = session.execute(
+        select(OrganisationRow.name, OrganisationMemberRow.role)
+        .join(OrganisationMemberRow, OrganisationMemberRow.organisation_id == OrganisationRow.id)
+        .where(OrganisationMemberRow.user_id == row.id)
+        .order_by(OrganisationRow.name)
+    ).all()
+    projects = session.execute(
+        select(ProjectRow.name, OrganisationRow.name, ProjectMemberRow.role)
+        .join(ProjectMemberRow, ProjectMemberRow.project_id == ProjectRow.id)
+        .join(OrganisationRow, OrganisationRow.id == ProjectRow.organisation_id)
+        .where(ProjectMemberRow.user_id == row.id)
+        .order_by(ProjectRow.name)
+    ).all()
+    found = None
+    if token is not None:
+        found = session.scalar(
+            select(TokenRow).where(
+                TokenRow.token_hash == hash_token(token), TokenRow.user_id == row.id
+            )
+        )
+    return Identity(
+        row.id,
+        _to_user(row),
+        tuple((name, role) for name, role in organisations),
+        tuple((name, org, role) for name, org, role in projects),
+        _to_token(found, row.name) if found else None,
+    )
+
+
 def set_user_roles(
     session: Session,
     *,
@@ -136,17 +178,29 @@ def _to_token(row: TokenRow, user: str) -> Token:
 
 
 def new_token(
-    session: Session, *, actor: Actor, name: str, days: int = DEFAULT_TOKEN_DAYS, now: datetime
+    session: Session,
+    *,
+    actor: Actor,
+    name: str,
+    days: int = DEFAULT_TOKEN_DAYS,
+    user: str | None = None,
+    now: datetime,
 ) -> tuple[Token, str]:
-    """A token for the actor; the secret is returned once, only its hash is kept."""
+    """A token for the actor, or (operators) for `user`, e.g. one whose tokens all expired; the
+    secret is returned once, only its hash is kept."""
     if not name.strip() or not name.isprintable() or len(name) > 128:
         raise InvalidRequest("a token's name is 1-128 printable characters")
-    user = session.get(UserRow, actor.user_id)
-    assert user is not None
+    if user is not None and user != actor.name:
+        _require_operator(actor, "create tokens for other users")
+        owner = _user(session, user)
+    else:
+        found = session.get(UserRow, actor.user_id)
+        assert found is not None
+        owner = found
     row, secret = issue_token(
-        session, user=user, name=name.strip(), now=now, actor=actor, expires_at=_expiry(days, now)
+        session, user=owner, name=name.strip(), now=now, actor=actor, expires_at=_expiry(days, now)
     )
-    return _to_token(row, user.name), secret
+    return _to_token(row, owner.name), secret
 
 
 def list_tokens(session: Session, *, actor: Actor, user: str | None = None) -> list[Token]:
@@ -159,6 +213,18 @@ def list_tokens(session: Session, *, actor: Actor, user: str | None = None) -> l
         select(TokenRow).where(TokenRow.user_id == owner.id).order_by(TokenRow.id)
     )
     return [_to_token(r, owner.name) for r in rows]
+
+
+def get_token(session: Session, *, actor: Actor, token_id: int) -> Token:
+    """One of the actor's tokens (an operator: anyone's); others' are reported absent."""
+    found = session.execute(
+        select(TokenRow, UserRow.name)
+        .join(UserRow, UserRow.id == TokenRow.user_id)
+        .where(TokenRow.id == token_id)
+    ).first()
+    if found is None or (found[0].user_id != actor.user_id and not actor.is_operator):
+        raise NotFound(f"no token {token_id} of yours")
+    return _to_token(*found)
 
 
 def revoke_token(
