@@ -18,7 +18,13 @@ from fabriek.core.errors import FabriekError, InvalidRequest
 _errors = sys.modules[typer.BadParameter.__module__]
 UsageError: type[Exception] = _errors.UsageError
 ClickException: type[Exception] = _errors.ClickException
-NoArgsIsHelpError: type[Exception] = getattr(_errors, "NoArgsIsHelpError", ())  # type: ignore[assignment]
+
+
+class _NeverRaised(Exception):
+    """Before Click 8.2 a group called without a command printed its help and exited itself."""
+
+
+NoArgsIsHelpError: type[Exception] = getattr(_errors, "NoArgsIsHelpError", _NeverRaised)
 
 # What a user types most, in the order of a job's life; the rest follow as registered.
 EVERYDAY = ("up", "submit", "jobs", "status", "logs", "cancel", "download", "whoami", "partitions")
@@ -30,9 +36,7 @@ class FabriekGroup(TyperGroup):
         first = [n for n in EVERYDAY if n in names]
         return first + [n for n in names if n not in first]
 
-    def main(  # type: ignore[override]
-        self, args: Sequence[str] | None = None, *rest: Any, **kwargs: Any
-    ) -> NoReturn:
+    def main(self, args: Sequence[str] | None = None, *rest: Any, **kwargs: Any) -> NoReturn:
         kwargs["standalone_mode"] = False
         try:
             code = super().main(args, *rest, **kwargs)

@@ -3,7 +3,7 @@ factory has and how busy it is now."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -12,10 +12,13 @@ from rich.table import Table
 from fabriek.cli.output import console, expiry_text, handled, print_json, print_rows
 from fabriek.core.units import format_bytes
 
+if TYPE_CHECKING:
+    from fabriek.client.client import Client
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
-def _client():  # type: ignore[no-untyped-def]
+def _client() -> Client:
     from fabriek.client.client import Client
 
     return Client()
