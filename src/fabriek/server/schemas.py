@@ -428,9 +428,7 @@ class TokenCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
     days: int = Field(90, description="Lifetime in days (1-366).")
-    user: str | None = Field(
-        None, max_length=128, description="Operators: whose (default: yours)."
-    )
+    user: str | None = Field(None, max_length=128, description="Operators: whose (default: yours).")
 
 
 class TokenOut(BaseModel):
