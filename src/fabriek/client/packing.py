@@ -2,6 +2,12 @@
 
 The archive is deterministic (sorted entries, no owner names, gzip time zero), so packing the same
 directory twice gives the same SHA-256 and the server is asked to store it only once.
+
+What is left out (docs/jobs.md): `.git`; what the ignore files list; the folders of
+DEFAULT_IGNORED (virtualenvs, caches, node_modules) unless an ignore file takes them back with
+a `!` line (`!.venv/`); symbolic links that point outside the directory (one warning names
+them). Links that point inside it are kept as links. The walk stops as soon as the files seen
+pass the size limit.
 """
 
 from __future__ import annotations
@@ -12,16 +18,35 @@ import io
 import os
 import stat
 import tarfile
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pathspec
 
 from fabriek.core.errors import InvalidRequest, WorkdirTooLarge
+from fabriek.core.units import format_bytes
 
 IGNORE_FILES = (".gitignore", ".fabriekignore")
 ALWAYS_SKIPPED = {".git"}
+# Folders no job needs from the user's machine: built for it, or caches. Left out unless an
+# ignore file in the workdir takes one back (`!.venv/`).
+DEFAULT_IGNORED = (
+    ".venv/",
+    "venv/",
+    "__pycache__/",
+    ".mypy_cache/",
+    ".pytest_cache/",
+    ".ruff_cache/",
+    ".tox/",
+    ".ipynb_checkpoints/",
+    "node_modules/",
+)
 DEFAULT_LIMIT = 100 * 1024 * 1024
+
+
+class WorkdirWarning(UserWarning):
+    """Something in the workdir was left out that the user may have meant to send."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,10 +55,44 @@ class PackedWorkdir:
     digest: str
     files: int
     unpacked_bytes: int
+    links_left_out: tuple[str, ...] = ()
 
 
-def _load_spec(directory: Path) -> pathspec.PathSpec | None:
-    lines: list[str] = []
+@dataclass(slots=True)
+class _Scan:
+    """What a walk chose: entries (files, directories, links) relative to the root."""
+
+    root: Path
+    limit: int
+    entries: list[Path] = field(default_factory=list)
+    links: dict[Path, str] = field(default_factory=dict)  # kept link -> its target in the tree
+    links_out: list[Path] = field(default_factory=list)
+    sizes: dict[Path, int] = field(default_factory=dict)
+    total: int = 0
+
+    def add_file(self, rel: Path, size: int) -> None:
+        self.entries.append(rel)
+        self.sizes[rel] = size
+        self.total += size
+        if self.total > self.limit:  # stop here: the rest of the tree is not worth walking
+            biggest = sorted(self.sizes.items(), key=lambda kv: -kv[1])[:3]
+            names = ", ".join(f"{p} ({format_bytes(s)})" for p, s in biggest)
+            raise WorkdirTooLarge(
+                f"the workdir holds more than the limit of {self.limit // 2**20} MiB "
+                f"(largest: {names}); list what the job does not need in .fabriekignore"
+            )
+
+    def add_link(self, rel: Path) -> None:
+        target = _link_inside(self.root, rel)
+        if target is None:
+            self.links_out.append(rel)
+        else:
+            self.entries.append(rel)
+            self.links[rel] = target
+
+
+def _load_spec(directory: Path, defaults: tuple[str, ...] = ()) -> pathspec.PathSpec | None:
+    lines: list[str] = list(defaults)
     for name in IGNORE_FILES:
         path = directory / name
         if path.is_file():
@@ -41,10 +100,21 @@ def _load_spec(directory: Path) -> pathspec.PathSpec | None:
     return pathspec.GitIgnoreSpec.from_lines(lines) if lines else None
 
 
-def collect(root: Path) -> list[Path]:
-    """The files and directories to pack, relative to `root`, sorted; ignored ones left out."""
+def _link_inside(root: Path, rel: Path) -> str | None:
+    """The target of the link `rel` as a relative path from its directory, if it resolves to a
+    place inside `root` (an absolute link into the tree is rewritten so); else None."""
+    real_root = os.path.realpath(root)
+    resolved = os.path.realpath(root / rel)
+    if resolved != real_root and not resolved.startswith(real_root + os.sep):
+        return None
+    if os.path.realpath(root / rel.parent) != os.path.join(real_root, *rel.parent.parts):
+        return None  # its directory is itself reached through a link: keep it simple
+    return os.path.relpath(resolved, os.path.join(real_root, *rel.parent.parts))
+
+
+def _scan(root: Path, limit: int) -> _Scan:
+    scan = _Scan(root, limit)
     specs: list[tuple[Path, pathspec.PathSpec]] = []
-    chosen: list[Path] = []
 
     def ignored(path: Path, is_dir: bool) -> bool:
         # Each ignore file speaks about the paths below its own directory, relative to it.
@@ -60,66 +130,86 @@ def collect(root: Path) -> list[Path]:
         return False
 
     for current, dirs, files in os.walk(root):
+        dirs.sort()
         rel_dir = Path(current).relative_to(root)
-        spec = _load_spec(Path(current))
+        spec = _load_spec(Path(current), DEFAULT_IGNORED if rel_dir == Path(".") else ())
         if spec is not None:
             specs.append((rel_dir, spec))
         keep_dirs = []
-        for name in sorted(dirs):
+        for name in dirs:
             rel = rel_dir / name
             if name in ALWAYS_SKIPPED or ignored(rel, True):
                 continue
+            if (root / rel).is_symlink():  # os.walk lists links to directories here
+                scan.add_link(rel)
+                continue
             keep_dirs.append(name)
-            chosen.append(rel)
+            scan.entries.append(rel)
         dirs[:] = keep_dirs
         for name in sorted(files):
             rel = rel_dir / name
-            if not ignored(rel, False):
-                chosen.append(rel)
-    return sorted(chosen)
+            if ignored(rel, False):
+                continue
+            mode = (root / rel).lstat()
+            if stat.S_ISLNK(mode.st_mode):
+                scan.add_link(rel)
+            elif stat.S_ISREG(mode.st_mode):
+                scan.add_file(rel, mode.st_size)
+            # sockets, pipes and devices are left out
+    return scan
+
+
+def collect(root: Path, *, limit: int = DEFAULT_LIMIT) -> list[Path]:
+    """The files, directories and kept links to pack, relative to `root`, sorted."""
+    return sorted(_scan(root, limit).entries)
 
 
 def pack(root: Path, *, limit: int = DEFAULT_LIMIT) -> PackedWorkdir:
-    """Pack `root`. Raises InvalidRequest for a missing directory, WorkdirTooLarge beyond `limit`."""
+    """Pack `root`. Raises InvalidRequest for a missing directory, WorkdirTooLarge as soon as
+    the files seen pass `limit`. Warns (WorkdirWarning) once, naming the links left out."""
     if not root.is_dir():
         raise InvalidRequest(f"the workdir {str(root)!r} is not a directory")
-    entries = []
-    for rel in collect(root):
-        mode = (root / rel).lstat().st_mode
-        if stat.S_ISLNK(mode):
-            raise InvalidRequest(
-                f"the workdir holds a symbolic link, {rel}; fabriek uploads no links: "
-                "list it in .fabriekignore or replace it with what it points to"
-            )
-        if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
-            entries.append(rel)  # sockets, pipes and devices are left out
-    sizes = {p: (root / p).lstat().st_size for p in entries if (root / p).is_file()}
-    total = sum(sizes.values())
-    if total > limit:
-        biggest = sorted(sizes.items(), key=lambda kv: -kv[1])[:3]
-        names = ", ".join(f"{p} ({s // 2**20} MiB)" for p, s in biggest)
-        raise WorkdirTooLarge(
-            f"the workdir holds {total // 2**20} MiB, over the limit of {limit // 2**20} MiB "
-            f"(largest: {names}); list what the job does not need in .fabriekignore"
+    scan = _scan(root, limit)
+    if scan.links_out:
+        names = ", ".join(str(p) for p in sorted(scan.links_out))
+        warnings.warn(
+            WorkdirWarning(
+                f"left out {len(scan.links_out)} symbolic link"
+                f"{'s' if len(scan.links_out) > 1 else ''} pointing outside the workdir: {names}"
+            ),
+            stacklevel=2,
         )
     buffer = io.BytesIO()
     with (
         gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0, compresslevel=6) as gz,
         tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
     ):
-        for rel in entries:
-            info = tar.gettarinfo(str(root / rel), arcname=rel.as_posix())
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            if info.isfile():
-                try:
-                    with open(root / rel, "rb") as f:
-                        tar.addfile(info, f)
-                except OSError as exc:
-                    raise InvalidRequest(
-                        f"cannot read {rel} in the workdir: {exc.strerror}"
-                    ) from None
-            else:
-                tar.addfile(info)
+        for rel in sorted(scan.entries):
+            tar.addfile(*_member(root, rel, scan.links.get(rel)))
     data = buffer.getvalue()
-    return PackedWorkdir(data, hashlib.sha256(data).hexdigest(), len(sizes), total)
+    return PackedWorkdir(
+        data,
+        hashlib.sha256(data).hexdigest(),
+        len(scan.sizes),
+        scan.total,
+        tuple(str(p) for p in sorted(scan.links_out)),
+    )
+
+
+def _member(root: Path, rel: Path, link: str | None) -> tuple[tarfile.TarInfo, io.BytesIO | None]:
+    info = tarfile.TarInfo(rel.as_posix())
+    st = (root / rel).lstat()
+    info.mtime = int(st.st_mtime)
+    info.mode = stat.S_IMODE(st.st_mode)
+    if link is not None:
+        info.type, info.linkname, info.mode = tarfile.SYMTYPE, link, 0o777
+        return info, None
+    if stat.S_ISDIR(st.st_mode):
+        info.type = tarfile.DIRTYPE
+        return info, None
+    try:
+        content = (root / rel).read_bytes()
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read {rel} in the workdir: {exc.strerror}") from None
+    info.size = len(content)
+    return info, io.BytesIO(content)

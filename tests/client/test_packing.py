@@ -1,0 +1,94 @@
+"""client/packing.py on real directories: links, folders left out by default, the early stop."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from fabriek.client import packing
+from fabriek.client.packing import WorkdirWarning, pack
+from fabriek.core.errors import WorkdirTooLarge
+from fabriek.server.services.workdirs import inspect_archive
+
+
+def members(data: bytes) -> dict[str, tarfile.TarInfo]:
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        return {m.name: m for m in tar.getmembers()}
+
+
+def test_links_inside_are_kept_and_links_outside_left_out_with_one_warning(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "proj"
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "train.csv").write_text("x\n")
+    (root / "latest.csv").symlink_to("data/train.csv")
+    (root / "data" / "up").symlink_to("..")  # a link to a directory, not walked into
+    (root / "absolute.csv").symlink_to(root / "data" / "train.csv")  # rewritten relative
+    (root / "datasets").symlink_to("/usr/share")
+    (root / "passwd").symlink_to("/etc/passwd")
+    (root / "escape").symlink_to("../elsewhere")
+    with pytest.warns(WorkdirWarning) as caught:
+        packed = pack(root)
+    assert len(caught) == 1
+    assert str(caught[0].message) == (
+        "left out 3 symbolic links pointing outside the workdir: datasets, escape, passwd"
+    )
+    found = members(packed.data)
+    links = {name: m.linkname for name, m in found.items() if m.issym()}
+    assert links == {
+        "latest.csv": "data/train.csv",
+        "absolute.csv": "data/train.csv",
+        "data/up": "..",
+    }
+    assert packed.links_left_out == ("datasets", "escape", "passwd")
+    archive = tmp_path / "w.tar.gz"
+    archive.write_bytes(packed.data)
+    assert inspect_archive(archive, max_unpacked=2**20) == (2, 1)  # the server takes it
+    # Unpacked as the supervisor does, the links work and stay inside.
+    with tarfile.open(archive, "r:gz") as tar:
+        tar.extractall(tmp_path / "job", filter="data")
+    assert (tmp_path / "job" / "latest.csv").read_text() == "x\n"
+    assert (tmp_path / "job" / "data" / "up" / "absolute.csv").read_text() == "x\n"
+    with pytest.warns(WorkdirWarning):
+        assert pack(root).digest == packed.digest  # still deterministic
+
+
+def test_virtualenvs_and_caches_are_left_out_unless_taken_back(tmp_path: Path) -> None:
+    root = tmp_path / "proj"
+    for folder in (".venv/lib", "venv/bin", "src/__pycache__", ".mypy_cache", "node_modules/x"):
+        (root / folder).mkdir(parents=True)
+        (root / folder / "f").write_text("f")
+    (root / "src" / "main.py").write_text("print()")
+    names = set(members(pack(root).data))
+    assert names == {"src", "src/main.py"}
+    (root / ".fabriekignore").write_text("!.venv/\n")
+    names = set(members(pack(root).data))
+    assert {".venv", ".venv/lib/f"} <= names and "venv" not in names
+
+
+def test_the_walk_stops_as_soon_as_the_limit_is_passed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "big"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "weights.bin").write_bytes(b"\0" * 3000)
+    for i in range(5):
+        (root / f"b{i}").mkdir()
+        (root / f"b{i}" / "small.txt").write_text("s")
+    walked: list[str] = []
+    real_walk = os.walk
+
+    def recording_walk(top, *args, **kwargs):  # type: ignore[no-untyped-def]
+        for current, dirs, files in real_walk(top, *args, **kwargs):
+            walked.append(os.path.relpath(current, top))
+            yield current, dirs, files
+
+    monkeypatch.setattr(packing.os, "walk", recording_walk)
+    with pytest.raises(WorkdirTooLarge, match=r"largest: a/weights.bin .*\.fabriekignore"):
+        pack(root, limit=2000)
+    assert walked == [".", "a"]  # b0..b4 were never visited
