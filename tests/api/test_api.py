@@ -133,12 +133,14 @@ def test_job_flow_logs_and_outputs(server: ServerProcess) -> None:
         job = wait_final(http, r.json()["id"])
         assert job["state"] == "succeeded" and job["exit_code"] == 0
         logs = http.get(f"/jobs/{job['id']}/logs")
-        assert logs.content == b"line1\nline2\n"
+        assert logs.content == b"line1\n"  # stdout; stderr apart
         assert (
-            logs.headers["X-Fabriek-Next-Offset"] == "12"
+            logs.headers["X-Fabriek-Next-Offset"] == "6"
             and logs.headers["X-Fabriek-Job-State"] == "succeeded"
         )
-        assert http.get(f"/jobs/{job['id']}/logs", params={"offset": 6}).content == b"line2\n"
+        errors = http.get(f"/jobs/{job['id']}/logs", params={"stream": "stderr", "offset": 2})
+        assert errors.content == b"ne2\n" and errors.headers["X-Fabriek-Next-Offset"] == "6"
+        assert http.get(f"/jobs/{job['id']}/logs", params={"stream": "both"}).status_code == 422
         outputs = http.get(f"/jobs/{job['id']}/outputs")
         with tarfile.open(fileobj=io.BytesIO(outputs.content), mode="r:gz") as tar:
             member = tar.extractfile("./sub/model.txt")

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from itertools import pairwise
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from fabriek.core.jobs import JobState, Resources
 
@@ -28,6 +28,8 @@ class Capacity:
 
 
 Handle = dict[str, Any]
+LogStream = Literal["stdout", "stderr"]
+LOG_INDEX = "log.index"
 """What a backend needs to find a job again, after a restart too. JSON-serialisable; stored in the job row."""
 
 
@@ -207,8 +209,13 @@ class Backend(Protocol):
         Returns at once: the outcome is observed by a later poll."""
         ...
 
-    def log_path(self, job_id: int, handle: Handle | None) -> Path | None:
-        """Where the job's combined stdout and stderr grow, if it has started."""
+    def log_path(
+        self, job_id: int, handle: Handle | None, stream: LogStream = "stdout"
+    ) -> Path | None:
+        """Where the job's stdout (or stderr) grows, if it has started; for a job run before
+        the two were kept apart, its combined log as stdout and None as stderr. Beside it the
+        backend may keep LOG_INDEX: lines `UNIX_TIME STDOUT_BYTES STDERR_BYTES`, each the
+        logs' sizes at that time (every second or so while they grow), for `logs --since`."""
         ...
 
     def output_dir(self, job_id: int, handle: Handle | None) -> Path | None:

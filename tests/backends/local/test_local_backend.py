@@ -72,7 +72,7 @@ def test_success_records_exit_usage_and_output(backend: LocalBackend) -> None:
     assert seen.usage.cpu_s > 0.01
     assert seen.usage.max_rss_bytes > 60 * 2**20  # the bytearray was really held
     assert 0 < seen.usage.wall_s < 20
-    assert (backend.job_dir(1) / "output.log").read_text() == "hi\n"
+    assert (backend.job_dir(1) / "stdout.log").read_text() == "hi\n"
     assert (backend.job_dir(1) / "output" / "r.txt").read_text() == "x"
 
 
@@ -80,7 +80,8 @@ def test_failure_keeps_the_exit_code(backend: LocalBackend) -> None:
     backend.submit(make_spec(1, ["sh", "-c", "echo oops >&2; exit 3"]))
     seen = finished(backend, 1)
     assert (seen.outcome, seen.exit_code, seen.signal) == (JobState.FAILED, 3, None)
-    assert "oops" in (backend.job_dir(1) / "output.log").read_text()
+    assert (backend.job_dir(1) / "stderr.log").read_text() == "oops\n"
+    assert (backend.job_dir(1) / "stdout.log").read_text() == ""
 
 
 def test_missing_command_fails_clearly(backend: LocalBackend) -> None:
@@ -138,8 +139,8 @@ def test_gpus_are_passed_as_cuda_visible_devices(backend: LocalBackend) -> None:
     backend.submit(make_spec(2, ["sh", "-c", "echo [$CUDA_VISIBLE_DEVICES]"]))
     finished(backend, 1)
     finished(backend, 2)
-    assert (backend.job_dir(1) / "output.log").read_text() == "GPU-fake-0001\n"
-    assert (backend.job_dir(2) / "output.log").read_text() == "[]\n"  # no GPU asked, none visible
+    assert (backend.job_dir(1) / "stdout.log").read_text() == "GPU-fake-0001\n"
+    assert (backend.job_dir(2) / "stdout.log").read_text() == "[]\n"  # no GPU asked, none visible
 
 
 def test_workdir_is_unpacked_into_a_fresh_copy(backend: LocalBackend, tmp_path: Path) -> None:
@@ -154,7 +155,7 @@ def test_workdir_is_unpacked_into_a_fresh_copy(backend: LocalBackend, tmp_path: 
         backend.submit(make_spec(job_id, ["python3", "main.py"], workdir=archive))
     for job_id in (1, 2):
         assert finished(backend, job_id).outcome == JobState.SUCCEEDED
-        assert (backend.job_dir(job_id) / "output.log").read_text() == "payload\n"
+        assert (backend.job_dir(job_id) / "stdout.log").read_text() == "payload\n"
     (backend.job_dir(1) / "work" / "data.txt").write_text("changed by job 1")
     assert (backend.job_dir(2) / "work" / "data.txt").read_text() == "payload"  # copies, not shared
 
@@ -283,3 +284,22 @@ def _fields(spec: LaunchSpec) -> dict[str, object]:
     import dataclasses
 
     return {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
+
+
+def test_stdout_stderr_apart_with_an_index_and_old_combined_logs_readable(
+    backend: LocalBackend,
+) -> None:
+    backend.submit(make_spec(1, ["sh", "-c", "echo a; echo e >&2; sleep 1.5; echo b"]))
+    finished(backend, 1)
+    handle = {"dir": str(backend.job_dir(1))}
+    stdout, stderr = backend.log_path(1, handle), backend.log_path(1, handle, "stderr")
+    assert stdout is not None and stdout.read_text() == "a\nb\n"
+    assert stderr is not None and stderr.read_text() == "e\n"
+    index = [line.split() for line in (backend.job_dir(1) / "log.index").read_text().splitlines()]
+    assert [(int(o), int(e)) for _, o, e in index][-2:] == [(2, 2), (4, 2)]
+    assert float(index[-1][0]) - float(index[-2][0]) >= 1  # b came later, and says when
+    old = backend.job_dir(2)
+    old.mkdir()
+    (old / "output.log").write_text("both\n")  # a job supervised before they were kept apart
+    assert backend.log_path(2, {"dir": str(old)}) == old / "output.log"
+    assert backend.log_path(2, {"dir": str(old)}, "stderr") is None

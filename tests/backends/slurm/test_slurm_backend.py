@@ -96,7 +96,7 @@ def test_user_strings_reach_the_job_literally(
         )
     )
     seen = finish(backend, {1: handle})[1]
-    log = (Path(handle["dir"]) / "log").read_text()
+    log = (Path(handle["dir"]) / "stdout").read_text()
     assert seen.outcome == JobState.SUCCEEDED, log
     assert f"<{NASTY}>\n<plain>\n" in log
     assert f"env<{NASTY}>" in log
@@ -122,7 +122,7 @@ def test_resources_are_translated_exactly(backend: SlurmBackend, slurm_pair: Dev
         assert job["memory_per_node"] == 300
         assert job["time_limit"] == 3  # minutes, rounded up: 125 s
         shown = slurm_pair.run("scontrol", "show", "job", "-o", str(handle["slurm_id"])).stdout
-        assert f"StdOut={Path(handle['dir']) / 'log'} " in shown
+        assert f"StdOut={Path(handle['dir']) / 'stdout'} " in shown
         assert f"WorkDir={handle['dir']} " in shown
     finally:
         backend.cancel(2, handle)
@@ -133,7 +133,7 @@ def test_multi_node_tasks_get_the_distributed_environment(backend: SlurmBackend)
     handle = backend.submit(spec(3, ["sh", "-c", script], nodes=2))
     assert finish(backend, {3: handle})[3].outcome == JobState.SUCCEEDED
     lines = sorted(
-        line for line in (Path(handle["dir"]) / "log").read_text().splitlines() if "task" in line
+        line for line in (Path(handle["dir"]) / "stdout").read_text().splitlines() if "task" in line
     )
     assert len(lines) == 2, lines
     fields = [dict(kv.split("=", 1) for kv in line.split()[1:]) for line in lines]
@@ -153,7 +153,7 @@ def test_torch_distributed_trains_across_two_nodes(backend: SlurmBackend) -> Non
     example = Path(__file__).parents[3] / "examples" / "ddp_train.py"
     handle = backend.submit(spec(13, [sys.executable, str(example)], nodes=2, memory=900 * MB))
     seen = finish(backend, {13: handle}, timeout=180)[13]
-    log = (Path(handle["dir"]) / "log").read_text()
+    log = (Path(handle["dir"]) / "stdout").read_text()
     assert seen.outcome == JobState.SUCCEEDED, log
     ranks = sorted(line for line in log.splitlines() if line.startswith("rank "))
     assert [r.split(":")[0] for r in ranks] == ["rank 0/2 on node1", "rank 1/2 on node2"], log
@@ -180,7 +180,7 @@ def test_cancel_stops_a_running_job_and_is_idempotent(backend: SlurmBackend) -> 
     handle = backend.submit(
         spec(7, ["sh", "-c", "trap 'echo got TERM; exit 0' TERM; echo ready; sleep 60 & wait"])
     )
-    log = Path(handle["dir"]) / "log"
+    log = Path(handle["dir"]) / "stdout"
     # Running in Slurm is not yet running the command: wait until its trap is set.
     wait_for(lambda: log.exists() and "ready" in log.read_text(), timeout=30, what="job 7 ready")
     backend.cancel(7, handle)
@@ -327,7 +327,7 @@ def test_every_node_of_a_job_is_metered(backend: SlurmBackend) -> None:
         job_dir = Path(handles[job_id]["dir"])
         assert {p.name for p in (job_dir / "nodes").iterdir()} == nodes
         energy = seen[job_id].energy
-        assert energy is not None, (job_dir / "log").read_text()
+        assert energy is not None, (job_dir / "stdout").read_text()
         assert set(energy.components) == {"cpu", "dram"}  # no GPUs; no RAPL on this machine
         cpu = energy.components["cpu"]
         assert not cpu.measured and "estimate" in cpu.method

@@ -55,7 +55,7 @@ def test_a_preempted_slurm_job_is_requeued_and_runs_again(
     with sessions() as session:
         first = session.get(JobRow, job.id).handle  # type: ignore[union-attr]
     assert first is not None
-    log = Path(first["dir"]) / "log"
+    log = Path(first["dir"]) / "stdout"
     wait_for(lambda: log.exists() and "ready" in log.read_text(), timeout=30, what="trap set")
     controller._record_preemptions(
         Decisions(preemptions=[Preemption(job.id, "preempted: pool regional reclaims its GPUs")]),
@@ -87,4 +87,4 @@ def test_a_preempted_slurm_job_is_requeued_and_runs_again(
     assert second is not None
     assert second["slurm_id"] != first["slurm_id"]  # a new Slurm job, in a new directory
     assert log.read_text().splitlines()[-1] == "saved"  # SIGTERM first, and it saved
-    assert (Path(second["dir"]) / "log").read_text().strip() == "resumed"
+    assert (Path(second["dir"]) / "stdout").read_text().strip() == "resumed"

@@ -21,6 +21,7 @@ from fabriek.backends.base import (
     Capacity,
     Handle,
     LaunchSpec,
+    LogStream,
     Observation,
     Phase,
     Usage,
@@ -233,8 +234,16 @@ class LocalBackend:
                 pass
 
     # --- files --------------------------------------------------------------------------------
-    def log_path(self, job_id: int, handle: Handle | None) -> Path | None:
-        return Path(handle["dir"]) / "output.log" if handle else None
+    def log_path(
+        self, job_id: int, handle: Handle | None, stream: LogStream = "stdout"
+    ) -> Path | None:
+        if not handle:
+            return None
+        job_dir = Path(handle["dir"])
+        combined = job_dir / "output.log"  # a job supervised before stderr was kept apart
+        if not (job_dir / "stdout.log").exists() and combined.exists():
+            return combined if stream == "stdout" else None
+        return job_dir / f"{stream}.log"
 
     def output_dir(self, job_id: int, handle: Handle | None) -> Path | None:
         return Path(handle["dir"]) / "output" if handle else None

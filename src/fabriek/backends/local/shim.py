@@ -13,7 +13,8 @@ the job does not notice.
 Once the job runs, it meters its energy (fabriek.metering, imported only then) and samples it
 while it supervises.
 
-Files it writes in JOB_DIR: started.json, result.json, output.log, energy.jsonl, work/, output/.
+Files it writes in JOB_DIR: started.json, result.json, stdout.log, stderr.log, log.index (the logs'
+sizes over time, see backends.base.LOG_INDEX), energy.jsonl, work/, output/.
 """
 
 from __future__ import annotations
@@ -58,6 +59,30 @@ def write_json_atomic(path: str, data: dict[str, Any], *, durable: bool = True) 
     write_atomic(path, json.dumps(data).encode(), durable=durable)
 
 
+class LogIndex:
+    """Appends `UNIX_TIME STDOUT_BYTES STDERR_BYTES` to JOB_DIR/log.index when the logs have
+    grown (asked at most every second or so), so that `logs --since` finds where a time begins."""
+
+    def __init__(self, job_dir: str) -> None:
+        self.dir = job_dir
+        self.last: tuple[int, int] = (0, 0)
+
+    def note(self) -> None:
+        sizes = tuple(_size(os.path.join(self.dir, f"{s}.log")) for s in ("stdout", "stderr"))
+        if sizes == self.last:
+            return
+        self.last = sizes  # type: ignore[assignment]
+        with open(os.path.join(self.dir, "log.index"), "a") as f:
+            f.write(f"{time.time():.3f} {sizes[0]} {sizes[1]}\n")
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
 class Supervisor:
     def __init__(self, job_dir: str) -> None:
         self.dir = job_dir
@@ -95,7 +120,9 @@ class Supervisor:
         env = {**self.spec["env"], "FABRIEK_OUTPUT_DIR": outdir, "FABRIEK_WORKDIR": workdir}
         os.environ["PATH"] = env.get("PATH", os.defpath)  # posix_spawnp searches our own PATH
         os.chdir(workdir)
-        log = os.open(self.path("output.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        out = os.open(self.path("stdout.log"), flags, 0o644)
+        log = os.open(self.path("stderr.log"), flags, 0o644)
         try:
             pid = os.posix_spawnp(
                 argv[0],
@@ -103,7 +130,7 @@ class Supervisor:
                 env,
                 file_actions=[
                     (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                    (os.POSIX_SPAWN_DUP2, log, 1),
+                    (os.POSIX_SPAWN_DUP2, out, 1),
                     (os.POSIX_SPAWN_DUP2, log, 2),
                 ],
                 setpgroup=0,  # its own process group: signals reach everything it starts
@@ -117,6 +144,7 @@ class Supervisor:
             )
             return
         finally:
+            os.close(out)
             os.close(log)
         started_at, started = time.time(), time.monotonic()
         write_json_atomic(
@@ -165,7 +193,9 @@ class Supervisor:
         grace = float(self.spec["kill_grace_seconds"])
         outcome: str | None = None  # set once we start stopping the job: cancelled or timed_out
         kill_at: float | None = None
+        index = LogIndex(self.dir)
         while True:
+            index.note()
             now = time.monotonic()
             if outcome is None and self._cancel_marked():
                 outcome, kill_at = "cancelled", now + grace
@@ -189,6 +219,7 @@ class Supervisor:
             if meter is not None:
                 meter = self._sample(meter)
         os.close(pidfd)
+        index.note()
         if meter is not None:  # the last interval, while the group's processes can still be read
             try:
                 meter.cpu.sample()

@@ -7,7 +7,9 @@ on nodes and runs it. Each job gets a directory on the cluster's shared filesyst
     SHARED/jobs/ID-INSTANCE/  spec.json (command, environment: read by the wrapper, never a shell;
                                          once written, the job may be in Slurm)
                               work/     (the job's workdir)   outputs/  ($FABRIEK_OUTPUT_DIR)
-                              log       (stdout and stderr of every task)
+                              stdout, stderr (of every task; `log` both, for jobs
+                                         submitted before they were kept apart)
+                              log.index (the logs' sizes over time: base.LOG_INDEX)
                               submitted (the Slurm job id)   started.json, result.json
 
 Every Slurm command is run with an argument list, never through a shell. The job's name goes to
@@ -39,6 +41,7 @@ from fabriek.backends.base import (
     EnergyReading,
     Handle,
     LaunchSpec,
+    LogStream,
     Observation,
     Phase,
     Usage,
@@ -221,8 +224,15 @@ class SlurmBackend:
         elif now - first >= self.config.grace_seconds:
             self._run(["scancel", str(sid)], what="scancel", check=False)
 
-    def log_path(self, job_id: int, handle: Handle | None) -> Path | None:
-        return Path(handle["dir"]) / "log" if handle else None
+    def log_path(
+        self, job_id: int, handle: Handle | None, stream: LogStream = "stdout"
+    ) -> Path | None:
+        if not handle:
+            return None
+        job_dir = Path(handle["dir"])
+        if (job_dir / "log").exists():  # submitted before stdout and stderr were kept apart
+            return job_dir / "log" if stream == "stdout" else None
+        return job_dir / stream
 
     def output_dir(self, job_id: int, handle: Handle | None) -> Path | None:
         return Path(handle["dir"]) / "outputs" if handle else None
@@ -396,8 +406,8 @@ class SlurmBackend:
             f"--cpus-per-task={r.cpus}",
             f"--mem={max(1, r.memory_bytes // 2**20)}M",
             f"--time={max(1, -(-spec.time_limit_s // 60))}",
-            f"--output={job_dir / 'log'}",
-            f"--error={job_dir / 'log'}",
+            f"--output={job_dir / 'stdout'}",
+            f"--error={job_dir / 'stderr'}",
             "--open-mode=append",
             f"--chdir={job_dir}",
             "--export=ALL",

@@ -16,6 +16,8 @@ handed to the operating system as a list: no shell ever sees them. The batch par
   MASTER_PORT, WORLD_SIZE, RANK, LOCAL_RANK, NODE_RANK (plus FABRIEK_NODE_RANK, FABRIEK_NNODES),
   and GLOO_SOCKET_IFNAME: the interface on the way to MASTER_ADDR,
 - passes SIGTERM on to it (Slurm signals a cancelled job's steps itself, too) and meters it,
+- notes the sizes of the job's `stdout` and `stderr` (Slurm writes them) in `log.index` every
+  second or so while they grow, for `fabriek logs --since`,
 - writes `result.json` atomically when it has ended (exit code or signal, wall and CPU time, peak
   memory of what this node saw), and exits with the command's status, so that Slurm's own record
   (COMPLETED or FAILED, sacct's ExitCode) says the same.
@@ -163,7 +165,7 @@ def batch(spec_path):
         return 127
     # One node: this part meters it. Several: each task meters its own node (`task`).
     meter = _start_meter(spec, child.pid, job_dir) if nodes == 1 else None
-    code, usage = _wait(child, meter, job_dir)
+    code, usage = _wait(child, meter, job_dir, index=_LogIndex(job_dir))
     ended = time.time()
     result = {
         "exit_code": code if code >= 0 else None,
@@ -211,22 +213,53 @@ class _Forward:
         self.early.clear()
 
 
-def _wait(child, meter, job_dir):
-    """Wait for the command (signals reach its process group: `_Forward`), sampling the meter;
-    then the node's energy totals go to nodes/NODE/energy.json. Returns the exit status (as
-    subprocess: negative for a signal) and the resource usage."""
-    if meter is not None:
+class _LogIndex:
+    """Appends `UNIX_TIME STDOUT_BYTES STDERR_BYTES` to JOB_DIR/log.index when the logs have
+    grown (the same file as the local backend's supervisor writes)."""
+
+    def __init__(self, job_dir):
+        self.dir = job_dir
+        self.last = (0, 0)
+
+    def note(self):
+        sizes = tuple(_size(os.path.join(self.dir, name)) for name in ("stdout", "stderr"))
+        if sizes != self.last:
+            self.last = sizes
+            with open(os.path.join(self.dir, "log.index"), "a") as f:
+                f.write(f"{time.time():.3f} {sizes[0]} {sizes[1]}\n")
+
+
+def _size(path):
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def _wait(child, meter, job_dir, index=None):
+    """Wait for the command (signals reach its process group: `_Forward`), sampling the meter
+    and noting the logs' sizes in `index`; then the node's energy totals go to
+    nodes/NODE/energy.json. Returns the exit status (as subprocess: negative for a signal) and
+    the resource usage."""
+    if meter is not None or index is not None:
         pidfd = os.pidfd_open(child.pid)
         try:
-            while not select.select([pidfd], [], [], meter.due())[0]:
-                try:
-                    meter.sample()
-                except Exception as exc:
-                    sys.stderr.write(f"fabriek: energy metering stopped: {exc!r}\n")
-                    meter = None
+            while True:
+                if index is not None:
+                    index.note()
+                timeout = 1.0 if meter is None else min(1.0, meter.due())
+                if select.select([pidfd], [], [], timeout)[0]:
                     break
+                if meter is not None and meter.due() <= 0:
+                    try:
+                        meter.sample()
+                    except Exception as exc:
+                        sys.stderr.write(f"fabriek: energy metering stopped: {exc!r}\n")
+                        meter = None
         finally:
             os.close(pidfd)
+        if index is not None:
+            index.note()
         if meter is not None:  # the last interval, while the group can still be read
             try:
                 meter.cpu.sample()

@@ -1,11 +1,11 @@
 from __future__ import annotations
 
 import os
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import FileResponse, Response
-from pydantic import BaseModel
+from pydantic import AwareDatetime, BaseModel
 from starlette.background import BackgroundTask
 
 from fabriek.core.jobs import DEFAULT_MEMORY_BYTES, JobRequest, JobState, Resources
@@ -74,10 +74,34 @@ def list_jobs(
     runtime: RuntimeDep,
     state: Annotated[list[JobState] | None, Query(description="Only jobs in these states.")] = None,
     limit: Annotated[int, Query(ge=1, le=10000)] = 100,
+    project: Annotated[
+        str | None, Query(max_length=128, description="Only jobs of this project.")
+    ] = None,
+    user: Annotated[
+        str | None, Query(max_length=128, description="Only jobs this user submitted.")
+    ] = None,
+    name: Annotated[
+        str | None,
+        Query(max_length=256, description="Only jobs of this name; `*` matches any text."),
+    ] = None,
+    since: Annotated[
+        AwareDatetime | None, Query(description="Only jobs submitted at or after this time.")
+    ] = None,
+    until: Annotated[
+        AwareDatetime | None, Query(description="Only jobs submitted before this time.")
+    ] = None,
 ) -> Response:
     """The newest jobs you may see, newest first."""
     with runtime.reading() as session:
-        jobs = service.list_jobs(session, actor=actor, states=state or (), limit=limit)
+        jobs = service.list_jobs(
+            session,
+            actor=actor,
+            states=state or (),
+            limit=limit,
+            filters=service.JobFilters(
+                project=project, user=user, name=name, since=since, until=until
+            ),
+        )
     return _json([JobOut.of(j) for j in jobs])
 
 
@@ -108,19 +132,43 @@ def logs(
     runtime: RuntimeDep,
     offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_LOG_CHUNK)] = MAX_LOG_CHUNK,
+    stream: Annotated[
+        Literal["stdout", "stderr"],
+        Query(
+            description="Which stream; a job run before they were kept apart has both in stdout."
+        ),
+    ] = "stdout",
+    tail: Annotated[
+        int | None, Query(ge=0, le=1_000_000, description="Only the last this many lines.")
+    ] = None,
+    since: Annotated[
+        AwareDatetime | None, Query(description="Only the lines written after this time.")
+    ] = None,
 ) -> Response:
-    """Combined stdout and stderr from byte `offset`. Headers: X-Fabriek-Next-Offset (where to
+    """The job's stdout (or stderr) from byte `offset`, or later where `tail` or `since` start
+    later. Headers: X-Fabriek-Offset (where the bytes start), X-Fabriek-Next-Offset (where to
     continue) and X-Fabriek-Job-State (follow until it is final and no bytes come)."""
     with runtime.reading() as session:
         row = service.job_row_for_files(session, actor=actor, job_id=job_id)
         state, handle, where = row.state, row.handle, row.backend
-    data = job_files.read_log(
-        runtime.backend_for(where), job_id=job_id, handle=handle, offset=offset, limit=limit
+    data, start = job_files.read_log(
+        runtime.backend_for(where),
+        job_id=job_id,
+        handle=handle,
+        stream=stream,
+        offset=offset,
+        limit=limit,
+        tail=tail,
+        since=since,
     )
     return Response(
         data,
         media_type="application/octet-stream",
-        headers={"X-Fabriek-Next-Offset": str(offset + len(data)), "X-Fabriek-Job-State": state},
+        headers={
+            "X-Fabriek-Offset": str(start),
+            "X-Fabriek-Next-Offset": str(start + len(data)),
+            "X-Fabriek-Job-State": state,
+        },
     )
 
 

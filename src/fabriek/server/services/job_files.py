@@ -1,4 +1,4 @@
-"""A job's files, as its backend keeps them: the log and the outputs. Read-only; tenancy is checked
+"""A job's files, as its backend keeps them: its logs and its outputs. Read-only; tenancy is checked
 by the caller through `jobs.job_row_for_files`."""
 
 from __future__ import annotations
@@ -6,25 +6,92 @@ from __future__ import annotations
 import os
 import tarfile
 import tempfile
+from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO
 
-from fabriek.backends.base import Backend, Handle
+from fabriek.backends.base import LOG_INDEX, Backend, Handle, LogStream
 from fabriek.core.errors import Conflict, NotFound
 
 
 def read_log(
-    backend: Backend, *, job_id: int, handle: Handle | None, offset: int, limit: int
-) -> bytes:
-    """Up to `limit` bytes of the job's combined stdout and stderr from byte `offset`."""
-    path = backend.log_path(job_id, handle)
+    backend: Backend,
+    *,
+    job_id: int,
+    handle: Handle | None,
+    stream: LogStream = "stdout",
+    offset: int,
+    limit: int,
+    tail: int | None = None,
+    since: datetime | None = None,
+) -> tuple[bytes, int]:
+    """Up to `limit` bytes of the job's stdout (or stderr) and the offset they start at: from
+    byte `offset`, or later where `since` (the first line written after that time, as far as the
+    backend's log index tells; the whole log without one) or `tail` (the last `tail` lines)
+    start later."""
+    path = backend.log_path(job_id, handle, stream)
     if path is None:
-        return b""
+        return b"", offset
     try:
         with open(path, "rb") as f:
+            if since is not None:
+                offset = max(offset, _line_start(f, _size_at(path.parent, stream, since)))
+            if tail is not None:
+                offset = max(offset, _tail_start(f, tail))
             f.seek(offset)
-            return f.read(limit)
+            return f.read(limit), offset
     except FileNotFoundError:
-        return b""
+        return b"", offset
+
+
+def _size_at(job_dir: Path, stream: LogStream, moment: datetime) -> int:
+    """How many bytes the log had at `moment`, from the backend's LOG_INDEX (0 without one)."""
+    column = 1 if stream == "stdout" else 2
+    when, size = moment.timestamp(), 0
+    try:
+        with open(job_dir / LOG_INDEX) as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) != 3:
+                    continue  # a line being written
+                if float(fields[0]) > when:
+                    break
+                size = int(fields[column])
+    except (OSError, ValueError):
+        return 0
+    return size
+
+
+def _line_start(f: BinaryIO, offset: int) -> int:
+    """`offset`, moved on to the start of the next line unless a line starts there."""
+    if offset == 0:
+        return 0
+    f.seek(offset - 1)
+    rest = f.read(64 * 1024)
+    newline = rest.find(b"\n")
+    return offset + newline if newline >= 0 else offset - 1 + len(rest)
+
+
+def _tail_start(f: BinaryIO, lines: int) -> int:
+    """Where the last `lines` lines start (a last line without its newline counts as one)."""
+    end = f.seek(0, os.SEEK_END)
+    if lines <= 0 or end == 0:
+        return end
+    position, wanted = end, lines
+    f.seek(end - 1)
+    if f.read(1) == b"\n":
+        wanted += 1  # the newline that ends the file ends the last line, it does not start one
+    while position > 0:
+        step = min(64 * 1024, position)
+        position -= step
+        f.seek(position)
+        chunk = f.read(step)
+        index = len(chunk)
+        while (index := chunk.rfind(b"\n", 0, index)) >= 0:
+            wanted -= 1
+            if wanted == 0:
+                return position + index + 1
+    return 0
 
 
 def pack_outputs(backend: Backend, *, job_id: int, handle: Handle | None, scratch: Path) -> Path:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -330,12 +330,49 @@ def visible_jobs(actor: Actor) -> ColumnElement[bool]:
     return JobRow.project_id.in_(visible_project_ids(actor))
 
 
+@dataclass(frozen=True, slots=True)
+class JobFilters:
+    """Which jobs a listing shows: of a project, of a user, of a name (`*` matches any text),
+    submitted in [since, until)."""
+
+    project: str | None = None
+    user: str | None = None
+    name: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def where(self) -> list[ColumnElement[bool]]:
+        if self.since is not None and self.until is not None and self.since >= self.until:
+            raise InvalidRequest(
+                f"the time range is empty: since {self.since.isoformat()} is not before "
+                f"until {self.until.isoformat()}"
+            )
+        conditions: list[ColumnElement[bool]] = []
+        if self.project is not None:
+            conditions.append(ProjectRow.name == self.project)
+        if self.user is not None:
+            conditions.append(UserRow.name == self.user)
+        if self.name is not None:
+            pattern = self.name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            conditions.append(JobRow.name.like(pattern.replace("*", "%"), escape="\\"))
+        if self.since is not None:
+            conditions.append(JobRow.submitted_at >= self.since)
+        if self.until is not None:
+            conditions.append(JobRow.submitted_at < self.until)
+        return conditions
+
+
 def list_jobs(
-    session: Session, *, actor: Actor, states: Sequence[JobState] = (), limit: int = 100
+    session: Session,
+    *,
+    actor: Actor,
+    states: Sequence[JobState] = (),
+    limit: int = 100,
+    filters: JobFilters = JobFilters(),  # frozen: one shared default is safe
 ) -> list[Job]:
     query = (
         _with_names(select(JobRow, ProjectRow.name, UserRow.name, PoolRow.name))
-        .where(visible_jobs(actor))
+        .where(visible_jobs(actor), *filters.where())
         .order_by(JobRow.id.desc())
         .limit(limit)
     )
