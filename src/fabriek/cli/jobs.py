@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import os
 import sys
-from datetime import datetime
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -23,13 +27,22 @@ from fabriek.cli.output import (
     print_json,
     utc_iso,
 )
+from fabriek.core.errors import FabriekError, InvalidRequest
 from fabriek.core.jobs import JobState
-from fabriek.core.units import format_bytes, format_duration, parse_duration, parse_memory
+from fabriek.core.units import format_bytes, format_duration, parse_duration
 
 if TYPE_CHECKING:
     from fabriek.server.schemas import JobOut
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+CancelOpt = Annotated[
+    bool,
+    typer.Option(
+        "--cancel-on-interrupt", help="Ctrl-C cancels the job (as srun does), not only the wait."
+    ),
+]
+# A second Ctrl-C within this many seconds of the first cancels the job, as srun's does.
+SECOND_INTERRUPT_S = 3.0
 
 
 def _client():  # type: ignore[no-untyped-def]
@@ -46,9 +59,20 @@ def submit(
     name: Annotated[
         str | None, typer.Option(help="Job name [default: the command's name].")
     ] = None,
-    project: Annotated[str, typer.Option(help="Project to run in.")] = "default",
+    project: Annotated[
+        str | None,
+        typer.Option(
+            help="Project to run in [default: `fabriek config set project`, else your only "
+            "project, else 'default']."
+        ),
+    ] = None,
     cpus: Annotated[int, typer.Option(help="CPU cores (per node).")] = 1,
-    mem: Annotated[str, typer.Option(help="Memory per node, e.g. 512M, 2G.")] = "2G",
+    mem: Annotated[
+        str | None,
+        typer.Option(
+            help="Memory per node, e.g. 512M, 2G [default: 2G, or a node's all where less]."
+        ),
+    ] = None,
     gpus: Annotated[int, typer.Option(help="GPUs (per node).")] = 0,
     nodes: Annotated[
         int,
@@ -105,8 +129,13 @@ def submit(
         ),
     ] = None,
     wait: Annotated[
-        bool, typer.Option(help="Stream the logs and exit with the job's exit code.")
+        bool,
+        typer.Option(
+            help="Stream its stdout and stderr and exit with the job's exit code. Ctrl-C leaves "
+            "the job running; a second Ctrl-C within a few seconds cancels it."
+        ),
     ] = False,
+    cancel_on_interrupt: CancelOpt = False,
     parsable: Annotated[bool, typer.Option(help="Print only the job id.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -114,26 +143,32 @@ def submit(
     if not command:
         fail("no command given; put it after `--`, e.g. fabriek submit -- python train.py", 2)
     with handled():
+        from fabriek.client.packing import WorkdirWarning
+
         variables = _parse_env(env or [])
         client = _client()
-        job = client.submit(
-            command,
-            name=name,
-            project=project,
-            cpus=cpus,
-            memory_bytes=parse_memory(mem),
-            gpus=gpus,
-            nodes=nodes,
-            partition=partition,
-            time_limit_s=parse_duration(time) if time is not None else None,
-            env=variables,
-            workdir=None if no_workdir else workdir,
-            allocation=allocation,
-            preemptible=preemptible,
-            priority=priority,
-            deadline=datetime.fromisoformat(utc_iso(deadline)) if deadline else None,
-            flexible_s=parse_duration(flexible) if flexible else None,
-        )
+        with warnings.catch_warnings(record=True) as left_out:
+            warnings.simplefilter("always", WorkdirWarning)
+            job = client.submit(
+                command,
+                name=name,
+                project=project,
+                cpus=cpus,
+                memory=mem,
+                gpus=gpus,
+                nodes=nodes,
+                partition=partition,
+                time=time,
+                env=variables,
+                workdir=None if no_workdir else workdir,
+                allocation=allocation,
+                preemptible=preemptible,
+                priority=priority,
+                deadline=datetime.fromisoformat(utc_iso(deadline)) if deadline else None,
+                flexible_s=parse_duration(flexible) if flexible else None,
+            )
+        for warning in left_out:
+            err_console.print(f"warning: {escape(str(warning.message))}", highlight=False)
     if parsable:
         print(job.id, flush=True)
     elif json_out:
@@ -141,7 +176,47 @@ def submit(
     else:
         err_console.print(f"submitted job [bold]{job.id}[/] ({escape(job.name)})", highlight=False)
     if wait:
-        raise typer.Exit(_stream_until_done(client, job.id))
+        raise typer.Exit(_stream_until_done(client, job.id, cancel_on_interrupt))
+
+
+@contextmanager
+def _interrupts(client, job_id: int, cancel_now: bool) -> Iterator[None]:  # type: ignore[no-untyped-def]
+    """Ctrl-C while following a job ends the following, not the job: say so and how to stop
+    it, and cancel it on a second Ctrl-C within SECOND_INTERRUPT_S (or at once with
+    `cancel_now`). Exits with status 130 either way."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        pass
+    else:
+        return
+    if not cancel_now and _finished(client, job_id):
+        raise typer.Exit(130)
+    if not cancel_now:
+        err_console.print(
+            f"job {job_id} keeps running; `fabriek cancel {job_id}` stops it "
+            f"(or Ctrl-C again within {SECOND_INTERRUPT_S:.0f} s)",
+            highlight=False,
+        )
+        try:
+            time.sleep(SECOND_INTERRUPT_S)
+        except KeyboardInterrupt:
+            cancel_now = True
+    if cancel_now:
+        try:
+            job = client.cancel(job_id)
+            done = job.state.value if job.state.is_final else "being cancelled"
+            err_console.print(f"job {job_id} is {done}", highlight=False)
+        except FabriekError as exc:  # e.g. it has just finished
+            err_console.print(f"job {job_id}: {escape(exc.message)}", highlight=False)
+    raise typer.Exit(130)
+
+
+def _finished(client, job_id: int) -> bool:  # type: ignore[no-untyped-def]
+    try:
+        return bool(client.job(job_id).state.is_final)
+    except FabriekError:
+        return False
 
 
 def _parse_env(pairs: list[str]) -> dict[str, str]:
@@ -156,11 +231,12 @@ def _parse_env(pairs: list[str]) -> dict[str, str]:
     return result
 
 
-def _stream_until_done(client, job_id: int) -> int:  # type: ignore[no-untyped-def]
-    with handled():
-        for chunk in client.follow_logs(job_id):
-            sys.stdout.buffer.write(chunk)
-            sys.stdout.buffer.flush()
+def _stream_until_done(client, job_id: int, cancel_on_interrupt: bool) -> int:  # type: ignore[no-untyped-def]
+    with handled(), _interrupts(client, job_id, cancel_on_interrupt):
+        for stream, chunk in client.follow_output(job_id):
+            out = sys.stdout if stream == "stdout" else sys.stderr
+            out.buffer.write(chunk)
+            out.buffer.flush()
         job = client.wait(job_id)
     err_console.print(
         f"job {job_id} {job.state.value}" + (f": {escape(job.reason)}" if job.reason else ""),
@@ -176,11 +252,32 @@ def jobs(
         list[JobState] | None, typer.Option(help="Only jobs in this state (repeatable).")
     ] = None,
     limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 50,
+    project: Annotated[str | None, typer.Option(help="Only jobs of this project.")] = None,
+    user: Annotated[str | None, typer.Option(help="Only jobs this user submitted.")] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Only jobs of this name; `*` matches any text.")
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Only jobs submitted since then: a duration ago (2h, 1d) or a time."),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(help="Only jobs submitted before then: a duration ago or a time."),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """List your jobs, newest first."""
     with handled():
-        found = _client().jobs(states=state, limit=limit)
+        found = _client().jobs(
+            states=state,
+            limit=limit,
+            project=project,
+            user=user,
+            name=name,
+            since=_moment(since, "--since"),
+            until=_moment(until, "--until"),
+        )
     if json_out:
         print_json(found)
         return
@@ -342,22 +439,59 @@ def logs(
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing until the job ends.")
     ] = False,
+    tail: Annotated[
+        int | None, typer.Option("--tail", "-n", min=0, help="Only the last N lines.")
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Only what it wrote since then: a duration ago (10m, 2h) or a time."),
+    ] = None,
+    stderr: Annotated[
+        bool, typer.Option("--stderr", help="Its error stream instead of its output.")
+    ] = False,
+    cancel_on_interrupt: CancelOpt = False,
 ) -> None:
-    """Print the job's combined stdout and stderr."""
+    """Print the job's stdout (--stderr: its stderr); jobs run before fabriek kept them apart
+    have both in stdout."""
+    stream = "stderr" if stderr else "stdout"
+    moment = _moment(since, "--since")
     with handled():
         client = _client()
         if follow:
-            for chunk in client.follow_logs(job_id):
-                sys.stdout.buffer.write(chunk)
-                sys.stdout.buffer.flush()
+            with _interrupts(client, job_id, cancel_on_interrupt):
+                for chunk in client.follow_logs(job_id, stream=stream, tail=tail, since=moment):
+                    sys.stdout.buffer.write(chunk)
+                    sys.stdout.buffer.flush()
             return
-        offset = 0
-        while True:
-            data, offset, _ = client.read_logs(job_id, offset)
-            if not data:
-                break
+        data, offset, _ = client.read_logs(job_id, stream=stream, tail=tail, since=moment)
+        while data:
             sys.stdout.buffer.write(data)
+            data, offset, _ = client.read_logs(job_id, offset, stream=stream)
         sys.stdout.buffer.flush()
+        if not stderr and client.read_logs(job_id, stream="stderr", limit=1)[0]:
+            err_console.print(
+                f"job {job_id} also wrote to stderr: `fabriek logs {job_id} --stderr`",
+                highlight=False,
+            )
+
+
+def _moment(text: str | None, flag: str) -> datetime | None:
+    """A time the user gave as a duration ago (10m, 2h, 1d) or as an ISO 8601 date or time
+    (UTC unless it names a zone)."""
+    if text is None:
+        return None
+    try:
+        return datetime.now(UTC) - timedelta(seconds=parse_duration(text))
+    except InvalidRequest:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        fail(
+            f"{flag} takes a duration ago (10m, 2h, 1d) or a time (2026-11-01T08:00), not {text!r}",
+            2,
+        )
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def cancel(job_id: Annotated[int, typer.Argument(help="Job id.")]) -> None:
@@ -379,7 +513,14 @@ def download(
     """Download the files the job wrote to $FABRIEK_OUTPUT_DIR."""
     target = directory or Path(f"job-{job_id}")
     with handled():
-        names = _client().download_outputs(job_id, target)
+        client = _client()
+        state = client.job(job_id).state
+        names = client.download_outputs(job_id, target)
+    if not state.is_final:
+        err_console.print(
+            f"job {job_id} is {state.value}: these outputs are partial, what it has written so far",
+            highlight=False,
+        )
     console.print(f"{len(names)} files in {target}{os.sep}")
     for name in names:
         console.print(f"  {escape(name)}", highlight=False)

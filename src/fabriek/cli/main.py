@@ -13,6 +13,7 @@ from fabriek.cli import jobs as job_commands
 from fabriek.cli.calls import application_app, call_app
 from fabriek.cli.calls import apply as apply_to_call
 from fabriek.cli.calls import review as review_application
+from fabriek.cli.config import config_app
 from fabriek.cli.facility import facility_app
 from fabriek.cli.group import FabriekGroup
 from fabriek.cli.output import console, err_console, fail, handled
@@ -210,6 +211,7 @@ app.command("status")(job_commands.status)
 app.command("logs")(job_commands.logs)
 app.command("cancel")(job_commands.cancel)
 app.command("download")(job_commands.download)
+app.add_typer(config_app, name="config")  # your defaults, e.g. the project (cli/config.py)
 # --- end of the job commands ---------------------------------------------------------------------
 
 

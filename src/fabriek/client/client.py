@@ -23,6 +23,7 @@ from fabriek.core.errors import (
     error_from_code,
 )
 from fabriek.core.jobs import JobState
+from fabriek.core.units import parse_duration, parse_memory
 from fabriek.server.schemas import (
     AllocationOut,
     ApplicationOut,
@@ -69,6 +70,7 @@ class Client:
                 "or set FABRIEK_URL and FABRIEK_TOKEN"
             )
         self.url = config.url.rstrip("/")
+        self.default_project = config.project  # `fabriek config set project`, FABRIEK_PROJECT
         headers = {"Authorization": f"Bearer {config.token}"} if config.token else {}
         self._http = httpx.Client(base_url=self.url + API, headers=headers, timeout=timeout)
 
@@ -132,13 +134,13 @@ class Client:
         argv: list[str],
         *,
         name: str | None = None,
-        project: str = "default",
+        project: str | None = None,
         cpus: int = 1,
-        memory_bytes: int = 2 * 1024**3,
+        memory: int | str | None = None,
         gpus: int = 0,
         nodes: int = 1,
         partition: str | None = None,
-        time_limit_s: int | None = None,
+        time: int | str | None = None,
         env: dict[str, str] | None = None,
         workdir: str | Path | None = None,
         allocation: int | None = None,
@@ -146,21 +148,29 @@ class Client:
         priority: int = 0,
         deadline: datetime | None = None,
         flexible_s: int | None = None,
+        memory_bytes: int | None = None,
+        time_limit_s: int | None = None,
     ) -> JobOut:
         """Queue a job. `workdir` is packed and uploaded; the job runs in a fresh copy of it.
-        A `preemptible` job may borrow idle GPUs beyond its pool's guarantee. `cpus`,
-        `memory_bytes` and `gpus` are per node: a job gets `nodes` nodes with that much each."""
+        A `preemptible` job may borrow idle GPUs beyond its pool's guarantee. `cpus`, `memory`
+        and `gpus` are per node: a job gets `nodes` nodes with that much each.
+
+        `memory` is bytes or a size as the CLI takes it ("512M", "2G"; default: 2G, or less
+        where the partition offers less); `time` seconds or a duration ("10m", "2h",
+        "1:30:00"; default: 1 hour). `memory_bytes` and `time_limit_s` are the older names.
+        Without `project`: your configured default, else your only project (docs/jobs.md)."""
         if not argv:
             raise InvalidRequest(
                 "the command is empty; give it after `--`, e.g. -- python train.py"
             )
+        memory_bytes = _one_of("memory", memory, "memory_bytes", memory_bytes, parse_memory)
+        time_limit_s = _one_of("time", time, "time_limit_s", time_limit_s, parse_duration)
+        project = project or self.default_project
         digest = self.upload_workdir(workdir) if workdir is not None else None
         body: dict[str, Any] = {
             "name": name or Path(argv[0]).name,
-            "project": project,
             "argv": argv,
             "cpus": cpus,
-            "memory_bytes": memory_bytes,
             "gpus": gpus,
             "nodes": nodes,
             "partition": partition,
@@ -172,14 +182,38 @@ class Client:
             "deadline": deadline.isoformat() if deadline else None,
             "flexible_s": flexible_s,
         }
-        if time_limit_s is not None:  # else the server's default: 1 hour
-            body["time_limit_s"] = time_limit_s
+        # Left out, the server chooses: the project as above, memory to fit, 1 hour.
+        for key, value in (
+            ("project", project),
+            ("memory_bytes", memory_bytes),
+            ("time_limit_s", time_limit_s),
+        ):
+            if value is not None:
+                body[key] = value
         return JobOut.model_validate(self._request("POST", "/jobs", json=body).json())
 
-    def jobs(self, *, states: list[JobState] | None = None, limit: int = 100) -> list[JobOut]:
+    def jobs(
+        self,
+        *,
+        states: list[JobState] | None = None,
+        limit: int = 100,
+        project: str | None = None,
+        user: str | None = None,
+        name: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[JobOut]:
+        """Your jobs (those you may see), newest first; `name` may hold `*` wildcards, `since`
+        and `until` bound the submission time."""
         params: dict[str, Any] = {"limit": limit}
         if states:
             params["state"] = [s.value for s in states]
+        for key, value in (("project", project), ("user", user), ("name", name)):
+            if value is not None:
+                params[key] = value
+        for key, moment in (("since", since), ("until", until)):
+            if moment is not None:
+                params[key] = moment.isoformat()
         return [
             JobOut.model_validate(j) for j in self._request("GET", "/jobs", params=params).json()
         ]
@@ -190,24 +224,79 @@ class Client:
     def cancel(self, job_id: int) -> JobOut:
         return JobOut.model_validate(self._request("POST", f"/jobs/{job_id}/cancel").json())
 
-    def read_logs(self, job_id: int, offset: int = 0) -> tuple[bytes, int, JobState]:
-        """Log bytes from `offset`: (data, next offset, the job's state when read)."""
-        r = self._request("GET", f"/jobs/{job_id}/logs", params={"offset": offset})
+    def read_logs(
+        self,
+        job_id: int,
+        offset: int = 0,
+        *,
+        stream: str = "stdout",
+        tail: int | None = None,
+        since: datetime | None = None,
+        limit: int | None = None,
+    ) -> tuple[bytes, int, JobState]:
+        """Bytes of the job's stdout (or `stream="stderr"`) from `offset`, or from where the
+        last `tail` lines or the lines written after `since` start: (data, next offset, the
+        job's state when read). A job run before the streams were kept apart has both in stdout."""
+        params: dict[str, Any] = {"offset": offset, "stream": stream}
+        if tail is not None:
+            params["tail"] = tail
+        if since is not None:
+            params["since"] = since.isoformat()
+        if limit is not None:
+            params["limit"] = limit
+        r = self._request("GET", f"/jobs/{job_id}/logs", params=params)
         return (
             r.content,
             int(r.headers["X-Fabriek-Next-Offset"]),
             JobState(r.headers["X-Fabriek-Job-State"]),
         )
 
-    def follow_logs(self, job_id: int, *, poll: float = 0.25) -> Iterator[bytes]:
-        """Yield log bytes as they come, until the job has finished and everything was read."""
-        offset = 0
+    def follow_logs(
+        self,
+        job_id: int,
+        *,
+        poll: float = 0.25,
+        stream: str = "stdout",
+        tail: int | None = None,
+        since: datetime | None = None,
+    ) -> Iterator[bytes]:
+        """Yield the stream's bytes as they come, until the job has finished and everything
+        was read."""
+        for _, data in self.follow_output(
+            job_id, poll=poll, streams=(stream,), tail=tail, since=since
+        ):
+            yield data
+
+    def follow_output(
+        self,
+        job_id: int,
+        *,
+        poll: float = 0.25,
+        streams: tuple[str, ...] = ("stdout", "stderr"),
+        tail: int | None = None,
+        since: datetime | None = None,
+    ) -> Iterator[tuple[str, bytes]]:
+        """Yield (stream, bytes) as they come from each of `streams`, until the job has
+        finished and everything was read."""
+        offsets: dict[str, int] = {}
         while True:
-            data, offset, state = self.read_logs(job_id, offset)
-            if data:
-                yield data
+            got, final = False, True
+            for stream in streams:
+                if stream in offsets:
+                    data, offsets[stream], state = self.read_logs(
+                        job_id, offsets[stream], stream=stream
+                    )
+                else:  # the first read: where tail and since say
+                    data, offsets[stream], state = self.read_logs(
+                        job_id, stream=stream, tail=tail, since=since
+                    )
+                final = final and state.is_final
+                if data:
+                    got = True
+                    yield stream, data
+            if got:
                 continue  # there may be more at once
-            if state.is_final:
+            if final:
                 return
             time.sleep(poll)
 
@@ -223,7 +312,8 @@ class Client:
             time.sleep(poll)
 
     def download_outputs(self, job_id: int, directory: str | Path) -> list[str]:
-        """Unpack the job's outputs into `directory`; return the paths unpacked."""
+        """Unpack the job's outputs into `directory`; return the paths unpacked. A job that has
+        not finished yet gives what it has written so far."""
         response = self._request("GET", f"/jobs/{job_id}/outputs")
         target = Path(directory)
         target.mkdir(parents=True, exist_ok=True)
@@ -476,6 +566,17 @@ class Client:
 
 
 _CSV = {"Content-Type": "text/csv"}
+
+
+def _one_of(
+    name: str, value: int | str | None, old_name: str, old: int | None, parse: Any
+) -> int | None:
+    """`value` (a number, or text for `parse`) or the same under its older name, not both."""
+    if value is not None and old is not None:
+        raise InvalidRequest(f"give {name} or {old_name}, not both")
+    if isinstance(value, str):
+        return int(parse(value))
+    return value if value is not None else old
 
 
 def _seg(value: str) -> str:
