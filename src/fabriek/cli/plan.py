@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fabriek.cli.output import console, err_console, fail, handled, interruptible
+from fabriek.cli.output import console, fail, handled, interruptible
+from fabriek.cli.progress import progress
 from fabriek.cli.simulate import ColumnsOption, FormatOption, PoolsOption, parse_columns
 from fabriek.cli.tenancy import _table
 from fabriek.core.errors import InvalidRequest
@@ -136,9 +136,7 @@ def plan(
         demand = Demand(trace_path, kind, gpu_hours_per_year, users=users,
                         pools=parse_pools(pools), seed=seed, max_jobs=max_jobs,
                         columns=parse_columns(columns) if columns is not None else None)  # fmt: skip
-        with Progress(TextColumn("replaying jobs, all sizes"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=err_console, transient=True) as bar:  # fmt: skip
-            task = bar.add_task("plan", total=None)
+        with progress("jobs") as update:
             result = make_plan(
                 demand,
                 budget=_budget(budget),
@@ -146,7 +144,7 @@ def plan(
                 hardware=options,
                 costs=costs,
                 carbon_series=series,
-                progress=lambda done, total: bar.update(task, completed=done, total=total),
+                progress=lambda done, total: update("replaying all sizes", done, total),
                 workers=workers,
             )
     if json_path is not None:

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fabriek.cli.output import console, err_console, fail, handled, interruptible
+from fabriek.cli.output import console, fail, handled, interruptible
+from fabriek.cli.progress import progress
 from fabriek.cli.tenancy import _table
 from fabriek.core.errors import InvalidRequest
 from fabriek.core.units import parse_duration
@@ -152,23 +152,13 @@ def simulate(
             starving_after_s=None if starving_after == "never" else parse_duration(starving_after),
             checkpoints=checkpoints,
         )
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err_console,
-            transient=True,
-        ) as bar:
-            tasks: dict[str, int] = {}
+        with progress("jobs") as update:
 
-            def progress(name: str, done: int, total: int) -> None:
-                if name not in tasks:
-                    tasks[name] = bar.add_task(name, total=total)
+            def replayed(name: str, done: int, total: int) -> None:
                 if done % 200 == 0 or done == total:
-                    bar.update(tasks[name], completed=done)  # type: ignore[arg-type]
+                    update(name, done, total)
 
-            result = run_study(study, progress, workers=workers)
+            result = run_study(study, replayed, workers=workers)
     from fabriek.sim.report import html_report
 
     for path, text in ((json_path, lambda: json.dumps(result, indent=1)),

@@ -10,7 +10,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from multiprocessing.managers import SyncManager
 from queue import Empty
 from typing import Any
@@ -39,9 +40,12 @@ def side_by_side(
     and stops every worker on its way out: no worker prints its own traceback or lives on."""
     context = multiprocessing.get_context("spawn")
     manager = SyncManager(ctx=context)
-    manager.start(_ignore_interrupts)
+    with _children_ignore_interrupts():
+        manager.start(_ignore_interrupts)
     try:
-        with context.Pool(workers, initializer=_ignore_interrupts) as pool:  # exit: terminate
+        with _children_ignore_interrupts():
+            pool = context.Pool(workers, initializer=_ignore_interrupts)
+        with pool:  # exit: terminate
             queue = manager.Queue() if on_message is not None else None
             running = [pool.apply_async(_call, (work, task, queue)) for task in tasks]
             while unfinished := [result for result in running if not result.ready()]:
@@ -55,6 +59,20 @@ def side_by_side(
 
 def _ignore_interrupts() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextmanager
+def _children_ignore_interrupts() -> Iterator[None]:
+    """Processes started in this block never see a Ctrl-C: SIGINT is blocked here while they
+    start, they inherit the blocked mask across exec (as Python's own resource tracker is
+    started), and `_ignore_interrupts` then drops what came meanwhile. Without it a Ctrl-C while
+    a worker was still importing (its first second) printed that worker's KeyboardInterrupt
+    traceback. A Ctrl-C during the block reaches this process as it ends."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def _call(work: Callable[..., Any], task: tuple[Any, ...], queue: Any) -> Any:
