@@ -7,8 +7,8 @@ measured at about 11, 20, 27 and 37 %.)
 
 How it measures (in process; pure code, a small discrete-event replay):
 
-1. Read the series (`--series`, default ../shared/data/grid/NL-2021-2023-hourly.csv beside the
-   checkout; life-cycle intensity).
+1. Read the series (`--series`, default the Dutch 2021-2023 series shipped with fabriek,
+   src/fabriek/data/grid; life-cycle intensity).
 2. Workload, seeded: `--weeks` weeks spread evenly over the three years; in each, 1-GPU jobs of
    `--hours` hours arrive as a Poisson stream at `--load` of a machine of `--gpus` GPUs (8 per
    node). A share of them (`--flexible-share`, 30 %) may start up to SLACK hours late (deadline =
@@ -41,8 +41,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from _harness import REPO, common_options, describe, machine, table, write_json
+from _harness import common_options, describe, machine, table, write_json
 
+from fabriek import data
 from fabriek.core.green import parse_intensity_csv
 from fabriek.scheduling.engine import decide
 from fabriek.scheduling.model import (
@@ -55,14 +56,14 @@ from fabriek.scheduling.model import (
     Snapshot,
 )
 
-SERIES = REPO.parent / "shared" / "data" / "grid" / "NL-2021-2023-hourly.csv"
+SERIES = data.path("nl-grid")
 SLACKS = (4, 8, 12, 24)
 FORECAST_HOURS = 48
 
 
 class Grid:
     def __init__(self, path: Path) -> None:
-        rows = parse_intensity_csv(path.read_text(encoding="utf-8"))
+        rows = parse_intensity_csv(data.read_text(path))
         self.start = rows[0].hour.timestamp()
         self.values = [r.life_cycle for r in rows]
         assert all(v is not None for v in self.values)

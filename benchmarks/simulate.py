@@ -31,17 +31,19 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from _harness import REPO, code_version, common_options, describe, machine, table, write_json
+from _harness import code_version, common_options, describe, machine, table, write_json
 
+from fabriek import data
 from fabriek.sim.parallel import Send, side_by_side
 from fabriek.sim.policies import POLICIES
 from fabriek.sim.run import Study, run_study
 
-TRACES = REPO.parent / "shared" / "data" / "traces"
+# The traces shipped with fabriek (src/fabriek/data): every ITP cluster and the Philly sample.
 SETS = {
-    "itp-cluster04": (TRACES / "itp" / "cluster04.csv", "itp"),
-    "philly": (TRACES / "philly" / "philly.csv", "philly"),
+    **{f"itp-cluster{n:02d}": (data.path(f"itp/cluster{n:02d}"), "itp") for n in range(1, 8)},
+    "philly": (data.path("philly"), "philly"),
 }
+DEFAULT_SETS = ("itp-cluster04", "philly")
 LOADS = (0.6, 0.8, 1.0, 1.2)
 
 
@@ -108,7 +110,7 @@ def _study_rows(
     return rows
 
 
-GRID = REPO.parent / "shared" / "data" / "grid" / "NL-2021-2023-hourly.csv"
+GRID = data.path("nl-grid")
 SLACKS_H = (4, 12, 24)
 
 
@@ -175,7 +177,7 @@ def main() -> None:
     parser.add_argument("--quality", action="store_true")
     parser.add_argument("--quick", action="store_true", help="ITP cluster04 only, one seed")
     parser.add_argument(
-        "--traces", default=",".join(SETS), help="comma-separated: " + ", ".join(SETS)
+        "--traces", default=",".join(DEFAULT_SETS), help="comma-separated: " + ", ".join(SETS)
     )
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (quality)")
     parser.add_argument("--loads", default=",".join(map(str, LOADS)), help="comma-separated")

@@ -69,6 +69,14 @@ def listing(kind: str | None = None) -> str:
     return f"shipped: {', '.join(names)}"
 
 
+def label(file: Path) -> str:
+    """How to name `file` to a user: a shipped set's short name, else the path as given."""
+    for shipped in SHIPPED.values():
+        if file == _file(shipped):
+            return shipped.name
+    return str(file)
+
+
 def default_grid() -> Path:
     """The Dutch 2021-2023 hourly series: the simulator's and planner's default."""
     return _file(SHIPPED["nl-grid"])

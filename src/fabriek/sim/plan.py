@@ -236,7 +236,7 @@ def plan(
         for k, (h, n) in enumerate(candidates)
     ]
     return {
-        "demand": {"trace": str(demand.trace), "format": demand.kind, "jobs": len(jobs),
+        "demand": {"trace": data.label(demand.trace), "format": demand.kind, "jobs": len(jobs),
                    "gpu_hours_per_year": wanted, "trace_gpu_hours_per_year": trace_rate,
                    "users": demand.users, "trace_tenants": tenants,
                    "gpu_hours_per_user_per_year": per_user, "seed": demand.seed},

@@ -9,6 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from fabriek import data
 from fabriek.core.errors import InvalidRequest
 from fabriek.scheduling.model import STARVING_AFTER_S
 from fabriek.sim.green import DEFAULT_START, Grid, deferral_saving, footprint
@@ -117,7 +118,7 @@ def run_study(
         results = _in_processes(study, names, workers, progress)
     trace, jobs, gpus, machine = prepared.trace, prepared.jobs, prepared.gpus, prepared.machine
     return {
-        "trace": {"path": str(study.trace), "format": study.kind, **summary(trace)},
+        "trace": {"path": data.label(study.trace), "format": study.kind, **summary(trace)},
         "workload": {
             "jobs": len(jobs),
             "dropped_larger_than_machine": len(trace) - len(jobs),
