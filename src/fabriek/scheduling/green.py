@@ -7,6 +7,7 @@ Called by the engine's nominate step; pure like the rest of the engine.
 from __future__ import annotations
 
 import itertools
+from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -122,9 +123,20 @@ class _GreenPlan:
         self.slots = int(len(state.snapshot.forecast) * 3600 // self.SLOT)
         self.total = state.total
         self.busy: dict[str, list[int]] = defaultdict(lambda: [0] * self.slots)
+        # The running jobs, each from now to its time limit: as steps up and down, summed once
+        # (adding each job slot by slot was most of a replay with flexible jobs).
+        steps: dict[str, list[int]] = defaultdict(lambda: [0] * (self.slots + 1))
         for job in state.snapshot.running:
-            gpu_type = state.type_of(job.placement.partition)
-            self.add(gpu_type, self.now, job.ends_by - self.now, job.request.gpus)
+            if job.request.gpus <= 0:
+                continue
+            span = self._span(self.now, job.ends_by - self.now)
+            first, stop = span.start, min(span.stop, self.slots)
+            if first < stop:
+                step = steps[state.type_of(job.placement.partition)]
+                step[first] += job.request.gpus
+                step[stop] -= job.request.gpus
+        for gpu_type, step in steps.items():
+            self.busy[gpu_type] = list(itertools.accumulate(step[: self.slots]))
 
     def _span(self, start: float, seconds: float) -> range:
         first = int((max(start, self.start) - self.start) // self.SLOT)
@@ -135,9 +147,10 @@ class _GreenPlan:
         if gpus <= 0:
             return
         busy = self.busy[gpu_type]
-        for i in self._span(start, seconds):
-            if i < self.slots:
-                busy[i] += gpus
+        span = self._span(start, seconds)
+        first, stop = span.start, min(span.stop, self.slots)
+        if first < stop:  # a slice at a time: the plan is rebuilt every cycle, a slot at a time
+            busy[first:stop] = map(gpus.__add__, busy[first:stop])  # was most of a replay
 
     def fits(self, gpu_type: str, start: float, *, seconds: float, gpus: int) -> bool:
         """Whether it has room from `start` for `seconds`, as far as the horizon reaches (a
@@ -146,19 +159,33 @@ class _GreenPlan:
         span = self._span(start, seconds)
         if span.start >= self.slots:
             return False
-        return all(busy[i] + gpus <= total for i in range(span.start, min(span.stop, self.slots)))
+        stop = min(span.stop, self.slots)
+        return span.start >= stop or max(busy[span.start : stop]) + gpus <= total
 
     def pour(self, gpu_type: str, seconds: float, gpus: int) -> float | None:
         """Work that starts as soon as there is room: at the earliest slot where it fits (its
         start; None beyond the horizon)."""
         if gpus <= 0:
             return self.now
+        busy, room = self.busy[gpu_type], self.total.get(gpu_type, 0) - gpus
         first = int((self.now - self.start) // self.SLOT)
-        for i in range(first, self.slots):
+        # The slots too full for it, in order. A start whose span holds one cannot fit, nor can
+        # any later start up to that slot (their spans, as long or longer, hold it too): the
+        # next to try is the slot after the last full one in the span.
+        full = [i for i in range(max(first, 0), self.slots) if busy[i] > room]
+        i = first
+        while i < self.slots:
             at = max(self.now, self.start + i * self.SLOT)
-            if self.fits(gpu_type, at, seconds=seconds, gpus=gpus):
+            span = self._span(at, seconds)
+            if span.start >= self.slots:
+                return None
+            stop = min(span.stop, self.slots)
+            k = bisect_left(full, span.start)
+            if k == len(full) or full[k] >= stop:
                 self.add(gpu_type, at, seconds, gpus)
                 return at
+            # (at least one on: a start off the hour can round its span down to a full slot)
+            i = max(i + 1, full[bisect_left(full, stop) - 1] + 1)
         return None
 
 
