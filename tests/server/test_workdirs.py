@@ -54,6 +54,12 @@ def test_links_that_stay_inside_are_accepted(tmp_path: Path, entries: list[Entry
         ([("l", "d"), ("l/f", None)], "below the symbolic link"),
         ([("l", "."), ("f", None), ("f", None)], "twice"),
         ([("l", "."), ("l/../f", None)], "'..'"),
+        # A leading / is stripped when unpacked: `/a` lands on `a` (found in review).
+        ([("a", None), ("/a", None)], "is absolute"),
+        ([("l", "d"), ("/l/f", None)], "is absolute"),
+        ([("//l", "..")], "is absolute"),
+        ([("", ".")], "names the top directory"),
+        ([("./", "..")], "names the top directory"),
     ],
 )
 def test_links_that_could_leave_the_directory_are_refused(
@@ -61,3 +67,29 @@ def test_links_that_could_leave_the_directory_are_refused(
 ) -> None:
     with pytest.raises(InvalidRequest, match=message):
         inspect_archive(archive(tmp_path, entries), max_unpacked=2**20)
+
+
+def test_the_path_max_chain_through_slash_prefixed_links_is_refused(tmp_path: Path) -> None:
+    """The escape a reviewer built (CVE-2025-4517 on Python 3.11.7's data filter): links named
+    with a leading / hid from the checks, a chain of them past PATH_MAX, then a file written
+    through it above the unpack directory. Refused before anything is unpacked."""
+    path, long = tmp_path / "escape.tar.gz", "d" * 247
+    with tarfile.open(path, "w:gz", format=tarfile.PAX_FORMAT) as tar:
+
+        def add(name: str, kind: bytes, target: str = "", data: bytes | None = None) -> None:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, target
+            info.size = len(data) if data is not None else 0
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+
+        at = ""
+        for step in "abcdefghijklmnop":
+            add(f"{at}{long}", tarfile.DIRTYPE)
+            add(f"/{at}{step}", tarfile.SYMTYPE, long)
+            at = f"{at}{long}/"
+        chain = "/".join("abcdefghijklmnop") + "/" + "l" * 254
+        add("//" + chain, tarfile.SYMTYPE, "../" * 16)
+        add("escape", tarfile.SYMTYPE, chain + "/..")
+        add("/escape/PWNED", tarfile.REGTYPE, data=b"outside\n")
+    with pytest.raises(InvalidRequest, match="is absolute"):
+        inspect_archive(path, max_unpacked=2**20)

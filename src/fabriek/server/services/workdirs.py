@@ -50,6 +50,15 @@ def inspect_archive(path: Path, *, max_unpacked: int) -> tuple[int, int]:
                         f"the workdir archive holds {member.name!r}, which is not a plain file, "
                         "directory or symbolic link; hard links and special files are not accepted"
                     )
+                if member.name.startswith("/") or (
+                    _normal(member.name) in ("", ".") and not member.isdir()
+                ):
+                    # tarfile's filter strips a leading /, so `/a` would unpack as `a` and pass
+                    # every check below under another name than it lands at (found in review)
+                    raise InvalidRequest(
+                        f"the workdir archive holds an unsafe entry: {member.name!r} is absolute "
+                        "or names the top directory itself"
+                    )
                 try:
                     tarfile.data_filter(member, dest)
                 except tarfile.FilterError as exc:
@@ -80,7 +89,7 @@ def inspect_archive(path: Path, *, max_unpacked: int) -> tuple[int, int]:
 
 
 def _normal(name: str) -> str:
-    return posixpath.normpath(name).removeprefix("./")
+    return posixpath.normpath(name).removeprefix("./") if name else ""
 
 
 def _check_links(names: set[str], links: dict[str, str]) -> None:
