@@ -175,6 +175,8 @@ def test_help_lists_the_everyday_commands_first() -> None:
         (["allocation", "grant"], "Missing option '--project'; see `fabriek allocation grant --help`"),
         (["jobs", "--limit", "many"], "Invalid value for '--limit'"),
         (["token", "show", "one"], "see `fabriek token show --help`"),
+        # Click lists a choice's values on lines of their own: still one line (found in review)
+        (["org", "create", "zz", "--display-name", "Z"], "Choose from: sme, large_company,"),
     ],
 )  # fmt: skip
 def test_usage_errors_look_like_fabrieks_own(args: list[str], message: str) -> None:

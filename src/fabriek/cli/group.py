@@ -36,6 +36,14 @@ class FabriekGroup(TyperGroup):
         first = [n for n in EVERYDAY if n in names]
         return first + [n for n in names if n not in first]
 
+    def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]
+        """Ctrl-C in a command that does not say more itself: one line and status 130 (Typer
+        turns it into a silent exit with 130, found in review)."""
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            _exit("interrupted", 130)
+
     def main(self, args: Sequence[str] | None = None, *rest: Any, **kwargs: Any) -> NoReturn:
         kwargs["standalone_mode"] = False
         try:
@@ -65,7 +73,8 @@ def _exit(message: str, code: int) -> NoReturn:
 
 
 def _usage_line(exc: Exception) -> str:
-    message = exc.format_message().strip().rstrip(".")  # type: ignore[attr-defined]
+    """One line, whatever Click wrote (a choice's list comes on lines of its own)."""
+    message = " ".join(exc.format_message().split()).rstrip(".")  # type: ignore[attr-defined]
     ctx = getattr(exc, "ctx", None)
     command = ctx.command_path if ctx is not None else "fabriek"
     return f"{message}; see `{command} --help`"
