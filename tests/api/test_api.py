@@ -141,6 +141,10 @@ def test_job_flow_logs_and_outputs(server: ServerProcess) -> None:
         errors = http.get(f"/jobs/{job['id']}/logs", params={"stream": "stderr", "offset": 2})
         assert errors.content == b"ne2\n" and errors.headers["X-Fabriek-Next-Offset"] == "6"
         assert http.get(f"/jobs/{job['id']}/logs", params={"stream": "both"}).status_code == 422
+        # Past the end, as far as an offset goes (2**62 was a 500 from seek, found in review)
+        far = http.get(f"/jobs/{job['id']}/logs", params={"offset": 2**62})
+        assert far.status_code == 200 and far.content == b""
+        assert far.headers["X-Fabriek-Next-Offset"] == str(2**62)
         outputs = http.get(f"/jobs/{job['id']}/outputs")
         with tarfile.open(fileobj=io.BytesIO(outputs.content), mode="r:gz") as tar:
             member = tar.extractfile("./sub/model.txt")
@@ -189,3 +193,17 @@ def test_times_without_a_zone_are_a_clear_422(server: ServerProcess) -> None:
         r = http.get("/usage", params={"from": "2026-11-01T00:00:00", "to": "2026-12-01T00:00:00Z"})
         assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
         assert "timezone" in r.json()["error"]["message"]
+
+
+def test_a_log_index_the_job_scribbled_on_answers_a_log_not_a_500(server: ServerProcess) -> None:
+    """The log index lies in the job's own directory: a job can write nonsense into it (a
+    negative size, a size past the end). `since` then finds no more than the log (were 500s,
+    found in review)."""
+    script = "echo one; printf '1 -5 0\\n2 999999999999999999999 0\\n' >> ../log.index; echo two"
+    with server.http() as http:
+        r = http.post("/jobs", json=job_body(argv=["sh", "-c", script], name="scribble"))
+        job = wait_final(http, r.json()["id"])
+        for since in ("1970-01-01T00:00:01.5Z", "1970-01-01T00:00:03Z"):
+            logs = http.get(f"/jobs/{job['id']}/logs", params={"since": since})
+            assert logs.status_code == 200, logs.text
+            assert logs.content in (b"", b"one\ntwo\n", b"two\n")

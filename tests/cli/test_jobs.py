@@ -144,6 +144,15 @@ def test_jobs_filters_and_their_api(server: ServerProcess) -> None:
         assert "time range is empty" in r.json()["error"]["message"]
         r = http.get("/jobs", params={"since": "soon"})
         assert (r.status_code, r.json()["error"]["code"]) == (422, "invalid_request")
+        # Times no UTC clock can show (were 500s, found in review)
+        for moment in ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"):
+            for key in ("since", "until"):
+                r = http.get("/jobs", params={key: moment})
+                assert (r.status_code, r.json()["error"]["code"]) == (422, "invalid_request")
+    for flag, text in (("--since", "3000000d"), ("--until", "99999999999d")):
+        r = server.cli("jobs", flag, text)
+        assert r.returncode == 2 and r.stderr.startswith("error: "), r.stderr
+        assert "Traceback" not in r.stderr
 
 
 def test_download_of_a_running_job_says_the_outputs_are_partial(

@@ -28,9 +28,9 @@ class Capacity:
 
 
 Handle = dict[str, Any]
-LogStream = Literal["stdout", "stderr"]
-LOG_INDEX = "log.index"
 """What a backend needs to find a job again, after a restart too. JSON-serialisable; stored in the job row."""
+LogStream = Literal["stdout", "stderr"]
+LOG_INDEX = "log.index"  # in a job's directory: lines "unix-time stdout-bytes stderr-bytes"
 
 
 @dataclass(frozen=True, slots=True)

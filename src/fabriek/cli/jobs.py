@@ -481,9 +481,14 @@ def _moment(text: str | None, flag: str) -> datetime | None:
     if text is None:
         return None
     try:
-        return datetime.now(UTC) - timedelta(seconds=parse_duration(text))
+        ago = parse_duration(text)
     except InvalidRequest:
         pass
+    else:
+        try:
+            return datetime.now(UTC) - timedelta(seconds=ago)
+        except OverflowError:  # were tracebacks (found in review)
+            fail(f"{flag} {text} reaches before the year 1", 2)
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:

@@ -68,8 +68,12 @@ def _write(values: dict[str, Any]) -> Path:
 
 
 def save_config(url: str, token: str) -> Path:
-    """Remember the server and token; the other settings stay as they were."""
-    return _write({**_stored(), "url": url, "token": token})
+    """Remember the server and token; the other settings stay as they were, unless they were
+    another server's: a default project names a project of the server it was set for."""
+    stored = _stored()
+    if stored.get("url") not in (None, url):
+        stored.pop("project", None)
+    return _write({**stored, "url": url, "token": token})
 
 
 def check_key(key: str) -> None:

@@ -34,10 +34,13 @@ def read_log(
         return b"", offset
     try:
         with open(path, "rb") as f:
-            if since is not None:
-                offset = max(offset, _line_start(f, _size_at(path.parent, stream, since)))
+            end = f.seek(0, os.SEEK_END)
+            if since is not None:  # the index is the job's to write: never past the end
+                offset = max(offset, _line_start(f, min(_size_at(path.parent, stream, since), end)))
             if tail is not None:
                 offset = max(offset, _tail_start(f, tail))
+            if offset >= end:  # nothing there yet (seeking to 2**62 failed: a 500)
+                return b"", offset
             f.seek(offset)
             return f.read(limit), offset
     except FileNotFoundError:
@@ -56,7 +59,7 @@ def _size_at(job_dir: Path, stream: LogStream, moment: datetime) -> int:
                     continue  # a line being written
                 if float(fields[0]) > when:
                     break
-                size = int(fields[column])
+                size = max(0, int(fields[column]))
     except (OSError, ValueError):
         return 0
     return size
