@@ -1,0 +1,193 @@
+"""API schemas: pools, allocations, access calls and applications."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from fabriek.core.calls import ApplicationState, CallMode
+from fabriek.core.tenancy import (
+    Eligibility,
+    OrgKind,
+    PoolInfo,
+)
+
+
+class EligibilityIO(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    verified: bool = Field(False, description="Only organisations an operator verified.")
+    countries: list[str] = Field(default_factory=list, description="ISO 3166-1 codes; empty: any.")
+    regions: list[str] = Field(
+        default_factory=list, description="NUTS prefixes, e.g. NL11 or NL1; empty: any."
+    )
+    kinds: list[OrgKind] = Field(
+        default_factory=list, description="Organisation kinds; empty: any."
+    )
+
+    def to_domain(self) -> Eligibility:
+        return Eligibility(
+            verified=self.verified,
+            countries=tuple(c.upper() for c in self.countries),
+            regions=tuple(r.upper() for r in self.regions),
+            kinds=tuple(self.kinds),
+        )
+
+    @classmethod
+    def of(cls, e: Eligibility) -> EligibilityIO:
+        return cls(
+            verified=e.verified,
+            countries=list(e.countries),
+            regions=list(e.regions),
+            kinds=list(e.kinds),
+        )
+
+
+class PoolCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    display_name: str
+    guarantee: float = Field(description="Fraction of each GPU type it is owed, e.g. 0.25.")
+    borrow_limit: float | None = Field(
+        None, description="How far beyond its guarantee it may borrow idle GPUs; none: no limit."
+    )
+    lend_limit: float = Field(1.0, description="Fraction of its guarantee it lends while idle.")
+    eligibility: EligibilityIO = Field(default_factory=EligibilityIO)
+
+
+class PoolUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    display_name: str | None = None
+    guarantee: float | None = None
+    borrow_limit: float | None = None
+    no_borrow_limit: bool = False
+    lend_limit: float | None = None
+    eligibility: EligibilityIO | None = None
+
+
+class PoolOut(BaseModel):
+    name: str
+    display_name: str
+    guarantee: float
+    borrow_limit: float | None
+    lend_limit: float
+    eligibility: EligibilityIO
+    created_at: datetime
+
+    @classmethod
+    def of(cls, p: PoolInfo) -> PoolOut:
+        return cls(
+            name=p.name,
+            display_name=p.display_name,
+            guarantee=p.guarantee,
+            borrow_limit=p.borrow_limit,
+            lend_limit=p.lend_limit,
+            eligibility=EligibilityIO.of(p.eligibility),
+            created_at=p.created_at,
+        )
+
+
+class PoolEligibilityOut(BaseModel):
+    pool: str
+    eligible: bool
+    why_not: str | None
+
+
+# --- allocations ------------------------------------------------------------------------------------
+class AllocationGrant(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    project: str
+    pool: str
+    gpu_hours: float = Field(description="The budget, in GPU-hours.")
+    days: int = Field(description="How long it lasts.")
+    starts_at: AwareDatetime | None = Field(None, description="When it begins; default now.")
+    note: str | None = Field(None, max_length=1000)
+
+
+class AllocationOut(BaseModel):
+    id: int
+    project: str
+    pool: str
+    gpu_hours: float
+    held_gpu_hours: float = Field(description="Held by accepted jobs that have not ended.")
+    charged_gpu_hours: float = Field(description="Used by jobs that ended.")
+    left_gpu_hours: float = Field(description="What new jobs may still ask for.")
+    starts_at: datetime
+    ends_at: datetime
+    granted_by: str
+    note: str | None
+
+
+# --- access calls and applications -------------------------------------------------------------------
+class CallCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    title: str
+    pool: str
+    mode: CallMode
+    opens_at: AwareDatetime
+    closes_at: AwareDatetime
+    total_gpu_hours: float
+    max_gpu_hours: float = Field(description="At most this much per application.")
+    allocation_days: int = Field(365, description="How long the allocations it grants last.")
+    reviewers: int | None = Field(None, description="Reviews a decision needs (by mode if none).")
+    threshold: float = Field(3.0, description="Mean score (1-5) an application needs.")
+    eligibility: EligibilityIO = Field(default_factory=EligibilityIO)
+
+
+class CallOut(BaseModel):
+    name: str
+    title: str
+    pool: str
+    mode: CallMode
+    opens_at: datetime
+    closes_at: datetime
+    open: bool
+    total_gpu_hours: float
+    granted_gpu_hours: float
+    max_gpu_hours: float
+    allocation_days: int
+    reviewers: int
+    threshold: float
+    eligibility: EligibilityIO
+    created_by: str
+
+
+class ApplicationCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    call: str
+    project: str
+    gpu_hours: float
+    title: str
+    summary: str = ""
+    submit: bool = Field(True, description="Submit at once; false keeps a draft.")
+
+
+class ReviewCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    score: int = Field(description="1 (poor) to 5 (excellent).")
+    comment: str
+
+
+class ReviewOut(BaseModel):
+    reviewer: str | None = Field(description="Shown to operators only.")
+    score: int
+    comment: str
+    at: datetime
+
+
+class ApplicationOut(BaseModel):
+    id: int
+    call: str
+    project: str
+    title: str
+    summary: str
+    gpu_hours: float
+    state: ApplicationState
+    applicant: str
+    created_at: datetime
+    submitted_at: datetime | None
+    decided_at: datetime | None
+    decision: str | None
+    allocation: int | None
+    reviews: list[ReviewOut]

@@ -1,0 +1,242 @@
+"""API schemas: jobs and their workdirs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from fabriek.core.jobs import Job, JobState
+
+
+class JobSubmit(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="A short name to recognise the job by.")
+    project: str | None = Field(
+        None,
+        description="The project the job runs in; default: your only project, else 'default' "
+        "if you are a member of it (else the error names your projects).",
+    )
+    argv: list[str] = Field(description="The command and its arguments, run without a shell.")
+    cpus: int = Field(1, description="CPU cores (on each node).")
+    memory_bytes: int | None = Field(
+        None,
+        description="Memory in bytes (on each node); default: 2 GiB, or all a node of the "
+        "partition has where that is less.",
+    )
+    gpus: int = Field(0, description="GPUs (on each node).")
+    nodes: int = Field(1, description="Nodes, each with the CPUs, memory and GPUs above.")
+    partition: str | None = Field(
+        None, description="Run it in this partition; default: wherever the engine finds room."
+    )
+    time_limit_s: int = Field(3600, description="Wall-clock limit in seconds.")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables.")
+    workdir: str | None = Field(
+        None, pattern="^[0-9a-f]{64}$", description="SHA-256 of an uploaded workdir, or none."
+    )
+    allocation: int | None = Field(
+        None,
+        ge=1,
+        le=2**63 - 1,
+        description="Charge it to this allocation of the project: it holds GPUs x time limit "
+        "until it ends, then pays GPUs x wall time.",
+    )
+    preemptible: bool = Field(
+        False,
+        description="May borrow idle GPUs beyond its pool's guarantee, and be stopped (SIGTERM, "
+        "a grace period, requeued keeping its place) when their pool reclaims them. Jobs "
+        "without an allocation are always preemptible.",
+    )
+    deadline: AwareDatetime | None = Field(
+        None,
+        description="It must end by then; the engine may hold it back for the hours with the "
+        "lowest forecast carbon intensity. Needs time_limit_s.",
+    )
+    flexible_s: int | None = Field(
+        None,
+        description="It may start up to this many seconds late (a deadline of now + this + "
+        "time_limit_s). Needs time_limit_s.",
+    )
+    priority: int = Field(
+        0,
+        description="Orders jobs of equal fair share, higher first (-1000 to 1000). Anyone may "
+        "lower their own jobs' priority; only operators raise it above 0.",
+    )
+
+
+class ResourcesOut(BaseModel):
+    cpus: int
+    memory_bytes: int
+    gpus: int
+
+
+class JobEventOut(BaseModel):
+    at: datetime
+    from_state: JobState | None
+    to_state: JobState
+    actor: str
+    reason: str | None
+
+
+class UsageOut(BaseModel):
+    wall_s: float | None
+    cpu_s: float | None
+    max_rss_bytes: int | None
+    gpu_s: float | None
+
+
+class EnergyOut(BaseModel):
+    joules: float
+    kwh: float
+    method: str = Field(description="How it was measured, or from what it was estimated.")
+    measured: bool = Field(description="False: an estimate.")
+
+
+class FootprintOut(BaseModel):
+    it_kwh: float = Field(description="What its GPUs, CPUs and memory used (energy above).")
+    facility_kwh: float = Field(description="IT energy x the facility's PUE.")
+    water_l: float = Field(description="IT energy x (on-site WUE + PUE x off-site water).")
+    carbon_kg: float | None = Field(description="Facility energy x each hour's grid intensity.")
+    carbon_saved_kg: float | None = Field(
+        description="Held back for a greener hour: the carbon that saved against starting at once."
+    )
+    note: str | None = Field(description="Which grid intensity was used.")
+
+
+class JobOut(BaseModel):
+    id: int
+    name: str
+    project: str
+    user: str
+    state: JobState
+    argv: list[str]
+    resources: ResourcesOut = Field(description="On each of its nodes.")
+    nodes: int = 1
+    partition: str | None = Field(None, description="The partition it asked for, if any.")
+    time_limit_s: int
+    workdir: str | None
+    backend: str = Field(description="The partition it was admitted to (empty before that).")
+    submitted_at: datetime
+    admitted_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    reason: str | None
+    cancel_requested: bool
+    gpu_ids: list[int]
+    exit_code: int | None
+    signal: int | None
+    usage: UsageOut
+    queue_position: int | None = Field(
+        None,
+        description="Jobs of its pool waiting since before it (the engine orders them by "
+        "fair share, so this is a guide, not a promise).",
+    )
+    allocation: int | None = None
+    hold_gpu_hours: float | None = Field(
+        None, description="Held from the allocation until it ends."
+    )
+    charged_gpu_hours: float | None = Field(None, description="Charged when it ended.")
+    pool: str | None = Field(None, description="The pool of its allocation; none without one.")
+    preemptible: bool = False
+    borrowed: bool = Field(False, description="Runs on GPUs beyond its pool's guarantee.")
+    preempting: bool = Field(False, description="Asked to stop for a reclaim; still ending.")
+    preemptions: int = Field(0, description="Times it was preempted and requeued.")
+    priority: int = 0
+    energy: dict[str, EnergyOut] = Field(
+        default_factory=dict,
+        description="IT energy per component (gpu, cpu, dram) over all its runs; empty until it "
+        "has ended, or where nothing was metered.",
+    )
+    deadline: datetime | None = None
+    green_start_at: datetime | None = Field(
+        None, description="Held back for a greener hour: the start green scheduling chose."
+    )
+    footprint: FootprintOut | None = Field(
+        None, description="Facility energy, water and carbon, accounted when it ended."
+    )
+    estimated_start_at: datetime | None = Field(
+        None,
+        description="The start the admission engine reserved for it (when running jobs end by "
+        "their time limits); set for the first waiting job of each pool.",
+    )
+    events: list[JobEventOut] = Field(default_factory=list)
+
+    @classmethod
+    def of(cls, job: Job) -> JobOut:
+        return cls(
+            id=job.id,
+            name=job.name,
+            project=job.project,
+            user=job.user,
+            state=job.state,
+            argv=job.argv,
+            resources=ResourcesOut(
+                cpus=job.resources.cpus,
+                memory_bytes=job.resources.memory_bytes,
+                gpus=job.resources.gpus,
+            ),
+            nodes=job.nodes,
+            partition=job.partition,
+            time_limit_s=job.time_limit_s,
+            workdir=job.workdir_digest,
+            backend=job.backend,
+            submitted_at=job.submitted_at,
+            admitted_at=job.admitted_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            reason=job.reason,
+            cancel_requested=job.cancel_requested,
+            gpu_ids=job.gpu_ids,
+            exit_code=job.exit_code,
+            signal=job.signal,
+            usage=UsageOut(
+                wall_s=job.wall_s, cpu_s=job.cpu_s, max_rss_bytes=job.max_rss_bytes, gpu_s=job.gpu_s
+            ),
+            queue_position=job.queue_position,
+            allocation=job.allocation_id,
+            hold_gpu_hours=job.hold_gpu_hours,
+            charged_gpu_hours=job.charged_gpu_hours,
+            pool=job.pool,
+            preemptible=job.preemptible,
+            borrowed=job.borrowed,
+            preempting=job.preempting,
+            preemptions=job.preemptions,
+            priority=job.priority,
+            deadline=job.deadline,
+            green_start_at=job.green_start_at,
+            footprint=None
+            if job.facility_kwh is None
+            else FootprintOut(
+                it_kwh=sum(e.joules for e in job.energy.values()) / 3.6e6,
+                facility_kwh=job.facility_kwh,
+                water_l=job.water_l or 0.0,
+                carbon_kg=job.carbon_kg,
+                carbon_saved_kg=job.carbon_saved_kg,
+                note=job.carbon_note,
+            ),
+            energy={
+                component: EnergyOut(
+                    joules=e.joules, kwh=e.joules / 3.6e6, method=e.method, measured=e.measured
+                )
+                for component, e in job.energy.items()
+            },
+            estimated_start_at=job.estimated_start_at,
+            events=[
+                JobEventOut(
+                    at=e.at,
+                    from_state=e.from_state,
+                    to_state=e.to_state,
+                    actor=e.actor,
+                    reason=e.reason,
+                )
+                for e in job.events
+            ],
+        )
+
+
+class WorkdirOut(BaseModel):
+    digest: str
+    size_bytes: int
+    unpacked_bytes: int
+    files: int

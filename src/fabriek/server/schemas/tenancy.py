@@ -1,0 +1,168 @@
+"""API schemas: organisations, projects, users and tokens."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fabriek.core.tenancy import (
+    Organisation,
+    OrgKind,
+    OrgRole,
+    Project,
+    ProjectRole,
+    Token,
+    User,
+)
+
+
+class OrganisationCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="Short handle: lower-case letters, digits and '-' (e.g. rug).")
+    display_name: str = Field(description="Full name, e.g. University of Groningen.")
+    kind: OrgKind
+    country: str | None = Field(None, description="ISO 3166-1 alpha-2, e.g. NL.")
+    region: str | None = Field(None, description="NUTS code, e.g. NL11 (Groningen).")
+
+
+class OrganisationUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    display_name: str | None = None
+    kind: OrgKind | None = None
+    country: str | None = None
+    region: str | None = None
+
+
+class Verification(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    verified: bool = True
+
+
+class OrganisationOut(BaseModel):
+    name: str
+    display_name: str
+    kind: OrgKind
+    country: str | None
+    region: str | None
+    verified: bool
+    verified_at: datetime | None
+    verified_by: str | None
+    created_at: datetime
+    my_role: OrgRole | None = Field(description="Your role in it (none for an operator outside).")
+
+    @classmethod
+    def of(cls, o: Organisation) -> OrganisationOut:
+        return cls(
+            name=o.name,
+            display_name=o.display_name,
+            kind=o.kind,
+            country=o.country,
+            region=o.region,
+            verified=o.verified,
+            verified_at=o.verified_at,
+            verified_by=o.verified_by,
+            created_at=o.created_at,
+            my_role=o.my_role,
+        )
+
+
+class OrgMemberSet(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: OrgRole = OrgRole.MEMBER
+
+
+class ProjectMemberSet(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: ProjectRole = ProjectRole.MEMBER
+
+
+class MemberOut(BaseModel):
+    user: str
+    role: str
+
+
+class ProjectCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    organisation: str
+
+
+class ProjectOut(BaseModel):
+    name: str
+    organisation: str
+    created_at: datetime
+    my_role: ProjectRole | None
+
+    @classmethod
+    def of(cls, p: Project) -> ProjectOut:
+        return cls(
+            name=p.name, organisation=p.organisation, created_at=p.created_at, my_role=p.my_role
+        )
+
+
+class UserCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    is_operator: bool = False
+    is_reviewer: bool = False
+    token_days: int = Field(90, description="Lifetime of the user's first token, in days.")
+
+
+class UserRoles(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    is_operator: bool | None = None
+    is_reviewer: bool | None = None
+
+
+class UserOut(BaseModel):
+    name: str
+    is_operator: bool
+    is_reviewer: bool
+    created_at: datetime
+
+    @classmethod
+    def of(cls, u: User) -> UserOut:
+        return cls(
+            name=u.name,
+            is_operator=u.is_operator,
+            is_reviewer=u.is_reviewer,
+            created_at=u.created_at,
+        )
+
+
+class TokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    days: int = Field(90, description="Lifetime in days (1-366).")
+    user: str | None = Field(None, max_length=128, description="Operators: whose (default: yours).")
+
+
+class TokenOut(BaseModel):
+    id: int
+    user: str
+    name: str
+    prefix: str = Field(description="The first characters, to recognise it by.")
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, t: Token) -> TokenOut:
+        return cls(
+            id=t.id,
+            user=t.user,
+            name=t.name,
+            prefix=t.prefix,
+            created_at=t.created_at,
+            expires_at=t.expires_at,
+            revoked_at=t.revoked_at,
+        )
+
+
+class TokenCreated(TokenOut):
+    token: str = Field(description="The secret. Shown only now: keep it.")
+
+
+class UserCreated(UserOut):
+    token: str = Field(description="The user's first token. Shown only now: hand it over.")
