@@ -18,17 +18,11 @@ from fabriek.cli.facility import facility_app
 from fabriek.cli.group import FabriekGroup
 from fabriek.cli.output import console, err_console, fail, handled
 from fabriek.cli.plan import plan as plan_command
+from fabriek.cli.pools import allocation_app, pool_app
 from fabriek.cli.reports import report_app
 from fabriek.cli.reports import usage as usage_report
 from fabriek.cli.simulate import simulate as simulate_command
-from fabriek.cli.tenancy import (
-    allocation_app,
-    org_app,
-    pool_app,
-    project_app,
-    token_app,
-    user_app,
-)
+from fabriek.cli.tenancy import org_app, project_app, token_app, user_app
 from fabriek.core.errors import FabriekError
 from fabriek.core.units import format_bytes
 
