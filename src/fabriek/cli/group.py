@@ -72,9 +72,18 @@ def _exit(message: str, code: int) -> NoReturn:
         sys.exit(exc.exit_code)
 
 
+PLAINER = {
+    "Value error, ": "",
+    "Input should be a valid integer, unable to parse string as an integer": "not a whole number",
+    "Input should be a valid number, unable to parse string as a number": "not a number",
+}
+
+
 def _usage_line(exc: Exception) -> str:
     """One line, whatever Click wrote (a choice's list comes on lines of its own)."""
     message = " ".join(exc.format_message().split()).rstrip(".")  # type: ignore[attr-defined]
+    for wording, plain in PLAINER.items():  # the validator's words, as a user would say them
+        message = message.replace(wording, plain)
     ctx = getattr(exc, "ctx", None)
     command = ctx.command_path if ctx is not None else "fabriek"
     return f"{message}; see `{command} --help`"

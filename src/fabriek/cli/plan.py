@@ -13,7 +13,13 @@ import typer
 
 from fabriek.cli.output import console, fail, handled, interruptible
 from fabriek.cli.progress import progress
-from fabriek.cli.simulate import ColumnsOption, FormatOption, PoolsOption, parse_columns
+from fabriek.cli.simulate import (
+    ColumnsOption,
+    FormatOption,
+    PoolsOption,
+    parse_columns,
+    said_format,
+)
 from fabriek.cli.tenancy import _table
 from fabriek.core.errors import InvalidRequest
 from fabriek.sim.workload import DEFAULT_POOLS_TEXT, parse_pools
@@ -133,6 +139,7 @@ def plan(
             check_shape(option.gpus_per_node, max_jobs)
         series = carbon or default_grid()
         trace_path, kind = resolve(trace, trace_format or ("csv" if columns else None))
+        said_format(trace, trace_format, columns, kind)
         demand = Demand(trace_path, kind, gpu_hours_per_year, users=users,
                         pools=parse_pools(pools), seed=seed, max_jobs=max_jobs,
                         columns=parse_columns(columns) if columns is not None else None)  # fmt: skip

@@ -40,7 +40,7 @@ class _Lines:
         if finished:
             self.done.add(name)
         self.last = now
-        share = f" ({done / total:.0%})" if total else ""
+        share = f" ({100 * done // total}%)" if total else ""  # 100 % only when done
         of = f"/{total:,}" if total is not None else ""
         err_console.print(
             f"{name}: {done:,}{of} {self.unit}{share}, {now - self.started:.0f} s",

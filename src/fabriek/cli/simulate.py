@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from fabriek.cli.output import console, fail, handled, interruptible
+from fabriek.cli.output import console, err_console, fail, handled, interruptible
 from fabriek.cli.progress import progress
 from fabriek.cli.tenancy import _table
 from fabriek.core.errors import InvalidRequest
@@ -134,6 +134,7 @@ def simulate(
             raise InvalidRequest("--compare names no policy; e.g. --compare fifo,easy,fabriek")
         carbon_series = None if no_carbon else (carbon or default_grid())
         trace_path, kind = resolve(trace, trace_format or ("csv" if mapping else None))
+        said_format(trace, trace_format, mapping, kind)
         study = Study(
             trace=trace_path,
             kind=kind,
@@ -169,6 +170,15 @@ def simulate(
             except OSError as exc:
                 fail(f"cannot write {path}: {exc.strerror}", 2)
     _print(result)
+
+
+def said_format(trace: str, given: str | None, columns: object, kind: str) -> None:
+    """One line on stderr when a file's format was found from its header, not given."""
+    from fabriek import data
+
+    if given is None and columns is None and (Path(trace).exists() or data.lookup(trace) is None):
+        article = {"itp": "an ITP", "philly": "a Philly"}.get(kind, f"a {kind}")
+        err_console.print(f"{trace}: read as {article} trace, from its header (--format to choose)")
 
 
 def parse_columns(text: str) -> dict[str, str]:
@@ -227,11 +237,16 @@ def _print(result: dict[str, object]) -> None:
         for p in policies:  # type: ignore[attr-defined]
             g, f = p["green"], p["flexible"]
             if "saved_t_co2e" in g:
+                # A negative saving is said as what it is: deferring one job moves others, and
+                # the whole replay can emit more although the deferred jobs' own footprint fell
+                saved, share = g["saved_t_co2e"], g["saved_share"]
+                verb = "saved" if saved >= 0 else "added"
                 console.print(
-                    f"{p['policy']}: deferring {f['deferred']} of {f['jobs']} flexible jobs saved "
-                    f"{g['saved_t_co2e']:,.2f} t CO2e ({g['saved_share']:.1%} of "
-                    f"{g['without_deferral_t_co2e']:,.1f} t without deferral; "
-                    f"{g['flexible_saved_share']:.1%} of the flexible jobs' own); the deferred "
+                    f"{p['policy']}: deferring {f['deferred']} of {f['jobs']} flexible jobs {verb} "
+                    f"{abs(saved):,.2f} t CO2e in all ({abs(share):.1%} of "
+                    f"{g['without_deferral_t_co2e']:,.1f} t without deferral); the flexible jobs' "
+                    f"own footprint {'fell' if g['flexible_saved_share'] >= 0 else 'rose'} "
+                    f"{abs(g['flexible_saved_share']):.1%}; the deferred "
                     f"ran at {g['deferred_g_per_kwh_as_run']:.0f} g/kWh, "
                     f"{g['deferred_g_per_kwh_at_submit']:.0f} had they started at once; "
                     f"{f['deadlines_missed']} deadlines missed "
