@@ -111,7 +111,7 @@ def test_jobs_status_logs_follow_cancel_download(
         (["submit", "--workdir", "/nonexistent/dir", "--", "true"], 2, "not a directory"),
         (["submit", "--frobnicate", "--", "true"], 2, "No such option"),
         (["status", "999999"], 4, "no job 999999"),
-        (["status", "abc"], 2, "valid integer"),
+        (["status", "abc"], 2, "not a whole number"),
         (["cancel", "999999"], 4, "no job 999999"),
     ],
 )
