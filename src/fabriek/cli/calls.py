@@ -7,8 +7,9 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from fabriek.cli.output import age, console, err_console, handled, print_json, utc_iso
-from fabriek.cli.tenancy import JsonOpt, _client, _table
+from fabriek.cli.output import JsonOpt, age, console, err_console, handled, print_json, utc_iso
+from fabriek.cli.output import client as _client
+from fabriek.cli.tenancy import _table
 from fabriek.core.calls import CallMode
 
 call_app = typer.Typer(help="Access calls (operators open them).", no_args_is_help=True)

@@ -8,9 +8,10 @@ from typing import Annotated, Literal
 import typer
 from rich.markup import escape
 
-from fabriek.cli.output import console, err_console, fail, handled, print_json, utc_iso
+from fabriek.cli.output import JsonOpt, console, err_console, fail, handled, print_json, utc_iso
+from fabriek.cli.output import client as _client
 from fabriek.cli.reports import FromOpt, ToOpt, _period
-from fabriek.cli.tenancy import JsonOpt, _client, _table
+from fabriek.cli.tenancy import _table
 from fabriek.core.errors import FabriekError
 
 facility_app = typer.Typer(

@@ -3,25 +3,15 @@ factory has and how busy it is now."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from fabriek.cli.output import console, expiry_text, handled, print_json, print_rows
+from fabriek.cli.output import JsonOpt, console, expiry_text, handled, print_json, print_rows
+from fabriek.cli.output import client as _client
 from fabriek.core.units import format_bytes
-
-if TYPE_CHECKING:
-    from fabriek.client.client import Client
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-
-
-def _client() -> Client:
-    from fabriek.client.client import Client
-
-    return Client()
 
 
 def _print_version(value: bool) -> None:

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from fabriek.cli.output import (
     STATE_STYLE,
+    JsonOpt,
     age,
     console,
     err_console,
@@ -27,6 +28,7 @@ from fabriek.cli.output import (
     print_json,
     utc_iso,
 )
+from fabriek.cli.output import client as _client
 from fabriek.core.errors import FabriekError, InvalidRequest
 from fabriek.core.jobs import JobState
 from fabriek.core.units import format_bytes, format_duration, parse_duration
@@ -34,7 +36,6 @@ from fabriek.core.units import format_bytes, format_duration, parse_duration
 if TYPE_CHECKING:
     from fabriek.server.schemas import JobOut
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 CancelOpt = Annotated[
     bool,
     typer.Option(
@@ -43,12 +44,6 @@ CancelOpt = Annotated[
 ]
 # A second Ctrl-C within this many seconds of the first cancels the job, as srun's does.
 SECOND_INTERRUPT_S = 3.0
-
-
-def _client():  # type: ignore[no-untyped-def]
-    from fabriek.client.client import Client
-
-    return Client()
 
 
 # --- jobs ---------------------------------------------------------------------------------------
@@ -220,8 +215,6 @@ def _finished(client, job_id: int) -> bool:  # type: ignore[no-untyped-def]
 
 
 def _parse_env(pairs: list[str]) -> dict[str, str]:
-    from fabriek.core.errors import InvalidRequest
-
     result = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")

@@ -55,14 +55,6 @@ app.command("simulate")(simulate_command)
 app.command("plan")(plan_command)
 app.add_typer(facility_app, name="facility")
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-
-
-def _client():  # type: ignore[no-untyped-def]
-    from fabriek.client.client import Client
-
-    return Client()
-
 
 def _settings(  # type: ignore[no-untyped-def]
     home: Path | None = None,

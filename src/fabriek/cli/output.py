@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from pydantic import BaseModel
@@ -17,6 +17,20 @@ from rich.table import Table
 
 from fabriek.core.errors import FabriekError
 from fabriek.core.units import format_duration
+
+if TYPE_CHECKING:
+    from fabriek.client.client import Client
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def client() -> Client:
+    """The SDK's client (FABRIEK_URL/FABRIEK_TOKEN or the client config), imported when a
+    command needs it: httpx stays out of the CLI's start-up."""
+    from fabriek.client.client import Client
+
+    return Client()
+
 
 WIDE = 1000  # columns into a file or a pipe: more than any table needs, so nothing is cut
 

@@ -9,13 +9,15 @@ import typer
 from rich.markup import escape
 
 from fabriek.cli.output import (
+    JsonOpt,
     console,
     handled,
     print_json,
     print_rows,
     utc_iso,
 )
-from fabriek.cli.tenancy import JsonOpt, _client, _table, org_app
+from fabriek.cli.output import client as _client
+from fabriek.cli.tenancy import _table, org_app
 from fabriek.core.tenancy import OrgKind
 
 allocation_app = typer.Typer(

@@ -8,8 +8,9 @@ from typing import Annotated, Literal
 import typer
 from rich.markup import escape
 
-from fabriek.cli.output import console, handled, print_json, utc_iso
-from fabriek.cli.tenancy import JsonOpt, _client, _table
+from fabriek.cli.output import JsonOpt, console, handled, print_json, utc_iso
+from fabriek.cli.output import client as _client
+from fabriek.cli.tenancy import _table
 from fabriek.core.units import format_duration
 
 report_app = typer.Typer(help="Reports for operators and funders.", no_args_is_help=True)

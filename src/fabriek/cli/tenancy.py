@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fabriek.cli.output import (
+    JsonOpt,
     age,
     console,
     err_console,
@@ -18,20 +19,13 @@ from fabriek.cli.output import (
     print_json,
     print_rows,
 )
+from fabriek.cli.output import client as _client
 from fabriek.core.tenancy import OrgKind, OrgRole, ProjectRole
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 org_app = typer.Typer(help="Organisations and their members.", no_args_is_help=True)
 project_app = typer.Typer(help="Projects and their members.", no_args_is_help=True)
 user_app = typer.Typer(help="Users and platform roles (operators).", no_args_is_help=True)
 token_app = typer.Typer(help="Your personal API tokens.", no_args_is_help=True)
-
-
-def _client():  # type: ignore[no-untyped-def]
-    from fabriek.client.client import Client
-
-    return Client()
 
 
 def _table(*columns: str) -> Table:
