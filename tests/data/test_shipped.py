@@ -82,7 +82,7 @@ def test_an_unknown_name_lists_what_is_shipped() -> None:
 
 
 def test_the_grid_series_is_the_simulators_default_and_covers_three_years() -> None:
-    from fabriek.sim.green import Grid, default_grid
+    from fabriek.sim.green import Grid
 
-    grid = Grid.read(default_grid())
+    grid = Grid.read(data.default_grid())
     assert len(grid.values) == 26_280 and 0 < min(grid.values) < max(grid.values) < 1000

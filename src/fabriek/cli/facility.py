@@ -129,11 +129,9 @@ def load_carbon(
     """Operators: load hourly grid carbon intensity; it replaces the hours it covers."""
     from fabriek import data
 
-    path = Path(series)
-    shipped = None if path.exists() else data.lookup(series)
-    if shipped is not None and shipped.kind == "grid":
-        path = data.path(shipped.name)
-    elif not path.exists():
+    shipped = data.shipped_unless_file(series, "grid")
+    path = shipped.location() if shipped is not None else Path(series)
+    if not path.exists():
         fail(f"no file {series!r}; give a CSV file, or nl-grid for the shipped Dutch series", 2)
     text = _read(path)
     err_console.print(f"uploading {len(text) / 2**20:.1f} MiB ...", highlight=False)

@@ -109,7 +109,7 @@ def plan(
 ) -> None:
     """Size a factory for a demand: candidate sizes within the budget, each simulated with
     fabriek's engine, with capex, opex, service, energy, water and carbon (docs/planning.md)."""
-    from fabriek.sim.green import default_grid
+    from fabriek.data import default_grid
     from fabriek.sim.plan import DEFAULT_COSTS, Demand, with_overrides
     from fabriek.sim.plan import plan as make_plan
     from fabriek.sim.run import check_shape

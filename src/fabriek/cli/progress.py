@@ -27,13 +27,12 @@ class _Lines:
 
     every: float
     unit: str
-    clock: Callable[[], float] = time.monotonic
     started: float = field(default_factory=time.monotonic)
     last: float = field(default_factory=time.monotonic)
     done: set[str] = field(default_factory=set)
 
     def update(self, name: str, done: int, total: int | None) -> None:
-        now = self.clock()
+        now = time.monotonic()
         finished = total is not None and done >= total
         if name in self.done or (not finished and now - self.last < self.every):
             return

@@ -118,7 +118,7 @@ def simulate(
     ] = None,
 ) -> None:
     """Replay a trace through fabriek's admission engine (and baselines) on a virtual clock."""
-    from fabriek.sim.green import default_grid
+    from fabriek.data import default_grid
     from fabriek.sim.run import Study, run_study
     from fabriek.sim.traces import resolve
 
@@ -176,7 +176,7 @@ def said_format(trace: str, given: str | None, columns: object, kind: str) -> No
     """One line on stderr when a file's format was found from its header, not given."""
     from fabriek import data
 
-    if given is None and columns is None and (Path(trace).exists() or data.lookup(trace) is None):
+    if given is None and columns is None and data.shipped_unless_file(trace, "trace") is None:
         article = {"itp": "an ITP", "philly": "a Philly"}.get(kind, f"a {kind}")
         err_console.print(f"{trace}: read as {article} trace, from its header (--format to choose)")
 

@@ -26,6 +26,10 @@ class Shipped:
     file: str  # below this package
     about: str  # one line for listings
 
+    def location(self) -> Path:
+        """Where the file lies, installed or in a checkout."""
+        return Path(str(files(__name__).joinpath(self.file)))
+
 
 def _itp(n: int, jobs: int) -> Shipped:
     return Shipped(f"itp/cluster{n:02d}", "trace", "itp", f"traces/itp/cluster{n:02d}.csv.gz",
@@ -51,7 +55,16 @@ def path(name: str) -> Path:
     found = lookup(name)
     if found is None:
         raise InvalidRequest(f"no shipped data set named {name!r}; {listing()}")
-    return _file(found)
+    return found.location()
+
+
+def shipped_unless_file(name: str, kind: str) -> Shipped | None:
+    """The shipped set of `kind` ("trace", "grid") a user means by `name`, unless a file of that
+    name exists: a file of one's own wins over a shipped name."""
+    if Path(name).exists():
+        return None
+    found = lookup(name)
+    return found if found is not None and found.kind == kind else None
 
 
 def lookup(name: str) -> Shipped | None:
@@ -72,14 +85,14 @@ def listing(kind: str | None = None) -> str:
 def label(file: Path) -> str:
     """How to name `file` to a user: a shipped set's short name, else the path as given."""
     for shipped in SHIPPED.values():
-        if file == _file(shipped):
+        if file == shipped.location():
             return shipped.name
     return str(file)
 
 
 def default_grid() -> Path:
     """The Dutch 2021-2023 hourly series: the simulator's and planner's default."""
-    return _file(SHIPPED["nl-grid"])
+    return SHIPPED["nl-grid"].location()
 
 
 def open_text(file: Path) -> IO[str]:
@@ -99,7 +112,3 @@ def read_text(file: Path) -> str:
         raise InvalidRequest(f"{file}: not a readable gzip file ({exc})") from None
     except UnicodeDecodeError as exc:
         raise InvalidRequest(f"{file}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-
-
-def _file(shipped: Shipped) -> Path:
-    return Path(str(files(__name__).joinpath(shipped.file)))

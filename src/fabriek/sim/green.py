@@ -25,11 +25,6 @@ WATTS_PER_GPU = 10_200 / 8
 DEFAULT_START = datetime(2022, 1, 1, tzinfo=UTC)
 
 
-def default_grid() -> Path:
-    """The Dutch 2021-2023 hourly series, shipped with fabriek (fabriek.data: `nl-grid`)."""
-    return data.default_grid()
-
-
 @dataclass(frozen=True, slots=True)
 class Grid:
     """An hourly series of life-cycle intensity (g CO2e/kWh), from its first hour."""

@@ -10,10 +10,12 @@ from __future__ import annotations
 import csv
 import gzip
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO
 
 from fabriek import data
 from fabriek.core.errors import InvalidRequest
@@ -56,22 +58,30 @@ def read_trace(
     unknown = set(columns) - set(MAPPING_KEYS)
     if unknown:
         raise InvalidRequest(f"unknown column role(s) {', '.join(sorted(unknown))}")
+    with _csv_text(path) as f:
+        return _read(path, csv.DictReader(f), columns, kind)
+
+
+@contextmanager
+def _csv_text(path: Path) -> Iterator[IO[str]]:
+    """The file as text, gzip'd or not (a BOM, as Excel writes, dropped); what cannot be read
+    as CSV text is an InvalidRequest naming the file."""
     try:
-        with open_text(path) as f:  # gzip'd or not; a BOM, as Excel writes, dropped
-            return _read(path, csv.DictReader(f), columns, kind)
+        with open_text(path) as f:
+            yield f
     except OSError as exc:
         raise InvalidRequest(f"cannot read the trace {path}: {exc.strerror}") from None
-    except (gzip.BadGzipFile, EOFError, UnicodeDecodeError) as exc:
+    except (gzip.BadGzipFile, EOFError, UnicodeDecodeError, csv.Error) as exc:
         raise InvalidRequest(f"cannot read the trace {path} as CSV text: {exc}") from None
 
 
 def resolve(trace: str, kind: str | None) -> tuple[Path, str]:
     """What a user named on the command line: a file (its format `kind`, or found from its header
     when None) or a shipped trace (`itp/cluster04`, `philly`: fabriek.data), with its format."""
+    shipped = data.shipped_unless_file(trace, "trace")
+    if shipped is not None:
+        return shipped.location(), kind or shipped.format
     path = Path(trace)
-    shipped = None if path.exists() else data.lookup(trace)
-    if shipped is not None and shipped.kind == "trace":
-        return data.path(shipped.name), kind or shipped.format
     if not path.exists():
         raise InvalidRequest(f"no trace file {trace!r} (and no shipped trace of that name; "
                              f"{data.listing('trace')})")  # fmt: skip
@@ -81,13 +91,8 @@ def resolve(trace: str, kind: str | None) -> tuple[Path, str]:
 def detect_format(path: Path) -> str:
     """itp or philly, by the columns of the file's header; else InvalidRequest saying how to
     read it (a CSV of one's own needs --format csv and --columns)."""
-    try:
-        with open_text(path) as f:
-            header = next(csv.reader(f), [])
-    except OSError as exc:
-        raise InvalidRequest(f"cannot read the trace {path}: {exc.strerror}") from None
-    except (gzip.BadGzipFile, EOFError, UnicodeDecodeError, csv.Error) as exc:
-        raise InvalidRequest(f"cannot read the trace {path} as CSV text: {exc}") from None
+    with _csv_text(path) as f:
+        header = next(csv.reader(f), [])
     have = {h.strip() for h in header}
     for kind, columns in KNOWN_COLUMNS.items():
         if set(columns.values()) <= have:

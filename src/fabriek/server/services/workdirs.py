@@ -51,7 +51,7 @@ def inspect_archive(path: Path, *, max_unpacked: int) -> tuple[int, int]:
                         "directory or symbolic link; hard links and special files are not accepted"
                     )
                 if member.name.startswith("/") or (
-                    _normal(member.name) in ("", ".") and not member.isdir()
+                    _normal(member.name) == "." and not member.isdir()
                 ):
                     # tarfile's filter strips a leading /, so `/a` would unpack as `a` and pass
                     # every check below under another name than it lands at (found in review)
@@ -89,7 +89,7 @@ def inspect_archive(path: Path, *, max_unpacked: int) -> tuple[int, int]:
 
 
 def _normal(name: str) -> str:
-    return posixpath.normpath(name).removeprefix("./") if name else ""
+    return posixpath.normpath(name).removeprefix("./")  # "" and "./" become "."
 
 
 def _check_links(names: set[str], links: dict[str, str]) -> None:
