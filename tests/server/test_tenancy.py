@@ -281,9 +281,9 @@ def test_tokens_are_personal_and_revoking_ends_them(
         assert [t.name for t in users.list_tokens(session, actor=admin, user="alice")] == ["laptop"]
         with pytest.raises(NotFound):  # bob cannot tell whether token 1 exists
             users.revoke_token(session, actor=bob, token_id=token.id, now=clock())
-        revoked, _ = users.revoke_token(session, actor=alice, token_id=token.id, now=clock())
+        revoked = users.revoke_token(session, actor=alice, token_id=token.id, now=clock())
         assert revoked.revoked_at == clock()
-        again, _ = users.revoke_token(session, actor=alice, token_id=token.id, now=clock())
+        again = users.revoke_token(session, actor=alice, token_id=token.id, now=clock())
         assert again.revoked_at == clock()
     with sessions() as session, pytest.raises(Unauthenticated, match="revoked"):
         authenticate(session, token=secret, now=clock())

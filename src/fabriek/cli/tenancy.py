@@ -378,7 +378,7 @@ def token_show(
 def token_revoke(
     token_id: Annotated[int, typer.Argument(help="Token id (see token list).")],
 ) -> None:
-    """Revoke a token: refused from now on (within 5 s on every API process)."""
+    """Revoke a token: refused from now on, by every API process."""
     with handled():
         t = _client().revoke_token(token_id)
     console.print(f"revoked token {t.id} ({escape(t.name)})", highlight=False)

@@ -19,7 +19,7 @@ from fabriek.core.jobs import Resources
 from fabriek.core.units import parse_memory
 from fabriek.server.controller.loop import Controller
 from fabriek.server.db.engine import make_engine, make_session_factory, reader, transaction
-from fabriek.server.services.auth import TokenCache
+from fabriek.server.services.auth import AuthEpoch, TokenCache, watch_auth_changes
 from fabriek.settings import Settings
 
 
@@ -39,6 +39,7 @@ class Runtime:
     # Partition name -> its backend: `local` (unless the partitions file turns it off) and
     # each Slurm partition.
     backends: dict[str, Backend] = field(default_factory=dict)
+    # Tokens checked recently, valid while the server's AuthEpoch (tokens.epoch) stands.
     tokens: TokenCache = field(default_factory=TokenCache)
     # How a request wakes the controller: directly in the process that runs it, by a message
     # from the API worker processes (see fabriek.server.workers).
@@ -85,12 +86,16 @@ def build_runtime(
     *,
     clock: Callable[[], datetime] = system_clock,
     machine: tuple[Resources, list[GpuInfo]] | None = None,
+    auth_epoch: AuthEpoch | None = None,
 ) -> Runtime:
     """Everything a server process needs. `machine` is what detect_machine() found, when the
-    caller knows it already (API workers take it from the main process)."""
+    caller knows it already, and `auth_epoch` the server's (API workers take both from the main
+    process; without one, this process starts its own)."""
     settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)
     engine = make_engine(settings.effective_database_url)
     sessions = make_session_factory(engine)
+    auth_epoch = auth_epoch if auth_epoch is not None else AuthEpoch()
+    watch_auth_changes(sessions, auth_epoch)
     readers = make_session_factory(reader(engine))
     resources, gpus = machine or detect_machine(settings)
     backend = LocalBackend(
@@ -129,4 +134,14 @@ def build_runtime(
         starving_after_s=settings.starving_after_seconds or None,
     )
     backend.on_change = controller.wake
-    return Runtime(settings, engine, sessions, readers, backend, controller, clock, backends)
+    return Runtime(
+        settings,
+        engine,
+        sessions,
+        readers,
+        backend,
+        controller,
+        clock,
+        backends,
+        tokens=TokenCache(auth_epoch),
+    )

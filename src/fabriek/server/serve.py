@@ -113,7 +113,13 @@ def serve(settings: Settings, *, on_ready: Callable[[Runtime, str | None], None]
         listener.start()
         cleanup.callback(listener.stop)
         machine = (runtime.backend.resources, runtime.backend.gpus)
-        pool = WorkerPool(settings=settings, sockets=sockets, wake=listener.theirs, machine=machine)
+        pool = WorkerPool(
+            settings=settings,
+            sockets=sockets,
+            wake=listener.theirs,
+            machine=machine,
+            auth_epoch=runtime.tokens.epoch,
+        )
         cleanup.callback(pool.stop)
         pool.start()
         log.info("serving the API from %d worker processes %s", len(sockets), pool.pids)

@@ -28,12 +28,15 @@ import threading
 import time
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fabriek.backends.local.gpus import GpuInfo
 from fabriek.core.errors import Conflict
 from fabriek.core.jobs import Resources
 from fabriek.settings import Settings
+
+if TYPE_CHECKING:
+    from fabriek.server.services.auth import AuthEpoch
 
 log = logging.getLogger("fabriek.workers")
 
@@ -140,9 +143,16 @@ class WorkerPool:
         sockets: list[socket.socket],
         wake: socket.socket,
         machine: tuple[Resources, list[GpuInfo]],
+        auth_epoch: AuthEpoch,
     ) -> None:
         self._sockets = sockets
-        self._args = (settings.model_dump(mode="json"), wake, machine, os.getpid())
+        self._args = (
+            settings.model_dump(mode="json"),
+            wake,
+            machine,
+            os.getpid(),
+            auth_epoch.shared,
+        )
         self._context = multiprocessing.get_context("spawn")
         self._procs: list[BaseProcess] = []
         self._stopping = threading.Event()
@@ -202,8 +212,11 @@ def worker_main(
     wake: socket.socket,
     machine: tuple[Resources, list[GpuInfo]],
     parent: int,
+    auth_epoch: Any,
 ) -> None:
-    """The body of one API worker process."""
+    """The body of one API worker process. `auth_epoch`: the shared memory of the main
+    process's AuthEpoch, so that a change of roles or tokens made through one worker voids
+    what every worker remembered."""
     # Out of the terminal's process group: Ctrl-C stops the main process, which stops us in
     # order; a worker that quit on its own would be restarted.
     os.setpgrp()
@@ -211,12 +224,13 @@ def worker_main(
     import uvicorn
 
     from fabriek.server.runtime import build_runtime
+    from fabriek.server.services.auth import AuthEpoch
 
     settings = Settings(**settings_data)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    runtime = build_runtime(settings, machine=machine)
+    runtime = build_runtime(settings, machine=machine, auth_epoch=AuthEpoch(auth_epoch))
     runtime.waker = RemoteWaker(wake)
     try:
         uvicorn.Server(uvicorn_config(runtime)).run(sockets=[listen])

@@ -106,11 +106,8 @@ def get_token(token_id: TokenId, actor: ActorDep, runtime: RuntimeDep) -> TokenO
 
 @tokens.delete("/{token_id}", response_model=TokenOut)
 def revoke(token_id: TokenId, actor: ActorDep, runtime: RuntimeDep) -> TokenOut:
-    """Revoke one of your tokens (operators: anyone's). It stops working at once on this API
-    process and within 5 seconds on the others."""
+    """Revoke one of your tokens (operators: anyone's). It stops working at once, on every API
+    process of the server."""
     with runtime.transaction() as session:
-        token, token_hash = service.revoke_token(
-            session, actor=actor, token_id=token_id, now=runtime.clock()
-        )
-    runtime.tokens.forget(token_hash)
+        token = service.revoke_token(session, actor=actor, token_id=token_id, now=runtime.clock())
     return TokenOut.of(token)

@@ -33,8 +33,9 @@ async def get_actor(
     token, now, mono = credentials.credentials, runtime.clock(), time.monotonic()
     actor = runtime.tokens.get(token, now=now, monotonic=mono)
     if actor is None:
+        epoch = runtime.tokens.epoch.current  # before the read: a change during it voids it
         actor, expires_at = await run_in_threadpool(_check, runtime, token)
-        runtime.tokens.put(token, actor, expires_at=expires_at, monotonic=mono)
+        runtime.tokens.put(token, actor, expires_at=expires_at, monotonic=mono, epoch=epoch)
     return actor
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import secrets
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import event, select
+from sqlalchemy.orm import Session, sessionmaker
 
 from fabriek.core.errors import Unauthenticated
 from fabriek.core.tenancy import OrgKind, OrgRole, ProjectRole
@@ -180,33 +182,96 @@ def bootstrap(session: Session, *, admin_name: str, now: datetime) -> str | None
     return create_token(session, user=admin, name="bootstrap", now=now, actor=SYSTEM)
 
 
-class TokenCache:
-    """Remembers recently checked tokens for `ttl` seconds, so most requests need no database read.
+# The key in Session.info that marks a unit of work as changing who may do what.
+AUTH_CHANGED = "fabriek.auth_changed"
 
-    The price: a token that stops being valid is refused at most `ttl` seconds late.
+
+def auth_changed(session: Session) -> None:
+    """Mark this unit of work as changing who may do what: a user's platform roles, a
+    membership, a token's validity. When it commits, the server's AuthEpoch moves, and every API
+    process stops trusting what it remembered of any token (see watch_auth_changes)."""
+    session.info[AUTH_CHANGED] = True
+
+
+class AuthEpoch:
+    """A counter shared by every process of one server, moved after each commit that changes
+    roles, memberships or tokens. What a process remembered at an older epoch is not used.
+
+    It lives in shared memory that the main process creates and hands to the API worker
+    processes it spawns (`shared`), so that a change committed by one worker is seen by all at
+    their next request: reading it is one load from memory, no database round trip.
     """
 
-    def __init__(self, ttl: float = 5.0, max_entries: int = 10_000) -> None:
+    def __init__(self, shared: Any | None = None) -> None:
+        self.shared = (
+            shared if shared is not None else multiprocessing.get_context("spawn").Value("Q", 0)
+        )
+        self._raw = self.shared.get_obj()  # read without the lock: one aligned 8-byte load
+
+    @property
+    def current(self) -> int:
+        return int(self._raw.value)
+
+    def bump(self) -> None:
+        with self.shared.get_lock():
+            self._raw.value += 1
+
+
+def watch_auth_changes(sessions: sessionmaker[Session], epoch: AuthEpoch) -> None:
+    """Move `epoch` after every commit of a session from `sessions` marked by auth_changed(),
+    once the change is visible to any reader (after the commit, never before)."""
+
+    @event.listens_for(sessions, "after_commit")
+    def _committed(session: Session) -> None:
+        if session.info.pop(AUTH_CHANGED, False):
+            epoch.bump()
+
+    @event.listens_for(sessions, "after_rollback")
+    def _rolled_back(session: Session) -> None:
+        session.info.pop(AUTH_CHANGED, None)
+
+
+class TokenCache:
+    """Remembers recently checked tokens, so most requests need no database read.
+
+    An entry is used only while the AuthEpoch it was read at is current: any change to roles,
+    memberships or tokens, committed by any process of this server, voids every entry at once.
+    `ttl` bounds what no epoch covers (a row changed in the database by hand): such a change is
+    seen at most `ttl` seconds late.
+    """
+
+    def __init__(
+        self, epoch: AuthEpoch | None = None, ttl: float = 5.0, max_entries: int = 10_000
+    ) -> None:
+        self.epoch = epoch if epoch is not None else AuthEpoch()
         self.ttl = ttl
         self.max_entries = max_entries
-        self._entries: dict[str, tuple[Actor, datetime | None, float]] = {}
+        self._entries: dict[str, tuple[Actor, datetime | None, float, int]] = {}
 
     def get(self, token: str, *, now: datetime, monotonic: float) -> Actor | None:
         entry = self._entries.get(hash_token(token))
         if entry is None:
             return None
-        actor, expires_at, cached_until = entry
-        if monotonic > cached_until or (expires_at is not None and expires_at <= now):
+        actor, expires_at, cached_until, epoch = entry
+        if (
+            epoch != self.epoch.current
+            or monotonic > cached_until
+            or (expires_at is not None and expires_at <= now)
+        ):
             return None
         return actor
 
-    def forget(self, token_hash: str) -> None:
-        """Drop a token (by its hash) at once: it was revoked."""
-        self._entries.pop(token_hash, None)
-
     def put(
-        self, token: str, actor: Actor, *, expires_at: datetime | None, monotonic: float
+        self,
+        token: str,
+        actor: Actor,
+        *,
+        expires_at: datetime | None,
+        monotonic: float,
+        epoch: int,
     ) -> None:
+        """Remember `actor`, read from the database at `epoch`: the epoch as it was *before*
+        the read, so that a change committed during the read voids the entry."""
         if len(self._entries) >= self.max_entries:
             self._entries.clear()
-        self._entries[hash_token(token)] = (actor, expires_at, monotonic + self.ttl)
+        self._entries[hash_token(token)] = (actor, expires_at, monotonic + self.ttl, epoch)

@@ -42,6 +42,7 @@ from fabriek.server.db.models import (
 )
 from fabriek.server.services import audit
 from fabriek.server.services.actors import Actor
+from fabriek.server.services.auth import auth_changed
 
 MANAGING = (OrgRole.OWNER.value, OrgRole.MANAGER.value)
 
@@ -275,6 +276,7 @@ def set_org_member(
         session.add(OrganisationMemberRow(organisation_id=org.id, user_id=target.id, role=role))
     else:
         current.role = role.value
+    auth_changed(session)
     audit.record(
         session,
         actor=actor,
@@ -312,6 +314,7 @@ def remove_org_member(
         )
     )
     session.delete(current)
+    auth_changed(session)
     audit.record(
         session,
         actor=actor,
@@ -468,6 +471,7 @@ def set_project_member(
         session.add(ProjectMemberRow(project_id=project.id, user_id=target.id, role=role.value))
     else:
         current.role = role.value
+    auth_changed(session)
     audit.record(
         session,
         actor=actor,
@@ -494,6 +498,7 @@ def remove_project_member(
     if current is None:
         raise NotFound(f"{user!r} is not a member of project {name!r}")
     session.delete(current)
+    auth_changed(session)
     audit.record(
         session,
         actor=actor,

@@ -1,8 +1,8 @@
 """Users, their platform roles, and their personal API tokens.
 
 Operators create users (each with a first token to hand over) and grant platform roles. Everyone
-manages their own tokens; operators may list and revoke anyone's. A revoked token is refused at
-once by the API process that revoked it, and by the others within their token cache's 5 seconds.
+manages their own tokens; operators may list and revoke anyone's. A changed role and a revoked
+token hold from the commit on, in every API process of the server (auth.auth_changed).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from fabriek.core.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from fabriek.core.tenancy import Identity, Token, User, check_user_name
+from fabriek.core.text import check_label
 from fabriek.server.db.models import (
     OrganisationMemberRow,
     OrganisationRow,
@@ -24,7 +25,7 @@ from fabriek.server.db.models import (
 )
 from fabriek.server.services import audit
 from fabriek.server.services.actors import Actor
-from fabriek.server.services.auth import create_token, hash_token, issue_token
+from fabriek.server.services.auth import auth_changed, create_token, hash_token, issue_token
 
 DEFAULT_TOKEN_DAYS = 90
 MAX_TOKEN_DAYS = 366
@@ -153,6 +154,7 @@ def set_user_roles(
     if changes:
         for key, value in changes.items():
             setattr(row, key, value)
+        auth_changed(session)
         audit.record(
             session,
             actor=actor,
@@ -188,8 +190,7 @@ def new_token(
 ) -> tuple[Token, str]:
     """A token for the actor, or (operators) for `user`, e.g. one whose tokens all expired; the
     secret is returned once, only its hash is kept."""
-    if not name.strip() or not name.isprintable() or len(name) > 128:
-        raise InvalidRequest("a token's name is 1-128 printable characters")
+    check_label(name, what="token name", max_len=128)
     if user is not None and user != actor.name:
         _require_operator(actor, "create tokens for other users")
         owner = _user(session, user)
@@ -227,11 +228,8 @@ def get_token(session: Session, *, actor: Actor, token_id: int) -> Token:
     return _to_token(*found)
 
 
-def revoke_token(
-    session: Session, *, actor: Actor, token_id: int, now: datetime
-) -> tuple[Token, str]:
-    """Revoke one of the actor's tokens (an operator: anyone's). Revoking twice changes nothing.
-    Returns the token and its hash, so the caller can drop it from its cache."""
+def revoke_token(session: Session, *, actor: Actor, token_id: int, now: datetime) -> Token:
+    """Revoke one of the actor's tokens (an operator: anyone's). Revoking twice changes nothing."""
     found = session.execute(
         select(TokenRow, UserRow.name)
         .join(UserRow, UserRow.id == TokenRow.user_id)
@@ -243,6 +241,7 @@ def revoke_token(
     row, owner = found
     if row.revoked_at is None:
         row.revoked_at = now
+        auth_changed(session)
         audit.record(
             session,
             actor=actor,
@@ -253,4 +252,4 @@ def revoke_token(
             user=owner,
             name=row.name,
         )
-    return _to_token(row, owner), row.token_hash
+    return _to_token(row, owner)
