@@ -80,10 +80,12 @@ def _submit(
     *,
     gpus: int = 1,
     hours: float = 1.0,
+    preemptible: bool = False,
 ) -> int:
     request = replace(
         make_request(project="vision", gpus=gpus, time_limit_s=int(hours * 3600)),
         allocation_id=allocation,
+        preemptible=preemptible,
     )
     with sessions() as session, session.begin():
         return submit_job(
@@ -169,7 +171,8 @@ def test_a_job_holds_its_most_and_is_charged_what_it_used(
 ) -> None:
     admin, alice = _tenant(sessions, clock)
     grant = _grant(sessions, admin, clock, gpu_hours=10)
-    job_id = _submit(sessions, alice, clock, grant.id, gpus=2, hours=2)  # holds 4
+    # 2 GPUs: beyond regional's guarantee of 1 (of 2), so it must be preemptible to be accepted.
+    job_id = _submit(sessions, alice, clock, grant.id, gpus=2, hours=2, preemptible=True)  # holds 4
     assert _left(sessions, alice, grant.id) == pytest.approx(6)
     with sessions() as session, session.begin():
         row = session.get(JobRow, job_id)

@@ -36,6 +36,13 @@ class ResourcesUnavailable(InvalidRequest):
     code = "resources_unavailable"
 
 
+class BeyondGuarantee(ResourcesUnavailable):
+    """A job that may not be preempted needs more GPUs than its pool's whole guarantee: only
+    preemptible jobs borrow beyond it, so it could never start."""
+
+    code = "beyond_guarantee"
+
+
 class WorkdirTooLarge(InvalidRequest):
     code = "workdir_too_large"
     http_status = 413
@@ -97,6 +104,7 @@ ERRORS_BY_CODE: dict[str, type[FabriekError]] = {
         FabriekError,
         InvalidRequest,
         ResourcesUnavailable,
+        BeyondGuarantee,
         AllocationExhausted,
         AllocationExpired,
         WorkdirTooLarge,

@@ -500,19 +500,45 @@ def _beyond_guarantee_for_ever(state: _State, job: PendingJob) -> str | None:
     """Why a job that cannot be preempted can never start, if it needs more GPUs than its
     pool's whole guarantee on every GPU type it may run on (only preemptible jobs borrow):
     set aside with its reason, it does not block its pool's queue for ever."""
-    request = job.request
-    if request.partition is not None:
-        types = [state.type_of(request.partition)]
-    else:
-        types = [request.gpu_type] if request.gpu_type else state.gpu_types
-    owed = state.guarantee[job.pool]
-    most = max((owed.get(t, 0) for t in types), default=0)
-    if request.gpus <= most:
+    most = _most_owed(job.request, state.guarantee[job.pool], state.type_of, state.gpu_types)
+    if job.request.gpus <= most:
         return None
     return (
-        f"waiting: it needs {request.gpus} GPUs, more than pool {job.pool}'s whole guarantee "
+        f"waiting: it needs {job.request.gpus} GPUs, more than pool {job.pool}'s whole guarantee "
         f"({most}), and only preemptible jobs may borrow beyond it; it can never start as it is"
     )
+
+
+def _most_owed(
+    request: Request,
+    owed: Mapping[str, int],
+    type_of: Callable[[str], str],
+    gpu_types: Sequence[str],
+) -> int:
+    """The most GPUs `owed` (a pool's guarantee per GPU type) holds of one GPU type that
+    `request` may run on."""
+    if request.partition is not None:
+        types: Sequence[str] = [type_of(request.partition)]
+    else:
+        types = [request.gpu_type] if request.gpu_type else gpu_types
+    return max((owed.get(t, 0) for t in types), default=0)
+
+
+def most_guaranteed(
+    request: Request, pool: str, partitions: Sequence[Partition], pools: Sequence[Pool]
+) -> int:
+    """The most GPUs `pool` is guaranteed, of one GPU type that `request` may run on: the most
+    a job that cannot be preempted may ever hold (only preemptible jobs borrow beyond their
+    pool's guarantee). The same figure the admission cycle judges it by (nominate), for
+    submission to refuse such a job before it waits for ever."""
+    total: dict[str, int] = defaultdict(int)
+    types: dict[str, str] = {}
+    for p in partitions:
+        total[p.gpu_type or NO_GPU] += p.gpus
+        types[p.name] = p.gpu_type or NO_GPU
+    gpu_types = list(dict.fromkeys(p.gpu_type for p in partitions if p.gpu_type))
+    owed = guarantees(pools, total).get(pool, {})
+    return _most_owed(request, owed, lambda name: types.get(name, NO_GPU), gpu_types)
 
 
 def _order(state: _State, queues: dict[str, list[PendingJob]]) -> None:

@@ -80,7 +80,8 @@ class Static:
         return allocation in self.out_of_period or any(a.id == allocation for a in self.allocations)
 
 
-def read_static(conn: Connection, *, now: datetime) -> Static:
+def read_pools(conn: Connection) -> tuple[tuple[Pool, ...], dict[int, str]]:
+    """Every pool as the engine sees it, UNALLOCATED last, and each pool's name by its id."""
     pools_by_id: dict[int, str] = {}
     pools: list[Pool] = []
     for pool_id, name, guarantee, borrow_limit, lend_limit in conn.execute(
@@ -92,6 +93,11 @@ def read_static(conn: Connection, *, now: datetime) -> Static:
         pools.append(Pool(name, guarantee, borrow_limit, lend_limit))
     unassigned = max(0.0, 1.0 - sum(p.guarantee for p in pools))
     pools.append(Pool(UNALLOCATED, round(unassigned, 9), None, 1.0))
+    return tuple(pools), pools_by_id
+
+
+def read_static(conn: Connection, *, now: datetime) -> Static:
+    pools, pools_by_id = read_pools(conn)
 
     allocations: list[Allocation] = []
     ended: dict[int, str] = {}
@@ -119,7 +125,7 @@ def read_static(conn: Connection, *, now: datetime) -> Static:
             ended[alloc_id] = (
                 f"waiting: allocation {alloc_id} begins on {starts:%Y-%m-%d %H:%M} UTC"
             )
-    return Static(tuple(pools), pools_by_id, tuple(allocations), ended)
+    return Static(pools, pools_by_id, tuple(allocations), ended)
 
 
 def read_snapshot(

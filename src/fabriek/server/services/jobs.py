@@ -23,7 +23,14 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from fabriek.backends.base import Capacity
-from fabriek.core.errors import Conflict, Forbidden, InvalidRequest, NotFound, ResourcesUnavailable
+from fabriek.core.errors import (
+    BeyondGuarantee,
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    ResourcesUnavailable,
+)
 from fabriek.core.jobs import (
     DEFAULT_MEMORY_BYTES,
     MAX_PRIORITY,
@@ -37,6 +44,9 @@ from fabriek.core.jobs import (
     validate_request,
 )
 from fabriek.core.units import format_bytes_apart
+from fabriek.scheduling.engine import most_guaranteed
+from fabriek.scheduling.model import Request
+from fabriek.server.controller.snapshot import partition_of, read_pools
 from fabriek.server.db.models import (
     AllocationRow,
     JobEventRow,
@@ -187,6 +197,8 @@ def submit_job(
             .join(AllocationRow, AllocationRow.pool_id == PoolRow.id)
             .where(AllocationRow.id == request.allocation_id)
         )
+        if not row.preemptible and request.resources.gpus > 0 and pool is not None:
+            _check_within_guarantee(session, request, pool=pool, partitions=partitions)
         connection.execute(
             update(_JOBS)
             .where(_JOBS.c.id == row.id)
@@ -242,6 +254,37 @@ def _check_fits(request: JobRequest, partitions: Mapping[str, Capacity]) -> str:
     if request.partition is not None:
         return request.partition
     return next(iter(partitions)) if len(partitions) == 1 else ""
+
+
+def _check_within_guarantee(
+    session: Session, request: JobRequest, *, pool: str, partitions: Mapping[str, Capacity]
+) -> None:
+    """Refuse a job that may not be preempted and needs more GPUs than `pool`'s whole guarantee
+    on every GPU type it may run on: only preemptible jobs borrow beyond it, so it would wait for
+    ever, holding its allocation's GPU-hours (the admission cycle would set it aside with the
+    same judgement, scheduling.engine.most_guaranteed)."""
+    pools, _ = read_pools(session.connection())
+    shape = Request(
+        request.resources.gpus,
+        request.resources.cpus,
+        request.resources.memory_bytes,
+        request.nodes,
+        None,
+        float(request.time_limit_s),
+        request.partition,
+    )
+    engine_partitions = [partition_of(name, capacity) for name, capacity in partitions.items()]
+    most = most_guaranteed(shape, pool, engine_partitions, pools)
+    if shape.gpus <= most:
+        return
+    fewer = f"ask for at most {most} GPUs; or " if most > 0 else ""
+    raise BeyondGuarantee(
+        f"the job asks for {shape.gpus} GPUs, more than pool {pool}'s whole guarantee ({most} "
+        "GPUs), and only preemptible jobs may go beyond it: it could never start. Submit it "
+        "with --preemptible (it may then borrow idle GPUs, and is stopped and requeued when "
+        f"their pool needs them back); or {fewer}charge it to an allocation in a pool with a "
+        "larger guarantee"
+    )
 
 
 def _why_not(request: JobRequest, name: str, capacity: Capacity) -> str | None:
