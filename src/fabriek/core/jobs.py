@@ -8,6 +8,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from fabriek.core.errors import IllegalTransition, InvalidRequest
+from fabriek.core.text import check_label
 
 
 class JobState(StrEnum):
@@ -120,10 +121,7 @@ def validate_request(
         *(("environment", t) for kv in env.items() for t in kv),
     ]:
         _check_text(what, text)
-    if not name or len(name) > MAX_NAME_LEN or any(ord(c) < 32 for c in name):
-        raise InvalidRequest(
-            f"job name must be 1 to {MAX_NAME_LEN} printable characters, got {name!r}"
-        )
+    check_label(name, what="job name", max_len=MAX_NAME_LEN)
     if not argv or not argv[0]:
         raise InvalidRequest("the command is empty; give it after `--`, e.g. -- python train.py")
     if len(argv) > MAX_ARGV_ITEMS or sum(len(a) for a in argv) > MAX_ARGV_BYTES:

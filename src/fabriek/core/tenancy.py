@@ -11,6 +11,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from fabriek.core.errors import InvalidRequest
+from fabriek.core.text import check_label
 
 
 class OrgKind(StrEnum):
@@ -100,9 +101,8 @@ def check_user_name(name: str) -> str:
 
 
 def check_display_name(name: str) -> str:
-    if not name.strip() or not name.isprintable() or len(name) > 256:
-        raise InvalidRequest("invalid display name: 1-256 printable characters")
-    return name.strip()
+    """Trimmed, then the rule for every name people read (core.text.check_label)."""
+    return check_label(name.strip(" "), what="display name", max_len=256)
 
 
 def check_location(country: str | None, region: str | None) -> tuple[str | None, str | None]:
