@@ -56,6 +56,13 @@ class Settings(BaseSettings):
         ge=1,
         description="Largest workdir an upload may unpack to (bytes). Larger belongs in a dataset.",
     )
+    max_request_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=64 * 1024,
+        description="Largest request body the API reads (bytes), workdir uploads aside (they have "
+        "workdir_max_bytes). A job's argv and environment are bounded apart, near what the "
+        "kernel's exec accepts (docs/security.md).",
+    )
     starving_after_seconds: float = Field(
         STARVING_AFTER_S,
         ge=0,

@@ -70,11 +70,20 @@ def check_transition(job_id: int, current: JobState, target: JobState) -> None:
 MAX_TIME_LIMIT_S = 30 * 86400
 MAX_NAME_LEN = 128
 MAX_ARGV_ITEMS = 4096
-MAX_ARGV_BYTES = 128 * 1024
 MAX_ENV_ITEMS = 256
+# What exec(2) takes: each argument and each KEY=value at most MAX_ARG_STRLEN bytes (Linux: 32
+# pages, its NUL included), all of them together within ARG_MAX (2 MiB with the usual 8 MiB
+# stack). A job's own part is held to half of that, leaving room for what fabriek and the
+# backend add (its FABRIEK_* variables, the site's environment); larger belongs in a file.
+MAX_ARG_STRLEN = 128 * 1024 - 1
+MAX_EXEC_BYTES = 1024 * 1024
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # and not FABRIEK_*, CUDA_VISIBLE_DEVICES
 MAX_PRIORITY = 1000
 MAX_FLEXIBLE_S = 7 * 86400  # green scheduling looks a week ahead
 MAX_NODES = 1024
+MAX_CPUS = 4096  # on one node
+MAX_GPUS = 64  # on one node
+MAX_MEMORY_BYTES = 2**50  # 1 PiB on one node
 PARTITION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -124,16 +133,16 @@ def validate_request(
     check_label(name, what="job name", max_len=MAX_NAME_LEN)
     if not argv or not argv[0]:
         raise InvalidRequest("the command is empty; give it after `--`, e.g. -- python train.py")
-    if len(argv) > MAX_ARGV_ITEMS or sum(len(a) for a in argv) > MAX_ARGV_BYTES:
-        raise InvalidRequest("the command is too long")
+    if len(argv) > MAX_ARGV_ITEMS:
+        raise InvalidRequest(f"the command has more than {MAX_ARGV_ITEMS} arguments")
     if any("\x00" in a for a in argv):
         raise InvalidRequest("the command contains a NUL byte")
-    if resources.cpus < 1:
-        raise InvalidRequest(f"a job needs at least 1 CPU, got {resources.cpus}")
-    if resources.memory_bytes < 1024 * 1024:
-        raise InvalidRequest("a job needs at least 1M of memory")
-    if resources.gpus < 0:
-        raise InvalidRequest(f"the number of GPUs cannot be negative, got {resources.gpus}")
+    if not 1 <= resources.cpus <= MAX_CPUS:
+        raise InvalidRequest(f"a job asks for 1 to {MAX_CPUS} CPUs a node, got {resources.cpus}")
+    if not 1024 * 1024 <= resources.memory_bytes <= MAX_MEMORY_BYTES:
+        raise InvalidRequest("a job asks for 1M to 1P of memory a node")
+    if not 0 <= resources.gpus <= MAX_GPUS:
+        raise InvalidRequest(f"a job asks for 0 to {MAX_GPUS} GPUs a node, got {resources.gpus}")
     if time_limit_s <= 0:
         raise InvalidRequest("the time limit must be more than zero")
     if time_limit_s > MAX_TIME_LIMIT_S:
@@ -149,10 +158,35 @@ def validate_request(
     if len(env) > MAX_ENV_ITEMS:
         raise InvalidRequest(f"at most {MAX_ENV_ITEMS} environment variables")
     for key, value in env.items():
-        if not key or "=" in key or "\x00" in key or "\x00" in value or not key.isidentifier():
-            raise InvalidRequest(f"invalid environment variable name {key!r}")
         if key.startswith("FABRIEK_") or key == "CUDA_VISIBLE_DEVICES":
             raise InvalidRequest(f"{key} is set by fabriek and cannot be overridden")
+        if not ENV_NAME.fullmatch(key) or "\x00" in value:
+            raise InvalidRequest(
+                f"invalid environment variable name {key!r}: ASCII letters, digits and '_', "
+                "not starting with a digit"
+            )
+    _check_exec_size(argv, env)
+
+
+def _check_exec_size(argv: list[str], env: dict[str, str]) -> None:
+    """Refuse what exec(2) would refuse ("Argument list too long") before the job is queued."""
+    total = 0
+    for what, text in [
+        *(("an argument", a) for a in argv),
+        *((f"environment variable {k}", f"{k}={v}") for k, v in env.items()),
+    ]:
+        size = len(text.encode()) + 1  # _check_text made sure it encodes
+        if size > MAX_ARG_STRLEN + 1:
+            raise InvalidRequest(
+                f"{what} is {size - 1:,} bytes, beyond the {MAX_ARG_STRLEN:,} an exec takes; "
+                "pass large values in a file of the workdir"
+            )
+        total += size
+    if total > MAX_EXEC_BYTES:
+        raise InvalidRequest(
+            f"the command and environment are {total:,} bytes together, beyond the limit of "
+            f"{MAX_EXEC_BYTES:,}; pass large values in a file of the workdir"
+        )
 
 
 @dataclass(frozen=True, slots=True)

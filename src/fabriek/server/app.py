@@ -6,6 +6,7 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from fabriek import __version__
+from fabriek.server.edge import EdgeGuard
 from fabriek.server.errors import install_error_handlers
 from fabriek.server.routers import (
     allocations,
@@ -47,6 +48,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     )
     app.state.runtime = runtime
     install_error_handlers(app)
+    app.add_middleware(EdgeGuard, max_body=lambda: runtime.settings.max_request_bytes)
     for router in (
         system.router,
         jobs.router,

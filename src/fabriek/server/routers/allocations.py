@@ -6,15 +6,16 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 
 from fabriek.server.schemas import AllocationGrant, AllocationOut
+from fabriek.server.schemas.types import id_path
 from fabriek.server.security.deps import ActorDep, RuntimeDep
 from fabriek.server.services import allocations as service
 
 router = APIRouter(prefix="/allocations", tags=["allocations"])
 
-AllocationId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+AllocationId = Annotated[int, id_path("Allocation")]
 
 
 def _out(a: service.Allocation) -> AllocationOut:

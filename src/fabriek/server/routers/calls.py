@@ -15,6 +15,7 @@ from fabriek.server.schemas import (
     ReviewCreate,
     ReviewOut,
 )
+from fabriek.server.schemas.types import id_path
 from fabriek.server.security.deps import ActorDep, RuntimeDep
 from fabriek.server.services import calls as service
 
@@ -22,7 +23,7 @@ calls = APIRouter(prefix="/calls", tags=["calls"])
 applications = APIRouter(prefix="/applications", tags=["calls"])
 
 CallName = Annotated[str, Path(max_length=64)]
-ApplicationId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+ApplicationId = Annotated[int, id_path("Application")]
 
 
 def _call(c: service.Call, runtime) -> CallOut:  # type: ignore[no-untyped-def]

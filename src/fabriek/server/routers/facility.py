@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
@@ -20,6 +19,7 @@ from fabriek.server.schemas import (
     ReadingOut,
     SeriesOut,
 )
+from fabriek.server.schemas.types import Timestamp
 from fabriek.server.security.deps import ActorDep, RuntimeDep
 from fabriek.server.services import facility as service
 
@@ -119,8 +119,8 @@ def add_reading(body: ReadingCreate, actor: ActorDep, runtime: RuntimeDep) -> Re
 def report(
     actor: ActorDep,
     runtime: RuntimeDep,
-    start: Annotated[datetime, Query(alias="from")],
-    end: Annotated[datetime, Query(alias="to")],
+    start: Annotated[Timestamp, Query(alias="from")],
+    end: Annotated[Timestamp, Query(alias="to")],
     format: Literal["json", "csv"] = "json",
 ) -> Response:
     """Operators: per period, PUE, WUE, renewable energy factor and energy reuse factor (EED

@@ -3,13 +3,14 @@ from __future__ import annotations
 import os
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse, Response
-from pydantic import AwareDatetime, BaseModel
+from pydantic import BaseModel
 from starlette.background import BackgroundTask
 
 from fabriek.core.jobs import DEFAULT_MEMORY_BYTES, JobRequest, JobState, Resources
 from fabriek.server.schemas import JobOut, JobSubmit
+from fabriek.server.schemas.types import Timestamp, id_path
 from fabriek.server.security.deps import ActorDep, RuntimeDep
 from fabriek.server.services import job_files
 from fabriek.server.services import jobs as service
@@ -18,7 +19,7 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 MAX_LOG_CHUNK = 1024 * 1024
 # Bounded, so that an absurd id or offset is a 422, not an overflow in the database or in seek().
-JobId = Annotated[int, Path(ge=1, le=2**63 - 1, description="Job id.")]
+JobId = Annotated[int, id_path("Job")]
 
 
 def _json(model: BaseModel | list[JobOut], status_code: int = 200) -> Response:
@@ -85,10 +86,10 @@ def list_jobs(
         Query(max_length=256, description="Only jobs of this name; `*` matches any text."),
     ] = None,
     since: Annotated[
-        AwareDatetime | None, Query(description="Only jobs submitted at or after this time.")
+        Timestamp | None, Query(description="Only jobs submitted at or after this time.")
     ] = None,
     until: Annotated[
-        AwareDatetime | None, Query(description="Only jobs submitted before this time.")
+        Timestamp | None, Query(description="Only jobs submitted before this time.")
     ] = None,
 ) -> Response:
     """The newest jobs you may see, newest first."""
@@ -142,7 +143,7 @@ def logs(
         int | None, Query(ge=0, le=1_000_000, description="Only the last this many lines.")
     ] = None,
     since: Annotated[
-        AwareDatetime | None, Query(description="Only the lines written after this time.")
+        Timestamp | None, Query(description="Only the lines written after this time.")
     ] = None,
 ) -> Response:
     """The job's stdout (or stderr) from byte `offset`, or later where `tail` or `since` start

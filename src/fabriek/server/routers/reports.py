@@ -5,19 +5,19 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
-from pydantic import AwareDatetime
 
 from fabriek.server.schemas import ShareOut, UsageReportOut
+from fabriek.server.schemas.types import Timestamp
 from fabriek.server.security.deps import ActorDep, RuntimeDep
 from fabriek.server.services import reports as service
 
 router = APIRouter(tags=["reports"])
 
 From = Annotated[
-    AwareDatetime, Query(alias="from", description="Start of the period (ISO 8601, with a zone).")
+    Timestamp, Query(alias="from", description="Start of the period (ISO 8601, with a zone).")
 ]
 To = Annotated[
-    AwareDatetime, Query(alias="to", description="End of the period (ISO 8601, with a zone).")
+    Timestamp, Query(alias="to", description="End of the period (ISO 8601, with a zone).")
 ]
 
 

@@ -15,6 +15,7 @@ from fabriek.server.schemas import (
     UserOut,
     UserRoles,
 )
+from fabriek.server.schemas.types import id_path
 from fabriek.server.security.deps import ActorDep, RuntimeDep
 from fabriek.server.services import users as service
 
@@ -22,7 +23,7 @@ users = APIRouter(prefix="/users", tags=["users"])
 tokens = APIRouter(prefix="/tokens", tags=["tokens"])
 
 UserName = Annotated[str, Path(max_length=128)]
-TokenId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+TokenId = Annotated[int, id_path("Token")]
 
 
 @users.post("", response_model=UserCreated, status_code=201)

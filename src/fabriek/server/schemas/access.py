@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from fabriek.core.calls import ApplicationState, CallMode
 from fabriek.core.tenancy import (
@@ -12,11 +12,11 @@ from fabriek.core.tenancy import (
     OrgKind,
     PoolInfo,
 )
+from fabriek.server.schemas.types import Count, Flag, Input, Number, Timestamp
 
 
-class EligibilityIO(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    verified: bool = Field(False, description="Only organisations an operator verified.")
+class EligibilityIO(Input):
+    verified: Flag = Field(False, description="Only organisations an operator verified.")
     countries: list[str] = Field(default_factory=list, description="ISO 3166-1 codes; empty: any.")
     regions: list[str] = Field(
         default_factory=list, description="NUTS prefixes, e.g. NL11 or NL1; empty: any."
@@ -43,25 +43,23 @@ class EligibilityIO(BaseModel):
         )
 
 
-class PoolCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class PoolCreate(Input):
     name: str
     display_name: str
-    guarantee: float = Field(description="Fraction of each GPU type it is owed, e.g. 0.25.")
-    borrow_limit: float | None = Field(
+    guarantee: Number = Field(description="Fraction of each GPU type it is owed, e.g. 0.25.")
+    borrow_limit: Number | None = Field(
         None, description="How far beyond its guarantee it may borrow idle GPUs; none: no limit."
     )
-    lend_limit: float = Field(1.0, description="Fraction of its guarantee it lends while idle.")
+    lend_limit: Number = Field(1.0, description="Fraction of its guarantee it lends while idle.")
     eligibility: EligibilityIO = Field(default_factory=EligibilityIO)
 
 
-class PoolUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class PoolUpdate(Input):
     display_name: str | None = None
-    guarantee: float | None = None
-    borrow_limit: float | None = None
-    no_borrow_limit: bool = False
-    lend_limit: float | None = None
+    guarantee: Number | None = None
+    borrow_limit: Number | None = None
+    no_borrow_limit: Flag = False
+    lend_limit: Number | None = None
     eligibility: EligibilityIO | None = None
 
 
@@ -94,13 +92,12 @@ class PoolEligibilityOut(BaseModel):
 
 
 # --- allocations ------------------------------------------------------------------------------------
-class AllocationGrant(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class AllocationGrant(Input):
     project: str
     pool: str
-    gpu_hours: float = Field(description="The budget, in GPU-hours.")
-    days: int = Field(description="How long it lasts.")
-    starts_at: AwareDatetime | None = Field(None, description="When it begins; default now.")
+    gpu_hours: Number = Field(description="The budget, in GPU-hours.")
+    days: Count = Field(description="How long it lasts.")
+    starts_at: Timestamp | None = Field(None, description="When it begins; default now.")
     note: str | None = Field(None, max_length=1000)
 
 
@@ -119,19 +116,18 @@ class AllocationOut(BaseModel):
 
 
 # --- access calls and applications -------------------------------------------------------------------
-class CallCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class CallCreate(Input):
     name: str
     title: str
     pool: str
     mode: CallMode
-    opens_at: AwareDatetime
-    closes_at: AwareDatetime
-    total_gpu_hours: float
-    max_gpu_hours: float = Field(description="At most this much per application.")
-    allocation_days: int = Field(365, description="How long the allocations it grants last.")
-    reviewers: int | None = Field(None, description="Reviews a decision needs (by mode if none).")
-    threshold: float = Field(3.0, description="Mean score (1-5) an application needs.")
+    opens_at: Timestamp
+    closes_at: Timestamp
+    total_gpu_hours: Number
+    max_gpu_hours: Number = Field(description="At most this much per application.")
+    allocation_days: Count = Field(365, description="How long the allocations it grants last.")
+    reviewers: Count | None = Field(None, description="Reviews a decision needs (by mode if none).")
+    threshold: Number = Field(3.0, description="Mean score (1-5) an application needs.")
     eligibility: EligibilityIO = Field(default_factory=EligibilityIO)
 
 
@@ -153,19 +149,17 @@ class CallOut(BaseModel):
     created_by: str
 
 
-class ApplicationCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ApplicationCreate(Input):
     call: str
     project: str
-    gpu_hours: float
+    gpu_hours: Number
     title: str
     summary: str = ""
-    submit: bool = Field(True, description="Submit at once; false keeps a draft.")
+    submit: Flag = Field(True, description="Submit at once; false keeps a draft.")
 
 
-class ReviewCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    score: int = Field(description="1 (poor) to 5 (excellent).")
+class ReviewCreate(Input):
+    score: Count = Field(description="1 (poor) to 5 (excellent).")
     comment: str
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from fabriek.server.schemas.types import Input, Number, Timestamp
 
 
 class UsageReportOut(BaseModel):
@@ -35,11 +37,10 @@ class ShareOut(BaseModel):
 
 
 # --- facility -------------------------------------------------------------------------------------
-class FacilityUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    pue: float | None = Field(None, description="Power usage effectiveness, 1 or more.")
-    wue_onsite: float | None = Field(None, description="Litres of water per IT kWh, on site.")
-    water_offsite: float | None = Field(
+class FacilityUpdate(Input):
+    pue: Number | None = Field(None, description="Power usage effectiveness, 1 or more.")
+    wue_onsite: Number | None = Field(None, description="Litres of water per IT kWh, on site.")
+    water_offsite: Number | None = Field(
         None, description="Litres of water per kWh of electricity, at the power plants."
     )
     carbon_column: Literal["life_cycle", "direct"] | None = Field(
@@ -67,15 +68,14 @@ class FacilityOut(BaseModel):
     forecasts: list[SeriesOut] = Field(description="Operator-provided forecasts loaded.")
 
 
-class ReadingCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    starts_at: AwareDatetime
-    ends_at: AwareDatetime
-    total_kwh: float = Field(description="The facility's total energy in the period.")
-    it_kwh: float = Field(description="Its IT equipment's energy.")
-    water_m3: float = Field(description="Water taken in.")
-    renewable_kwh: float = Field(0.0, description="Renewable energy used.")
-    reused_heat_kwh: float = Field(0.0, description="Heat delivered for reuse.")
+class ReadingCreate(Input):
+    starts_at: Timestamp
+    ends_at: Timestamp
+    total_kwh: Number = Field(description="The facility's total energy in the period.")
+    it_kwh: Number = Field(description="Its IT equipment's energy.")
+    water_m3: Number = Field(description="Water taken in.")
+    renewable_kwh: Number = Field(0.0, description="Renewable energy used.")
+    reused_heat_kwh: Number = Field(0.0, description="Heat delivered for reuse.")
 
 
 class ReadingOut(BaseModel):

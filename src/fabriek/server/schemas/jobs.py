@@ -3,63 +3,104 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from fabriek.core.jobs import Job, JobState
+from fabriek.core.jobs import (
+    ENV_NAME,
+    MAX_ARG_STRLEN,
+    MAX_ARGV_ITEMS,
+    MAX_CPUS,
+    MAX_ENV_ITEMS,
+    MAX_EXEC_BYTES,
+    MAX_FLEXIBLE_S,
+    MAX_GPUS,
+    MAX_MEMORY_BYTES,
+    MAX_NAME_LEN,
+    MAX_NODES,
+    MAX_PRIORITY,
+    MAX_TIME_LIMIT_S,
+    PARTITION_NAME,
+    Job,
+    JobState,
+)
+from fabriek.server.schemas.types import Count, Flag, Id, Input, Timestamp
 
 
-class JobSubmit(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(description="A short name to recognise the job by.")
+class JobSubmit(Input):
+    name: str = Field(
+        min_length=1, max_length=MAX_NAME_LEN, description="A short name to recognise the job by."
+    )
     project: str | None = Field(
         None,
         description="The project the job runs in; default: your only project, else 'default' "
         "if you are a member of it (else the error names your projects).",
     )
-    argv: list[str] = Field(description="The command and its arguments, run without a shell.")
-    cpus: int = Field(1, description="CPU cores (on each node).")
-    memory_bytes: int | None = Field(
+    argv: list[Annotated[str, Field(max_length=MAX_ARG_STRLEN)]] = Field(
+        min_length=1,
+        max_length=MAX_ARGV_ITEMS,
+        description="The command and its arguments, run without a shell. With env, at most "
+        f"{MAX_EXEC_BYTES:,} bytes (UTF-8, one NUL each), each at most {MAX_ARG_STRLEN:,}.",
+    )
+    cpus: Count = Field(1, ge=1, le=MAX_CPUS, description="CPU cores (on each node).")
+    memory_bytes: Count | None = Field(
         None,
+        ge=1024 * 1024,
+        le=MAX_MEMORY_BYTES,
         description="Memory in bytes (on each node); default: 2 GiB, or all a node of the "
         "partition has where that is less.",
     )
-    gpus: int = Field(0, description="GPUs (on each node).")
-    nodes: int = Field(1, description="Nodes, each with the CPUs, memory and GPUs above.")
-    partition: str | None = Field(
-        None, description="Run it in this partition; default: wherever the engine finds room."
+    gpus: Count = Field(0, ge=0, le=MAX_GPUS, description="GPUs (on each node).")
+    nodes: Count = Field(
+        1, ge=1, le=MAX_NODES, description="Nodes, each with the CPUs, memory and GPUs above."
     )
-    time_limit_s: int = Field(3600, description="Wall-clock limit in seconds.")
-    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables.")
+    partition: str | None = Field(
+        None,
+        pattern=f"^{PARTITION_NAME.pattern}$",
+        description="Run it in this partition; default: wherever the engine finds room.",
+    )
+    time_limit_s: Count = Field(
+        3600, ge=1, le=MAX_TIME_LIMIT_S, description="Wall-clock limit in seconds."
+    )
+    env: dict[
+        Annotated[str, Field(pattern=f"^{ENV_NAME.pattern}$")],
+        Annotated[str, Field(max_length=MAX_ARG_STRLEN)],
+    ] = Field(
+        default_factory=dict,
+        max_length=MAX_ENV_ITEMS,
+        description="Extra environment variables (not FABRIEK_*, not CUDA_VISIBLE_DEVICES).",
+    )
     workdir: str | None = Field(
         None, pattern="^[0-9a-f]{64}$", description="SHA-256 of an uploaded workdir, or none."
     )
-    allocation: int | None = Field(
+    allocation: Id | None = Field(
         None,
-        ge=1,
-        le=2**63 - 1,
         description="Charge it to this allocation of the project: it holds GPUs x time limit "
         "until it ends, then pays GPUs x wall time.",
     )
-    preemptible: bool = Field(
+    preemptible: Flag = Field(
         False,
         description="May borrow idle GPUs beyond its pool's guarantee, and be stopped (SIGTERM, "
         "a grace period, requeued keeping its place) when their pool reclaims them. Jobs "
         "without an allocation are always preemptible.",
     )
-    deadline: AwareDatetime | None = Field(
+    deadline: Timestamp | None = Field(
         None,
         description="It must end by then; the engine may hold it back for the hours with the "
         "lowest forecast carbon intensity. Needs time_limit_s.",
     )
-    flexible_s: int | None = Field(
+    flexible_s: Count | None = Field(
         None,
+        ge=0,
+        le=MAX_FLEXIBLE_S,
         description="It may start up to this many seconds late (a deadline of now + this + "
         "time_limit_s). Needs time_limit_s.",
     )
-    priority: int = Field(
+    priority: Count = Field(
         0,
+        ge=-MAX_PRIORITY,
+        le=MAX_PRIORITY,
         description="Orders jobs of equal fair share, higher first (-1000 to 1000). Anyone may "
         "lower their own jobs' priority; only operators raise it above 0.",
     )

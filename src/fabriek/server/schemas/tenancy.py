@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from fabriek.core.tenancy import (
     Organisation,
@@ -15,10 +15,10 @@ from fabriek.core.tenancy import (
     Token,
     User,
 )
+from fabriek.server.schemas.types import Count, Flag, Input
 
 
-class OrganisationCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class OrganisationCreate(Input):
     name: str = Field(description="Short handle: lower-case letters, digits and '-' (e.g. rug).")
     display_name: str = Field(description="Full name, e.g. University of Groningen.")
     kind: OrgKind
@@ -26,17 +26,15 @@ class OrganisationCreate(BaseModel):
     region: str | None = Field(None, description="NUTS code, e.g. NL11 (Groningen).")
 
 
-class OrganisationUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class OrganisationUpdate(Input):
     display_name: str | None = None
     kind: OrgKind | None = None
     country: str | None = None
     region: str | None = None
 
 
-class Verification(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    verified: bool = True
+class Verification(Input):
+    verified: Flag = True
 
 
 class OrganisationOut(BaseModel):
@@ -67,13 +65,11 @@ class OrganisationOut(BaseModel):
         )
 
 
-class OrgMemberSet(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class OrgMemberSet(Input):
     role: OrgRole = OrgRole.MEMBER
 
 
-class ProjectMemberSet(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ProjectMemberSet(Input):
     role: ProjectRole = ProjectRole.MEMBER
 
 
@@ -82,8 +78,7 @@ class MemberOut(BaseModel):
     role: str
 
 
-class ProjectCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ProjectCreate(Input):
     name: str
     organisation: str
 
@@ -101,18 +96,16 @@ class ProjectOut(BaseModel):
         )
 
 
-class UserCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class UserCreate(Input):
     name: str
-    is_operator: bool = False
-    is_reviewer: bool = False
-    token_days: int = Field(90, description="Lifetime of the user's first token, in days.")
+    is_operator: Flag = False
+    is_reviewer: Flag = False
+    token_days: Count = Field(90, description="Lifetime of the user's first token, in days.")
 
 
-class UserRoles(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    is_operator: bool | None = None
-    is_reviewer: bool | None = None
+class UserRoles(Input):
+    is_operator: Flag | None = None
+    is_reviewer: Flag | None = None
 
 
 class UserOut(BaseModel):
@@ -131,10 +124,9 @@ class UserOut(BaseModel):
         )
 
 
-class TokenCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class TokenCreate(Input):
     name: str
-    days: int = Field(90, description="Lifetime in days (1-366).")
+    days: Count = Field(90, description="Lifetime in days (1-366).")
     user: str | None = Field(None, max_length=128, description="Operators: whose (default: yours).")
 
 

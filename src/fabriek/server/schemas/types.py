@@ -1,0 +1,86 @@
+"""The field types of what clients send, each stating in the schema exactly what it accepts.
+
+Pydantic's lax mode would take `0` for a boolean, `true` for a number, `"0.5"` for a time and a
+64-bit id for a 32-bit column; these types take only what their OpenAPI schema says, so a client
+(or a fuzzer) that reads /openapi.json learns the rules instead of meeting a 500 or a surprise.
+Every request model derives from `Input`: unknown fields refused, no string holds U+0000
+(PostgreSQL cannot store it; no name, text or argument needs it), strings bounded by default.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import Path
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    field_validator,
+)
+
+# The database's ids are 32-bit signed integers on PostgreSQL (SQLite's are 64-bit): larger ids
+# cannot exist on either, so they are refused alike, by the schema, before any query.
+MAX_ID = 2**31 - 1
+# Any string a client sends, unless its field says otherwise (free texts are longer).
+MAX_STRING = 4096
+MAX_TEXT = 64 * 1024
+
+Flag = Annotated[bool, Strict()]
+Count = Annotated[int, Strict()]
+Number = Annotated[float, Strict()]  # an integer is a number too
+Id = Annotated[int, Strict(), Field(ge=1, le=MAX_ID)]
+
+
+def id_path(what: str) -> Any:
+    """A path parameter holding an id of `what`s (1 to MAX_ID)."""
+    return Path(ge=1, le=MAX_ID, description=f"{what} id.")
+
+
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}:\d{2})")
+
+
+def _rfc3339(value: object) -> object:
+    if isinstance(value, str) and not _RFC3339.fullmatch(value):
+        raise ValueError(
+            "a time is an RFC 3339 date-time with its timezone, e.g. 2026-12-07T14:00:00Z"
+        )
+    if not isinstance(value, (str, datetime)):
+        raise ValueError("a time is an RFC 3339 date-time string, e.g. 2026-12-07T14:00:00Z")
+    return value
+
+
+# Not a number of seconds since 1970 (which pydantic would take), not a bare date: a date-time.
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
+
+
+def _nul_free(value: object) -> object:
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("must not contain the NUL character (U+0000)")
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            _nul_free(key)
+            _nul_free(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _nul_free(item)
+    return value
+
+
+class Input(BaseModel):
+    """A request body: unknown fields refused, strings NUL-free and at most MAX_STRING long
+    unless their field allows more."""
+
+    model_config = ConfigDict(extra="forbid", str_max_length=MAX_STRING)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: object) -> object:
+        return _nul_free(value)
