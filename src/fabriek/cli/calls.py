@@ -5,9 +5,18 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
-from fabriek.cli.output import JsonOpt, age, console, err_console, handled, print_json, utc_iso
+from fabriek.cli.output import (
+    JsonOpt,
+    age,
+    console,
+    err_console,
+    handled,
+    print_json,
+    shown,
+    shown_lines,
+    utc_iso,
+)
 from fabriek.cli.output import client as _client
 from fabriek.cli.tenancy import _table
 from fabriek.core.calls import CallMode
@@ -46,7 +55,7 @@ def call_create(
             threshold=threshold,
         )
     console.print(
-        f"call {escape(c.name)} ({c.mode.value}) into pool {escape(c.pool)}: "
+        f"call {shown(c.name)} ({c.mode.value}) into pool {shown(c.pool)}: "
         f"{c.total_gpu_hours:g} GPU-hours, {c.opens_at:%Y-%m-%d} to {c.closes_at:%Y-%m-%d}",
         highlight=False,
     )
@@ -63,14 +72,14 @@ def call_list(json_out: JsonOpt = False) -> None:
     table = _table("NAME", "MODE", "POOL", "OPEN", "CLOSES", "GRANTED / TOTAL", "MAX", "TITLE")
     for c in found:
         table.add_row(
-            escape(c.name),
+            shown(c.name),
             c.mode.value,
-            escape(c.pool),
+            shown(c.pool),
             "yes" if c.open else "no",
             f"{c.closes_at:%Y-%m-%d}",
             f"{c.granted_gpu_hours:g} / {c.total_gpu_hours:g}",
             f"{c.max_gpu_hours:g}",
-            escape(c.title),
+            shown(c.title),
         )
     console.print(table)
 
@@ -97,7 +106,7 @@ def call_show(name: str, json_out: JsonOpt = False) -> None:
             f"at most {c.max_gpu_hours:g} each, for {c.allocation_days} days",
         ),
     ):
-        console.print(f"[bold]{label:>10}[/]  {escape(value)}", highlight=False)
+        console.print(f"[bold]{label:>10}[/]  {shown(value)}", highlight=False)
 
 
 def apply(
@@ -126,7 +135,7 @@ def apply(
 
 
 def _say(a) -> None:  # type: ignore[no-untyped-def]
-    console.print(escape(_state_line(a.id, a.state.value, a.decision)), highlight=False)
+    console.print(shown(_state_line(a.id, a.state.value, a.decision)), highlight=False)
 
 
 def _state_line(application: int, state: str, decision: str | None) -> str:
@@ -154,13 +163,13 @@ def application_list(
     for a in found:
         table.add_row(
             str(a.id),
-            escape(a.call),
-            escape(a.project),
+            shown(a.call),
+            shown(a.project),
             f"{a.gpu_hours:g}",
             a.state.value,
             str(len(a.reviews)),
             age(a.created_at),
-            escape(a.title),
+            shown(a.title),
         )
     console.print(table)
 
@@ -173,16 +182,16 @@ def application_show(application_id: int, json_out: JsonOpt = False) -> None:
         print_json(a)
         return
     console.print(
-        f"[bold]application {a.id}[/] to {escape(a.call)} for {escape(a.project)}: "
+        f"[bold]application {a.id}[/] to {shown(a.call)} for {shown(a.project)}: "
         f"{a.gpu_hours:g} GPU-hours, {a.state.value}",
         highlight=False,
     )
-    console.print(escape(a.title), highlight=False)
+    console.print(shown(a.title), highlight=False)
     if a.decision:
-        console.print(f"decision: {escape(a.decision)}", highlight=False)
+        console.print(f"decision: {shown_lines(a.decision)}", highlight=False)
     for r in a.reviews:
-        who = f" ({escape(r.reviewer)})" if r.reviewer else ""
-        console.print(f"  score {r.score}{who}: {escape(r.comment)}", highlight=False)
+        who = f" ({shown(r.reviewer)})" if r.reviewer else ""
+        console.print(f"  score {r.score}{who}: {shown_lines(r.comment)}", highlight=False)
 
 
 @application_app.command("submit")

@@ -6,9 +6,8 @@ import os
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
-from fabriek.cli.output import console, handled, print_rows
+from fabriek.cli.output import console, handled, print_rows, shown
 
 config_app = typer.Typer(
     help="Your defaults for this machine's CLI and SDK (e.g. the project your jobs run in).",
@@ -34,7 +33,7 @@ def config_set(
                 f"you are not in a project named {value!r}; yours: {', '.join(mine) or 'none'}"
             )
         path = set_config_value(key, value)
-    console.print(f"{key} = {escape(value)} (in {path})", highlight=False)
+    console.print(f"{key} = {shown(value)} (in {path})", highlight=False)
 
 
 @config_app.command("unset")

@@ -6,9 +6,17 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
-from rich.markup import escape
 
-from fabriek.cli.output import JsonOpt, console, err_console, fail, handled, print_json, utc_iso
+from fabriek.cli.output import (
+    JsonOpt,
+    console,
+    err_console,
+    fail,
+    handled,
+    print_json,
+    shown,
+    utc_iso,
+)
 from fabriek.cli.output import client as _client
 from fabriek.cli.reports import FromOpt, ToOpt, _period
 from fabriek.cli.tenancy import _table
@@ -55,7 +63,7 @@ def show(json_out: JsonOpt = False) -> None:
         for s in series:
             table.add_row(
                 kind,
-                escape(s.zone),
+                shown(s.zone),
                 f"{s.rows:,}",
                 f"{s.first:%Y-%m-%d %H:%M}",
                 f"{s.last:%Y-%m-%d %H:%M}",
@@ -138,7 +146,7 @@ def load_carbon(
     with handled():
         s = _client().load_carbon(text, zone=zone, forecast=forecast)
     console.print(
-        f"loaded {s.rows:,} hours of {escape(s.zone)} ({', '.join(s.columns)}) from "
+        f"loaded {s.rows:,} hours of {shown(s.zone)} ({', '.join(s.columns)}) from "
         f"{s.first:%Y-%m-%d %H:%M} to {s.last:%Y-%m-%d %H:%M} UTC"
     )
 

@@ -6,10 +6,9 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from fabriek.cli.output import JsonOpt, console, expiry_text, handled, print_json, print_rows
+from fabriek.cli.output import JsonOpt, console, expiry_text, handled, print_json, print_rows, shown
 from fabriek.cli.output import client as _client
 from fabriek.core.units import format_bytes
 
@@ -85,14 +84,14 @@ def partitions(json_out: JsonOpt = False) -> None:
     for p in factory.partitions:
         r, n = p.per_node, p.nodes
         table.add_row(
-            escape(p.name),
+            shown(p.name),
             p.kind,
             str(n),
             f"{p.nodes_idle}/{p.nodes_mixed}/{p.nodes_allocated}",
             f"{p.cpus_busy}/{r.cpus * n}",
             f"{format_bytes(p.memory_busy_bytes)}/{format_bytes(r.memory_bytes * n)}",
             f"{p.gpus_busy}/{r.gpus * n}",
-            escape(p.gpu_type or "-"),
+            shown(p.gpu_type or "-"),
             str(p.running_jobs),
         )
     console.print(table)
@@ -102,7 +101,7 @@ def partitions(json_out: JsonOpt = False) -> None:
     )  # fmt: skip
     for q in factory.pools:
         pools.add_row(
-            escape(q.pool),
+            shown(q.pool),
             str(q.running_jobs),
             str(q.running_gpus),
             str(q.pending_jobs),

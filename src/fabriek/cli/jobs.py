@@ -14,18 +14,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from fabriek.cli.output import (
     STATE_STYLE,
+    JobOutput,
     JsonOpt,
+    RawOpt,
     age,
     console,
     err_console,
     fail,
     handled,
     print_json,
+    shown,
     utc_iso,
 )
 from fabriek.cli.output import client as _client
@@ -131,6 +133,12 @@ def submit(
         ),
     ] = False,
     cancel_on_interrupt: CancelOpt = False,
+    raw: Annotated[
+        bool,
+        typer.Option(
+            "--raw", help="With --wait: the job's output byte for byte, as `fabriek logs --raw`."
+        ),
+    ] = False,
     parsable: Annotated[bool, typer.Option(help="Print only the job id.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -163,15 +171,15 @@ def submit(
                 flexible_s=parse_duration(flexible) if flexible else None,
             )
         for warning in left_out:
-            err_console.print(f"warning: {escape(str(warning.message))}", highlight=False)
+            err_console.print(f"warning: {shown(str(warning.message))}", highlight=False)
     if parsable:
         print(job.id, flush=True)
     elif json_out:
         print_json(job)
     else:
-        err_console.print(f"submitted job [bold]{job.id}[/] ({escape(job.name)})", highlight=False)
+        err_console.print(f"submitted job [bold]{job.id}[/] ({shown(job.name)})", highlight=False)
     if wait:
-        raise typer.Exit(_stream_until_done(client, job.id, cancel_on_interrupt))
+        raise typer.Exit(_stream_until_done(client, job.id, cancel_on_interrupt, raw))
 
 
 @contextmanager
@@ -203,7 +211,7 @@ def _interrupts(client, job_id: int, cancel_now: bool) -> Iterator[None]:  # typ
             done = job.state.value if job.state.is_final else "being cancelled"
             err_console.print(f"job {job_id} is {done}", highlight=False)
         except FabriekError as exc:  # e.g. it has just finished
-            err_console.print(f"job {job_id}: {escape(exc.message)}", highlight=False)
+            err_console.print(f"job {job_id}: {shown(exc.message)}", highlight=False)
     raise typer.Exit(130)
 
 
@@ -224,15 +232,21 @@ def _parse_env(pairs: list[str]) -> dict[str, str]:
     return result
 
 
-def _stream_until_done(client, job_id: int, cancel_on_interrupt: bool) -> int:  # type: ignore[no-untyped-def]
+def _stream_until_done(client, job_id: int, cancel_on_interrupt: bool, raw: bool) -> int:  # type: ignore[no-untyped-def]
+    outs = {
+        "stdout": JobOutput(sys.stdout.buffer, raw=raw),
+        "stderr": JobOutput(sys.stderr.buffer, raw=raw),
+    }
     with handled(), _interrupts(client, job_id, cancel_on_interrupt):
-        for stream, chunk in client.follow_output(job_id):
-            out = sys.stdout if stream == "stdout" else sys.stderr
-            out.buffer.write(chunk)
-            out.buffer.flush()
+        try:
+            for stream, chunk in client.follow_output(job_id):
+                outs[stream].write(chunk)
+        finally:
+            for out in outs.values():
+                out.close()
         job = client.wait(job_id)
     err_console.print(
-        f"job {job_id} {job.state.value}" + (f": {escape(job.reason)}" if job.reason else ""),
+        f"job {job_id} {job.state.value}" + (f": {shown(job.reason)}" if job.reason else ""),
         highlight=False,
     )
     if job.exit_code is not None:
@@ -281,8 +295,8 @@ def jobs(
         r = job.resources
         table.add_row(
             str(job.id),
-            escape(job.name),
-            escape(job.project),
+            shown(job.name),
+            shown(job.project),
             f"[{STATE_STYLE.get(job.state.value, '')}]{job.state.value}[/]",
             f"{r.cpus} cpu {format_bytes(r.memory_bytes)} {r.gpus} gpu",
             age(job.submitted_at),
@@ -301,10 +315,10 @@ def status(
         return
     r, u = job.resources, job.usage
     rows = [
-        ("job", f"{job.id} ({escape(job.name)})"),
+        ("job", f"{job.id} ({shown(job.name)})"),
         ("state", f"[{STATE_STYLE.get(job.state.value, '')}]{job.state.value}[/]"),
-        ("reason", escape(job.reason or "-")),
-        ("project", escape(f"{job.project}  user {job.user}")),
+        ("reason", shown(job.reason or "-")),
+        ("project", shown(f"{job.project}  user {job.user}")),
         (
             "allocation",
             "-"
@@ -316,18 +330,18 @@ def status(
                 else ""
             ),
         ),
-        ("command", escape(" ".join(job.argv))),
+        ("command", shown(" ".join(job.argv))),
         (
             "asked",
             (f"{job.nodes} nodes with " if job.nodes > 1 else "")
             + f"{r.cpus} CPUs, {format_bytes(r.memory_bytes)}, {r.gpus} GPUs"
             + (" each" if job.nodes > 1 else "")
-            + (f" in partition {escape(job.partition)}" if job.partition else "")
+            + (f" in partition {shown(job.partition)}" if job.partition else "")
             + f", time limit {format_duration(job.time_limit_s)}",
         ),
         (
             "partition",
-            (job.backend or "- (not admitted yet)")
+            shown(job.backend or "- (not admitted yet)")
             + (f", GPUs {job.gpu_ids}" if job.gpu_ids else ""),
         ),
     ]
@@ -348,12 +362,12 @@ def status(
         )
     if job.deadline is not None:
         rows.append(("deadline", _green_line(job)))
-    for component, e in job.energy.items():
-        how = "measured" if e.measured else "estimated"
+    for component, used in job.energy.items():
+        how = "measured" if used.measured else "estimated"
         rows.append(
             (
                 f"energy {component}",
-                f"{_wh(e.joules)} {how} ({escape(e.method)})",
+                f"{_wh(used.joules)} {how} ({shown(used.method)})",
             )
         )
     if job.footprint is not None:
@@ -363,7 +377,7 @@ def status(
             (
                 "footprint",
                 f"{_wh(f.facility_kwh * 3.6e6)} at the meter, {f.water_l:,.3g} L water, {carbon}"
-                + (f" ({escape(f.note)})" if f.note else ""),
+                + (f" ({shown(f.note)})" if f.note else ""),
             )
         )
         if f.carbon_saved_kg is not None:
@@ -378,8 +392,8 @@ def status(
             e.at.strftime("%Y-%m-%d %H:%M:%S"),
             e.from_state or "-",
             e.to_state,
-            escape(e.actor),
-            escape(e.reason or ""),
+            shown(e.actor),
+            shown(e.reason or ""),
         )
     console.print(events)
 
@@ -399,7 +413,7 @@ def _wh(joules: float) -> str:
 
 
 def _pool_line(job: JobOut) -> str:
-    line = escape(job.pool or "unallocated (runs on idle GPUs)")
+    line = shown(job.pool or "unallocated (runs on idle GPUs)")
     notes = []
     if job.borrowed:
         notes.append("on borrowed GPUs")
@@ -443,24 +457,28 @@ def logs(
         bool, typer.Option("--stderr", help="Its error stream instead of its output.")
     ] = False,
     cancel_on_interrupt: CancelOpt = False,
+    raw: RawOpt = False,
 ) -> None:
     """Print the job's stdout (--stderr: its stderr); jobs run before fabriek kept them apart
-    have both in stdout."""
+    have both in stdout. Control characters are shown as escapes unless --raw."""
     stream = "stderr" if stderr else "stdout"
     moment = _moment(since, "--since")
+    out = JobOutput(sys.stdout.buffer, raw=raw)
     with handled():
         client = _client()
         if follow:
             with _interrupts(client, job_id, cancel_on_interrupt):
-                for chunk in client.follow_logs(job_id, stream=stream, tail=tail, since=moment):
-                    sys.stdout.buffer.write(chunk)
-                    sys.stdout.buffer.flush()
+                try:
+                    for chunk in client.follow_logs(job_id, stream=stream, tail=tail, since=moment):
+                        out.write(chunk)
+                finally:
+                    out.close()
             return
         data, offset, _ = client.read_logs(job_id, stream=stream, tail=tail, since=moment)
         while data:
-            sys.stdout.buffer.write(data)
+            out.write(data)
             data, offset, _ = client.read_logs(job_id, offset, stream=stream)
-        sys.stdout.buffer.flush()
+        out.close()
         if not stderr and client.read_logs(job_id, stream="stderr", limit=1)[0]:
             err_console.print(
                 f"job {job_id} also wrote to stderr: `fabriek logs {job_id} --stderr`",
@@ -497,7 +515,7 @@ def cancel(job_id: Annotated[int, typer.Argument(help="Job id.")]) -> None:
     with handled():
         job = _client().cancel(job_id)
     console.print(
-        f"job {job.id}: {job.state.value}" + (f" ({escape(job.reason)})" if job.reason else ""),
+        f"job {job.id}: {job.state.value}" + (f" ({shown(job.reason)})" if job.reason else ""),
         highlight=False,
     )
 
@@ -519,6 +537,6 @@ def download(
             f"job {job_id} is {state.value}: these outputs are partial, what it has written so far",
             highlight=False,
         )
-    console.print(f"{len(names)} files in {target}{os.sep}")
+    console.print(f"{len(names)} files in {shown(str(target))}{os.sep}", highlight=False)
     for name in names:
-        console.print(f"  {escape(name)}", highlight=False)
+        console.print(f"  {shown(name)}", highlight=False)

@@ -6,17 +6,17 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from fabriek.cli import info
 from fabriek.cli import jobs as job_commands
+from fabriek.cli.audit import audit_app
 from fabriek.cli.calls import application_app, call_app
 from fabriek.cli.calls import apply as apply_to_call
 from fabriek.cli.calls import review as review_application
 from fabriek.cli.config import config_app
 from fabriek.cli.facility import facility_app
 from fabriek.cli.group import FabriekGroup
-from fabriek.cli.output import console, err_console, fail, handled
+from fabriek.cli.output import console, err_console, fail, handled, shown
 from fabriek.cli.plan import plan as plan_command
 from fabriek.cli.pools import allocation_app, pool_app
 from fabriek.cli.reports import report_app
@@ -54,6 +54,7 @@ app.add_typer(report_app, name="report")
 app.command("simulate")(simulate_command)
 app.command("plan")(plan_command)
 app.add_typer(facility_app, name="facility")
+app.add_typer(audit_app, name="audit")
 
 
 def _settings(  # type: ignore[no-untyped-def]
@@ -112,7 +113,7 @@ def up(
         for name, cap in runtime.partitions().items():
             r = cap.resources
             err_console.print(
-                f"  partition {escape(name)}: "
+                f"  partition {shown(name)}: "
                 + ("this machine, " if name == "local" else f"Slurm, {cap.nodes} nodes with ")
                 + f"{r.cpus} CPUs, {format_bytes(r.memory_bytes)} memory, {r.gpus} GPUs"
                 + (" each" if name != "local" else ""),
@@ -171,7 +172,9 @@ def login(
     with handled():
         me = Client(url, token).whoami()
         path = save_config(url, token)
-    console.print(f"logged in to {url} as [bold]{me.name}[/]; saved in {path}")
+    console.print(
+        f"logged in to {shown(url)} as [bold]{shown(me.name)}[/]; saved in {shown(str(path))}"
+    )
 
 
 @db_app.command("upgrade")

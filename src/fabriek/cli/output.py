@@ -1,27 +1,44 @@
-"""How the CLI speaks: errors as one sentence on stderr with the error's exit code, tables with Rich."""
+"""How the CLI speaks: errors as one sentence on stderr with the error's exit code, tables with Rich.
+
+Whatever the server returns may hold text a tenant chose (names, reasons, file names, error
+messages quoting them), and is read by others: every string printed through `console` or
+`err_console` has its hidden characters written as escapes (core.text.visible), and every value
+put into Rich markup goes through `shown` (markup escaped, newlines visible too). `--json`
+prints JSON with everything beyond ASCII as \\u escapes."""
 
 from __future__ import annotations
 
+import codecs
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, NoReturn
 
 import typer
 from pydantic import BaseModel
 from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from fabriek.core.errors import FabriekError
+from fabriek.core.text import visible
 from fabriek.core.units import format_duration
 
 if TYPE_CHECKING:
     from fabriek.client.client import Client
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+RawOpt = Annotated[
+    bool,
+    typer.Option(
+        "--raw",
+        help="The job's output byte for byte, its colours and cursor moves included: only for "
+        "output you trust. Without it, control characters are shown as escapes (ESC as \\x1b).",
+    ),
+]
 
 
 def client() -> Client:
@@ -35,11 +52,36 @@ def client() -> Client:
 WIDE = 1000  # columns into a file or a pipe: more than any table needs, so nothing is cut
 
 
+def shown(text: str) -> str:
+    """Untrusted text (a name, a reason, a file name) as one line of Rich markup that shows it
+    literally: `[bold]` as itself, ESC as `\\x1b`, a newline as `\\n`."""
+    return escape(visible(text))
+
+
+def shown_lines(text: str) -> str:
+    """`shown` for a text of several lines (a review's comment): newlines and tabs kept."""
+    return escape(visible(text, lines=True))
+
+
 class _Console(Console):
-    """Rich's console, except that into a file or a pipe it neither cuts nor wraps: there Rich
-    assumes 80 columns and squeezes a table into them, cutting its figures (`CAP…`, `1,8…`) or
-    folding a cell over lines, so `fabriek jobs > jobs.txt` lost what a script would read. An
-    exported COLUMNS (pytest's subprocesses get 80) is ignored there too."""
+    """Rich's console, except that
+
+    - into a file or a pipe it neither cuts nor wraps: there Rich assumes 80 columns and squeezes
+      a table into them, cutting its figures (`CAP…`, `1,8…`) or folding a cell over lines, so
+      `fabriek jobs > jobs.txt` lost what a script would read. An exported COLUMNS (pytest's
+      subprocesses get 80) is ignored there too;
+    - every string it prints (a table's cells too, measured as shown) has its hidden characters
+      made visible, wherever it came from: a value that missed `shown` still cannot move the
+      cursor, retitle the window or reorder a line (Rich passes ESC and U+202E through, and drops
+      BEL, leaving an OSC sequence open);
+    - `:name:` is not an emoji code: a job named `:skull:` is shown as typed."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(emoji=False, **kwargs)
+
+    def render_str(self, text: str, **kwargs: Any) -> Text:
+        # visible() writes no '[' and ends no escape with a backslash: markup keeps its meaning.
+        return super().render_str(visible(text, lines=True), **kwargs)
 
     @property
     def size(self) -> ConsoleDimensions:
@@ -79,21 +121,54 @@ def interruptible() -> Iterator[None]:
         fail("interrupted; nothing written", 130)
 
 
-def print_json(data: BaseModel | list[BaseModel] | dict[str, Any]) -> None:
-    if isinstance(data, list):
+class JobOutput:
+    """Where a job's output (`logs`, `submit --wait`) goes: its bytes decoded as UTF-8 (a byte
+    that is not: `\\xff`), hidden characters written as escapes with lines kept (core.text.visible),
+    and encoded again; with `raw`, the bytes unchanged. The output comes in chunks that may split
+    a character or a CR LF: what could still be one is held back until the next or `close`."""
+
+    def __init__(self, out: BinaryIO, *, raw: bool = False) -> None:
+        self.out, self.raw = out, raw
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="backslashreplace")
+        self._cr = ""  # a CR that ended the last chunk: kept only if LF follows
+
+    def write(self, data: bytes) -> None:
+        if self.raw:
+            self.out.write(data)
+        else:
+            text = self._cr + self._decoder.decode(data)
+            self._cr = "\r" if text.endswith("\r") else ""
+            self._put(text[: len(text) - len(self._cr)])
+        self.out.flush()
+
+    def close(self) -> None:
+        if not self.raw:
+            self._put(self._cr + self._decoder.decode(b"", final=True))
+            self._cr = ""
+        self.out.flush()
+
+    def _put(self, text: str) -> None:
+        if text:
+            self.out.write(visible(text, lines=True).encode())
+
+
+def print_json(data: BaseModel | Sequence[BaseModel] | dict[str, Any]) -> None:
+    if isinstance(data, Sequence):
         payload: Any = [d.model_dump(mode="json") for d in data]
     elif isinstance(data, BaseModel):
         payload = data.model_dump(mode="json")
     else:
         payload = data
-    sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+    # ensure_ascii: a control, U+202E or U+200B in a name is written as a \u escape, not raw
+    # (the JSON and what it decodes to are exactly the same either way).
+    sys.stdout.write(json.dumps(payload, indent=2, ensure_ascii=True) + "\n")
 
 
 def print_rows(*rows: tuple[str, str]) -> None:
     """A `show` command's answer: one labelled line each, the values shown literally."""
     grid = Table.grid(padding=(0, 2))
     for label, value in rows:
-        grid.add_row(f"[bold]{label}[/]", escape(value))
+        grid.add_row(f"[bold]{label}[/]", shown(value))
     console.print(grid)
 
 

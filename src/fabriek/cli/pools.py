@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from fabriek.cli.output import (
     JsonOpt,
@@ -14,6 +13,7 @@ from fabriek.cli.output import (
     handled,
     print_json,
     print_rows,
+    shown,
     utc_iso,
 )
 from fabriek.cli.output import client as _client
@@ -53,12 +53,12 @@ def pool_list(json_out: JsonOpt = False) -> None:
     table = _table("NAME", "GUARANTEE", "BORROW LIMIT", "LENDS", "ELIGIBLE", "DISPLAY NAME")
     for p in found:
         table.add_row(
-            escape(p.name),
+            shown(p.name),
             f"{p.guarantee:.0%}",
             "none" if p.borrow_limit is None else f"{p.borrow_limit:.0%}",
             f"{p.lend_limit:.0%}",
-            escape(_eligibility_text(p.eligibility)),
-            escape(p.display_name),
+            shown(_eligibility_text(p.eligibility)),
+            shown(p.display_name),
         )
     console.print(table)
     total = sum(p.guarantee for p in found)
@@ -121,7 +121,7 @@ def pool_create(
             lend_limit=lend_limit,
             eligibility=eligibility,
         )
-    console.print(f"created pool {escape(p.name)} ({p.guarantee:.0%})", highlight=False)
+    console.print(f"created pool {shown(p.name)} ({p.guarantee:.0%})", highlight=False)
 
 
 @pool_app.command("update")
@@ -149,8 +149,8 @@ def pool_update(
             eligibility=_eligibility_body(verified, country, region, kind),
         )
     console.print(
-        f"pool {escape(p.name)}: guarantee {p.guarantee:.0%}, eligible: "
-        f"{escape(_eligibility_text(p.eligibility))}",
+        f"pool {shown(p.name)}: guarantee {p.guarantee:.0%}, eligible: "
+        f"{shown(_eligibility_text(p.eligibility))}",
         highlight=False,
     )
 
@@ -188,7 +188,7 @@ def org_pools(name: str, json_out: JsonOpt = False) -> None:
         return
     table = _table("POOL", "ELIGIBLE", "WHY NOT")
     for p in found:
-        table.add_row(escape(p.pool), "yes" if p.eligible else "no", escape(p.why_not or "-"))
+        table.add_row(shown(p.pool), "yes" if p.eligible else "no", shown(p.why_not or "-"))
     console.print(table)
 
 
@@ -221,8 +221,8 @@ def allocation_grant(
         print_json(a)
     else:
         console.print(
-            f"allocation {a.id}: {a.gpu_hours:g} GPU-hours for {escape(a.project)} in pool "
-            f"{escape(a.pool)}, {a.starts_at:%Y-%m-%d} to {a.ends_at:%Y-%m-%d}",
+            f"allocation {a.id}: {a.gpu_hours:g} GPU-hours for {shown(a.project)} in pool "
+            f"{shown(a.pool)}, {a.starts_at:%Y-%m-%d} to {a.ends_at:%Y-%m-%d}",
             highlight=False,
         )
 
@@ -242,8 +242,8 @@ def allocation_list(
     for a in found:
         table.add_row(
             str(a.id),
-            escape(a.project),
-            escape(a.pool),
+            shown(a.project),
+            shown(a.pool),
             f"{a.gpu_hours:g}",
             f"{a.held_gpu_hours:.2f}",
             f"{a.charged_gpu_hours:.2f}",

@@ -6,9 +6,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 import typer
-from rich.markup import escape
 
-from fabriek.cli.output import JsonOpt, console, handled, print_json, utc_iso
+from fabriek.cli.output import JsonOpt, console, handled, print_json, shown, utc_iso
 from fabriek.cli.output import client as _client
 from fabriek.cli.tenancy import _table
 from fabriek.core.units import format_duration
@@ -51,7 +50,7 @@ def usage(
     )
     for r in rows:
         table.add_row(
-            escape(r.key),
+            shown(r.key),
             f"{r.gpu_hours:,.2f}",
             str(r.jobs),
             str(r.started),
@@ -84,7 +83,7 @@ def shares(start: FromOpt = None, end: ToOpt = None, json_out: JsonOpt = False) 
     )
     for r in rows:
         table.add_row(
-            escape(r.pool),
+            shown(r.pool),
             f"{r.guarantee:.0%}",
             f"{r.guaranteed_gpu_hours:,.1f}",
             f"{r.delivered_gpu_hours:,.1f}",

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from fabriek.cli.output import (
@@ -18,6 +17,7 @@ from fabriek.cli.output import (
     handled,
     print_json,
     print_rows,
+    shown,
 )
 from fabriek.cli.output import client as _client
 from fabriek.core.tenancy import OrgKind, OrgRole, ProjectRole
@@ -35,7 +35,7 @@ def _table(*columns: str) -> Table:
 def _members_table(members) -> Table:  # type: ignore[no-untyped-def]
     table = _table("USER", "ROLE")
     for m in members:
-        table.add_row(escape(m.user), m.role)
+        table.add_row(shown(m.user), m.role)
     return table
 
 
@@ -57,7 +57,7 @@ def org_create(
     if json_out:
         print_json(org)
     else:
-        console.print(f"created organisation {escape(org.name)} (unverified)", highlight=False)
+        console.print(f"created organisation {shown(org.name)} (unverified)", highlight=False)
 
 
 @org_app.command("list")
@@ -71,8 +71,8 @@ def org_list(json_out: JsonOpt = False) -> None:
     table = _table("NAME", "DISPLAY NAME", "KIND", "REGION", "VERIFIED", "YOUR ROLE")
     for o in found:
         table.add_row(
-            escape(o.name),
-            escape(o.display_name),
+            shown(o.name),
+            shown(o.display_name),
             o.kind.value,
             o.region or o.country or "-",
             "yes" if o.verified else "no",
@@ -104,7 +104,7 @@ def org_show(name: str, json_out: JsonOpt = False) -> None:
         ("verified", verified),
         ("your role", org.my_role.value if org.my_role else "-"),
     ):
-        console.print(f"[bold]{label:>10}[/]  {escape(value)}", highlight=False)
+        console.print(f"[bold]{label:>10}[/]  {shown(value)}", highlight=False)
     console.print(_members_table(members))
 
 
@@ -126,7 +126,7 @@ def org_update(
             region=region,
         )
     console.print(
-        f"updated {escape(org.name)}; verified: {'yes' if org.verified else 'no'}", highlight=False
+        f"updated {shown(org.name)}; verified: {'yes' if org.verified else 'no'}", highlight=False
     )
 
 
@@ -139,7 +139,7 @@ def org_verify(
     with handled():
         org = _client().verify_organisation(name, verified=not withdraw)
     console.print(
-        f"{escape(org.name)} is {'verified' if org.verified else 'not verified'}", highlight=False
+        f"{shown(org.name)} is {'verified' if org.verified else 'not verified'}", highlight=False
     )
 
 
@@ -152,7 +152,7 @@ def org_add_member(
     """Add a user to the organisation, or change their role."""
     with handled():
         m = _client().set_organisation_member(name, user, role.value)
-    console.print(f"{escape(m.user)} is {m.role} of {escape(name)}", highlight=False)
+    console.print(f"{shown(m.user)} is {m.role} of {shown(name)}", highlight=False)
 
 
 @org_app.command("remove-member")
@@ -160,7 +160,7 @@ def org_remove_member(name: str, user: str) -> None:
     """Remove a user from the organisation and all its projects."""
     with handled():
         _client().remove_organisation_member(name, user)
-    console.print(f"removed {escape(user)} from {escape(name)}", highlight=False)
+    console.print(f"removed {shown(user)} from {shown(name)}", highlight=False)
 
 
 # --- projects -----------------------------------------------------------------------------------
@@ -172,7 +172,7 @@ def project_create(
     """Owners and managers of the organisation; you manage the new project."""
     with handled():
         p = _client().create_project(name, organisation=org)
-    console.print(f"created project {escape(p.name)} in {escape(p.organisation)}", highlight=False)
+    console.print(f"created project {shown(p.name)} in {shown(p.organisation)}", highlight=False)
 
 
 @project_app.command("list")
@@ -186,8 +186,8 @@ def project_list(json_out: JsonOpt = False) -> None:
     table = _table("NAME", "ORGANISATION", "YOUR ROLE", "AGE")
     for p in found:
         table.add_row(
-            escape(p.name),
-            escape(p.organisation),
+            shown(p.name),
+            shown(p.organisation),
             p.my_role.value if p.my_role else "-",
             age(p.created_at),
         )
@@ -206,7 +206,7 @@ def project_show(name: str, json_out: JsonOpt = False) -> None:
         )
         return
     console.print(
-        f"[bold]{escape(p.name)}[/] in {escape(p.organisation)}; your role: "
+        f"[bold]{shown(p.name)}[/] in {shown(p.organisation)}; your role: "
         f"{p.my_role.value if p.my_role else '-'}",
         highlight=False,
     )
@@ -222,14 +222,14 @@ def project_add_member(
     """Add a member of the project's organisation to the project, or change their role."""
     with handled():
         m = _client().set_project_member(name, user, role.value)
-    console.print(f"{escape(m.user)} is {m.role} of project {escape(name)}", highlight=False)
+    console.print(f"{shown(m.user)} is {m.role} of project {shown(name)}", highlight=False)
 
 
 @project_app.command("remove-member")
 def project_remove_member(name: str, user: str) -> None:
     with handled():
         _client().remove_project_member(name, user)
-    console.print(f"removed {escape(user)} from project {escape(name)}", highlight=False)
+    console.print(f"removed {shown(user)} from project {shown(name)}", highlight=False)
 
 
 # --- users --------------------------------------------------------------------------------------
@@ -247,7 +247,7 @@ def user_create(
     if json_out:
         print_json(u)
         return
-    err_console.print(f"created user {escape(u.name)}; their token (shown once):", highlight=False)
+    err_console.print(f"created user {shown(u.name)}; their token (shown once):", highlight=False)
     print(u.token)
 
 
@@ -262,7 +262,7 @@ def user_list(json_out: JsonOpt = False) -> None:
     table = _table("NAME", "OPERATOR", "REVIEWER", "AGE")
     for u in found:
         table.add_row(
-            escape(u.name),
+            shown(u.name),
             "yes" if u.is_operator else "-",
             "yes" if u.is_reviewer else "-",
             age(u.created_at),
@@ -299,7 +299,7 @@ def user_set_roles(
     with handled():
         u = _client().set_user_roles(name, operator=operator, reviewer=reviewer)
     console.print(
-        f"{escape(u.name)}: operator {'yes' if u.is_operator else 'no'}, "
+        f"{shown(u.name)}: operator {'yes' if u.is_operator else 'no'}, "
         f"reviewer {'yes' if u.is_reviewer else 'no'}",
         highlight=False,
     )
@@ -323,7 +323,7 @@ def token_create(
         print_json(t)
         return
     err_console.print(
-        f"token {t.id} ({escape(t.name)}) expires {t.expires_at:%Y-%m-%d}; shown once:",
+        f"token {t.id} ({shown(t.name)}) expires {t.expires_at:%Y-%m-%d}; shown once:",
         highlight=False,
     )
     print(t.token)
@@ -344,7 +344,7 @@ def token_list(
     for t in found:
         table.add_row(
             str(t.id),
-            escape(t.name),
+            shown(t.name),
             t.prefix + "...",
             f"{t.created_at:%Y-%m-%d}",
             f"{t.expires_at:%Y-%m-%d}" if t.expires_at else "never",
@@ -381,4 +381,4 @@ def token_revoke(
     """Revoke a token: refused from now on, by every API process."""
     with handled():
         t = _client().revoke_token(token_id)
-    console.print(f"revoked token {t.id} ({escape(t.name)})", highlight=False)
+    console.print(f"revoked token {t.id} ({shown(t.name)})", highlight=False)
