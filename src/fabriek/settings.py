@@ -63,6 +63,39 @@ class Settings(BaseSettings):
         "workdir_max_bytes). A job's argv and environment are bounded apart, near what the "
         "kernel's exec accepts (docs/security.md).",
     )
+    outputs_download_max_bytes: int = Field(
+        10 * 1024**3,
+        ge=1,
+        description="Most a job's outputs may hold for one download (bytes; files at their full "
+        "size, sparse ones too, as that is what is read and sent). Larger is refused (413 "
+        "outputs_too_large) before a byte is sent: a download costs the server about 1.5 s of "
+        "CPU per GiB of incompressible data, 2 to 10 per GiB of compressible data.",
+    )
+    outputs_download_max_entries: int = Field(
+        100_000,
+        ge=1,
+        description="Most files, directories and links a job's outputs may hold for one download.",
+    )
+    keep_work_dirs: bool = Field(
+        False,
+        description="Keep each job's working copy of its workdir (`work/`) after the job ends "
+        "(for debugging); by default it is removed within a minute of the end.",
+    )
+    outputs_retention_days: float = Field(
+        30.0,
+        ge=0,
+        description="Days a job's outputs and logs are kept after it ends; then they are removed "
+        "(audit event job.outputs_removed) and asking for them answers 410 files_removed. "
+        "0: kept for ever.",
+    )
+    project_disk_quota_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="Most disk a project's jobs may hold on this server (bytes, as allocated: "
+        "outputs and logs until retention removes them, working copies while jobs run). Checked "
+        "once a minute: a project over it has its running jobs stopped (failed: output quota "
+        "exceeded) and its submissions refused (409 quota_exceeded). Default: no quota.",
+    )
     starving_after_seconds: float = Field(
         STARVING_AFTER_S,
         ge=0,

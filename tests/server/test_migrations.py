@@ -73,3 +73,52 @@ def test_0002_moves_existing_projects_into_a_default_organisation(db_url: str) -
             ]
     finally:
         engine.dispose()
+
+
+def test_0010_leaves_jobs_that_ended_before_it_to_the_first_retention_round(db_url: str) -> None:
+    """A job that ended before 0010 has its files neither tidied nor removed: the first round
+    tidies it (its working copy was left behind) and its retention period runs from its end."""
+    engine = make_engine(db_url)
+    try:
+        upgrade(engine, "0009")
+        now = datetime(2026, 11, 1, tzinfo=UTC)
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO organisations (id, name, display_name, kind, created_at) "
+                    "VALUES (1, 'o', 'O', 'university', :now)"
+                ),
+                {"now": now},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO users (id, name, is_operator, is_reviewer, created_at) "
+                    "VALUES (1, 'ann', :f, :f, :now)"
+                ),
+                {"f": False, "now": now},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO projects (id, name, organisation_id, created_at) "
+                    "VALUES (1, 'p', 1, :now)"
+                ),
+                {"now": now},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO jobs (id, name, project_id, user_id, state, argv, env, cpus, "
+                    "memory_bytes, gpus, time_limit_s, backend, submitted_at, finished_at) "
+                    "VALUES (1, 'j', 1, 1, 'succeeded', '[]', '{}', 1, 1, 0, 60, 'local', :now, "
+                    ":now)"
+                ),
+                {"now": now},
+            )
+        assert upgrade(engine) == head_revision()
+        with engine.connect() as conn:
+            job = conn.execute(
+                text("SELECT tidied_at, files_removed_at, disk_bytes, stop_reason FROM jobs")
+            ).one()
+            assert tuple(job) == (None, None, None, None)
+            assert conn.execute(text("SELECT disk_bytes FROM projects")).scalar() is None
+    finally:
+        engine.dispose()

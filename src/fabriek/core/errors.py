@@ -48,6 +48,21 @@ class WorkdirTooLarge(InvalidRequest):
     http_status = 413
 
 
+class OutputsTooLarge(InvalidRequest):
+    """A job's outputs are more than one download may send (bytes, or files and directories)."""
+
+    code = "outputs_too_large"
+    http_status = 413
+
+
+class FilesRemoved(FabriekError):
+    """The job's outputs and logs existed, and the retention policy has removed them."""
+
+    code = "files_removed"
+    http_status = 410
+    exit_code = 4
+
+
 class Unauthenticated(FabriekError):
     code = "unauthenticated"
     http_status = 401
@@ -84,6 +99,12 @@ class AllocationExhausted(Conflict):
     code = "allocation_exhausted"
 
 
+class QuotaExceeded(Conflict):
+    """The project's jobs hold as much disk as its quota allows, or more."""
+
+    code = "quota_exceeded"
+
+
 class AllocationExpired(Conflict):
     """The allocation's period has not begun or is over."""
 
@@ -108,6 +129,9 @@ ERRORS_BY_CODE: dict[str, type[FabriekError]] = {
         AllocationExhausted,
         AllocationExpired,
         WorkdirTooLarge,
+        OutputsTooLarge,
+        FilesRemoved,
+        QuotaExceeded,
         Unauthenticated,
         Forbidden,
         NotFound,

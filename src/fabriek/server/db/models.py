@@ -108,6 +108,9 @@ class ProjectRow(Base):
     name: Mapped[str] = mapped_column(String(128), unique=True)
     organisation_id: Mapped[int] = mapped_column(ForeignKey("organisations.id"), index=True)
     created_at: Mapped[datetime]
+    # What its jobs' directories hold on disk, as the retention step last added it up (for the
+    # disk quota; None: not measured, no quota set).
+    disk_bytes: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class ProjectMemberRow(Base):
@@ -245,7 +248,11 @@ class WorkdirUserRow(Base):
 
 class JobRow(Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_state_id", "state", "id"),)
+    __table_args__ = (
+        Index("ix_jobs_state_id", "state", "id"),
+        Index("ix_jobs_tidied_at", "tidied_at"),
+        Index("ix_jobs_files_kept", "files_removed_at", "finished_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(128))
@@ -307,6 +314,14 @@ class JobRow(Base):
     nodes: Mapped[int] = mapped_column(Integer, server_default="1")
     partition: Mapped[str | None] = mapped_column(String(64))
     placement: Mapped[list[Any] | None]
+    # Its files (services/retention.py): once it ended, its working copies were removed (unless
+    # kept) and its directories measured at `tidied_at`; they hold `disk_bytes` on disk (None:
+    # not measured); the retention period removed them all at `files_removed_at`. The system
+    # stops a job for `stop_reason` (its project's disk quota): it then ends failed, with it.
+    tidied_at: Mapped[datetime | None]
+    files_removed_at: Mapped[datetime | None]
+    disk_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    stop_reason: Mapped[str | None] = mapped_column(Text)
 
 
 class JobEnergyHourRow(Base):

@@ -1,12 +1,10 @@
 from __future__ import annotations
 
-import os
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
-from starlette.background import BackgroundTask
 
 from fabriek.core.jobs import DEFAULT_MEMORY_BYTES, JobRequest, JobState, Resources
 from fabriek.server.schemas import JobOut, JobSubmit
@@ -152,6 +150,7 @@ def logs(
     with runtime.reading() as session:
         row = service.job_row_for_files(session, actor=actor, job_id=job_id)
         state, handle, where = row.state, row.handle, row.backend
+        removed_at = row.files_removed_at
     data, start = job_files.read_log(
         runtime.backend_for(where),
         job_id=job_id,
@@ -161,6 +160,7 @@ def logs(
         limit=limit,
         tail=tail,
         since=since,
+        removed_at=removed_at,
     )
     return Response(
         data,
@@ -175,23 +175,27 @@ def logs(
 
 @router.get(
     "/{job_id}/outputs",
-    response_class=FileResponse,
+    response_class=StreamingResponse,
     responses={200: {"content": {"application/gzip": {}}}},
 )
-def outputs(job_id: JobId, actor: ActorDep, runtime: RuntimeDep) -> FileResponse:
-    """The files the job wrote to $FABRIEK_OUTPUT_DIR, as a gzip'd tar archive."""
+def outputs(job_id: JobId, actor: ActorDep, runtime: RuntimeDep) -> StreamingResponse:
+    """The files the job wrote to $FABRIEK_OUTPUT_DIR, as a gzip'd tar archive made while it is
+    sent. 413 outputs_too_large past the server's limits, 410 files_removed once the retention
+    policy removed them."""
     with runtime.reading() as session:
         row = service.job_row_for_files(session, actor=actor, job_id=job_id)
-        handle, where = row.handle, row.backend
-    archive = job_files.pack_outputs(
+        handle, where, removed_at = row.handle, row.backend, row.files_removed_at
+    settings = runtime.settings
+    archive = job_files.outputs_archive(
         runtime.backend_for(where),
         job_id=job_id,
         handle=handle,
-        scratch=runtime.settings.home / "tmp",
+        removed_at=removed_at,
+        max_bytes=settings.outputs_download_max_bytes,
+        max_entries=settings.outputs_download_max_entries,
     )
-    return FileResponse(
+    return StreamingResponse(
         archive,
         media_type="application/gzip",
-        filename=f"job-{job_id}-outputs.tar.gz",
-        background=BackgroundTask(os.unlink, archive),
+        headers={"Content-Disposition": f'attachment; filename="job-{job_id}-outputs.tar.gz"'},
     )

@@ -3,15 +3,19 @@ by the caller through `jobs.job_row_for_files`."""
 
 from __future__ import annotations
 
+import logging
 import os
-import tarfile
-import tempfile
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
 from fabriek.backends.base import LOG_INDEX, Backend, Handle, LogStream
-from fabriek.core.errors import Conflict, NotFound
+from fabriek.core.errors import Conflict, FilesRemoved, NotFound, OutputsTooLarge
+from fabriek.core.units import format_bytes_apart
+from fabriek.server.services import filetree, tarstream
+
+log = logging.getLogger(__name__)
 
 
 def read_log(
@@ -24,11 +28,15 @@ def read_log(
     limit: int,
     tail: int | None = None,
     since: datetime | None = None,
+    removed_at: datetime | None = None,
 ) -> tuple[bytes, int]:
     """Up to `limit` bytes of the job's stdout (or stderr) and the offset they start at: from
     byte `offset`, or later where `since` (the first line written after that time, as far as the
     backend's log index tells; the whole log without one) or `tail` (the last `tail` lines)
-    start later."""
+    start later. Raises FilesRemoved once the retention policy removed the job's files
+    (`removed_at`)."""
+    if removed_at is not None:
+        raise FilesRemoved(_removed(job_id, removed_at, "logs"))
     path = backend.log_path(job_id, handle, stream)
     if path is None:
         return b"", offset
@@ -97,22 +105,66 @@ def _tail_start(f: BinaryIO, lines: int) -> int:
     return 0
 
 
-def pack_outputs(backend: Backend, *, job_id: int, handle: Handle | None, scratch: Path) -> Path:
-    """A gzip'd tar of what the job wrote to $FABRIEK_OUTPUT_DIR, in `scratch`; the caller deletes it.
+def outputs_archive(
+    backend: Backend,
+    *,
+    job_id: int,
+    handle: Handle | None,
+    removed_at: datetime | None,
+    max_bytes: int,
+    max_entries: int,
+) -> Iterator[bytes]:
+    """What the job wrote to $FABRIEK_OUTPUT_DIR, as a gzip'd tar made while it is sent (see
+    tarstream). Checked before a byte goes out: the files' sizes (a sparse file counts at its
+    full size: it is read as such) against `max_bytes` and their number against `max_entries`,
+    so that a download too big to afford is refused with what to do instead.
 
     A running job's outputs are packed as they are at this moment.
     """
+    if removed_at is not None:
+        raise FilesRemoved(_removed(job_id, removed_at, "outputs"))
     directory = backend.output_dir(job_id, handle)
-    if directory is None or not directory.is_dir():
+    if directory is None:
         raise NotFound(f"job {job_id} has no outputs yet")
-    scratch.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(suffix=".tar.gz", dir=scratch)
     try:
-        with os.fdopen(fd, "wb") as f, tarfile.open(fileobj=f, mode="w:gz") as tar:
-            tar.add(directory, arcname=".")
-    except OSError as exc:  # e.g. a file vanished while a running job rewrote its outputs
-        os.unlink(name)
-        raise Conflict(
-            f"job {job_id}'s outputs changed while they were packed; try again ({exc})"
-        ) from exc
-    return Path(name)
+        found = filetree.measure(directory, limit=max_entries)
+    except FileNotFoundError:
+        raise NotFound(f"job {job_id} has no outputs yet") from None
+    except NotADirectoryError:
+        raise NotFound(
+            f"job {job_id} has no outputs: it replaced its output directory with a file or a link"
+        ) from None
+    except filetree.TooManyEntries:
+        raise OutputsTooLarge(
+            f"job {job_id}'s outputs hold more than {max_entries:,} files and directories, more "
+            "than one download may pack (outputs_download_max_entries); have the job pack them "
+            "into fewer files, e.g. one tar"
+        ) from None
+    except filetree.TreeChanged:
+        raise Conflict(f"job {job_id}'s outputs changed while they were read; try again") from None
+    if found.apparent_bytes > max_bytes:
+        size, limit = format_bytes_apart(found.apparent_bytes, max_bytes)
+        raise OutputsTooLarge(
+            f"job {job_id}'s outputs are {size} (files at their full size, sparse ones too), "
+            f"more than the {limit} one download "
+            "may send (outputs_download_max_bytes); have the job write less to "
+            "$FABRIEK_OUTPUT_DIR, or put large results in a dataset"
+        )
+    return _sent(directory, job_id=job_id, max_bytes=max_bytes, max_entries=max_entries)
+
+
+def _sent(directory: Path, *, job_id: int, max_bytes: int, max_entries: int) -> Iterator[bytes]:
+    """The archive's pieces; a tree that grew past the limits meanwhile ends the answer
+    unfinished (logged), so that the receiver sees a broken download, never a short one."""
+    try:
+        yield from tarstream.tar_gz(directory, max_bytes=max_bytes, max_entries=max_entries)
+    except (tarstream.OverBudget, filetree.TooManyEntries, filetree.TreeChanged) as exc:
+        log.warning("job %s's outputs: download ended unfinished: %s", job_id, exc)
+        raise
+
+
+def _removed(job_id: int, at: datetime, what: str) -> str:
+    return (
+        f"job {job_id}'s {what} were removed on {at:%Y-%m-%d} (at {at:%H:%M} UTC) by the "
+        "factory's retention policy, which keeps a job's files a number of days after it ends"
+    )

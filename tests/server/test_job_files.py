@@ -1,0 +1,154 @@
+"""A job's outputs as an archive made while it is sent: what a running, hostile job can do to
+the tree meanwhile, and what other tools make of the archive."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import tarfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from fabriek.backends.local.backend import LocalBackend
+from fabriek.core.errors import FilesRemoved, NotFound, OutputsTooLarge
+from fabriek.core.jobs import Resources
+from fabriek.server.services import job_files
+
+LIMITS = {"max_bytes": 10**9, "max_entries": 1000}
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> LocalBackend:
+    return LocalBackend(
+        jobs_dir=tmp_path / "jobs",
+        resources=Resources(1, 2**30, 0),
+        gpus=[],
+        kill_grace_seconds=1,
+    )
+
+
+@pytest.fixture
+def output(backend: LocalBackend) -> Path:
+    directory = backend.jobs_dir / "1-1" / "output"
+    directory.mkdir(parents=True)
+    return directory
+
+
+def archive(backend: LocalBackend, output: Path, **limits: int) -> bytes:
+    return b"".join(
+        job_files.outputs_archive(
+            backend,
+            job_id=1,
+            handle={"dir": str(output.parent)},
+            removed_at=None,
+            **{**LIMITS, **limits},
+        )
+    )
+
+
+def names(data: bytes) -> dict[str, bytes | None]:
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        return {
+            m.name: (f.read() if (f := tar.extractfile(m)) is not None else None)
+            for m in tar.getmembers()
+        }
+
+
+def test_a_directory_swapped_for_a_link_while_packed_never_sends_what_it_points_at(
+    backend: LocalBackend, output: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A running job swaps `d` for a link to another tenant's files between the server's look
+    at it and its step inside (tarfile's add looked, then listed the path: it followed the
+    link). The race is made certain here: the swap happens right after each look at `d`."""
+    secret = tmp_path / "other-tenant"
+    secret.mkdir()
+    (secret / "key").write_text("their-secret")
+    (output / "d").mkdir()
+    (output / "d" / "mine").write_text("mine")
+    real_stat, real_lstat = os.stat, os.lstat
+    swapped = []
+
+    def swap(path: object) -> None:
+        target = output / "d"
+        if str(path) in ("d", str(target)) and not swapped:
+            swapped.append(path)
+            os.unlink(target / "mine")
+            os.rmdir(target)
+            os.symlink(secret, target)
+
+    def stat_then_swap(path: object, *args: object, **kwargs: object) -> os.stat_result:
+        result = real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
+        if kwargs.get("follow_symlinks") is False:
+            swap(path)
+        return result
+
+    def lstat_then_swap(path: object, *args: object, **kwargs: object) -> os.stat_result:
+        result = real_lstat(path, *args, **kwargs)  # type: ignore[arg-type]
+        swap(path)
+        return result
+
+    sent = job_files.outputs_archive(  # checked (walked once), not yet sent
+        backend, job_id=1, handle={"dir": str(output.parent)}, removed_at=None, **LIMITS
+    )
+    monkeypatch.setattr(os, "stat", stat_then_swap)
+    monkeypatch.setattr(os, "lstat", lstat_then_swap)
+    contents = names(b"".join(sent))
+    assert swapped  # the swap happened
+    assert b"their-secret" not in [v for v in contents.values() if v is not None]
+    assert set(contents) == {".", "./d"}
+
+
+def test_fifos_and_devices_are_left_out_and_never_block(
+    backend: LocalBackend, output: Path
+) -> None:
+    os.mkfifo(output / "pipe")
+    (output / "model.txt").write_text("weights")
+    assert names(archive(backend, output)) == {".": None, "./model.txt": b"weights"}
+
+
+def test_the_archive_is_one_gzip_stream_to_tar_and_gunzip(
+    backend: LocalBackend, output: Path, tmp_path: Path
+) -> None:
+    """Incompressible data is stored, compressible data deflated: several gzip members, which
+    GNU tar and gunzip read as one stream."""
+    weights = os.urandom(3 * 2**20)
+    (output / "weights.bin").write_bytes(weights)
+    (output / "log.txt").write_text("epoch 1 loss 0.5\n" * 100_000)
+    data = archive(backend, output)
+    assert len(data) < len(weights) + 200_000  # the text compressed, the weights did not grow
+    unpacked = tmp_path / "unpacked"
+    unpacked.mkdir()
+    subprocess.run(["tar", "-xzf", "-", "-C", str(unpacked)], input=data, check=True)
+    assert (unpacked / "weights.bin").read_bytes() == weights
+    assert (unpacked / "log.txt").read_text() == "epoch 1 loss 0.5\n" * 100_000
+    gunzipped = subprocess.run(["gzip", "-dc"], input=data, capture_output=True, check=True)
+    with tarfile.open(fileobj=io.BytesIO(gunzipped.stdout)) as tar:
+        assert tar.getnames()[0] == "."
+
+
+def test_limits_are_checked_before_a_byte_is_sent(backend: LocalBackend, output: Path) -> None:
+    with open(output / "sparse", "wb") as f:
+        f.truncate(2 * 10**9)
+    with pytest.raises(OutputsTooLarge, match=r"1\.9G .*sparse ones too.* 954M"):
+        archive(backend, output)
+    (output / "sparse").unlink()
+    for i in range(5):
+        (output / str(i)).touch()
+    with pytest.raises(OutputsTooLarge, match="more than 4 files"):
+        archive(backend, output, max_entries=4)
+    assert len(names(archive(backend, output, max_entries=5))) == 6
+
+
+def test_removed_outputs_and_logs_say_when_and_why(backend: LocalBackend, output: Path) -> None:
+    at = datetime(2026, 12, 25, 3, 4, tzinfo=UTC)
+    with pytest.raises(FilesRemoved, match=r"removed on 2026-12-25 .* retention policy"):
+        job_files.outputs_archive(backend, job_id=1, handle=None, removed_at=at, **LIMITS)
+    with pytest.raises(FilesRemoved, match="job 1's logs were removed on 2026-12-25"):
+        job_files.read_log(backend, job_id=1, handle=None, offset=0, limit=10, removed_at=at)
+    with pytest.raises(NotFound, match="no outputs yet"):
+        job_files.outputs_archive(
+            backend, job_id=1, handle={"dir": str(output.parent / "2")}, removed_at=None, **LIMITS
+        )
