@@ -228,3 +228,15 @@ class LaunchRecord(Protocol):
     controller stop a job whose launch went out before a crash lost its handle."""
 
     def was_launched(self, spec: LaunchSpec) -> bool: ...
+
+
+WORK_DIR = "work"  # in a run's directory: the job's copy of its workdir, its working directory
+
+
+class RunDirectories(Protocol):
+    """Optional: where each run of a job keeps its files, for the retention policy
+    (server/services/retention.py), which removes a run's WORK_DIR when the job ends and the
+    whole directory when its outputs expire. A run's directory holds that run's logs, outputs
+    and working copy, and nothing the backend needs once the job has ended."""
+
+    def job_dir(self, job_id: int, instance: str = "") -> Path: ...

@@ -20,6 +20,7 @@ from fabriek.core.units import parse_memory
 from fabriek.server.controller.loop import Controller
 from fabriek.server.db.engine import make_engine, make_session_factory, reader, transaction
 from fabriek.server.services.auth import AuthEpoch, TokenCache, watch_auth_changes
+from fabriek.server.services.retention import Policy, Retention
 from fabriek.settings import Settings
 
 
@@ -132,6 +133,13 @@ def build_runtime(
         workdirs=settings.workdirs_dir,
         interval=settings.controller_interval_seconds,
         starving_after_s=settings.starving_after_seconds or None,
+        retention=Retention(
+            sessions=sessions,
+            readers=readers,
+            backends=backends,
+            clock=clock,
+            policy=Policy.from_settings(settings),
+        ),
     )
     backend.on_change = controller.wake
     return Runtime(

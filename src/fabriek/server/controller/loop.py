@@ -40,6 +40,7 @@ from fabriek.server.services import audit
 from fabriek.server.services.actors import SYSTEM
 from fabriek.server.services.energy import record_energy
 from fabriek.server.services.facility import account_job, forecast, get_facility
+from fabriek.server.services.retention import Retention, stopped
 from fabriek.server.services.transitions import transition_job
 from fabriek.server.services.workdirs import archive_path
 
@@ -86,8 +87,10 @@ class Controller:
         interval: float = 1.0,
         half_life_s: float = DEFAULT_HALF_LIFE_S,
         starving_after_s: float | None = STARVING_AFTER_S,
+        retention: Retention | None = None,
     ) -> None:
         self.sessions = sessions
+        self.retention = retention  # jobs' files and the disk quota, on a thread of its own
         self.readers = readers or sessions
         # Partition name -> the backend that runs it (the local machine, Slurm partitions).
         self.backends: dict[str, Backend] = dict(backends or {})
@@ -139,6 +142,8 @@ class Controller:
         self._wake.set()
         if self._thread:
             self._thread.join(timeout)
+        if self.retention is not None:
+            self.retention.wait(timeout)
         if self._pool is not None:
             self._pool.shutdown(wait=True)
 
@@ -178,7 +183,9 @@ class Controller:
         """One pass: observe, forward cancels, admit (or only admit, see `wake`)."""
         report = PassReport()
         steps = (
-            (self._admit,) if admit_only else (self._observe, self._forward_cancels, self._admit)
+            (self._admit,)
+            if admit_only
+            else (self._observe, self._forward_cancels, self._admit, self._retain)
         )
         for step in steps:
             began = time.perf_counter()
@@ -274,15 +281,12 @@ class Controller:
                 self._freed = True
             elif seen.phase == Phase.LOST:
                 cancelled = row.cancel_requested_at is not None
-                target = JobState.CANCELLED if cancelled else JobState.FAILED
-                transition_job(
-                    session,
+                target, reason = stopped(
                     row,
-                    target,
-                    at=now,
-                    actor=SYSTEM.label,
-                    reason="cancelled on request" if cancelled else seen.reason,
+                    JobState.CANCELLED if cancelled else JobState.FAILED,
+                    "cancelled on request" if cancelled else seen.reason,
                 )
+                transition_job(session, row, target, at=now, actor=SYSTEM.label, reason=reason)
                 report.finished += 1
                 self._freed = True
 
@@ -302,13 +306,14 @@ class Controller:
         assert target is not None
         if row.state == JobState.ADMITTED.value and target != JobState.CANCELLED:
             target = JobState.FAILED  # it never started: e.g. its workdir could not be unpacked
+        target, reason = stopped(row, target, seen.reason)  # by the system: failed, and why
         transition_job(
             session,
             row,
             target,
             at=seen.finished_at or now,
             actor=SYSTEM.label,
-            reason=seen.reason,
+            reason=reason,
             **fields,
         )
 
@@ -346,6 +351,10 @@ class Controller:
             preempt_requested_at=None,
             preemptions=row.preemptions + 1,
         )
+
+    def _retain(self, report: PassReport) -> None:
+        if self.retention is not None:  # returns at once: see services/retention.py
+            self.retention.step(ended=report.finished > 0)
 
     def _forward_cancels(self, report: PassReport) -> None:
         """Cancels and preemptions alike: the backend stops the job (SIGTERM, the grace period,

@@ -62,6 +62,7 @@ def submit(body: JobSubmit, actor: ActorDep, runtime: RuntimeDep) -> Response:
             partitions=runtime.partitions(),
             now=runtime.clock(),
             require_allocation=runtime.settings.require_allocation,
+            disk_quota_bytes=runtime.settings.project_disk_quota_bytes,
         )
     runtime.wake(submission=True)
     return _json(JobOut.of(job), 201)

@@ -56,7 +56,7 @@ from fabriek.server.db.models import (
     ProjectRow,
     UserRow,
 )
-from fabriek.server.services import allocations, audit
+from fabriek.server.services import allocations, audit, retention
 from fabriek.server.services.actors import Actor
 from fabriek.server.services.tenancy import managed_project_ids, visible_project_ids
 from fabriek.server.services.transitions import record_submission, transition_job
@@ -104,9 +104,11 @@ def submit_job(
     partitions: Mapping[str, Capacity],
     now: datetime,
     require_allocation: bool = False,
+    disk_quota_bytes: int | None = None,
 ) -> Job:
     """Queue a job. `partitions` is what the factory has: a job that fits none of them could
-    never run. With `require_allocation`, a GPU job must name the allocation it is charged to."""
+    never run. With `require_allocation`, a GPU job must name the allocation it is charged to.
+    A project whose jobs hold `disk_quota_bytes` or more gets no new ones."""
     if not request.memory_given:
         request = fit_default_memory(request, partitions)
     validate_request(
@@ -180,6 +182,9 @@ def submit_job(
         row.id = connection.execute(
             _INSERT_JOB, {**values, "project_id": row.project_id}
         ).scalar_one()
+    retention.check_quota(  # refused here, the whole submission rolls back
+        session, project_id=row.project_id, project=project, quota_bytes=disk_quota_bytes
+    )
     pool = None
     if request.allocation_id is not None:  # refused here, the whole submission rolls back
         held = allocations.hold(
