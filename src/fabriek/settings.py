@@ -116,6 +116,14 @@ class Settings(BaseSettings):
         "the local backend; more: that many API workers beside the main process. Default: one per "
         "CPU, at most 4.",
     )
+    audit_refusal_window_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=86400,
+        description="Refused attempts (a refused token, a 403 or 404 answered to a signed-in "
+        "user) are audited once per client or user and kind in each window of this many seconds; "
+        "the rest of the window is written as one `.repeated` event with their count.",
+    )
     require_allocation: bool = Field(
         False,
         description="GPU jobs must name an allocation to be charged to (a production factory); "

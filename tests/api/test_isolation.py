@@ -382,6 +382,7 @@ RULES: dict[tuple[str, str], Rule] = {
     # users: operators manage them; everyone may look at themselves
     ("POST", "/users"): Rule(_new_user, expect(403, operator=201)),
     ("GET", "/users"): Rule(fixed("/users"), expect(403, operator=200)),
+    ("GET", "/audit"): Rule(fixed("/audit"), expect(403, operator=200)),
     ("GET", "/users/{user}"): Rule(
         lambda t, r: (f"/users/{t.names['project_member']}", {}),
         expect(403, operator=200, project_member=200),

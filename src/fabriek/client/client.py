@@ -27,6 +27,7 @@ from fabriek.core.units import parse_duration, parse_memory
 from fabriek.server.schemas import (
     AllocationOut,
     ApplicationOut,
+    AuditPage,
     CallOut,
     FacilityOut,
     FactoryOut,
@@ -557,6 +558,37 @@ class Client:
         params = {"from": start, "to": end, "format": "csv" if csv else "json"}
         response = self._request("GET", "/facility/report", params=params)
         return response.text if csv else response.json()
+
+    # --- audit --------------------------------------------------------------------------------
+    def audit(
+        self,
+        *,
+        actor: str | None = None,
+        action: str | None = None,
+        target_type: str | None = None,
+        target_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        before: int | None = None,
+        limit: int = 100,
+    ) -> AuditPage:
+        """Operators: a page of the audit trail, newest first. `action` matches that action
+        and those below it (`job`: `job.submit`, `job.cancel`, ...); the page's `next_before`,
+        passed as `before`, gives the next, older page."""
+        params: dict[str, Any] = {"limit": limit}
+        for key, value in (
+            ("actor", actor),
+            ("action", action),
+            ("target_type", target_type),
+            ("target_id", target_id),
+            ("before", before),
+        ):
+            if value is not None:
+                params[key] = value
+        for key, moment in (("since", since), ("until", until)):
+            if moment is not None:
+                params[key] = moment.isoformat()
+        return AuditPage.model_validate(self._get("/audit", params=params))
 
     def _get(self, path: str, **kwargs: Any) -> Any:
         return self._request("GET", path, **kwargs).json()

@@ -10,6 +10,7 @@ from fabriek.server.edge import EdgeGuard
 from fabriek.server.errors import install_error_handlers
 from fabriek.server.routers import (
     allocations,
+    audit,
     calls,
     facility,
     jobs,
@@ -64,6 +65,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         calls.applications,
         reports.router,
         facility.router,
+        audit.router,
     ):
         app.include_router(router, prefix=API_PREFIX)
     return app

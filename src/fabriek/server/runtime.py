@@ -20,6 +20,7 @@ from fabriek.core.units import parse_memory
 from fabriek.server.controller.loop import Controller
 from fabriek.server.db.engine import make_engine, make_session_factory, reader, transaction
 from fabriek.server.services.auth import AuthEpoch, TokenCache, watch_auth_changes
+from fabriek.server.services.refusals import RefusalLog
 from fabriek.server.services.retention import Policy, Retention
 from fabriek.settings import Settings
 
@@ -45,6 +46,8 @@ class Runtime:
     # How a request wakes the controller: directly in the process that runs it, by a message
     # from the API worker processes (see fabriek.server.workers).
     waker: Callable[[bool], None] | None = None
+    # Refused attempts, rate-limited into the audit trail (services.refusals).
+    refusals: RefusalLog | None = None
 
     def wake(self, *, submission: bool = False) -> None:
         if self.waker is not None:
@@ -71,6 +74,8 @@ class Runtime:
         return self.backends.get(partition) or self.backend
 
     def close(self) -> None:
+        if self.refusals is not None:
+            self.refusals.close()
         self.controller.stop()
         self.backend.launcher.close()
         self.engine.dispose()
@@ -152,4 +157,5 @@ def build_runtime(
         clock,
         backends,
         tokens=TokenCache(auth_epoch),
+        refusals=RefusalLog(sessions, clock=clock, window_s=settings.audit_refusal_window_seconds),
     )

@@ -350,13 +350,16 @@ class JobEventRow(Base):
 
 
 class AuditEventRow(Base):
-    """Append-only record of every change a person (or the system) made."""
+    """Append-only record of every change a person (or the system) made, and of refused
+    attempts. Never updated; ids only grow (a hash chain may follow them: core.audit)."""
 
     __tablename__ = "audit_events"
+    # What `fabriek audit list` filters by, newest first.
+    __table_args__ = (Index("ix_audit_events_target", "target_type", "target_id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    at: Mapped[datetime]
-    actor: Mapped[str] = mapped_column(String(128))
+    at: Mapped[datetime] = mapped_column(index=True)
+    actor: Mapped[str] = mapped_column(String(128), index=True)
     action: Mapped[str] = mapped_column(String(64), index=True)
     target_type: Mapped[str] = mapped_column(String(32))
     target_id: Mapped[str] = mapped_column(String(64))

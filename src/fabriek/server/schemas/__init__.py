@@ -20,6 +20,7 @@ from fabriek.server.schemas.access import (
     ReviewCreate,
     ReviewOut,
 )
+from fabriek.server.schemas.audit import AuditEventOut, AuditPage
 from fabriek.server.schemas.facility import (
     FacilityOut,
     FacilityUpdate,
@@ -73,6 +74,8 @@ __all__ = [
     "AllocationOut",
     "ApplicationCreate",
     "ApplicationOut",
+    "AuditEventOut",
+    "AuditPage",
     "CallCreate",
     "CallOut",
     "EligibilityIO",

@@ -58,14 +58,21 @@ def authenticate_with_expiry(
         .join(UserRow, UserRow.id == TokenRow.user_id)
         .where(TokenRow.token_hash == hash_token(token))
     ).first()
+    # `reason` and `user` (never shown to the client) say in the audit trail why and whose.
     if row is None:
-        raise Unauthenticated("the API token is not valid; log in again with `fabriek login`")
+        raise Unauthenticated(
+            "the API token is not valid; log in again with `fabriek login`", reason="unknown"
+        )
     tok, user = row
     if tok.revoked_at is not None:
-        raise Unauthenticated(f"the API token was revoked; {NEW_TOKEN_HINT}")
+        raise Unauthenticated(
+            f"the API token was revoked; {NEW_TOKEN_HINT}", reason="revoked", user=user.name
+        )
     if tok.expires_at is not None and tok.expires_at <= now:
         raise Unauthenticated(
-            f"the API token expired on {tok.expires_at:%Y-%m-%d %H:%M} UTC; {NEW_TOKEN_HINT}"
+            f"the API token expired on {tok.expires_at:%Y-%m-%d %H:%M} UTC; {NEW_TOKEN_HINT}",
+            reason="expired",
+            user=user.name,
         )
     actor = Actor(
         user_id=user.id, name=user.name, is_operator=user.is_operator, is_reviewer=user.is_reviewer

@@ -65,7 +65,8 @@ def set_facility(
     carbon_column: str | None = None,
     zone: str | None = None,
 ) -> Facility:
-    """Change what is given; the rest stays. Jobs already accounted keep their figures."""
+    """Change what is given; the rest stays. Jobs already accounted keep their figures. Setting
+    what holds already changes nothing (and audits nothing)."""
     _operator(actor, "change the facility model")
     old = get_facility(session)
     new = Facility(
@@ -76,6 +77,8 @@ def set_facility(
         old.zone if zone is None else _zone(zone),
     )
     new.check()
+    if new == old:  # nothing changes: no new row, no audit event
+        return new
     session.add(FacilitySettingsRow(**asdict(new), updated_by=actor.label, updated_at=now))
     audit.record(
         session,

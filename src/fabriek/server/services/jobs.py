@@ -517,7 +517,8 @@ def job_row_for_files(session: Session, *, actor: Actor, job_id: int) -> JobRow:
 
 
 def cancel_job(session: Session, *, actor: Actor, job_id: int, now: datetime) -> Job:
-    """Cancel a job: at once if it waits; through the controller and its backend if it runs."""
+    """Cancel a job: at once if it waits; through the controller and its backend if it runs.
+    Asking again while it stops changes nothing (and is audited once)."""
     row, project, user, pool = _load(session, actor=actor, job_id=job_id, for_update=True)
     state = JobState(row.state)
     if state.is_final:
@@ -534,6 +535,8 @@ def cancel_job(session: Session, *, actor: Actor, job_id: int, now: datetime) ->
     elif row.cancel_requested_at is None:
         row.cancel_requested_at = now
         row.reason = "cancelling: asked to stop, waiting for it to end"
+    else:  # asked before: nothing changes, and nothing is audited again
+        return to_job(row, project=project, user=user, pool=pool)
     audit.record(
         session, actor=actor, action="job.cancel", target_type="job", target_id=job_id, at=now
     )
