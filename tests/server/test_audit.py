@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from fabriek.core.audit import FORBIDDEN, NOT_FOUND, TOKEN_REFUSED, canonical_details
 from fabriek.core.errors import (
     Conflict,
+    FabriekError,
     Forbidden,
     InvalidRequest,
     NotFound,
@@ -365,13 +366,16 @@ def test_a_not_found_says_whether_the_object_exists_and_keeps_path_values_bounde
     assert "\u202e" not in canonical_details(oscar.details)
 
 
-def test_other_errors_are_no_refusals() -> None:
-    assert (
-        access_refused(
-            Actor(9, "m"), Conflict("busy"), client="c", route="/r", method="GET", params={}
+def test_other_errors_and_a_workdir_not_yet_uploaded_are_no_refusals() -> None:
+    def refused(error: FabriekError, params: dict[str, str]) -> object:
+        return access_refused(
+            Actor(9, "m"), error, client="c", route="/r", method="GET", params=params
         )
-        is None
-    )
+
+    assert refused(Conflict("busy"), {}) is None
+    # The SDK asks whether the server has a workdir before each upload: a 404 is its answer.
+    assert refused(NotFound("no workdir"), {"digest": "ab" * 32}) is None
+    assert refused(Forbidden("no"), {"digest": "ab" * 32}) is not None
 
 
 @pytest.mark.parametrize(

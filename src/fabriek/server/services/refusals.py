@@ -72,6 +72,9 @@ _TARGETS: dict[str, tuple[str, Any]] = {
     "call": ("call", CallRow.name),
     "digest": ("workdir", WorkdirRow.digest),
 }
+# A 404 on these is an answer, not a refusal: `GET /workdirs/{digest}` asks "have I uploaded
+# this content yet?" before every upload (another user's copy is no one else's business).
+_QUESTIONS = frozenset({"digest"})
 
 
 def clean(text: str, limit: int = MAX_VALUE) -> str:
@@ -123,12 +126,15 @@ def access_refused(
     method: str,
     params: Mapping[str, Any],
 ) -> Refusal | None:
-    """A 403 or 404 answered to a signed-in `actor`; None for other errors."""
+    """A 403 or 404 answered to a signed-in `actor`; None for other errors, and for a 404 that
+    answers a question (_QUESTIONS)."""
     if isinstance(error, Forbidden):
         action = FORBIDDEN
     elif isinstance(error, NotFound):
         action = NOT_FOUND
     else:
+        return None
+    if action == NOT_FOUND and next(iter(params), None) in _QUESTIONS:
         return None
     values = {clean(str(k), 32): clean(str(v)) for k, v in list(params.items())[:MAX_PARAMS]}
     target_type, target_id, lookup = "route", clean(route), None
