@@ -54,7 +54,15 @@ class Settings(BaseSettings):
     workdir_max_bytes: int = Field(
         100 * 1024 * 1024,
         ge=1,
-        description="Largest workdir an upload may unpack to (bytes). Larger belongs in a dataset.",
+        description="Largest workdir an upload may unpack to (bytes: its tar stream, every entry's "
+        "headers counted with the data, so at least 512 bytes an entry). Larger belongs in a "
+        "dataset.",
+    )
+    workdir_max_entries: int = Field(
+        100_000,
+        ge=1,
+        description="Most entries (files, directories, links) a workdir archive may hold. Checked "
+        "at upload and again where the job unpacks it, the unpacking counted in the job's time.",
     )
     max_request_bytes: int = Field(
         4 * 1024 * 1024,

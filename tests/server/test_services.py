@@ -169,6 +169,7 @@ def test_logs_outputs_and_workdirs_are_tenant_private(
     import io
     import tarfile
 
+    from fabriek.core.workdir_archive import DEFAULT_LIMITS
     from fabriek.server.services.jobs import job_row_for_files
     from fabriek.server.services.workdirs import get_workdir, keep_archive, record_workdir
 
@@ -187,7 +188,7 @@ def test_logs_outputs_and_workdirs_are_tenant_private(
         info.size = 1
         tar.addfile(info, io.BytesIO(b"x"))
     upload.write_bytes(buffer.getvalue())
-    kept = keep_archive(upload=upload, store=tmp_path / "store", max_unpacked=2**20)
+    kept = keep_archive(upload=upload, store=tmp_path / "store", limits=DEFAULT_LIMITS)
     with sessions() as session, session.begin():
         record_workdir(session, actor=alice, workdir=kept, now=clock())
     with sessions() as session:

@@ -22,6 +22,7 @@ from fabriek.server.db.engine import make_engine, make_session_factory, reader, 
 from fabriek.server.services.auth import AuthEpoch, TokenCache, watch_auth_changes
 from fabriek.server.services.refusals import RefusalLog
 from fabriek.server.services.retention import Policy, Retention
+from fabriek.server.services.workdirs import limits_of
 from fabriek.settings import Settings
 
 
@@ -117,6 +118,7 @@ def build_runtime(
             "dram_watts_per_gb": settings.estimate_dram_watts_per_gb,
             "gpu_watts": settings.estimate_gpu_watts,
         },
+        workdir_limits=limits_of(settings),
     )
     config = load_partitions(settings.partitions_file)
     backends: dict[str, Backend] = {backend.name: backend} if config.local else {}
@@ -129,6 +131,7 @@ def build_runtime(
                 "dram_watts_per_gb": settings.estimate_dram_watts_per_gb,
                 "gpu_watts": settings.estimate_gpu_watts,
             },
+            workdir_limits=limits_of(settings),
         )
     controller = Controller(
         sessions=sessions,

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from fabriek.backends.local.backend import LocalBackend
 from fabriek.backends.local.gpus import FakeInventory, inventory_from_setting
 from fabriek.backends.local.shim import proc_start_ticks
 from fabriek.core.jobs import JobState, Resources
+from tests.archives import file_entry, make_archive, make_many
 from tests.helpers import wait_for
 
 G = 2**30
@@ -168,9 +170,62 @@ def test_unsafe_workdir_is_refused(backend: LocalBackend, tmp_path: Path) -> Non
         tar.addfile(info, io.BytesIO(b"x"))
     backend.submit(make_spec(1, ["true"], workdir=archive))
     seen = finished(backend, 1)
-    assert seen.outcome == JobState.FAILED and seen.started_at is None
-    assert "unpack" in (seen.reason or "")
+    # Its time started before the unpacking, which is part of the job (issue 21, item 5).
+    assert seen.outcome == JobState.FAILED and seen.started_at is not None
+    assert "could not unpack the workdir" in (seen.reason or "")
     assert not (backend.jobs_dir / "1" / "escape.txt").exists()
+
+
+@pytest.fixture(scope="module")
+def slow_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """60,000 empty files: seconds to unpack (the issue's 200,000 took 91 s)."""
+    return make_many(tmp_path_factory.mktemp("slow") / "many.tar.gz", 60_000)
+
+
+def test_a_cancel_stops_the_unpacking_promptly(backend: LocalBackend, slow_workdir: Path) -> None:
+    """Issue 21, item 5: the unpacking ran before the job's time started, and a cancel waited for
+    it. Now the job runs (its time counting) from before the unpacking, which a cancel stops."""
+    backend.submit(make_spec(1, ["true"], workdir=slow_workdir))
+    handle = {"dir": str(backend.job_dir(1))}
+    seen = wait_for(
+        lambda: backend.poll({1: handle})[1].phase == Phase.RUNNING and backend.poll({1: handle}),
+        what="the job to count as running while it unpacks",
+    )[1]
+    assert seen.started_at is not None and not (backend.job_dir(1) / "stdout.log").exists()
+    asked = time.monotonic()
+    backend.cancel(1, handle)
+    seen = finished(backend, 1)
+    assert time.monotonic() - asked < 3
+    assert (seen.outcome, seen.reason) == (
+        JobState.CANCELLED,
+        "cancelled while its workdir was unpacked",
+    )
+    assert seen.usage is not None and seen.usage.wall_s > 0  # charged for the time it took
+    assert len(os.listdir(backend.job_dir(1) / "work")) < 60_000
+
+
+def test_the_unpacking_counts_within_the_time_limit(
+    backend: LocalBackend, slow_workdir: Path
+) -> None:
+    backend.submit(make_spec(1, ["true"], time_limit_s=1, workdir=slow_workdir))
+    seen = finished(backend, 1)
+    assert seen.outcome == JobState.TIMED_OUT
+    assert seen.reason == "ran past its time limit of 1s while its workdir was unpacked"
+    assert seen.usage is not None and 1 <= seen.usage.wall_s < 3
+    assert seen.started_at is not None
+    assert not (backend.job_dir(1) / "stdout.log").exists()  # the command never started
+
+
+def test_an_archive_the_upload_would_refuse_fails_with_a_short_reason(
+    backend: LocalBackend, tmp_path: Path
+) -> None:
+    """Item 7: a 1 MiB PAX name failed the job with that name as its stored reason."""
+    archive = make_archive(tmp_path / "w.tar.gz", [file_entry("n" * 2**20)])
+    backend.submit(make_spec(1, ["true"], workdir=archive))
+    seen = finished(backend, 1)
+    assert seen.outcome == JobState.FAILED and seen.reason is not None
+    assert seen.reason.startswith("could not unpack the workdir: the workdir archive holds a name")
+    assert len(seen.reason) <= 300
 
 
 def test_a_dead_supervisor_is_lost_and_its_job_ended(backend: LocalBackend) -> None:

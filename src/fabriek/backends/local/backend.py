@@ -30,6 +30,7 @@ from fabriek.backends.base import (
 from fabriek.backends.local import shim
 from fabriek.backends.local.gpus import GpuInfo
 from fabriek.core.jobs import FINAL_STATES, JobState, Resources
+from fabriek.core.workdir_archive import DEFAULT_LIMITS, Limits
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +65,14 @@ class LocalBackend:
         metering: bool = True,
         sample_every_s: float = 15.0,
         estimates: dict[str, float] | None = None,
+        workdir_limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         """`gpu_energy`: how the supervisors meter GPUs: `nvml` (GPUs NVML found), `estimate`
-        (declared fake GPUs: rated power x time), or `fake-counter:WATTS` (tests)."""
+        (declared fake GPUs: rated power x time), or `fake-counter:WATTS` (tests).
+        `workdir_limits`: those the uploads were checked against; the supervisor checks again
+        before it unpacks, as part of the job's time."""
         self.jobs_dir = jobs_dir
+        self.workdir_limits = workdir_limits
         self.gpu_energy = gpu_energy
         self.metering = metering
         self.sample_every_s = sample_every_s
@@ -151,6 +156,7 @@ class LocalBackend:
             "time_limit_s": spec.time_limit_s,
             "kill_grace_seconds": self.kill_grace_seconds,
             "workdir_archive": str(spec.workdir_archive) if spec.workdir_archive else None,
+            "workdir_limits": (self.workdir_limits.max_bytes, self.workdir_limits.max_entries),
             "meter": {
                 "sys_path": self._meter_path,
                 "gpu_indices": list(spec.gpu_ids),
@@ -310,7 +316,7 @@ def _finished(
         outcome=JobState(str(outcome)),
         exit_code=exit_code,  # type: ignore[arg-type]
         signal=signum,  # type: ignore[arg-type]
-        reason=reason if isinstance(reason, str) else None,
+        reason=shim.bounded(reason) if isinstance(reason, str) else None,
         usage=Usage(**usage) if isinstance(usage, dict) else None,
         energy=energy_from(result.get("energy"), samples),
     )

@@ -83,12 +83,48 @@ def _size(path: str) -> int:
         return 0
 
 
+# src/, where fabriek.core.workdir_archive imports from (we run as `python -I -S`).
+_PACKAGE_ROOT = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+)
+REASON_MAX = 300  # characters of a reason written to result.json (a job's stored reason)
+
+
+def bounded(text: str, limit: int = REASON_MAX) -> str:
+    """`text`, cut to `limit` characters: what goes into a job's stored reason stays short."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class _Stop(Exception):
+    """Stop before the command started: the job ends with `outcome` and `reason`."""
+
+    def __init__(self, outcome: str, reason: str) -> None:
+        super().__init__(reason)
+        self.outcome, self.reason = outcome, reason
+
+
+class _CpuTime:
+    """This process's CPU seconds since it was made (its own work for the job: the unpacking)."""
+
+    def __init__(self) -> None:
+        self.start = time.process_time()
+
+    def __call__(self) -> float:
+        return time.process_time() - self.start
+
+
+def _usage(started: float, cpu_s: float) -> dict[str, float]:
+    return {"wall_s": time.monotonic() - started, "cpu_s": cpu_s, "max_rss_bytes": 0}
+
+
 class Supervisor:
     def __init__(self, job_dir: str) -> None:
         self.dir = job_dir
         with open(self.path("spec.marshal"), "rb") as f:
             self.spec: dict[str, Any] = marshal.load(f)
         self.cancel_requested = False
+        self.deadline = float("inf")  # set when the job's time starts (run)
+        self._next_look = 0.0
         self.wake_r, wake_w = os.pipe()
         os.set_blocking(wake_w, False)
         signal.set_wakeup_fd(wake_w)
@@ -108,13 +144,26 @@ class Supervisor:
     def run(self) -> None:
         workdir, outdir = self.path("work"), self.path("output")
         os.makedirs(outdir, exist_ok=True)
+        # The job's time starts here, before its workdir is unpacked: unpacking is its first
+        # step, charged and bounded by its time limit like the rest, and a cancel stops it.
+        started_at, started = time.time(), time.monotonic()
+        self.deadline = started + self.spec["time_limit_s"]
+        unpacking = _CpuTime()
         try:
-            self._unpack(workdir)
-        except Exception as exc:  # tarfile's errors, OSError: anything means no usable workdir
-            self._finish("failed", reason=f"could not unpack the workdir: {exc}")
+            self._unpack(workdir, started_at)
+        except _Stop as stop:
+            self._finish(stop.outcome, reason=stop.reason, usage=_usage(started, unpacking()))
+            return
+        except Exception as exc:  # anything means no usable workdir
+            reason = f"could not unpack the workdir: {bounded(str(exc))}"
+            self._finish("failed", reason=reason, usage=_usage(started, unpacking()))
             return
         if self._cancel_marked():
-            self._finish("cancelled", reason="cancelled before it started")
+            self._finish(
+                "cancelled",
+                reason="cancelled before it started",
+                usage=_usage(started, unpacking()),
+            )
             return
         argv: list[str] = self.spec["argv"]
         env = {**self.spec["env"], "FABRIEK_OUTPUT_DIR": outdir, "FABRIEK_WORKDIR": workdir}
@@ -146,13 +195,12 @@ class Supervisor:
         finally:
             os.close(out)
             os.close(log)
-        started_at, started = time.time(), time.monotonic()
         write_json_atomic(
             self.path("started.json"),
             {"pid": pid, "pid_start": proc_start_ticks(pid), "started_at": started_at},
             durable=False,
         )
-        self._supervise(pid, started, self._start_meter(pid))
+        self._supervise(pid, started, self._start_meter(pid), unpacking())
 
     def _start_meter(self, pgid: int) -> Any:
         """The job's energy meter (fabriek.metering), imported only now that the job runs: it
@@ -178,18 +226,52 @@ class Supervisor:
             print(f"fabriek: energy metering off for this job: {exc!r}", file=sys.stderr)
             return None
 
-    def _unpack(self, workdir: str) -> None:
+    def _unpack(self, workdir: str, started_at: float) -> None:
+        """Unpack the workdir archive, if any, with the check the upload passed
+        (fabriek.core.workdir_archive): it extracts only what it checked. The job counts as
+        running meanwhile (started.json, without a pid yet). Raises _Stop on a cancel or at the
+        time limit, noticed before each entry."""
         os.makedirs(workdir, exist_ok=True)
         archive = self.spec.get("workdir_archive")
-        if archive:
-            import tarfile  # only when there is something to unpack: it is slow to import
+        if not archive:
+            return
+        write_json_atomic(self.path("started.json"), {"started_at": started_at}, durable=False)
+        sys.path.insert(0, _PACKAGE_ROOT)  # imported only now: tarfile is slow to import
+        from fabriek.core import workdir_archive
 
-            with tarfile.open(archive, "r:gz") as tar:
-                tar.extractall(workdir, filter="data")
+        limits = workdir_archive.DEFAULT_LIMITS
+        if self.spec.get("workdir_limits"):
+            max_bytes, max_entries = self.spec["workdir_limits"]
+            limits = workdir_archive.Limits(max_bytes=max_bytes, max_entries=max_entries)
+        try:
+            workdir_archive.unpack(archive, workdir, limits, progress=self._unpacking)
+        except workdir_archive.Refused as exc:
+            raise _Stop("failed", f"could not unpack the workdir: {exc}") from None
 
-    def _supervise(self, pid: int, started: float, meter: Any = None) -> None:
+    def _unpacking(self) -> None:
+        """Called before each entry is read or extracted: stop for a cancel or the time limit."""
+        if self.cancel_requested:  # SIGTERM: our handler only sets this
+            raise _Stop("cancelled", "cancelled while its workdir was unpacked")
+        now = time.monotonic()
+        if now < self._next_look:
+            return
+        self._next_look = now + 0.1  # a cancel file or the clock: looked at ten times a second
+        if os.path.exists(self.path("cancel")):
+            raise _Stop("cancelled", "cancelled while its workdir was unpacked")
+        if now >= self.deadline:
+            raise _Stop(
+                "timed_out",
+                f"ran past its time limit of {self.spec['time_limit_s']}s while its workdir "
+                "was unpacked",
+            )
+
+    def _supervise(
+        self, pid: int, started: float, meter: Any = None, unpack_cpu_s: float = 0.0
+    ) -> None:
+        """Wait for the job, stopping it for a cancel or at its time limit (counted from
+        `started`, before its workdir was unpacked: `unpack_cpu_s` is added to its CPU time)."""
         pidfd = os.pidfd_open(pid)
-        deadline = started + self.spec["time_limit_s"]
+        deadline = self.deadline
         grace = float(self.spec["kill_grace_seconds"])
         outcome: str | None = None  # set once we start stopping the job: cancelled or timed_out
         kill_at: float | None = None
@@ -242,7 +324,7 @@ class Supervisor:
             reason = (
                 f"exited with code {exit_code}" if signum is None else f"killed by signal {signum}"
             )
-        cpu_s = rusage.ru_utime + rusage.ru_stime
+        cpu_s = rusage.ru_utime + rusage.ru_stime + unpack_cpu_s
         energy = None
         if meter is not None:
             try:
@@ -275,6 +357,8 @@ class Supervisor:
             pass
 
     def _finish(self, outcome: str, **fields: Any) -> None:
+        if isinstance(fields.get("reason"), str):
+            fields["reason"] = bounded(fields["reason"])
         write_json_atomic(
             self.path("result.json"), {"outcome": outcome, "finished_at": time.time(), **fields}
         )

@@ -52,6 +52,7 @@ from fabriek.backends.local.backend import meter_sys_path
 from fabriek.backends.slurm import wrapper
 from fabriek.backends.slurm.config import SlurmPartition
 from fabriek.core.jobs import JobState, Resources
+from fabriek.core.workdir_archive import DEFAULT_LIMITS, Limits
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +112,13 @@ class SlurmBackend:
         clock: Any = time.time,
         sample_every_s: float = 15.0,
         estimates: dict[str, float] | None = None,
+        workdir_limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         """`sample_every_s` and `estimates` (fabriek.metering.meter.Estimates' fields): how the
-        wrapper meters each node's energy, where `config.metering` is on."""
+        wrapper meters each node's energy, where `config.metering` is on. `workdir_limits`:
+        those the uploads were checked against; the wrapper checks again as it unpacks."""
         self.config = config
+        self.workdir_limits = workdir_limits
         # What the wrapper needs to meter the job's nodes, written into every job's spec.
         self.metering: dict[str, Any] | None = (
             {

@@ -42,7 +42,9 @@ async def upload(request: Request, actor: ActorDep, runtime: RuntimeDep) -> Work
                 f.write(chunk)
 
         def keep() -> service.Workdir:
-            kept = service.keep_archive(upload=Path(tmp), store=store, max_unpacked=limit)
+            kept = service.keep_archive(
+                upload=Path(tmp), store=store, limits=service.limits_of(runtime.settings)
+            )
             with runtime.transaction() as session:
                 return service.record_workdir(
                     session, actor=actor, workdir=kept, now=runtime.clock()
