@@ -4,9 +4,12 @@ fabriek has already decided that the job may run (pools, allocations, fair share
 on nodes and runs it. Each job gets a directory on the cluster's shared filesystem:
 
     SHARED/fabriek-wrapper.py, fabriek-job-*.sh  (the batch script: exec PYTHON WRAPPER batch "$1")
+    SHARED/fabriek-workdir-archive.py  (core/workdir_archive.py: the wrapper unpacks with it)
     SHARED/jobs/ID-INSTANCE/  spec.json (command, environment: read by the wrapper, never a shell;
                                          once written, the job may be in Slurm)
-                              work/     (the job's workdir)   outputs/  ($FABRIEK_OUTPUT_DIR)
+                              workdir.tar.gz (a copy of the uploaded workdir)
+                              work/     (the job's workdir, unpacked by the wrapper as the job's
+                                         first step)   outputs/  ($FABRIEK_OUTPUT_DIR)
                               stdout, stderr (of every task; `log` both, for jobs
                                          submitted before they were kept apart)
                               log.index (the logs' sizes over time: base.LOG_INDEX)
@@ -26,7 +29,6 @@ import os
 import shlex
 import shutil
 import subprocess
-import tarfile
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -49,8 +51,10 @@ from fabriek.backends.base import (
     merge_energy,
 )
 from fabriek.backends.local.backend import meter_sys_path
+from fabriek.backends.local.shim import bounded
 from fabriek.backends.slurm import wrapper
 from fabriek.backends.slurm.config import SlurmPartition
+from fabriek.core import workdir_archive
 from fabriek.core.jobs import JobState, Resources
 from fabriek.core.workdir_archive import DEFAULT_LIMITS, Limits
 
@@ -135,6 +139,7 @@ class SlurmBackend:
         self.jobs_dir = config.shared_dir / "jobs"
         self._ended_at: dict[int, float] = {}  # job -> when Slurm first said it ended
         self._wrapper: Path | None = None
+        self._unpacker: Path | None = None
         self._script: Path | None = None
         self._lock = threading.Lock()
 
@@ -366,19 +371,15 @@ class SlurmBackend:
         return Energy(components, by_hour)
 
     def _prepare(self, job_dir: Path, spec: LaunchSpec) -> None:
-        """The job's directory on the shared filesystem: its workdir, then its spec, last (the
-        wrapper makes what else it needs on the node: this is the submission's hot path, and
-        shared filesystems are slow at creating files)."""
+        """The job's directory on the shared filesystem: a copy of its workdir archive, then its
+        spec, last (the wrapper makes what else it needs on the node, the workdir unpacked
+        included: this is the submission's hot path, and shared filesystems are slow at creating
+        files)."""
         try:
             job_dir.mkdir(mode=0o700, parents=True)
         except FileExistsError:  # half-prepared before a crash: start again
             shutil.rmtree(job_dir)
             job_dir.mkdir(mode=0o700)
-        if spec.workdir_archive is not None:
-            work = job_dir / "work"
-            work.mkdir()
-            with tarfile.open(spec.workdir_archive, "r:gz") as tar:
-                tar.extractall(work, filter="data")
         data: dict[str, Any] = {
             "argv": spec.argv,
             "env": spec.env,
@@ -395,6 +396,15 @@ class SlurmBackend:
         }
         if self.metering is not None:
             data["meter"] = {**self.metering, "memory_bytes": spec.resources.memory_bytes}
+        if spec.workdir_archive is not None:
+            # Copied, not unpacked: the wrapper unpacks it on the node as the job's first step,
+            # in its time and cancellable, with the check the upload passed (the unpacker).
+            archive = job_dir / "workdir.tar.gz"
+            shutil.copyfile(spec.workdir_archive, archive)
+            limits = self.workdir_limits
+            data["workdir_archive"] = str(archive)
+            data["workdir_limits"] = [limits.max_bytes, limits.max_entries]
+            data["unpacker"] = str(self._unpacker_path())
         (job_dir / "spec.json").write_text(json.dumps(data))
 
     def _sbatch_argv(self, spec: LaunchSpec, job_dir: Path) -> list[str]:
@@ -442,6 +452,14 @@ class SlurmBackend:
                 "fabriek-wrapper.py", Path(wrapper.__file__).read_bytes()
             )
         return self._wrapper
+
+    def _unpacker_path(self) -> Path:
+        """core/workdir_archive.py, copied beside the wrapper: the nodes need no fabriek."""
+        if self._unpacker is None:
+            self._unpacker = self._shared_file(
+                "fabriek-workdir-archive.py", Path(workdir_archive.__file__).read_bytes()
+            )
+        return self._unpacker
 
     def _script_path(self) -> Path:
         """The batch script every job runs: fixed text, whose only words are paths fabriek chose,
@@ -700,6 +718,6 @@ def _finished(
         outcome=outcome,
         exit_code=exit_code,
         signal=sig,
-        reason=reason,
+        reason=bounded(reason) if isinstance(reason, str) else None,  # read from a job's files
         usage=usage,
     )

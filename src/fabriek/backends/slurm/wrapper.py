@@ -11,6 +11,10 @@ The job's command, arguments and environment come from SPEC (JSON, written by th
 handed to the operating system as a list: no shell ever sees them. The batch part
 
 - records `started.json` (when, on which node) in the job's directory,
+- unpacks the workdir archive into the job's `work/`, as the job's first step (in its time: Slurm's
+  time limit and a cancel stop it), with the check the upload passed: the spec names the
+  unpacker, fabriek's core/workdir_archive.py copied beside this file, which extracts only what
+  it checked,
 - runs the command in the workdir, directly (one node) or as one task per node through `srun`,
   with what PyTorch's `torch.distributed` and `torchrun` read set for every task: MASTER_ADDR,
   MASTER_PORT, WORLD_SIZE, RANK, LOCAL_RANK, NODE_RANK (plus FABRIEK_NODE_RANK, FABRIEK_NNODES),
@@ -119,6 +123,27 @@ def batch(spec_path):
         os.path.join(job_dir, "started.json"),
         {"started_at": began, "node": socket.gethostname(), "slurm_job_id": slurm_id},
     )
+    unpack_cpu = time.process_time()
+    stopped = _unpack(spec, forward) if spec.get("workdir_archive") else None
+    unpack_cpu = time.process_time() - unpack_cpu
+    if stopped is not None:
+        code, reason = stopped
+        ended = time.time()
+        _write_json(
+            os.path.join(job_dir, "result.json"),
+            {
+                "exit_code": code if code >= 0 else None,
+                "signal": -code if code < 0 else None,
+                "started_at": began,
+                "finished_at": ended,
+                "wall_s": ended - began,
+                "cpu_s": unpack_cpu,
+                "max_rss_bytes": 0,
+                "node": socket.gethostname(),
+                "reason": reason,
+            },
+        )
+        return _exit_like(code)
     if nodes == 1:
         env = _distributed_env(
             env,
@@ -173,7 +198,7 @@ def batch(spec_path):
         "started_at": began,
         "finished_at": ended,
         "wall_s": ended - began,
-        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "cpu_s": usage.ru_utime + usage.ru_stime + unpack_cpu,
         "max_rss_bytes": usage.ru_maxrss * 1024,
         "node": socket.gethostname(),
     }
@@ -181,6 +206,45 @@ def batch(spec_path):
     return _exit_like(code)
 
 
+class _Stopped(Exception):
+    pass
+
+
+def _unpack(spec, forward):
+    """Unpack the workdir archive into the job's workdir with the unpacker the spec names. Returns
+    None, or (exit status, reason) where the job must end here: a SIGTERM or SIGINT came (a
+    cancel, Slurm's time limit; noticed before each entry), or the archive cannot be unpacked."""
+    try:
+        archives = _load_module("fabriek_workdir_archive", spec["unpacker"])
+        limits = archives.Limits(*spec["workdir_limits"])
+    except Exception as exc:
+        return 1, f"could not load the workdir unpacker: {exc!r}"[:REASON_MAX]
+
+    def progress():
+        stop = [s for s in forward.early if s in (signal.SIGTERM, signal.SIGINT)]
+        if stop:
+            raise _Stopped(stop[0])
+
+    try:
+        archives.unpack(spec["workdir_archive"], spec["workdir"], limits, progress=progress)
+    except _Stopped as stop:
+        return -stop.args[0], "stopped while its workdir was unpacked"
+    except Exception as exc:  # the unpacker's refusal, or the disk's
+        return 1, f"could not unpack the workdir: {exc}"[:REASON_MAX]
+    return None
+
+
+def _load_module(name, path):
+    import importlib.util
+
+    found = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(found)
+    sys.modules[name] = module  # dataclasses look their module up there
+    found.loader.exec_module(module)
+    return module
+
+
+REASON_MAX = 300  # characters of a reason in result.json (a job's stored reason)
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 
 
