@@ -76,8 +76,9 @@ class Settings(BaseSettings):
         ge=1,
         description="Most a job's outputs may hold for one download (bytes; files at their full "
         "size, sparse ones too, as that is what is read and sent). Larger is refused (413 "
-        "outputs_too_large) before a byte is sent: a download costs the server about 1.5 s of "
-        "CPU per GiB of incompressible data, 2 to 10 per GiB of compressible data.",
+        "outputs_too_large) before a byte is sent. Measured on 2 cores: a download costs the "
+        "server about 2 s of CPU per GiB that does not compress (weights), up to 10 per GiB of "
+        "text, next to nothing for a sparse file's holes.",
     )
     outputs_download_max_entries: int = Field(
         100_000,
