@@ -10,6 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from fabriek.client.client import Client
+from fabriek.core.errors import WorkdirTooLarge
 from tests.archives import dir_entry, file_entry, make_archive, make_many
 from tests.helpers import ServerProcess, start_server, wait_for
 
@@ -90,3 +92,15 @@ def test_an_archive_of_dot_is_accepted_and_its_job_runs(
             what="the job to end",
         )
     assert done["state"] == "succeeded", done
+
+
+def test_the_client_applies_the_servers_entry_limit_before_uploading(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    root = tmp_path / "proj"
+    root.mkdir()
+    for i in range(1200):
+        (root / f"{i}.txt").write_text("")
+    client = Client(server.url, server.token)
+    with pytest.raises(WorkdirTooLarge, match="more than the limit of 1000 files, folders"):
+        client.upload_workdir(root)

@@ -12,7 +12,7 @@ import pytest
 from fabriek.client import packing
 from fabriek.client.packing import WorkdirWarning, pack
 from fabriek.core.errors import WorkdirTooLarge
-from fabriek.core.workdir_archive import DEFAULT_LIMITS, unpack
+from fabriek.core.workdir_archive import DEFAULT_LIMITS, check_file, unpack
 from fabriek.server.services.workdirs import inspect_archive
 
 
@@ -92,5 +92,41 @@ def test_the_walk_stops_as_soon_as_the_limit_is_passed(
 
     monkeypatch.setattr(packing.os, "walk", recording_walk)
     with pytest.raises(WorkdirTooLarge, match=r"largest: a/weights.bin .*\.fabriekignore"):
-        pack(root, limit=2000)
+        pack(root, limit=5000)  # the 6 folders' headers (3 KiB), then a/weights.bin's 3.5 KiB
     assert walked == [".", "a"]  # b0..b4 were never visited
+
+
+def test_names_the_server_refuses_are_left_out_with_one_warning(tmp_path: Path) -> None:
+    """Issue 21, item 7: the client and the server apply the same name rules, so what the client
+    packs is accepted, and a file named with an escape sequence (or macOS's `Icon\\r`) does not
+    make the whole upload fail."""
+    root = tmp_path / "proj"
+    deep = root / "deep" / "/".join(["d" * 200] * 6)  # the 6th folder is 1,210 bytes down
+    deep.mkdir(parents=True)
+    (deep / "f").write_text("x")
+    (root / "Icon\r").write_text("")
+    (root / "esc\x1b]0;title\x07").write_text("")
+    (root / "main.py").write_text("print()")
+    (root / "to-esc").symlink_to("esc\x1b]0;title\x07")
+    with pytest.warns(WorkdirWarning) as caught:
+        packed = pack(root)
+    assert len(caught) == 1 and "left out 4 names the server does not accept" in str(
+        caught[0].message
+    )
+    assert "'Icon\\r'" in str(caught[0].message)  # escaped, never printed raw
+    assert set(members(packed.data)) == {"deep", "main.py"} | {
+        "deep/" + "/".join(["d" * 200] * n) for n in range(1, 6)
+    }
+    archive = tmp_path / "w.tar.gz"
+    archive.write_bytes(packed.data)
+    check_file(str(archive), DEFAULT_LIMITS)  # the server takes it
+
+
+def test_the_walk_stops_at_the_entry_limit(tmp_path: Path) -> None:
+    root = tmp_path / "many"
+    (root / "cache").mkdir(parents=True)
+    for i in range(30):
+        (root / "cache" / f"{i}.json").write_text("{}")
+    with pytest.raises(WorkdirTooLarge, match=r"more than the limit of 10 .*most in cache \(11\)"):
+        pack(root, max_entries=10)
+    assert len(members(pack(root, max_entries=31).data)) == 31

@@ -57,10 +57,10 @@ REFUSED = {
     "hard-link": ([file_entry("a"), link_entry("b", "a", tarfile.LNKTYPE)], "hard links"),
     "fifo": ([special_entry("p", tarfile.FIFOTYPE)], "not a plain file"),
     "device": ([special_entry("d", tarfile.CHRTYPE)], "not a plain file"),
-    "link-below-file": ([file_entry("f"), link_entry("l", "f/x")], "passes through the file"),
+    "link-below-file": ([file_entry("f"), link_entry("l", "f/x")], "points through the file"),
     "link-through-link": (
         [dir_entry("d"), link_entry("l", "d"), link_entry("m", "l/x")],
-        "passes through the symbolic link 'l'",
+        "points through the symbolic link 'l'",
     ),
     "dotdot-inside-link-target": ([dir_entry("a"), link_entry("l", "a/../..")], "may leave"),
     "empty-link-target": ([link_entry("l", "")], "may leave"),

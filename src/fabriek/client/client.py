@@ -111,8 +111,13 @@ class Client:
     # --- workdirs -----------------------------------------------------------------------------
     def upload_workdir(self, directory: str | Path) -> str:
         """Pack `directory` and upload it unless the server already has it; return its digest."""
-        # Check the server's limit here, so that the error can name the biggest files.
-        packed: PackedWorkdir = pack(Path(directory), limit=self.health().workdir_max_bytes)
+        # Check the server's limits here, so that the error can name the biggest files.
+        health = self.health()
+        packed: PackedWorkdir = pack(
+            Path(directory),
+            limit=health.workdir_max_bytes,
+            max_entries=health.workdir_max_entries,
+        )
         try:
             self._request("GET", f"/workdirs/{packed.digest}")
             return packed.digest

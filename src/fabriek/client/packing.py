@@ -5,9 +5,10 @@ directory twice gives the same SHA-256 and the server is asked to store it only 
 
 What is left out (docs/jobs.md): `.git`; what the ignore files list; the folders of
 DEFAULT_IGNORED (virtualenvs, caches, node_modules) unless an ignore file takes them back with
-a `!` line (`!.venv/`); symbolic links that point outside the directory (one warning names
-them). Links that point inside it are kept as links. The walk stops as soon as the files seen
-pass the size limit.
+a `!` line (`!.venv/`); symbolic links that point outside the directory, and names the server
+refuses (core.workdir_archive's rules: control characters, too long), one warning naming each
+kind. Links that point inside it are kept as links. The walk stops as soon as what it has seen
+passes the server's limits: the size (data and a tar header for each entry) or the entry count.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import pathspec
 
+from fabriek.core import workdir_archive
 from fabriek.core.errors import InvalidRequest, WorkdirTooLarge
 from fabriek.core.units import format_bytes
 
@@ -42,7 +44,9 @@ DEFAULT_IGNORED = (
     ".ipynb_checkpoints/",
     "node_modules/",
 )
-DEFAULT_LIMIT = 100 * 1024 * 1024
+DEFAULT_LIMIT = workdir_archive.DEFAULT_LIMITS.max_bytes
+DEFAULT_MAX_ENTRIES = workdir_archive.DEFAULT_LIMITS.max_entries
+HEADER = 512  # a tar header: what every entry costs against the size limit, at least
 
 
 class WorkdirWarning(UserWarning):
@@ -56,6 +60,7 @@ class PackedWorkdir:
     files: int
     unpacked_bytes: int
     links_left_out: tuple[str, ...] = ()
+    names_left_out: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -64,31 +69,69 @@ class _Scan:
 
     root: Path
     limit: int
+    max_entries: int = DEFAULT_MAX_ENTRIES
     entries: list[Path] = field(default_factory=list)
     links: dict[Path, str] = field(default_factory=dict)  # kept link -> its target in the tree
     links_out: list[Path] = field(default_factory=list)
+    names_out: list[str] = field(default_factory=list)  # shown as the server would quote them
     sizes: dict[Path, int] = field(default_factory=dict)
-    total: int = 0
+    total: int = 0  # the files' data
+    stream: int = 0  # the tar stream's size, as the server counts it: headers and data
 
-    def add_file(self, rel: Path, size: int) -> None:
+    def accepts(self, rel: Path) -> bool:
+        """Whether the server takes this name; if not, it is left out (and, for a folder,
+        everything in it), and one warning names it."""
+        try:
+            workdir_archive.check_name(rel.as_posix())
+        except workdir_archive.Refused:
+            self.names_out.append(workdir_archive.shown(rel.as_posix()))
+            return False
+        return True
+
+    def add(self, rel: Path, size: int = 0) -> None:
         self.entries.append(rel)
-        self.sizes[rel] = size
-        self.total += size
-        if self.total > self.limit:  # stop here: the rest of the tree is not worth walking
+        self.stream += HEADER + -(-size // HEADER) * HEADER
+        if len(self.entries) > self.max_entries:  # stop: the rest is not worth walking
+            raise WorkdirTooLarge(
+                f"the workdir holds more than the limit of {self.max_entries} files, folders "
+                f"and links ({_crowded(self.entries)}); list what the job does not need in "
+                ".fabriekignore"
+            )
+        if self.stream > self.limit:
             biggest = sorted(self.sizes.items(), key=lambda kv: -kv[1])[:3]
             names = ", ".join(f"{p} ({format_bytes(s)})" for p, s in biggest)
             raise WorkdirTooLarge(
-                f"the workdir holds more than the limit of {self.limit // 2**20} MiB "
-                f"(largest: {names}); list what the job does not need in .fabriekignore"
+                f"the workdir holds more than the limit of {self.limit // 2**20} MiB, counting "
+                f"{HEADER} bytes for each entry (largest: {names or 'none'}); list what the job "
+                "does not need in .fabriekignore"
             )
+
+    def add_file(self, rel: Path, size: int) -> None:
+        self.sizes[rel] = size
+        self.total += size
+        self.add(rel, size)
 
     def add_link(self, rel: Path) -> None:
         target = _link_inside(self.root, rel)
         if target is None:
             self.links_out.append(rel)
-        else:
-            self.entries.append(rel)
-            self.links[rel] = target
+            return
+        try:
+            workdir_archive.check_link(rel.as_posix(), target)
+        except workdir_archive.Refused:
+            self.names_out.append(workdir_archive.shown(f"{rel.as_posix()} -> {target}"))
+            return
+        self.links[rel] = target
+        self.add(rel)
+
+
+def _crowded(entries: list[Path]) -> str:
+    """The top folders with the most entries, in words."""
+    counts: dict[str, int] = {}
+    for rel in entries:
+        counts[rel.parts[0]] = counts.get(rel.parts[0], 0) + 1
+    top = sorted(counts.items(), key=lambda kv: -kv[1])[:3]
+    return "most in " + ", ".join(f"{name} ({n})" for name, n in top)
 
 
 def _load_spec(directory: Path, defaults: tuple[str, ...] = ()) -> pathspec.PathSpec | None:
@@ -112,8 +155,8 @@ def _link_inside(root: Path, rel: Path) -> str | None:
     return os.path.relpath(resolved, os.path.join(real_root, *rel.parent.parts))
 
 
-def _scan(root: Path, limit: int) -> _Scan:
-    scan = _Scan(root, limit)
+def _scan(root: Path, limit: int, max_entries: int = DEFAULT_MAX_ENTRIES) -> _Scan:
+    scan = _Scan(root, limit, max_entries)
     specs: list[tuple[Path, pathspec.PathSpec]] = []
 
     def ignored(path: Path, is_dir: bool) -> bool:
@@ -138,17 +181,17 @@ def _scan(root: Path, limit: int) -> _Scan:
         keep_dirs = []
         for name in dirs:
             rel = rel_dir / name
-            if name in ALWAYS_SKIPPED or ignored(rel, True):
+            if name in ALWAYS_SKIPPED or ignored(rel, True) or not scan.accepts(rel):
                 continue
             if (root / rel).is_symlink():  # os.walk lists links to directories here
                 scan.add_link(rel)
                 continue
             keep_dirs.append(name)
-            scan.entries.append(rel)
+            scan.add(rel)
         dirs[:] = keep_dirs
         for name in sorted(files):
             rel = rel_dir / name
-            if ignored(rel, False):
+            if ignored(rel, False) or not scan.accepts(rel):
                 continue
             mode = (root / rel).lstat()
             if stat.S_ISLNK(mode.st_mode):
@@ -159,17 +202,33 @@ def _scan(root: Path, limit: int) -> _Scan:
     return scan
 
 
-def collect(root: Path, *, limit: int = DEFAULT_LIMIT) -> list[Path]:
+def collect(
+    root: Path, *, limit: int = DEFAULT_LIMIT, max_entries: int = DEFAULT_MAX_ENTRIES
+) -> list[Path]:
     """The files, directories and kept links to pack, relative to `root`, sorted."""
-    return sorted(_scan(root, limit).entries)
+    return sorted(_scan(root, limit, max_entries).entries)
 
 
-def pack(root: Path, *, limit: int = DEFAULT_LIMIT) -> PackedWorkdir:
+def pack(
+    root: Path, *, limit: int = DEFAULT_LIMIT, max_entries: int = DEFAULT_MAX_ENTRIES
+) -> PackedWorkdir:
     """Pack `root`. Raises InvalidRequest for a missing directory, WorkdirTooLarge as soon as
-    the files seen pass `limit`. Warns (WorkdirWarning) once, naming the links left out."""
+    what it has seen passes `limit` (data and headers) or `max_entries`. Warns (WorkdirWarning)
+    once for the links left out, once for the names left out."""
     if not root.is_dir():
         raise InvalidRequest(f"the workdir {str(root)!r} is not a directory")
-    scan = _scan(root, limit)
+    scan = _scan(root, limit, max_entries)
+    if scan.names_out:
+        warnings.warn(
+            WorkdirWarning(
+                f"left out {len(scan.names_out)} name{'s' if len(scan.names_out) > 1 else ''} "
+                "the server does not accept (control characters, or longer than "
+                f"{workdir_archive.MAX_PATH_BYTES} bytes or {workdir_archive.MAX_COMPONENT_BYTES} "
+                f"a part): {', '.join(scan.names_out[:5])}"
+                + (f" and {len(scan.names_out) - 5} more" if len(scan.names_out) > 5 else "")
+            ),
+            stacklevel=2,
+        )
     if scan.links_out:
         names = ", ".join(str(p) for p in sorted(scan.links_out))
         warnings.warn(
@@ -186,6 +245,11 @@ def pack(root: Path, *, limit: int = DEFAULT_LIMIT) -> PackedWorkdir:
     ):
         for rel in sorted(scan.entries):
             tar.addfile(*_member(root, rel, scan.links.get(rel)))
+            if tar.offset > limit:  # long names cost PAX headers the walk did not count
+                raise WorkdirTooLarge(
+                    f"the workdir's archive passes the limit of {limit // 2**20} MiB (data and "
+                    "headers); list what the job does not need in .fabriekignore"
+                )
     data = buffer.getvalue()
     return PackedWorkdir(
         data,
@@ -193,6 +257,7 @@ def pack(root: Path, *, limit: int = DEFAULT_LIMIT) -> PackedWorkdir:
         len(scan.sizes),
         scan.total,
         tuple(str(p) for p in sorted(scan.links_out)),
+        tuple(scan.names_out),
     )
 
 

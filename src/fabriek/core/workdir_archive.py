@@ -186,7 +186,7 @@ def check(
     renamed to their canonical names. `progress` is called before each entry; it may raise to stop."""
     data = files = entries = 0
     kinds = {}  # canonical name -> its tar type
-    links = {}
+    links = {}  # name -> where it points, relative to the top
     kept = []
     while True:
         if progress is not None:
@@ -217,13 +217,7 @@ def check(
         if name in kinds:
             raise Refused(f"the workdir archive holds {shown(name)} twice")
         if member.issym():
-            if not member.linkname or member.linkname.startswith("/"):
-                raise Refused(
-                    "the workdir archive holds a symbolic link that may leave its directory: "
-                    f"{shown(name)} -> {shown(member.linkname)} (empty or absolute)"
-                )
-            _check_text(member.linkname, "symbolic link target")
-            links[name] = member.linkname
+            links[name] = check_link(name, member.linkname)
         kinds[name] = member.type
         data += member.size
         files += member.isfile()
@@ -236,13 +230,24 @@ def check(
     return Checked(data, files, entries, tar.offset, kept)
 
 
-def _check_tree(kinds: dict[str, bytes], links: dict[str, str]) -> None:
-    """Nothing lies below a file or a link, and every link stays inside (see the module's
+def check_link(name: str, target: str) -> str:
+    """Where the symbolic link `name` -> `target` points, relative to the top, or Refused: the
+    target must be relative, without control characters, within the name lengths, with `..`
+    only at its start and never above the top. (That it passes through no other link is
+    `check`'s, which sees them all.)"""
+    if not target or target.startswith("/"):
+        raise Refused(
+            "the workdir archive holds a symbolic link that may leave its directory: "
+            f"{shown(name)} -> {shown(target)} (empty or absolute)"
+        )
+    _check_text(target, "symbolic link target")
+    return _resolve_link(name, target)
+
+
+def _check_tree(kinds: dict[str, bytes], resolved: dict[str, str]) -> None:
+    """Nothing lies below a file or a link, and no link passes through another (see the module's
     docstring): sorted names put everything below `x` right after `x/`, so each question is one
     binary search, whatever the archive's depth."""
-    resolved = {}
-    for name, target in links.items():
-        resolved[name] = _resolve_link(name, target)
     names = sorted(set(kinds) | set(resolved.values()))
     for name, kind in kinds.items():
         if kind == tarfile.DIRTYPE:
@@ -258,7 +263,7 @@ def _check_tree(kinds: dict[str, bytes], links: dict[str, str]) -> None:
         link = next(k for k, v in resolved.items() if v == below)
         raise Refused(
             f"the workdir archive holds a symbolic link that may leave its directory: "
-            f"{shown(link)} -> {shown(links[link])} passes through the {what} {shown(name)}"
+            f"{shown(link)} points through the {what} {shown(name)}"
         )
 
 

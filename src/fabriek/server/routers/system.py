@@ -23,6 +23,7 @@ def health(runtime: RuntimeDep) -> Health:
         database=runtime.engine.dialect.name,
         backend=", ".join(runtime.backends),
         workdir_max_bytes=runtime.settings.workdir_max_bytes,
+        workdir_max_entries=runtime.settings.workdir_max_entries,
         api_processes=runtime.settings.api_processes,
     )
 

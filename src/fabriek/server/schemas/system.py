@@ -31,6 +31,9 @@ class Health(BaseModel):
     database: str
     backend: str
     workdir_max_bytes: int = Field(description="Largest workdir an upload may unpack to.")
+    workdir_max_entries: int = Field(
+        100_000, description="Most files, directories and links a workdir archive may hold."
+    )
     api_processes: int = Field(description="Processes serving this API.")
 
 
