@@ -21,7 +21,7 @@ from fabriek.server.controller.loop import Controller, launch_spec
 from fabriek.server.db.models import AuditEventRow, JobRow, ProjectRow
 from fabriek.server.services import job_files
 from fabriek.server.services.actors import Actor
-from fabriek.server.services.jobs import get_job, submit_job
+from fabriek.server.services.jobs import cancel_job, get_job, submit_job
 from fabriek.server.services.retention import Policy, Retention, Round, run_instances
 from tests.conftest import FrozenClock
 from tests.helpers import wait_for
@@ -139,6 +139,9 @@ def test_outputs_and_logs_go_after_the_retention_period_with_an_audit_event(
     controller, retention, backend = make_controller(
         sessions, tmp_path, clock, Policy(retention_days=30)
     )
+    never = make_job(sessions, admin, clock())  # cancelled before it ran: it has no files
+    with sessions() as session, session.begin():
+        cancel_job(session, actor=admin, job_id=never.id, now=clock())
     job = make_job(sessions, admin, clock(), argv=["sh", "-c", WRITER + "; echo said"])
     run_until(controller, sessions, admin, job.id, "final")
     ended = row(sessions, job.id)

@@ -242,6 +242,7 @@ class Retention:
                     JobRow.finished_at < cutoff,
                     JobRow.tidied_at.is_not(None),
                     JobRow.state.in_(FINAL),
+                    JobRow.admitted_at.is_not(None),  # one never admitted left no files
                 )
                 .order_by(JobRow.finished_at)
                 .limit(BATCH)
@@ -260,7 +261,7 @@ class Retention:
                     .values(files_removed_at=now, disk_bytes=0)
                     .returning(JobRow.id)
                 ).first()
-                if changed is not None:
+                if changed is not None and handle:  # (nothing was there to remove)
                     audit.record(
                         session,
                         actor=SYSTEM,
@@ -290,7 +291,7 @@ class Retention:
         with self.readers() as session:
             running = session.execute(
                 select(JobRow.id, JobRow.backend, JobRow.submitted_at, JobRow.preemptions).where(
-                    JobRow.state.in_(ACTIVE), JobRow.handle.is_not(None)
+                    JobRow.state.in_(ACTIVE)
                 )
             ).all()
         self._measured = {r.id: self._measured.get(r.id, 0.0) for r in running}
@@ -349,7 +350,6 @@ class Retention:
             .where(
                 JobRow.project_id.in_(list(over)),
                 JobRow.state.in_(ACTIVE),
-                JobRow.handle.is_not(None),
                 JobRow.cancel_requested_at.is_(None),
                 JobRow.stop_reason.is_(None),
             )
