@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from fabriek.backends.local.backend import LocalBackend
-from fabriek.core.errors import FilesRemoved, NotFound, OutputsTooLarge
+from fabriek.core.errors import Conflict, FilesRemoved, NotFound, OutputsTooLarge
 from fabriek.core.jobs import Resources
-from fabriek.server.services import job_files
+from fabriek.server.services import filetree, job_files
 
 LIMITS = {"max_bytes": 10**9, "max_entries": 1000}
 
@@ -173,3 +173,17 @@ def test_a_sparse_files_holes_are_sent_without_being_read_or_deflated(
     contents = names(packed)
     assert contents["./sparse"] == bytes(200 * 2**20)
     assert contents["./holes"] == (output / "holes").read_bytes()
+
+
+def test_outputs_the_server_cannot_read_are_a_conflict_not_a_500(
+    backend: LocalBackend, output: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job that makes its output directory unreadable (a server not run as root then gets
+    EACCES): a 409 that says so."""
+
+    def refuse(root: Path) -> int:
+        raise PermissionError(13, "Permission denied", str(root))
+
+    monkeypatch.setattr(filetree, "open_root", refuse)
+    with pytest.raises(Conflict, match="cannot be read: Permission denied"):
+        archive(backend, output)

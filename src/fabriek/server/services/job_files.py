@@ -142,6 +142,8 @@ def outputs_archive(
         ) from None
     except filetree.TreeChanged:
         raise Conflict(f"job {job_id}'s outputs changed while they were read; try again") from None
+    except OSError as exc:  # e.g. a directory the job made unreadable
+        raise Conflict(f"job {job_id}'s outputs cannot be read: {exc.strerror}") from None
     if found.apparent_bytes > max_bytes:
         size, limit = format_bytes_apart(found.apparent_bytes, max_bytes)
         raise OutputsTooLarge(
