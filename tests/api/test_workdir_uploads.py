@@ -104,3 +104,44 @@ def test_the_client_applies_the_servers_entry_limit_before_uploading(
     client = Client(server.url, server.token)
     with pytest.raises(WorkdirTooLarge, match="more than the limit of 1000 files, folders"):
         client.upload_workdir(root)
+
+
+def test_a_job_whose_unpacking_outlasts_its_time_limit_ends_timed_out(
+    tmp_path: Path, database_env: dict[str, str]
+) -> None:
+    """Item 5, through the controller: the job runs from before its unpacking (running, its
+    start recorded), and ends timed_out with its usage, not failed as a job that never started."""
+    proc = start_server(
+        tmp_path / "home", FABRIEK_WORKDIR_MAX_BYTES=str(64 * 2**20), **database_env
+    )
+    try:
+        with proc.http() as http:
+            upload = _upload(http, make_many(tmp_path / "many.tar.gz", 60_000))
+            assert upload.status_code == 201, upload.text
+            job = http.post(
+                "/jobs",
+                json={
+                    "name": "slow-unpack",
+                    "argv": ["true"],
+                    "cpus": 1,
+                    "memory_bytes": 2**30,
+                    "time_limit_s": 1,
+                    "gpus": 1,
+                    "workdir": upload.json()["digest"],
+                },
+            )
+            assert job.status_code == 201, job.text
+            done = wait_for(
+                lambda: (
+                    (j := http.get(f"/jobs/{job.json()['id']}").json())["state"]
+                    in ("succeeded", "failed", "timed_out", "cancelled")
+                    and j
+                ),
+                what="the job to end",
+            )
+    finally:
+        proc.stop()
+    assert done["state"] == "timed_out", done
+    assert done["reason"] == "ran past its time limit of 1s while its workdir was unpacked"
+    assert done["started_at"] is not None and 1 <= done["usage"]["wall_s"] < 5
+    assert done["usage"]["gpu_s"] >= 1  # charged: its GPU was held while it unpacked
