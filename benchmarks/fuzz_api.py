@@ -89,6 +89,7 @@ def fuzz(kind: str, *, max_time: int, seed: int | None, workers: int) -> dict[st
         "schemathesis_exit": run.returncode,
         "schemathesis_findings": {k: int(v) for k, v in findings.items()},
         "schemathesis_tail": run.stdout[-6000:],
+        "schemathesis_report": run.stdout,
         "seed": (re.search(r"Seed: (\d+)", run.stdout) or [None, None])[1],
     }
 
@@ -102,12 +103,18 @@ def main() -> None:
     parser.add_argument("--min-requests", type=int, default=0, help="fail below this many")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--verbose", action="store_true", help="print Schemathesis's report")
+    parser.add_argument("--report", metavar="DIR", help="write each database's full report here")
     args = parser.parse_args()
     info = machine()
     results = []
     for kind in args.databases.split(","):
         result = fuzz(kind, max_time=args.max_time, seed=args.seed, workers=args.workers)
         results.append(result)
+        if args.report:
+            Path(args.report).mkdir(parents=True, exist_ok=True)
+            (Path(args.report) / f"{kind}.txt").write_text(result.pop("schemathesis_report"))
+        else:
+            result.pop("schemathesis_report")
         if args.verbose or result["server_errors"] or result["logged_unexpected_errors"]:
             print(result["schemathesis_tail"])
         for error in result["first_server_errors"]:

@@ -66,7 +66,7 @@ def test_control_characters_in_urls_are_refused_at_the_edge(
 @pytest.mark.parametrize(
     ("path", "body"),
     [
-        ("/applications", {"call": "a\x00b", "project": "default", "gpu_hours": 1, "title": "t"}),
+        ("/applications", {"call": "c", "project": "default", "gpu_hours": 1, "title": "a\x00b"}),
         ("/allocations", {"project": "default", "pool": "p", "gpu_hours": 1, "days": 1, "note": "\x00"}),
         ("/jobs", {"name": "t", "argv": ["true", "a\x00b"]}),
         ("/jobs", {"name": "t", "argv": ["true"], "env": {"A": "\x00"}}),

@@ -101,7 +101,7 @@ def test_jobs_status_logs_follow_cancel_download(
     ("args", "code", "message"),
     [
         (["submit", "--cpus", "99", "--", "true"], 2, "this machine has 2"),
-        (["submit", "--cpus", "-1", "--", "true"], 2, "at least 1 CPU"),
+        (["submit", "--cpus", "-1", "--", "true"], 2, "1 to 4096 CPUs"),
         (["submit", "--gpus", "9", "--", "true"], 2, "GPUs"),
         (["submit", "--mem", "lots", "--", "true"], 2, "memory size"),
         (["submit", "--time", "0", "--", "true"], 2, "more than zero"),

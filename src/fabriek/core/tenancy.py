@@ -41,9 +41,9 @@ class ProjectRole(StrEnum):
 
 
 # Handles used in URLs and on the command line.
-_ORG_NAME = re.compile(r"[a-z0-9][a-z0-9-]{1,63}")
-_PROJECT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
+ORG_NAME = re.compile(r"[a-z0-9][a-z0-9-]{1,63}")
+PROJECT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
 _COUNTRY = re.compile(r"[A-Z]{2}")
 # A NUTS code: the country's two letters, then one to three characters for levels 1-3 (NL1, NL11,
 # NL113). Greece is EL in NUTS, not GR.
@@ -55,7 +55,7 @@ NORTHERN_NETHERLANDS = ("NL11", "NL12", "NL13")
 
 
 def check_org_name(name: str) -> str:
-    if not _ORG_NAME.fullmatch(name):
+    if not ORG_NAME.fullmatch(name):
         raise InvalidRequest(
             f"invalid organisation name {name!r}: 2-64 characters, lower-case letters, digits and "
             "'-', starting with a letter or digit (e.g. 'rug' or 'umcg'); the full name goes in "
@@ -74,7 +74,7 @@ def check_pool_name(name: str) -> str:
         raise InvalidRequest(
             f"the pool name {name!r} is reserved: jobs without an allocation wait in it"
         )
-    if not _ORG_NAME.fullmatch(name):
+    if not ORG_NAME.fullmatch(name):
         raise InvalidRequest(
             f"invalid pool name {name!r}: 2-64 characters, lower-case letters, digits and '-' "
             "(e.g. 'regional')"
@@ -83,7 +83,7 @@ def check_pool_name(name: str) -> str:
 
 
 def check_project_name(name: str) -> str:
-    if not _PROJECT_NAME.fullmatch(name):
+    if not PROJECT_NAME.fullmatch(name):
         raise InvalidRequest(
             f"invalid project name {name!r}: 1-128 letters, digits, '.', '_' or '-', starting "
             "with a letter or digit"
@@ -92,7 +92,7 @@ def check_project_name(name: str) -> str:
 
 
 def check_user_name(name: str) -> str:
-    if not _USER_NAME.fullmatch(name):
+    if not USER_NAME.fullmatch(name):
         raise InvalidRequest(
             f"invalid user name {name!r}: 1-128 letters, digits, '.', '_', '@' or '-', starting "
             "with a letter or digit"

@@ -27,11 +27,25 @@ def error_response(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
+# Pydantic's wording, said as a rule of the field ("cpus: must be greater than or equal to 1").
+_PLAINER = (
+    ("Value error, ", ""),
+    ("Input should be", "must be"),
+    ("String should have", "must have"),
+    ("String should match pattern", "must match"),
+    ("List should have", "must have"),
+    ("Dictionary should have", "must have"),
+)
+
+
 def _describe(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors()[:3]:
         where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-        parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+        msg = str(err.get("msg"))
+        for lax, plain in _PLAINER:
+            msg = msg.replace(lax, plain)
+        parts.append(f"{where}: {msg}" if where else msg)
     return "invalid request: " + "; ".join(parts)
 
 

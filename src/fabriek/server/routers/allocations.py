@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from fabriek.server.schemas import AllocationGrant, AllocationOut
-from fabriek.server.schemas.types import id_path
+from fabriek.server.schemas.types import PROJECT, id_path
 from fabriek.server.security.deps import ActorDep, RuntimeDep
 from fabriek.server.services import allocations as service
 
@@ -45,7 +45,9 @@ def grant(body: AllocationGrant, actor: ActorDep, runtime: RuntimeDep) -> Alloca
 def list_(
     actor: ActorDep,
     runtime: RuntimeDep,
-    project: Annotated[str | None, Query(max_length=128)] = None,
+    project: Annotated[
+        str | None, Query(max_length=128, json_schema_extra={"pattern": PROJECT})
+    ] = None,
 ) -> list[AllocationOut]:
     """Allocations of the projects you see (all for an operator)."""
     with runtime.reading() as session:

@@ -15,14 +15,14 @@ from fabriek.server.schemas import (
     ReviewCreate,
     ReviewOut,
 )
-from fabriek.server.schemas.types import id_path
+from fabriek.server.schemas.types import SLUG, id_path
 from fabriek.server.security.deps import ActorDep, RuntimeDep
 from fabriek.server.services import calls as service
 
 calls = APIRouter(prefix="/calls", tags=["calls"])
 applications = APIRouter(prefix="/applications", tags=["calls"])
 
-CallName = Annotated[str, Path(max_length=64)]
+CallName = Annotated[str, Path(max_length=128, json_schema_extra={"pattern": SLUG})]
 ApplicationId = Annotated[int, id_path("Application")]
 
 
@@ -128,7 +128,7 @@ def apply(body: ApplicationCreate, actor: ActorDep, runtime: RuntimeDep) -> Appl
 def list_applications(
     actor: ActorDep,
     runtime: RuntimeDep,
-    call: Annotated[str | None, Query(max_length=64)] = None,
+    call: Annotated[str | None, Query(max_length=128, json_schema_extra={"pattern": SLUG})] = None,
 ) -> list[ApplicationOut]:
     """Your projects' applications; for reviewers also every submitted one."""
     with runtime.reading() as session:

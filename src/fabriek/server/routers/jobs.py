@@ -8,7 +8,7 @@ from pydantic import BaseModel
 
 from fabriek.core.jobs import DEFAULT_MEMORY_BYTES, JobRequest, JobState, Resources
 from fabriek.server.schemas import JobOut, JobSubmit
-from fabriek.server.schemas.types import Timestamp, id_path
+from fabriek.server.schemas.types import PROJECT, USER, Timestamp, id_path
 from fabriek.server.security.deps import ActorDep, RuntimeDep
 from fabriek.server.services import job_files
 from fabriek.server.services import jobs as service
@@ -75,10 +75,20 @@ def list_jobs(
     state: Annotated[list[JobState] | None, Query(description="Only jobs in these states.")] = None,
     limit: Annotated[int, Query(ge=1, le=10000)] = 100,
     project: Annotated[
-        str | None, Query(max_length=128, description="Only jobs of this project.")
+        str | None,
+        Query(
+            max_length=128,
+            json_schema_extra={"pattern": PROJECT},
+            description="Only jobs of this project.",
+        ),
     ] = None,
     user: Annotated[
-        str | None, Query(max_length=128, description="Only jobs this user submitted.")
+        str | None,
+        Query(
+            max_length=128,
+            json_schema_extra={"pattern": USER},
+            description="Only jobs this user submitted.",
+        ),
     ] = None,
     name: Annotated[
         str | None,

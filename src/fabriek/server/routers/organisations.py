@@ -14,13 +14,21 @@ from fabriek.server.schemas import (
     OrgMemberSet,
     Verification,
 )
+from fabriek.server.schemas.types import SLUG, USER
 from fabriek.server.security.deps import ActorDep, RuntimeDep
 from fabriek.server.services import tenancy as service
 
 router = APIRouter(prefix="/organisations", tags=["organisations"])
 
-OrgName = Annotated[str, Path(max_length=64, description="The organisation's handle.")]
-UserName = Annotated[str, Path(max_length=128)]
+OrgName = Annotated[
+    str,
+    Path(
+        max_length=128,
+        json_schema_extra={"pattern": SLUG},
+        description="The organisation's handle.",
+    ),
+]
+UserName = Annotated[str, Path(max_length=128, json_schema_extra={"pattern": USER})]
 
 
 @router.post("", response_model=OrganisationOut, status_code=201)

@@ -7,14 +7,15 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 
 from fabriek.server.schemas import PoolCreate, PoolEligibilityOut, PoolOut, PoolUpdate
+from fabriek.server.schemas.types import SLUG
 from fabriek.server.security.deps import ActorDep, RuntimeDep
 from fabriek.server.services import pools as service
 
 router = APIRouter(prefix="/pools", tags=["pools"])
 eligibility = APIRouter(prefix="/organisations", tags=["pools"])
 
-PoolName = Annotated[str, Path(max_length=64)]
-OrgName = Annotated[str, Path(max_length=64)]
+PoolName = Annotated[str, Path(max_length=128, json_schema_extra={"pattern": SLUG})]
+OrgName = Annotated[str, Path(max_length=128, json_schema_extra={"pattern": SLUG})]
 
 
 @router.get("", response_model=list[PoolOut])

@@ -7,13 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Response
 
 from fabriek.server.schemas import MemberOut, ProjectCreate, ProjectMemberSet, ProjectOut
+from fabriek.server.schemas.types import PROJECT, USER
 from fabriek.server.security.deps import ActorDep, RuntimeDep
 from fabriek.server.services import tenancy as service
 
 router = APIRouter(prefix="/projects", tags=["projects"])
 
-ProjectName = Annotated[str, Path(max_length=128)]
-UserName = Annotated[str, Path(max_length=128)]
+ProjectName = Annotated[str, Path(max_length=128, json_schema_extra={"pattern": PROJECT})]
+UserName = Annotated[str, Path(max_length=128, json_schema_extra={"pattern": USER})]
 
 
 @router.post("", response_model=ProjectOut, status_code=201)

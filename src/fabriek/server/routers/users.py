@@ -15,14 +15,14 @@ from fabriek.server.schemas import (
     UserOut,
     UserRoles,
 )
-from fabriek.server.schemas.types import id_path
+from fabriek.server.schemas.types import USER, id_path
 from fabriek.server.security.deps import ActorDep, RuntimeDep
 from fabriek.server.services import users as service
 
 users = APIRouter(prefix="/users", tags=["users"])
 tokens = APIRouter(prefix="/tokens", tags=["tokens"])
 
-UserName = Annotated[str, Path(max_length=128)]
+UserName = Annotated[str, Path(max_length=128, json_schema_extra={"pattern": USER})]
 TokenId = Annotated[int, id_path("Token")]
 
 
@@ -91,7 +91,10 @@ def create_token(body: TokenCreate, actor: ActorDep, runtime: RuntimeDep) -> Tok
 def list_tokens(
     actor: ActorDep,
     runtime: RuntimeDep,
-    user: Annotated[str | None, Query(max_length=128, description="Operators: whose.")] = None,
+    user: Annotated[
+        str | None,
+        Query(max_length=128, json_schema_extra={"pattern": USER}, description="Operators: whose."),
+    ] = None,
 ) -> list[TokenOut]:
     """Your tokens, revoked and expired ones included; never the secrets."""
     with runtime.reading() as session:

@@ -6,13 +6,23 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-from fabriek.core.calls import ApplicationState, CallMode
+from fabriek.core.calls import MAX_SCORE, MIN_SCORE, ApplicationState, CallMode
 from fabriek.core.tenancy import (
     Eligibility,
     OrgKind,
     PoolInfo,
 )
-from fabriek.server.schemas.types import Count, Flag, Input, Number, Timestamp
+from fabriek.server.schemas.types import (
+    Count,
+    Flag,
+    Input,
+    Number,
+    ProjectName,
+    SlugName,
+    Timestamp,
+)
+from fabriek.server.services.allocations import MAX_DAYS
+from fabriek.server.services.calls import MAX_SUMMARY
 
 
 class EligibilityIO(Input):
@@ -44,9 +54,12 @@ class EligibilityIO(Input):
 
 
 class PoolCreate(Input):
-    name: str
+    name: SlugName
     display_name: str
-    guarantee: Number = Field(description="Fraction of each GPU type it is owed, e.g. 0.25.")
+    guarantee: Number = Field(
+        description="Fraction of each GPU type it is owed, e.g. 0.25.",
+        json_schema_extra={"minimum": 0, "maximum": 1},
+    )
     borrow_limit: Number | None = Field(
         None, description="How far beyond its guarantee it may borrow idle GPUs; none: no limit."
     )
@@ -93,10 +106,14 @@ class PoolEligibilityOut(BaseModel):
 
 # --- allocations ------------------------------------------------------------------------------------
 class AllocationGrant(Input):
-    project: str
-    pool: str
-    gpu_hours: Number = Field(description="The budget, in GPU-hours.")
-    days: Count = Field(description="How long it lasts.")
+    project: ProjectName
+    pool: SlugName
+    gpu_hours: Number = Field(
+        description="The budget, in GPU-hours.", json_schema_extra={"exclusiveMinimum": 0}
+    )
+    days: Count = Field(
+        description="How long it lasts.", json_schema_extra={"minimum": 1, "maximum": MAX_DAYS}
+    )
     starts_at: Timestamp | None = Field(None, description="When it begins; default now.")
     note: str | None = Field(None, max_length=1000)
 
@@ -117,17 +134,28 @@ class AllocationOut(BaseModel):
 
 # --- access calls and applications -------------------------------------------------------------------
 class CallCreate(Input):
-    name: str
+    name: SlugName
     title: str
-    pool: str
+    pool: SlugName
     mode: CallMode
     opens_at: Timestamp
     closes_at: Timestamp
-    total_gpu_hours: Number
-    max_gpu_hours: Number = Field(description="At most this much per application.")
-    allocation_days: Count = Field(365, description="How long the allocations it grants last.")
+    total_gpu_hours: Number = Field(json_schema_extra={"exclusiveMinimum": 0})
+    max_gpu_hours: Number = Field(
+        description="At most this much per application (and at most the total).",
+        json_schema_extra={"exclusiveMinimum": 0},
+    )
+    allocation_days: Count = Field(
+        365,
+        description="How long the allocations it grants last.",
+        json_schema_extra={"minimum": 1, "maximum": MAX_DAYS},
+    )
     reviewers: Count | None = Field(None, description="Reviews a decision needs (by mode if none).")
-    threshold: Number = Field(3.0, description="Mean score (1-5) an application needs.")
+    threshold: Number = Field(
+        3.0,
+        description="Mean score (1-5) an application needs.",
+        json_schema_extra={"minimum": MIN_SCORE, "maximum": MAX_SCORE},
+    )
     eligibility: EligibilityIO = Field(default_factory=EligibilityIO)
 
 
@@ -150,17 +178,20 @@ class CallOut(BaseModel):
 
 
 class ApplicationCreate(Input):
-    call: str
-    project: str
-    gpu_hours: Number
+    call: SlugName
+    project: ProjectName
+    gpu_hours: Number = Field(json_schema_extra={"exclusiveMinimum": 0})
     title: str
-    summary: str = ""
+    summary: str = Field("", max_length=MAX_SUMMARY)
     submit: Flag = Field(True, description="Submit at once; false keeps a draft.")
 
 
 class ReviewCreate(Input):
-    score: Count = Field(description="1 (poor) to 5 (excellent).")
-    comment: str
+    score: Count = Field(
+        description="1 (poor) to 5 (excellent).",
+        json_schema_extra={"minimum": MIN_SCORE, "maximum": MAX_SCORE},
+    )
+    comment: str = Field(max_length=MAX_SUMMARY, json_schema_extra={"minLength": 1})
 
 
 class ReviewOut(BaseModel):

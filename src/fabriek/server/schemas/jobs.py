@@ -25,35 +25,43 @@ from fabriek.core.jobs import (
     Job,
     JobState,
 )
-from fabriek.server.schemas.types import Count, Flag, Id, Input, Timestamp
+from fabriek.server.schemas.types import Count, Flag, Id, Input, ProjectName, Timestamp
 
 
 class JobSubmit(Input):
     name: str = Field(
-        min_length=1, max_length=MAX_NAME_LEN, description="A short name to recognise the job by."
+        description="A short name to recognise the job by.",
+        json_schema_extra={"minLength": 1, "maxLength": MAX_NAME_LEN},
     )
-    project: str | None = Field(
+
+    project: ProjectName | None = Field(
         None,
         description="The project the job runs in; default: your only project, else 'default' "
         "if you are a member of it (else the error names your projects).",
     )
     argv: list[Annotated[str, Field(max_length=MAX_ARG_STRLEN)]] = Field(
-        min_length=1,
-        max_length=MAX_ARGV_ITEMS,
+        json_schema_extra={"minItems": 1, "maxItems": MAX_ARGV_ITEMS},
         description="The command and its arguments, run without a shell. With env, at most "
         f"{MAX_EXEC_BYTES:,} bytes (UTF-8, one NUL each), each at most {MAX_ARG_STRLEN:,}.",
     )
-    cpus: Count = Field(1, ge=1, le=MAX_CPUS, description="CPU cores (on each node).")
+    cpus: Count = Field(
+        1,
+        description="CPU cores (on each node).",
+        json_schema_extra={"minimum": 1, "maximum": MAX_CPUS},
+    )
     memory_bytes: Count | None = Field(
         None,
-        ge=1024 * 1024,
-        le=MAX_MEMORY_BYTES,
         description="Memory in bytes (on each node); default: 2 GiB, or all a node of the "
         "partition has where that is less.",
+        json_schema_extra={"minimum": 1024 * 1024, "maximum": MAX_MEMORY_BYTES},
     )
-    gpus: Count = Field(0, ge=0, le=MAX_GPUS, description="GPUs (on each node).")
+    gpus: Count = Field(
+        0, description="GPUs (on each node).", json_schema_extra={"minimum": 0, "maximum": MAX_GPUS}
+    )
     nodes: Count = Field(
-        1, ge=1, le=MAX_NODES, description="Nodes, each with the CPUs, memory and GPUs above."
+        1,
+        description="Nodes, each with the CPUs, memory and GPUs above.",
+        json_schema_extra={"minimum": 1, "maximum": MAX_NODES},
     )
     partition: str | None = Field(
         None,
@@ -61,14 +69,16 @@ class JobSubmit(Input):
         description="Run it in this partition; default: wherever the engine finds room.",
     )
     time_limit_s: Count = Field(
-        3600, ge=1, le=MAX_TIME_LIMIT_S, description="Wall-clock limit in seconds."
+        3600,
+        description="Wall-clock limit in seconds.",
+        json_schema_extra={"minimum": 1, "maximum": MAX_TIME_LIMIT_S},
     )
     env: dict[
         Annotated[str, Field(pattern=f"^{ENV_NAME.pattern}$")],
         Annotated[str, Field(max_length=MAX_ARG_STRLEN)],
     ] = Field(
         default_factory=dict,
-        max_length=MAX_ENV_ITEMS,
+        json_schema_extra={"maxProperties": MAX_ENV_ITEMS},
         description="Extra environment variables (not FABRIEK_*, not CUDA_VISIBLE_DEVICES).",
     )
     workdir: str | None = Field(
@@ -92,17 +102,15 @@ class JobSubmit(Input):
     )
     flexible_s: Count | None = Field(
         None,
-        ge=0,
-        le=MAX_FLEXIBLE_S,
         description="It may start up to this many seconds late (a deadline of now + this + "
         "time_limit_s). Needs time_limit_s.",
+        json_schema_extra={"exclusiveMinimum": 0, "maximum": MAX_FLEXIBLE_S},
     )
     priority: Count = Field(
         0,
-        ge=-MAX_PRIORITY,
-        le=MAX_PRIORITY,
         description="Orders jobs of equal fair share, higher first (-1000 to 1000). Anyone may "
         "lower their own jobs' priority; only operators raise it above 0.",
+        json_schema_extra={"minimum": -MAX_PRIORITY, "maximum": MAX_PRIORITY},
     )
 
 

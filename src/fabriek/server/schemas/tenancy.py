@@ -15,11 +15,14 @@ from fabriek.core.tenancy import (
     Token,
     User,
 )
-from fabriek.server.schemas.types import Count, Flag, Input
+from fabriek.server.schemas.types import Count, Flag, Input, ProjectName, SlugName, UserName
+from fabriek.server.services.users import MAX_TOKEN_DAYS
 
 
 class OrganisationCreate(Input):
-    name: str = Field(description="Short handle: lower-case letters, digits and '-' (e.g. rug).")
+    name: SlugName = Field(
+        description="Short handle: lower-case letters, digits and '-' (e.g. rug)."
+    )
     display_name: str = Field(description="Full name, e.g. University of Groningen.")
     kind: OrgKind
     country: str | None = Field(None, description="ISO 3166-1 alpha-2, e.g. NL.")
@@ -79,8 +82,8 @@ class MemberOut(BaseModel):
 
 
 class ProjectCreate(Input):
-    name: str
-    organisation: str
+    name: ProjectName
+    organisation: SlugName
 
 
 class ProjectOut(BaseModel):
@@ -97,10 +100,14 @@ class ProjectOut(BaseModel):
 
 
 class UserCreate(Input):
-    name: str
+    name: UserName
     is_operator: Flag = False
     is_reviewer: Flag = False
-    token_days: Count = Field(90, description="Lifetime of the user's first token, in days.")
+    token_days: Count = Field(
+        90,
+        description="Lifetime of the user's first token, in days.",
+        json_schema_extra={"minimum": 1, "maximum": MAX_TOKEN_DAYS},
+    )
 
 
 class UserRoles(Input):
@@ -126,8 +133,12 @@ class UserOut(BaseModel):
 
 class TokenCreate(Input):
     name: str
-    days: Count = Field(90, description="Lifetime in days (1-366).")
-    user: str | None = Field(None, max_length=128, description="Operators: whose (default: yours).")
+    days: Count = Field(
+        90,
+        description="Lifetime in days (1-366).",
+        json_schema_extra={"minimum": 1, "maximum": MAX_TOKEN_DAYS},
+    )
+    user: UserName | None = Field(None, description="Operators: whose (default: yours).")
 
 
 class TokenOut(BaseModel):

@@ -25,6 +25,8 @@ from pydantic import (
     field_validator,
 )
 
+from fabriek.core.tenancy import ORG_NAME, PROJECT_NAME, USER_NAME
+
 # The database's ids are 32-bit signed integers on PostgreSQL (SQLite's are 64-bit): larger ids
 # cannot exist on either, so they are refused alike, by the schema, before any query.
 MAX_ID = 2**31 - 1
@@ -41,6 +43,17 @@ Id = Annotated[int, Strict(), Field(ge=1, le=MAX_ID)]
 def id_path(what: str) -> Any:
     """A path parameter holding an id of `what`s (1 to MAX_ID)."""
     return Path(ge=1, le=MAX_ID, description=f"{what} id.")
+
+
+# Names, as the core's rules check them. The schema states each rule so that a client learns it
+# from /openapi.json; the services enforce it, with a sentence that says the rule in words
+# (better than a regular expression in an error), so here it is stated, not checked.
+SLUG = f"^{ORG_NAME.pattern}$"  # organisations, pools, calls
+PROJECT = f"^{PROJECT_NAME.pattern}$"
+USER = f"^{USER_NAME.pattern}$"
+SlugName = Annotated[str, Field(max_length=64, json_schema_extra={"pattern": SLUG})]
+ProjectName = Annotated[str, Field(max_length=128, json_schema_extra={"pattern": PROJECT})]
+UserName = Annotated[str, Field(max_length=128, json_schema_extra={"pattern": USER})]
 
 
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}:\d{2})")
