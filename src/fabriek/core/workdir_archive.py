@@ -30,6 +30,7 @@ import contextlib
 import copy
 import gzip
 import io
+import itertools
 import os
 import re
 import tarfile
@@ -47,6 +48,7 @@ TOO_LONG_SHOWN = 80  # characters of a refused name quoted in an error
 _ALLOWED_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE)
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1
 _NOT_COMPONENTS = frozenset(("", ".", ".."))
+_NOT_STEPS = frozenset(("", "."))  # of a link's target, skipped as a path lookup skips them
 
 
 class Refused(ValueError):
@@ -84,7 +86,7 @@ def shown(text: str, limit: int = TOO_LONG_SHOWN) -> str:
 def _check_text(text: str, what: str) -> None:
     # Every test here runs in C (a regular expression, encode, split, max): a name is checked in
     # about a microsecond, however long or deep it is.
-    if _CONTROL.search(text):
+    if not text.isprintable() if text.isascii() else _CONTROL.search(text):
         raise Refused(
             f"the workdir archive holds an unsafe {what}: {shown(text)} has a control character"
         )
@@ -275,20 +277,16 @@ def _first_below(names: list[str], name: str) -> str | None:
 
 def _resolve_link(name: str, target: str) -> str:
     """Where the link `name` -> `target` points, lexically, relative to the top: its `..` come
-    first and stay inside."""
-    unsafe = Refused(
-        f"the workdir archive holds a symbolic link that may leave its directory: "
-        f"{shown(name)} -> {shown(target)}"
-    )
-    steps = [s for s in target.split("/") if s not in ("", ".")]
-    ups = 0
-    while ups < len(steps) and steps[ups] == "..":
-        ups += 1
-    if ".." in steps[ups:]:
-        raise unsafe  # `a/../b` may climb out through a link `a`: only leading `..` are accepted
+    first and stay inside. (In C-level steps: a target may have 512 of them.)"""
+    steps = list(itertools.filterfalse(_NOT_STEPS.__contains__, target.split("/")))
+    ups = len(list(itertools.takewhile("..".__eq__, steps)))
     at = name.split("/")[:-1]
-    if ups > len(at):
-        raise unsafe
+    if ".." in steps[ups:] or ups > len(at):
+        # `a/../b` may climb out through a link `a`: only leading `..` are accepted
+        raise Refused(
+            f"the workdir archive holds a symbolic link that may leave its directory: "
+            f"{shown(name)} -> {shown(target)}"
+        )
     return "/".join(at[: len(at) - ups] + steps[ups:]) or "."
 
 
