@@ -305,6 +305,19 @@ def test_a_flood_of_clients_is_counted_in_one_window_when_the_table_is_full(
     assert [(e.actor, e.details["repeats"]) for e in repeated] == [("*", 6)]
 
 
+def test_windows_dropped_to_make_room_keep_their_counts(
+    sessions: sessionmaker[Session], clock: FrozenClock
+) -> None:
+    log, ticks = _log(sessions, clock, max_keys=2)
+    for who in ("ann", "ann", "bob"):  # ann: one repeat
+        _note(log, _forbidden(who))
+    ticks.now += 61  # both windows end; a third actor needs room
+    _note(log, _forbidden("cyd"))
+    log.close()
+    repeated = _events(sessions, f"{FORBIDDEN}.repeated")
+    assert [(e.actor, e.details["repeats"]) for e in repeated] == [("user:ann", 1)]
+
+
 def test_a_refused_token_is_kept_as_its_prefix_only_and_only_if_it_is_ours(
     sessions: sessionmaker[Session], clock: FrozenClock
 ) -> None:

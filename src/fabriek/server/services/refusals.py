@@ -204,7 +204,11 @@ class RefusalLog:
         with self._lock:
             window = self._windows.get(key)
             if window is None and len(self._windows) >= self._max_keys:
-                self._windows = {k: w for k, w in self._windows.items() if now < w.ends}
+                for k, w in list(self._windows.items()):  # make room: windows that ended
+                    if now >= w.ends:
+                        del self._windows[k]
+                        if w.repeats:  # the flusher writes their count
+                            self._pending.append((k, w))
                 if len(self._windows) >= self._max_keys:
                     key = ("*", refusal.action)  # a flood of addresses: one window for all
                     window = self._windows.get(key)
