@@ -255,3 +255,43 @@ def test_the_module_parses_on_python_3_9() -> None:
     import fabriek.core.workdir_archive as module
 
     ast.parse(Path(module.__file__).read_text(), feature_version=(3, 9))
+
+
+def test_mutated_archives_are_refused_or_unpack_as_checked(tmp_path: Path) -> None:
+    """Bytes of a valid tar flipped at random (seeded): the check answers Refused or accepts,
+    never another error (a 500 at the upload), and what it accepts unpacks without error. 6,000
+    mutations ran clean when this was written; 300 here."""
+    import gzip
+    import random
+
+    base = make_archive(
+        tmp_path / "base.tar.gz",
+        [
+            dir_entry("d"),
+            file_entry("d/a" + "x" * 150, b"hello" * 50),  # a PAX path
+            link_entry("l", "d"),
+            file_entry("é.txt", b"x" * 700),
+        ],
+    )
+    raw = gzip.decompress(base.read_bytes())
+    rng = random.Random(21)
+    accepted = 0
+    for i in range(300):
+        mutated = bytearray(raw)
+        for _ in range(rng.randint(1, 8)):
+            mutated[rng.randrange(len(mutated))] = rng.choice(
+                [0, 0x20, 0x30, 0x37, 0xFF, ord("/"), ord("."), 0x0A, rng.randrange(256)]
+            )
+        if rng.random() < 0.2:
+            mutated = mutated[: rng.randrange(len(mutated))]
+        archive = tmp_path / f"m{i}.tar.gz"
+        archive.write_bytes(gzip.compress(bytes(mutated)))
+        try:
+            check_file(str(archive), LIMITS)
+        except Refused:
+            continue
+        accepted += 1
+        dest = tmp_path / f"work{i}"
+        dest.mkdir()
+        unpack(str(archive), str(dest), LIMITS)
+    assert 50 < accepted < 300  # both ways were tried
