@@ -84,8 +84,8 @@ def shown(text: str, limit: int = TOO_LONG_SHOWN) -> str:
 
 
 def _check_text(text: str, what: str) -> None:
-    # Every test here runs in C (a regular expression, encode, split, max): a name is checked in
-    # about a microsecond, however long or deep it is.
+    # Every test here is one C-level call (isprintable or a regular expression, encode, split,
+    # max), not a loop in Python: a hostile archive's names cost their bytes, not their depth.
     if not text.isprintable() if text.isascii() else _CONTROL.search(text):
         raise Refused(
             f"the workdir archive holds an unsafe {what}: {shown(text)} has a control character"
