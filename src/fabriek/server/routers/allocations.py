@@ -46,7 +46,7 @@ def list_(
     actor: ActorDep,
     runtime: RuntimeDep,
     project: Annotated[
-        str | None, Query(max_length=128, json_schema_extra={"pattern": PROJECT})
+        str | None, Query(min_length=1, max_length=128, json_schema_extra={"pattern": PROJECT})
     ] = None,
 ) -> list[AllocationOut]:
     """Allocations of the projects you see (all for an operator)."""

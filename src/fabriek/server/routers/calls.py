@@ -128,7 +128,9 @@ def apply(body: ApplicationCreate, actor: ActorDep, runtime: RuntimeDep) -> Appl
 def list_applications(
     actor: ActorDep,
     runtime: RuntimeDep,
-    call: Annotated[str | None, Query(max_length=128, json_schema_extra={"pattern": SLUG})] = None,
+    call: Annotated[
+        str | None, Query(min_length=1, max_length=128, json_schema_extra={"pattern": SLUG})
+    ] = None,
 ) -> list[ApplicationOut]:
     """Your projects' applications; for reviewers also every submitted one."""
     with runtime.reading() as session:

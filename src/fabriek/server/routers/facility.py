@@ -19,7 +19,7 @@ from fabriek.server.schemas import (
     ReadingOut,
     SeriesOut,
 )
-from fabriek.server.schemas.types import Timestamp
+from fabriek.server.schemas.types import ZONE, Timestamp
 from fabriek.server.security.deps import ActorDep, RuntimeDep
 from fabriek.server.services import facility as service
 
@@ -84,7 +84,7 @@ async def load_carbon(
     request: Request,
     actor: ActorDep,
     runtime: RuntimeDep,
-    zone: Annotated[str, Query(max_length=16)] = "NL",
+    zone: Annotated[str, Query(max_length=16, json_schema_extra={"pattern": ZONE})] = "NL",
     forecast: bool = False,
 ) -> SeriesOut:
     """Operators: load an hourly carbon intensity series (Electricity Maps' CSV, or hour,
@@ -115,7 +115,16 @@ def add_reading(body: ReadingCreate, actor: ActorDep, runtime: RuntimeDep) -> Re
     return ReadingOut(**asdict(reading))
 
 
-@router.get("/report", response_model=None)
+@router.get(
+    "/report",
+    response_model=None,
+    responses={
+        200: {
+            "description": "One entry per period: JSON, or CSV with format=csv.",
+            "content": {"application/json": {}, "text/csv": {}},
+        }
+    },
+)
 def report(
     actor: ActorDep,
     runtime: RuntimeDep,

@@ -93,7 +93,12 @@ def list_tokens(
     runtime: RuntimeDep,
     user: Annotated[
         str | None,
-        Query(max_length=128, json_schema_extra={"pattern": USER}, description="Operators: whose."),
+        Query(
+            min_length=1,
+            max_length=128,
+            json_schema_extra={"pattern": USER},
+            description="Operators: whose.",
+        ),
     ] = None,
 ) -> list[TokenOut]:
     """Your tokens, revoked and expired ones included; never the secrets."""

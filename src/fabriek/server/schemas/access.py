@@ -16,6 +16,7 @@ from fabriek.server.schemas.types import (
     Count,
     Flag,
     Input,
+    Label,
     Number,
     ProjectName,
     SlugName,
@@ -55,24 +56,30 @@ class EligibilityIO(Input):
 
 class PoolCreate(Input):
     name: SlugName
-    display_name: str
+    display_name: Label
     guarantee: Number = Field(
         description="Fraction of each GPU type it is owed, e.g. 0.25.",
         json_schema_extra={"minimum": 0, "maximum": 1},
     )
     borrow_limit: Number | None = Field(
-        None, description="How far beyond its guarantee it may borrow idle GPUs; none: no limit."
+        None,
+        description="How far beyond its guarantee it may borrow idle GPUs; none: no limit.",
+        json_schema_extra={"minimum": 0, "maximum": 1},
     )
-    lend_limit: Number = Field(1.0, description="Fraction of its guarantee it lends while idle.")
+    lend_limit: Number = Field(
+        1.0,
+        description="Fraction of its guarantee it lends while idle.",
+        json_schema_extra={"minimum": 0, "maximum": 1},
+    )
     eligibility: EligibilityIO = Field(default_factory=EligibilityIO)
 
 
 class PoolUpdate(Input):
-    display_name: str | None = None
-    guarantee: Number | None = None
-    borrow_limit: Number | None = None
+    display_name: Label | None = None
+    guarantee: Number | None = Field(None, json_schema_extra={"minimum": 0, "maximum": 1})
+    borrow_limit: Number | None = Field(None, json_schema_extra={"minimum": 0, "maximum": 1})
     no_borrow_limit: Flag = False
-    lend_limit: Number | None = None
+    lend_limit: Number | None = Field(None, json_schema_extra={"minimum": 0, "maximum": 1})
     eligibility: EligibilityIO | None = None
 
 
@@ -135,7 +142,7 @@ class AllocationOut(BaseModel):
 # --- access calls and applications -------------------------------------------------------------------
 class CallCreate(Input):
     name: SlugName
-    title: str
+    title: Label
     pool: SlugName
     mode: CallMode
     opens_at: Timestamp
@@ -181,7 +188,7 @@ class ApplicationCreate(Input):
     call: SlugName
     project: ProjectName
     gpu_hours: Number = Field(json_schema_extra={"exclusiveMinimum": 0})
-    title: str
+    title: Label
     summary: str = Field("", max_length=MAX_SUMMARY)
     submit: Flag = Field(True, description="Submit at once; false keeps a draft.")
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from fabriek.server.schemas.types import Input, Number, Timestamp
+from fabriek.server.schemas.types import ZONE, Input, Number, Timestamp
 
 
 class UsageReportOut(BaseModel):
@@ -46,7 +46,11 @@ class FacilityUpdate(Input):
     carbon_column: Literal["life_cycle", "direct"] | None = Field(
         None, description="Which grid intensity carbon accounting uses."
     )
-    zone: str | None = Field(None, description="The grid zone of the series, e.g. NL.")
+    zone: str | None = Field(
+        None,
+        description="The grid zone of the series, e.g. NL.",
+        json_schema_extra={"pattern": ZONE},
+    )
 
 
 class SeriesOut(BaseModel):

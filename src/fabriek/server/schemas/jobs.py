@@ -40,7 +40,11 @@ class JobSubmit(Input):
         "if you are a member of it (else the error names your projects).",
     )
     argv: list[Annotated[str, Field(max_length=MAX_ARG_STRLEN)]] = Field(
-        json_schema_extra={"minItems": 1, "maxItems": MAX_ARGV_ITEMS},
+        json_schema_extra={
+            "minItems": 1,
+            "maxItems": MAX_ARGV_ITEMS,
+            "prefixItems": [{"type": "string", "minLength": 1}],  # the command itself
+        },
         description="The command and its arguments, run without a shell. With env, at most "
         f"{MAX_EXEC_BYTES:,} bytes (UTF-8, one NUL each), each at most {MAX_ARG_STRLEN:,}.",
     )
@@ -78,7 +82,7 @@ class JobSubmit(Input):
         Annotated[str, Field(max_length=MAX_ARG_STRLEN)],
     ] = Field(
         default_factory=dict,
-        json_schema_extra={"maxProperties": MAX_ENV_ITEMS},
+        json_schema_extra={"maxProperties": MAX_ENV_ITEMS, "additionalProperties": False},
         description="Extra environment variables (not FABRIEK_*, not CUDA_VISIBLE_DEVICES).",
     )
     workdir: str | None = Field(

@@ -15,7 +15,16 @@ from fabriek.core.tenancy import (
     Token,
     User,
 )
-from fabriek.server.schemas.types import Count, Flag, Input, ProjectName, SlugName, UserName
+from fabriek.server.schemas.types import (
+    Count,
+    Flag,
+    Input,
+    Label,
+    ProjectName,
+    ShortLabel,
+    SlugName,
+    UserName,
+)
 from fabriek.server.services.users import MAX_TOKEN_DAYS
 
 
@@ -23,14 +32,14 @@ class OrganisationCreate(Input):
     name: SlugName = Field(
         description="Short handle: lower-case letters, digits and '-' (e.g. rug)."
     )
-    display_name: str = Field(description="Full name, e.g. University of Groningen.")
+    display_name: Label = Field(description="Full name, e.g. University of Groningen.")
     kind: OrgKind
     country: str | None = Field(None, description="ISO 3166-1 alpha-2, e.g. NL.")
     region: str | None = Field(None, description="NUTS code, e.g. NL11 (Groningen).")
 
 
 class OrganisationUpdate(Input):
-    display_name: str | None = None
+    display_name: Label | None = None
     kind: OrgKind | None = None
     country: str | None = None
     region: str | None = None
@@ -132,7 +141,7 @@ class UserOut(BaseModel):
 
 
 class TokenCreate(Input):
-    name: str
+    name: ShortLabel
     days: Count = Field(
         90,
         description="Lifetime in days (1-366).",

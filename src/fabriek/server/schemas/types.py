@@ -34,10 +34,23 @@ MAX_ID = 2**31 - 1
 MAX_STRING = 4096
 MAX_TEXT = 64 * 1024
 
+
+def _integral(value: object) -> object:
+    """An integer, or a float with nothing after the point (JSON Schema counts 714.0 as an
+    integer); not a boolean, not a string."""
+    if isinstance(value, (bool, str)):
+        raise ValueError("must be an integer")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("must be an integer")
+        return int(value)
+    return value
+
+
 Flag = Annotated[bool, Strict()]
-Count = Annotated[int, Strict()]
+Count = Annotated[int, BeforeValidator(_integral)]
 Number = Annotated[float, Strict()]  # an integer is a number too
-Id = Annotated[int, Strict(), Field(ge=1, le=MAX_ID)]
+Id = Annotated[int, BeforeValidator(_integral), Field(ge=1, le=MAX_ID)]
 
 
 def id_path(what: str) -> Any:
@@ -51,6 +64,10 @@ def id_path(what: str) -> Any:
 SLUG = f"^{ORG_NAME.pattern}$"  # organisations, pools, calls
 PROJECT = f"^{PROJECT_NAME.pattern}$"
 USER = f"^{USER_NAME.pattern}$"
+ZONE = "^[A-Za-z0-9][A-Za-z0-9_-]{0,15}$"  # a grid zone: NL, DE-LU (services/facility._zone)
+# A name or title people read (core.text.check_label says the rest of the rule).
+Label = Annotated[str, Field(json_schema_extra={"minLength": 1, "maxLength": 256})]
+ShortLabel = Annotated[str, Field(json_schema_extra={"minLength": 1, "maxLength": 128})]
 SlugName = Annotated[str, Field(max_length=64, json_schema_extra={"pattern": SLUG})]
 ProjectName = Annotated[str, Field(max_length=128, json_schema_extra={"pattern": PROJECT})]
 UserName = Annotated[str, Field(max_length=128, json_schema_extra={"pattern": USER})]
@@ -87,11 +104,38 @@ def _nul_free(value: object) -> object:
     return value
 
 
+NUL_FREE = "^[^\\x00]*$"
+
+
+def _state_nul_free(schema: dict[str, Any]) -> None:
+    """Say in the schema what Input checks: no string holds U+0000 (a string with a pattern of
+    its own states its rule already)."""
+    if (
+        schema.get("type") == "string"
+        and "pattern" not in schema
+        and "enum" not in schema
+        and schema.get("format") != "date-time"
+    ):
+        schema["pattern"] = NUL_FREE
+    for key in ("properties", "patternProperties"):
+        for sub in schema.get(key, {}).values():
+            _state_nul_free(sub)
+    for key in ("items", "additionalProperties", "propertyNames"):
+        if isinstance(schema.get(key), dict):
+            _state_nul_free(schema[key])
+    for sub in schema.get("anyOf", []):
+        _state_nul_free(sub)
+
+
 class Input(BaseModel):
     """A request body: unknown fields refused, strings NUL-free and at most MAX_STRING long
     unless their field allows more."""
 
-    model_config = ConfigDict(extra="forbid", str_max_length=MAX_STRING)
+    model_config = ConfigDict(
+        extra="forbid",
+        str_max_length=MAX_STRING,
+        json_schema_extra=lambda schema, _: _state_nul_free(schema),
+    )
 
     @field_validator("*", mode="after")
     @classmethod
