@@ -133,6 +133,28 @@ def test_more_entries_than_a_download_may_pack_are_refused(server: ServerProcess
         assert f"more than {MAX_ENTRIES:,} files" in r.json()["error"]["message"]
 
 
+LONG = """
+import os
+os.chdir(os.environ["FABRIEK_OUTPUT_DIR"])
+for _ in range(20):
+    os.mkdir("n" * 250)
+    os.chdir("n" * 250)
+open("bottom.txt", "w").write("deep\\n")
+"""
+
+
+def test_a_path_longer_than_a_download_packs_is_refused_before_a_byte_goes_out(
+    server: ServerProcess,
+) -> None:
+    """20 levels of 250-character names: a path of 5 KB. Unbounded, every name a tree of
+    them holds went into the archive and, while it was measured, into the server's memory."""
+    with server.http() as http:
+        job = run(http, f"python3 -c '{LONG}'")
+        r = http.get(f"/jobs/{job['id']}/outputs")
+        assert (r.status_code, r.json()["error"]["code"]) == (413, "outputs_too_large")
+        assert "longer than the 4,096" in r.json()["error"]["message"]
+
+
 def _archives(home: Path) -> list[str]:
     """Every *.tar.gz under the server's home (find: the home holds a tree 1,100 deep)."""
     found = subprocess.run(

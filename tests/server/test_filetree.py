@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -124,3 +125,36 @@ def test_removal_opens_up_what_the_job_locked_and_spares_link_targets(
     assert filetree.remove_tree(work) == 250 + 5
     assert not work.exists() and (victim / "keep").exists()
     assert filetree.remove_tree(work) == 0  # nothing left: nothing to do
+
+
+def test_memory_grows_with_depth_not_its_square(tmp_path: Path) -> None:
+    """A job nests directories of 250-character names: holding a path per level (as the walk
+    once did) took depth² memory, a GB at 2,000 levels, in the server's own process. Twice the
+    depth must cost about twice the memory, and little of it."""
+    name = "n" * 250
+
+    def peak(depth: int) -> int:
+        root = tmp_path / f"deep{depth}"
+        root.mkdir()
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for _ in range(depth):
+                os.mkdir(name, dir_fd=fd)
+                below = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+                os.close(fd)
+                fd = below
+        finally:
+            os.close(fd)
+        try:
+            tracemalloc.start()
+            found = filetree.measure(root, limit=10_000)
+            _, top = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+            assert found.entries == depth and found.longest_path == depth * 251 - 1
+            return top
+        finally:
+            filetree.remove_tree(root)  # (pytest's own cleanup recurses, and fails this deep)
+
+    shallow, deeper = peak(400), peak(800)
+    assert deeper < 2.6 * shallow, (shallow, deeper)
+    assert deeper < 4 * 1024 * 1024, deeper

@@ -9,7 +9,9 @@ and its step inside, nest directories thousands deep or put millions of entries 
   swapped for one, leads outside the tree; a link is reported as a link, never followed;
 - the walk is a loop with a stack of names, not recursion, and keeps one directory open at a
   time, going back up through `..` (checked the same way): any depth costs neither Python's
-  recursion limit nor a file descriptor per level;
+  recursion limit nor a file descriptor per level; each level holds its own name alone (an
+  entry's path is made when asked for), so memory grows with the depth, not its square (a
+  path per level, 2,000 levels of 250-character names, held a GB);
 - a walk reads at most `limit` entries and says so when there are more.
 """
 
@@ -40,15 +42,39 @@ class TreeChanged(Exception):
     moved elsewhere)."""
 
 
+@dataclass(slots=True)
+class _Frame:
+    """One directory on the walk's way down: its name in its parent (`parent`), its stat, and
+    the names still to visit in it, last first. `path_bytes`: the length of its relative
+    path with a trailing '/' (0 at the root)."""
+
+    name: str
+    stat: os.stat_result
+    parent: _Frame | None
+    path_bytes: int
+    pending: list[str] = field(default_factory=list)
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One entry of the tree: `path` relative to the root ('/'-separated), its `lstat`, and the
-    open directory holding it (`dir_fd`, valid until the walk moves on) under `name`."""
+    """One entry of the tree: its `name` in the open directory `dir_fd` (valid until the walk
+    moves on), its `lstat`, and the directory holding it (`parent`); `path_bytes` is the length
+    of its relative path in bytes, `path` that path ('/'-separated), made when asked for."""
 
-    path: str
     name: str
     stat: os.stat_result
     dir_fd: int
+    parent: _Frame
+    path_bytes: int
+
+    @property
+    def path(self) -> str:
+        names = [self.name]
+        frame: _Frame | None = self.parent
+        while frame is not None and frame.parent is not None:  # (the root has no name here)
+            names.append(frame.name)
+            frame = frame.parent
+        return "/".join(reversed(names))
 
     @property
     def is_dir(self) -> bool:
@@ -61,13 +87,6 @@ class Entry:
     @property
     def is_link(self) -> bool:
         return stat.S_ISLNK(self.stat.st_mode)
-
-
-@dataclass(slots=True)
-class _Frame:
-    stat: os.stat_result
-    prefix: str  # the relative path of this directory, with a trailing '/' ('' at the root)
-    pending: list[str] = field(default_factory=list)  # names still to visit, last first
 
 
 def _same(a: os.stat_result, b: os.stat_result) -> bool:
@@ -120,7 +139,7 @@ def walk(root: Path, *, limit: int) -> Iterator[Entry]:
     once more than `limit` entries are found, and what `open_root` raises."""
     fd = open_root(root)
     try:
-        stack = [_Frame(os.fstat(fd), "")]
+        stack = [_Frame("", os.fstat(fd), None, 0)]
         budget = [limit]
         stack[0].pending = _listing(fd, budget)
         while stack:
@@ -136,7 +155,8 @@ def walk(root: Path, *, limit: int) -> Iterator[Entry]:
                 seen = os.stat(name, dir_fd=fd, follow_symlinks=False)
             except FileNotFoundError:
                 continue
-            yield Entry(frame.prefix + name, name, seen, fd)
+            path_bytes = frame.path_bytes + len(os.fsencode(name))
+            yield Entry(name, seen, fd, frame, path_bytes)
             if stat.S_ISDIR(seen.st_mode):
                 child = _open_child(fd, name, seen)
                 if child is None:
@@ -148,7 +168,7 @@ def walk(root: Path, *, limit: int) -> Iterator[Entry]:
                     raise
                 os.close(fd)
                 fd = child
-                stack.append(_Frame(seen, frame.prefix + name + "/", pending))
+                stack.append(_Frame(name, seen, frame, path_bytes + 1, pending))
     finally:
         if fd >= 0:
             os.close(fd)
@@ -169,23 +189,27 @@ def _listing(fd: int, budget: list[int]) -> list[str]:
 class Measure:
     """What a tree holds on disk: `disk_bytes` (allocated blocks, a hard-linked file once),
     `apparent_bytes` (files' sizes, a sparse file at its full size) and `entries`; `complete`
-    is false where the walk stopped at its limit (the figures then are lower bounds)."""
+    is false where the walk stopped at its limit (the figures then are lower bounds).
+    `longest_path`: the longest relative path's length in bytes (a download refuses one too
+    long to pack)."""
 
     disk_bytes: int
     apparent_bytes: int
     entries: int
     complete: bool = True
+    longest_path: int = 0
 
 
 def measure(root: Path, *, limit: int, partial: bool = False) -> Measure:
     """What `root` holds, reading at most `limit` entries. Raises what `walk` raises; with
     `partial`, a missing root holds nothing and a walk cut short gives what it counted so
     far, as a lower bound (`complete` false)."""
-    disk = apparent = entries = 0
+    disk = apparent = entries = longest = 0
     linked: set[tuple[int, int]] = set()
     try:
         for entry in walk(root, limit=limit):
             entries += 1
+            longest = max(longest, entry.path_bytes)
             st = entry.stat
             if st.st_nlink > 1 and not entry.is_dir:
                 if (st.st_dev, st.st_ino) in linked:
@@ -201,8 +225,8 @@ def measure(root: Path, *, limit: int, partial: bool = False) -> Measure:
     except (TooManyEntries, TreeChanged):
         if not partial:
             raise
-        return Measure(disk, apparent, entries, complete=False)
-    return Measure(disk, apparent, entries)
+        return Measure(disk, apparent, entries, complete=False, longest_path=longest)
+    return Measure(disk, apparent, entries, longest_path=longest)
 
 
 def remove_tree(path: Path) -> int:

@@ -152,6 +152,12 @@ def outputs_archive(
             "may send (outputs_download_max_bytes); have the job write less to "
             "$FABRIEK_OUTPUT_DIR, or put large results in a dataset"
         )
+    if found.longest_path > tarstream.MAX_PATH_BYTES:
+        raise OutputsTooLarge(
+            f"job {job_id}'s outputs hold a path of {found.longest_path:,} bytes, longer than "
+            f"the {tarstream.MAX_PATH_BYTES:,} one download may pack (directories nested too "
+            "deep, or names too long); have the job write a shallower tree"
+        )
     return _sent(directory, job_id=job_id, max_bytes=max_bytes, max_entries=max_entries)
 
 

@@ -22,6 +22,10 @@ from pathlib import Path
 from fabriek.server.services import filetree
 
 CHUNK = 1024 * 1024
+# The longest relative path a download packs (bytes; Linux's PATH_MAX): a deeper tree is
+# refused before a byte goes out. Unbounded, a name 2,000 levels deep is a 500 KB header, and
+# the names of one such tree together are the depth's square.
+MAX_PATH_BYTES = 4096
 _SEND_AT = 256 * 1024  # bytes of output gathered before they are handed on
 _PROBE = 8 * 1024  # what is tried at level 1, thrice, to see whether a chunk compresses
 _GZIP = 31  # zlib's wbits for a gzip member
@@ -113,17 +117,22 @@ def _header(info: tarfile.TarInfo) -> bytes:
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
-def tar_gz(root: Path, *, max_bytes: int, max_entries: int) -> Iterator[bytes]:
+def tar_gz(
+    root: Path, *, max_bytes: int, max_entries: int, max_path: int = MAX_PATH_BYTES
+) -> Iterator[bytes]:
     """`root` as a gzip'd tar, entries named `./...`, in pieces of about 256 KiB. Directories,
     regular files and links (as links, with their target's name) are packed; FIFOs, sockets
     and devices left out. A file is packed at the size it had when the walk reached it: a
     running job's file that shrinks meanwhile is padded with zeros. Raises OverBudget (ending
     the answer unfinished, so that the receiver sees it broken, not short) once the files
-    reach more than `max_bytes`, and filetree.TooManyEntries past `max_entries` entries."""
+    reach more than `max_bytes` or a path longer than `max_path` bytes, and
+    filetree.TooManyEntries past `max_entries` entries."""
     out = _Gzip()
     total = 0
     out.write(_header(_info(".", os.stat(root, follow_symlinks=False), tarfile.DIRTYPE)))
     for entry in filetree.walk(root, limit=max_entries):
+        if entry.path_bytes > max_path:
+            raise OverBudget(f"the outputs grew a path longer than {max_path} bytes")
         name = "./" + entry.path
         if entry.is_dir:
             out.write(_header(_info(name, entry.stat, tarfile.DIRTYPE)))
