@@ -65,7 +65,7 @@ class Settings(BaseSettings):
         "at upload and again where the job unpacks it, the unpacking counted in the job's time.",
     )
     max_request_bytes: int = Field(
-        4 * 1024 * 1024,
+        2 * 1024 * 1024,
         ge=64 * 1024,
         description="Largest request body the API reads (bytes), workdir uploads aside (they have "
         "workdir_max_bytes). A job's argv and environment are bounded apart, near what the "
@@ -104,6 +104,13 @@ class Settings(BaseSettings):
         "outputs and logs until retention removes them, working copies while jobs run). Checked "
         "once a minute: a project over it has its running jobs stopped (failed: output quota "
         "exceeded) and its submissions refused (409 quota_exceeded). Default: no quota.",
+    )
+    request_body_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="A request body (workdir uploads aside) must have arrived this many seconds "
+        "after its request began, or the request is refused (408 timeout).",
     )
     starving_after_seconds: float = Field(
         STARVING_AFTER_S,

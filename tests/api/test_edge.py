@@ -90,7 +90,7 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read(server: ServerProces
     with server.http() as http:
         r = http.post("/jobs", json={"name": "t", "argv": ["true"], "env": {"BIG": value}})
         assert _code(r) == (413, "too_large"), r.text
-        assert "4,194,304 bytes" in r.json()["error"]["message"]
+        assert "2,097,152 bytes" in r.json()["error"]["message"]
     # The same without a Content-Length (chunked): counted as it arrives, refused at the limit.
     with server.http() as http:
         chunks = (b"x" * 65536 for _ in range(100))  # 6.25 MiB
@@ -162,3 +162,75 @@ def test_a_405_names_the_methods_allowed(server: ServerProcess) -> None:
         assert _code(r) == (405, "method_not_allowed")
         assert r.headers["allow"] == "GET"
         assert set(http.delete("/jobs").headers["allow"].split(", ")) == {"GET", "POST"}
+
+
+# --- found by a hostile review of the above -----------------------------------------------------
+@pytest.mark.parametrize("value", ["Infinity", "-Infinity", "NaN", "1e999"])
+def test_numbers_beyond_floats_are_refused_not_stored(server: ServerProcess, value: str) -> None:
+    # Python's JSON parser takes them: PostgreSQL's json column then refused the audit row (a
+    # 500) and SQLite stored null, which broke every later listing of the row.
+    body = '{"call": "c", "project": "default", "gpu_hours": %s, "title": "t", "submit": false}'
+    with server.http() as http:
+        r = http.post(
+            "/applications", content=body % value, headers={"Content-Type": "application/json"}
+        )
+        assert _code(r) == (422, "invalid_request"), r.text
+        assert "gpu_hours" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        ("/usage", {"from": "0001-01-01T00:00:00+01:00", "to": "2026-12-01T00:00:00Z"}),
+        ("/usage", {"from": "2026-11-01T00:00:00Z", "to": "9999-12-31T23:59:59-14:00"}),
+        ("/reports/shares", {"from": "0001-01-01T00:00:00+01:00", "to": "2026-12-01T00:00:00Z"}),
+        ("/jobs", {"since": "0001-01-01T00:00:00+01:00"}),
+    ],
+)
+def test_times_with_no_utc_equivalent_are_a_422(
+    server: ServerProcess, path: str, params: dict[str, str]
+) -> None:
+    with server.http() as http:
+        r = http.get(path, params=params)
+        assert _code(r) == (422, "invalid_request"), r.text
+        assert "years 1 and 9999" in r.json()["error"]["message"]
+
+
+def test_a_listing_of_huge_jobs_stops_at_its_byte_bound(server: ServerProcess) -> None:
+    # Each job's command may be a MiB (what exec takes): 30 of them would be a 30 MB answer.
+    from fabriek.server.routers.jobs import MAX_LIST_BYTES
+
+    argv = ["sleep", "0", *(["a" * 120_000] * 8)]
+    with server.http() as http:
+        for _ in range(MAX_LIST_BYTES // (8 * 120_000) + 2):
+            r = http.post("/jobs", json={"name": "big", "argv": argv, "time_limit_s": 60})
+            assert r.status_code == 201, r.text
+        r = http.get("/jobs", params={"name": "big", "limit": 10000})
+        assert r.status_code == 200
+        assert len(r.content) <= MAX_LIST_BYTES
+        assert r.headers["x-fabriek-more"] == "true"
+        assert all(job["name"] == "big" for job in r.json())
+
+
+def test_a_body_that_does_not_arrive_in_time_is_refused(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    from tests.helpers import start_server
+
+    server = start_server(
+        tmp_path_factory.mktemp("slow") / "home", FABRIEK_REQUEST_BODY_SECONDS="1"
+    )
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            s.sendall(
+                b"POST /api/v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Authorization: Bearer " + server.token.encode() + b"\r\n"
+                b"Content-Length: 100\r\n\r\n{"
+            )
+            answer = b""
+            while chunk := s.recv(4096):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        assert b'"timeout"' in answer
+    finally:
+        server.stop()

@@ -36,6 +36,12 @@ from tests.archives import (
 
 LIMITS = Limits(max_bytes=4 * 2**20, max_entries=1000)
 
+
+def _pax(info: tarfile.TarInfo, **headers: str) -> tarfile.TarInfo:
+    """`info` with PAX header fields that override what its own header says."""
+    info.pax_headers = dict(headers)
+    return info
+
 REFUSED = {
     # item 3: a PAX path with a NUL in it answered 500 (ValueError from the data filter)
     "nul-in-pax-path": ([file_entry("a\x00b" + "c" * 200)], "control character"),
@@ -64,6 +70,9 @@ REFUSED = {
     ),
     "dotdot-inside-link-target": ([dir_entry("a"), link_entry("l", "a/../..")], "may leave"),
     "empty-link-target": ([link_entry("l", "")], "may leave"),
+    # Found by review: a PAX header's fields, believed by tarfile, then failing the job's unpack
+    "pax-mtime-1e999": ([_pax(file_entry("a"), mtime="1e999")], "modification time"),
+    "pax-size-negative": ([_pax(file_entry("a"), size="-5")], "negative size"),
 }
 
 ACCEPTED = {

@@ -176,6 +176,24 @@ def _kind_refused(member: tarfile.TarInfo) -> Refused | None:
     )
 
 
+# What os.utime takes on every platform we run on (a 64-bit time_t takes more, a float not all).
+_LATEST_MTIME = 2**33
+
+
+def _fields_refused(member: tarfile.TarInfo) -> Refused | None:
+    """A PAX header may say anything: a negative size (which tarfile believes, and unpacking
+    then fails on) or an mtime no file can have (1e999)."""
+    if member.size < 0:
+        return Refused(f"the workdir archive gives {shown(member.name)} a negative size")
+    mtime = member.mtime
+    if not isinstance(mtime, (int, float)) or not -_LATEST_MTIME < mtime < _LATEST_MTIME:
+        return Refused(
+            f"the workdir archive gives {shown(member.name)} a modification time no file can "
+            "have"
+        )
+    return None
+
+
 def check(
     tar: tarfile.TarFile,
     limits: Limits,
@@ -205,7 +223,7 @@ def check(
                 "leave what the job does not need out with .fabriekignore",
                 too_large=True,
             )
-        refused = _kind_refused(member)
+        refused = _kind_refused(member) or _fields_refused(member)
         if refused is not None:
             raise refused
         name = check_name(member.name)

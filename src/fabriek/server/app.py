@@ -49,7 +49,11 @@ def create_app(runtime: Runtime) -> FastAPI:
     )
     app.state.runtime = runtime
     install_error_handlers(app)
-    app.add_middleware(EdgeGuard, max_body=lambda: runtime.settings.max_request_bytes)
+    app.add_middleware(
+        EdgeGuard,
+        max_body=lambda: runtime.settings.max_request_bytes,
+        body_seconds=lambda: runtime.settings.request_body_seconds,
+    )
     for router in (
         system.router,
         jobs.router,

@@ -12,6 +12,7 @@ Routes that stream a large body themselves, under their own limit, are named in 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -36,9 +37,14 @@ class EdgeGuard:
     once percent-decoded (422 `invalid_request`), and a body over `max_body()` bytes (413
     `too_large`). Everything else passes to `app` unchanged."""
 
-    def __init__(self, app: ASGIApp, *, max_body: Callable[[], int]) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_body: Callable[[], int], body_seconds: Callable[[], float]
+    ) -> None:
         self.app = app
         self.max_body = max_body  # read per request: tests and operators may change the setting
+        # A body not all there by then is refused (408): a client that sends a little and waits
+        # would otherwise hold its part of max_body for as long as it liked.
+        self.body_seconds = body_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -56,7 +62,13 @@ class EdgeGuard:
         if declared is not None and declared > limit:
             await _refuse(send, 413, "too_large", _too_large(limit))
             return
-        body, complete = await _read_body(receive, limit)
+        seconds = self.body_seconds()
+        try:
+            async with asyncio.timeout(seconds):
+                body, complete = await _read_body(receive, limit)
+        except TimeoutError:
+            await _refuse(send, 408, "timeout", _too_slow(seconds))
+            return
         if not complete:
             await _refuse(send, 413, "too_large", _too_large(limit))
             return
@@ -117,6 +129,13 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
+def _too_slow(seconds: float) -> str:
+    return (
+        f"the request body did not arrive within {seconds:g} s "
+        "(settings.request_body_seconds); send it at once"
+    )
+
+
 def _too_large(limit: int) -> str:
     return (
         f"the request body is larger than the limit of {limit:,} bytes "
@@ -128,7 +147,7 @@ def _too_large(limit: int) -> str:
 async def _refuse(send: Send, status: int, code: str, message: str) -> None:
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    if status == 413:
+    if status in (408, 413):
         headers.append((b"connection", b"close"))  # the rest of the body is not read
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

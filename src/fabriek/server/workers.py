@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("fabriek.workers")
 
 _SUBMISSION, _OTHER, _QUIT = b"s", b"w", b"q"
+MAX_CONNECTIONS = 1024  # per API process
 _PR_SET_PDEATHSIG = 1
 
 
@@ -248,4 +249,10 @@ def uvicorn_config(runtime: Any) -> Any:
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=5,
+        # The peer is the client: X-Forwarded-For from 127.0.0.1 (uvicorn's default trust) let any
+        # local process write the client address that refusals are audited and rate-limited by.
+        proxy_headers=False,
+        # Each open request may hold a body of up to max_request_bytes before it is routed; past
+        # this many connections a process answers 503 at once instead of holding more.
+        limit_concurrency=MAX_CONNECTIONS,
     )

@@ -16,6 +16,9 @@ from fabriek.server.services import jobs as service
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 MAX_LOG_CHUNK = 1024 * 1024
+# One job's command and environment may be a MiB (what exec takes): a listing of 10,000 such
+# jobs would be 10 GB. An answer stops here instead; the rest is a narrower question away.
+MAX_LIST_BYTES = 16 * 1024 * 1024
 # Bounded, so that an absurd id or offset is a 422, not an overflow in the database or in seek().
 JobId = Annotated[int, id_path("Job")]
 
@@ -77,6 +80,7 @@ def list_jobs(
     project: Annotated[
         str | None,
         Query(
+            min_length=1,
             max_length=128,
             json_schema_extra={"pattern": PROJECT},
             description="Only jobs of this project.",
@@ -85,6 +89,7 @@ def list_jobs(
     user: Annotated[
         str | None,
         Query(
+            min_length=1,
             max_length=128,
             json_schema_extra={"pattern": USER},
             description="Only jobs this user submitted.",
@@ -101,9 +106,11 @@ def list_jobs(
         Timestamp | None, Query(description="Only jobs submitted before this time.")
     ] = None,
 ) -> Response:
-    """The newest jobs you may see, newest first."""
+    """The newest jobs you may see, newest first. An answer holds at most MAX_LIST_BYTES: where
+    more would have fitted `limit`, header X-Fabriek-More says so (narrow the filters)."""
+    parts, size, more = [], 2, False
     with runtime.reading() as session:
-        jobs = service.list_jobs(
+        for job in service.iter_jobs(
             session,
             actor=actor,
             states=state or (),
@@ -111,8 +118,15 @@ def list_jobs(
             filters=service.JobFilters(
                 project=project, user=user, name=name, since=since, until=until
             ),
-        )
-    return _json([JobOut.of(j) for j in jobs])
+        ):
+            part = JobOut.of(job).model_dump_json().encode()
+            size += len(part) + 1
+            if size > MAX_LIST_BYTES and parts:
+                more = True
+                break
+            parts.append(part)
+    headers = {"X-Fabriek-More": "true"} if more else None
+    return Response(b"[" + b",".join(parts) + b"]", media_type="application/json", headers=headers)
 
 
 @router.get("/{job_id}", response_model=JobOut)

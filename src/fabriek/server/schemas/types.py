@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Path
 from pydantic import (
+    AfterValidator,
+    AllowInfNan,
     AwareDatetime,
     BaseModel,
     BeforeValidator,
@@ -49,7 +51,9 @@ def _integral(value: object) -> object:
 
 Flag = Annotated[bool, Strict()]
 Count = Annotated[int, BeforeValidator(_integral)]
-Number = Annotated[float, Strict()]  # an integer is a number too
+# An integer is a number too; Infinity, NaN and 1e999 (Python's JSON parser takes them) are not:
+# PostgreSQL's json refuses them (a 500) and SQLite stores them as null.
+Number = Annotated[float, Strict(), AllowInfNan(False)]
 Id = Annotated[int, BeforeValidator(_integral), Field(ge=1, le=MAX_ID)]
 
 
@@ -86,8 +90,16 @@ def _rfc3339(value: object) -> object:
     return value
 
 
+def _in_utc(value: datetime) -> datetime:
+    """The same moment in UTC, as the database stores it: 0001-01-01T00:00+01:00 has none."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("a time between the years 1 and 9999 in UTC") from None
+
+
 # Not a number of seconds since 1970 (which pydantic would take), not a bare date: a date-time.
-Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339), AfterValidator(_in_utc)]
 
 
 def _nul_free(value: object) -> object:

@@ -466,7 +466,7 @@ def facility_report(
     fabriek metered for its jobs in the same period, beside the building's own meters."""
     _operator(actor, "read the facility report")
     if end <= start:
-        raise InvalidRequest("the period ends after it begins (--from before --to)")
+        raise InvalidRequest("the period must end after it begins (--from before --to)")
     rows = session.scalars(
         select(FacilityReadingRow)
         .where(FacilityReadingRow.starts_at < end, FacilityReadingRow.ends_at > start)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import cache
@@ -433,15 +433,30 @@ def list_jobs(
     limit: int = 100,
     filters: JobFilters = JobFilters(),  # frozen: one shared default is safe
 ) -> list[Job]:
+    return list(iter_jobs(session, actor=actor, states=states, limit=limit, filters=filters))
+
+
+def iter_jobs(
+    session: Session,
+    *,
+    actor: Actor,
+    states: Sequence[JobState] = (),
+    limit: int = 100,
+    filters: JobFilters = JobFilters(),
+) -> Iterator[Job]:
+    """As list_jobs, a few rows at a time: a job's command and environment may hold a MiB, so a
+    caller that stops early (a bounded answer) never holds all `limit` of them."""
     query = (
         _with_names(select(JobRow, ProjectRow.name, UserRow.name, PoolRow.name))
         .where(visible_jobs(actor), *filters.where())
         .order_by(JobRow.id.desc())
         .limit(limit)
+        .execution_options(yield_per=32)
     )
     if states:
         query = query.where(JobRow.state.in_([s.value for s in states]))
-    return [to_job(row, project=p, user=u, pool=pool) for row, p, u, pool in session.execute(query)]
+    for row, p, u, pool in session.execute(query):
+        yield to_job(row, project=p, user=u, pool=pool)
 
 
 def _with_names(query: Select[Any]) -> Select[Any]:

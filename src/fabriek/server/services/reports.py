@@ -80,7 +80,7 @@ class _Job:
 
 def _check_period(start: datetime, end: datetime) -> None:
     if end <= start:
-        raise InvalidRequest("the period ends after it begins (--from before --to)")
+        raise InvalidRequest("the period must end after it begins (--from before --to)")
 
 
 def _jobs(session: Session, actor: Actor, start: datetime, end: datetime) -> list[_Job]:
