@@ -32,9 +32,9 @@ _OWN_USER = os.environ.get("FUZZ_OWN_USER", "")
 def before_call(context: Any, case: Any, **kwargs: Any) -> None:
     method, path = case.operation.method.upper(), case.operation.path
     params = case.path_parameters or {}
-    if method == "DELETE" and path.endswith("/tokens/{token_id}"):
-        if str(params.get("token_id")) == _OWN_TOKEN_ID:
-            params["token_id"] = 2_000_000_000
+    own_token = str(params.get("token_id")) == _OWN_TOKEN_ID
+    if method == "DELETE" and path.endswith("/tokens/{token_id}") and own_token:
+        params["token_id"] = 2_000_000_000
     if method == "PATCH" and path.endswith("/users/{user}") and params.get("user") == _OWN_USER:
         params["user"] = "not-the-fuzzer"
 

@@ -188,8 +188,7 @@ def _fields_refused(member: tarfile.TarInfo) -> Refused | None:
     mtime = member.mtime
     if not isinstance(mtime, (int, float)) or not -_LATEST_MTIME < mtime < _LATEST_MTIME:
         return Refused(
-            f"the workdir archive gives {shown(member.name)} a modification time no file can "
-            "have"
+            f"the workdir archive gives {shown(member.name)} a modification time no file can have"
         )
     return None
 
