@@ -42,6 +42,7 @@ def _pax(info: tarfile.TarInfo, **headers: str) -> tarfile.TarInfo:
     info.pax_headers = dict(headers)
     return info
 
+
 REFUSED = {
     # item 3: a PAX path with a NUL in it answered 500 (ValueError from the data filter)
     "nul-in-pax-path": ([file_entry("a\x00b" + "c" * 200)], "control character"),
