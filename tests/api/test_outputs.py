@@ -179,3 +179,44 @@ def test_a_download_cut_off_half_way_leaves_no_file_behind(server: ServerProcess
         whole = members(http.get(f"/jobs/{job['id']}/outputs"))
         assert len(whole["./weights.bin"][1] or b"") == 40_000_000
         wait_for(lambda: _archives(server.home) == [], timeout=2, what="no archive left")
+
+
+def test_a_log_the_job_replaced_with_a_link_or_a_pipe_is_a_409_never_read(
+    server: ServerProcess,
+) -> None:
+    """The logs lie in the job's own directory. A job that replaced its stdout.log with a link
+    to another job's had the server read that job's log for it; with a FIFO the request hung
+    for ever (45 of them took the API down). Now both are a 409 at once; an index replaced by
+    a FIFO is no index: `since` answers from the start of the log."""
+    with server.http() as http:
+        victim = run(http, "echo their-secret")
+        victim_log = next((server.home / "jobs").glob(f"{victim['id']}-*")) / "stdout.log"
+        link = run(
+            http, 'rm ../stdout.log && ln -s "$VICTIM" ../stdout.log', VICTIM=str(victim_log)
+        )
+        fifo = run(http, "rm ../stderr.log && mkfifo ../stderr.log")
+        index = run(http, "echo mine; rm -f ../log.index && mkfifo ../log.index")
+        r = http.get(f"/jobs/{link['id']}/logs", timeout=10)
+        assert (r.status_code, r.json()["error"]["code"]) == (409, "conflict"), r.text
+        assert "stdout log is not a regular file" in r.json()["error"]["message"]
+        assert b"their-secret" not in r.content
+        r = http.get(f"/jobs/{fifo['id']}/logs", params={"stream": "stderr"}, timeout=10)
+        assert (r.status_code, r.json()["error"]["code"]) == (409, "conflict"), r.text
+        assert "stderr log is not a regular file" in r.json()["error"]["message"]
+        since = {"since": "1970-01-02T00:00:00Z"}
+        r = http.get(f"/jobs/{index['id']}/logs", params=since, timeout=10)
+        assert (r.status_code, r.content) == (200, b"mine\n")
+        assert http.get("/health", timeout=10).status_code == 200
+
+
+def test_a_job_that_replaces_its_records_with_pipes_and_links_does_not_stop_the_controller(
+    server: ServerProcess,
+) -> None:
+    """started.json lies in the job's directory and the controller reads it every pass: a FIFO
+    there blocked the controller for ever (no job anywhere ended or started again); a link to
+    /dev/zero had it read without end. Now a record that is not a regular file is no record."""
+    with server.http() as http:
+        for swap in ("mkfifo ../started.json", "ln -s /dev/zero ../started.json"):
+            body = job_body(argv=["sh", "-c", f"rm ../started.json && {swap} && sleep 1"])
+            wait_final(http, http.post("/jobs", json=body).json()["id"])  # it ends
+        run(http, "echo the-next-job")

@@ -7,6 +7,7 @@ import io
 import os
 import subprocess
 import tarfile
+import tracemalloc
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -187,3 +188,41 @@ def test_outputs_the_server_cannot_read_are_a_conflict_not_a_500(
     monkeypatch.setattr(filetree, "open_root", refuse)
     with pytest.raises(Conflict, match="cannot be read: Permission denied"):
         archive(backend, output)
+
+
+def _since(backend: LocalBackend, job_dir: Path, moment: float) -> bytes:
+    data, _ = job_files.read_log(
+        backend,
+        job_id=1,
+        handle={"dir": str(job_dir)},
+        offset=0,
+        limit=10**6,
+        since=datetime.fromtimestamp(moment, UTC),
+    )
+    return data
+
+
+def test_since_searches_the_log_index_and_reads_little_of_it(
+    backend: LocalBackend, output: Path
+) -> None:
+    """The index is appended to a line a second while the logs grow: a month is 100 MB, and a
+    job can write 300 MB without a newline, which was read whole on every request. The search
+    finds the same line as reading it all would, reading a few KB."""
+    job_dir = output.parent
+    (job_dir / "stdout.log").write_bytes(b"".join(b"line %05d\n" % i for i in range(20_000)))
+    (job_dir / "stderr.log").write_bytes(b"")
+    with open(job_dir / "log.index", "w") as f:
+        for i in range(20_000):
+            f.write(f"{1000 + i}.000 {i * 11} 0\n")
+    for moment, first in ((999.0, 0), (1000.0, 0), (1000.5, 0), (1001.0, 1), (15_432.2, 14_432)):
+        assert _since(backend, job_dir, moment).startswith(b"line %05d\n" % first), moment
+    assert _since(backend, job_dir, 10**9) == b"line 19999\n"  # the size the last line noted
+    with open(job_dir / "log.index", "wb") as f:
+        f.write(b"1" * 50_000_000)  # no newline at all
+    tracemalloc.start()
+    try:
+        assert _since(backend, job_dir, 10**9).startswith(b"line 00000\n")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20 + 300_000, peak  # the answer's buffer, not the index

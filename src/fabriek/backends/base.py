@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,6 +33,30 @@ Handle = dict[str, Any]
 """What a backend needs to find a job again, after a restart too. JSON-serialisable; stored in the job row."""
 LogStream = Literal["stdout", "stderr"]
 LOG_INDEX = "log.index"  # in a job's directory: lines "unix-time stdout-bytes stderr-bytes"
+JOB_FILE_MAX = 1 << 20  # bytes of a small file in a job's directory (a marker, a JSON record)
+SAMPLES_MAX = 64 << 20  # bytes of a job's energy samples read (a sample a few seconds, months)
+
+
+def read_job_file(path: Path, max_bytes: int = JOB_FILE_MAX) -> bytes | None:
+    """A file in a job's directory, which the job can write: None where it is missing, is not a
+    regular file, cannot be read or holds more than `max_bytes`. A link is not followed (to
+    another tenant's files, or /dev/zero) and a FIFO is not read: opening one for reading
+    blocked the controller, and every job with it, for ever."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
+            return None
+        data = os.read(fd, max_bytes + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return data if len(data) <= max_bytes else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,10 +151,8 @@ def energy_from(totals: object, samples: Path | None) -> Energy | None:
         )
     points: list[tuple[float, float]] = []
     if samples is not None:
-        try:
-            lines = samples.read_text().splitlines()
-        except OSError:
-            lines = []
+        data = read_job_file(samples, SAMPLES_MAX)
+        lines = data.decode(errors="replace").splitlines() if data else []
         for line in lines:
             try:
                 sample = json.loads(line)

@@ -26,6 +26,7 @@ from fabriek.backends.base import (
     Phase,
     Usage,
     energy_from,
+    read_job_file,
 )
 from fabriek.backends.local import shim
 from fabriek.backends.local.gpus import GpuInfo
@@ -280,9 +281,10 @@ def _lock_held(path: Path) -> bool:
 
 def _read_json(path: Path) -> dict[str, object] | None:
     """A JSON object from `path`; None if it is missing, torn (e.g. after a power cut) or not one."""
+    raw = read_job_file(path)  # the job can write its directory: no link, no FIFO, bounded
     try:
-        data = json.loads(path.read_bytes())
-    except (OSError, ValueError):
+        data = json.loads(raw) if raw is not None else None
+    except ValueError:
         return None
     return data if isinstance(data, dict) else None
 

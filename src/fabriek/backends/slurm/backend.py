@@ -49,6 +49,7 @@ from fabriek.backends.base import (
     Usage,
     energy_from,
     merge_energy,
+    read_job_file,
 )
 from fabriek.backends.local.backend import meter_sys_path
 from fabriek.backends.local.shim import bounded
@@ -651,18 +652,21 @@ def _read_jobcomp(path: Path, wanted: set[int]) -> dict[int, _Record]:
     return records
 
 
+# The job can write its directory: these read it without following a link or reading a FIFO
+# (which blocked the controller for ever), and only so much (base.read_job_file).
 def _read_float(path: Path) -> float | None:
+    raw = read_job_file(path)
     try:
-        return float(path.read_text())
-    except (OSError, ValueError):
+        return float(raw) if raw is not None else None
+    except ValueError:
         return None
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
+    raw = read_job_file(path)
     try:
-        with open(path) as f:
-            data = json.load(f)
-    except (OSError, ValueError):
+        data = json.loads(raw) if raw is not None else None
+    except ValueError:
         return None
     return data if isinstance(data, dict) else None
 

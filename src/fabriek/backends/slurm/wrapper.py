@@ -33,6 +33,7 @@ import resource
 import select
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -289,8 +290,26 @@ class _LogIndex:
         sizes = tuple(_size(os.path.join(self.dir, name)) for name in ("stdout", "stderr"))
         if sizes != self.last:
             self.last = sizes
-            with open(os.path.join(self.dir, "log.index"), "a") as f:
-                f.write(f"{time.time():.3f} {sizes[0]} {sizes[1]}\n")
+            line = f"{time.time():.3f} {sizes[0]} {sizes[1]}\n".encode()
+            append_index(os.path.join(self.dir, "log.index"), line)
+
+
+def append_index(path, line):
+    """Append `line` to the job-writable log index, unless the job replaced it: a link is not
+    followed, and a FIFO (opened without blocking) fails or is not written, where opening it
+    for appending blocked the supervisor for ever (and the job's time limit with it)."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError:
+        return
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.write(fd, line)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _size(path):

@@ -3,8 +3,10 @@ by the caller through `jobs.job_row_for_files`."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import stat
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -41,36 +43,112 @@ def read_log(
     if path is None:
         return b"", offset
     try:
-        with open(path, "rb") as f:
-            end = f.seek(0, os.SEEK_END)
-            if since is not None:  # the index is the job's to write: never past the end
-                offset = max(offset, _line_start(f, min(_size_at(path.parent, stream, since), end)))
-            if tail is not None:
-                offset = max(offset, _tail_start(f, tail))
-            if offset >= end:  # nothing there yet (seeking to 2**62 failed: a 500)
-                return b"", offset
-            f.seek(offset)
-            return f.read(limit), offset
+        fd = open_job_file(path)
     except FileNotFoundError:
         return b"", offset
+    except NotARegularFile:
+        raise Conflict(
+            f"job {job_id}'s {stream} log is not a regular file (the job replaced it, e.g. with a "
+            "link or a pipe): there is no log to read"
+        ) from None
+    with os.fdopen(fd, "rb") as f:
+        end = f.seek(0, os.SEEK_END)
+        if since is not None:  # the index is the job's to write: never past the end
+            offset = max(offset, _line_start(f, min(_size_at(path.parent, stream, since), end)))
+        if tail is not None:
+            offset = max(offset, _tail_start(f, tail))
+        if offset >= end:  # nothing there yet (seeking to 2**62 failed: a 500)
+            return b"", offset
+        f.seek(offset)
+        return f.read(limit), offset
+
+
+class NotARegularFile(OSError):
+    """A file the job may write is something else now: a link, a pipe, a directory, a device."""
+
+
+def open_job_file(path: Path) -> int:
+    """`path`, a file in a job's directory that the job can write, open for reading, if it is a
+    regular file: a link is not followed (to another tenant's files), a FIFO neither blocks the
+    open (a request hanging for ever, until the server had no workers left) nor is read. Raises
+    FileNotFoundError, NotARegularFile, or the OSError of the open."""
+    try:
+        fd = os.open(path, filetree.FILE)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise NotARegularFile(errno.ELOOP, "a link", str(path)) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise NotARegularFile(errno.EINVAL, "not a regular file", str(path))
+    os.set_blocking(fd, True)
+    return fd
+
+
+# log.index lines are `TIME STDOUT STDERR`, about 40 bytes; the job can write anything there.
+_INDEX_LINE = 256  # longest line read as one
+_INDEX_STEPS = 64  # reads of a binary search: 2**64 bytes is beyond any file
 
 
 def _size_at(job_dir: Path, stream: LogStream, moment: datetime) -> int:
-    """How many bytes the log had at `moment`, from the backend's LOG_INDEX (0 without one)."""
+    """How many bytes the log had at `moment`, from the backend's LOG_INDEX (0 without one, or
+    with one that is not a regular file). The index is appended to in time order, so it is
+    searched, not read: a few hundred bytes per request whatever its size (reading it whole, a
+    job's 300 MB index without a newline grew the server by 300 MB a request)."""
     column = 1 if stream == "stdout" else 2
-    when, size = moment.timestamp(), 0
+    when = moment.timestamp()
     try:
-        with open(job_dir / LOG_INDEX) as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) != 3:
-                    continue  # a line being written
-                if float(fields[0]) > when:
-                    break
-                size = max(0, int(fields[column]))
-    except (OSError, ValueError):
+        fd = open_job_file(job_dir / LOG_INDEX)
+    except OSError:
         return 0
-    return size
+    try:
+        size = os.fstat(fd).st_size
+        lo, hi, found = 0, size, 0
+        for _ in range(_INDEX_STEPS):  # the line after `lo` is at `when` or before, after `hi` not
+            if hi - lo <= _INDEX_LINE:
+                break
+            mid = (lo + hi) // 2
+            line = _index_line(os.pread(fd, 2 * _INDEX_LINE, mid), column)
+            if line is not None and line[0] <= when:
+                lo, found = mid, line[1]
+            else:
+                hi = mid
+        return _scan_index(os.pread(fd, hi - lo + 2 * _INDEX_LINE, lo), lo > 0, column, when, found)
+    except OSError:
+        return 0
+    finally:
+        os.close(fd)
+
+
+def _index_line(chunk: bytes, column: int) -> tuple[float, int] | None:
+    """The first whole line of `chunk` after its first newline, as (time, size)."""
+    start = chunk.find(b"\n") + 1
+    end = chunk.find(b"\n", start)
+    return _index_fields(chunk[start:end], column) if start and end > 0 else None
+
+
+def _index_fields(line: bytes, column: int) -> tuple[float, int] | None:
+    fields = line.split()
+    if len(fields) != 3:
+        return None  # a line being written, or not one of ours
+    try:
+        return float(fields[0]), max(0, int(fields[column]))
+    except ValueError:
+        return None
+
+
+def _scan_index(chunk: bytes, partial: bool, column: int, when: float, found: int) -> int:
+    """The size on the last line of `chunk` at `when` or before (`found` without one); its first
+    line is cut short where `partial`."""
+    lines = chunk.split(b"\n")[:-1]  # (the last piece has no newline yet)
+    for line in lines[1:] if partial else lines:
+        fields = _index_fields(line, column)
+        if fields is None:
+            continue
+        if fields[0] > when:
+            break
+        found = fields[1]
+    return found
 
 
 def _line_start(f: BinaryIO, offset: int) -> int:
