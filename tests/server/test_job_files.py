@@ -226,3 +226,24 @@ def test_since_searches_the_log_index_and_reads_little_of_it(
     finally:
         tracemalloc.stop()
     assert peak < 2**20 + 300_000, peak  # the answer's buffer, not the index
+
+
+def test_hard_links_are_sent_once_and_unpack_as_links(
+    backend: LocalBackend, output: Path, tmp_path: Path
+) -> None:
+    """The measure counts a hard-linked file once; the archive sent every link in full (1 MiB
+    and 1,999 links was 890 MB sent, 22 s of CPU). Now the second and later links are tar hard
+    links to the first name, and `tar -xzf` makes them links again."""
+    (output / "weights.bin").write_bytes(os.urandom(2**20))
+    for i in range(500):
+        os.link(output / "weights.bin", output / f"link{i:03}")
+    assert filetree.measure(output, limit=1000).apparent_bytes == 2**20
+    data = archive(backend, output)
+    assert len(data) < 2**20 + 100_000, len(data)
+    unpacked = tmp_path / "unpacked"
+    unpacked.mkdir()
+    subprocess.run(["tar", "-xzf", "-", "-C", str(unpacked)], input=data, check=True)
+    inodes = {(unpacked / f"link{i:03}").stat().st_ino for i in range(500)}
+    assert inodes == {(unpacked / "weights.bin").stat().st_ino}
+    assert (unpacked / "link499").read_bytes() == (output / "weights.bin").read_bytes()
+    assert (unpacked / "weights.bin").stat().st_nlink == 501

@@ -188,7 +188,8 @@ def _listing(fd: int, budget: list[int]) -> list[str]:
 @dataclass(frozen=True, slots=True)
 class Measure:
     """What a tree holds on disk: `disk_bytes` (allocated blocks, a hard-linked file once),
-    `apparent_bytes` (files' sizes, a sparse file at its full size) and `entries`; `complete`
+    `apparent_bytes` (files' sizes, a sparse file at its full size, a hard-linked file once:
+    what a download sends of them) and `entries`; `complete`
     is false where the walk stopped at its limit (the figures then are lower bounds).
     `longest_path`: the longest relative path's length in bytes (a download refuses one too
     long to pack)."""
