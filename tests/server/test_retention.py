@@ -4,8 +4,10 @@ and a project whose jobs write past its quota has them stopped and its submissio
 
 from __future__ import annotations
 
+import io
 import os
 import re
+import tarfile
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -15,11 +17,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fabriek.backends.local.backend import LocalBackend
 from fabriek.backends.local.gpus import FakeInventory
-from fabriek.core.errors import FilesRemoved, QuotaExceeded
+from fabriek.core.errors import FilesRemoved, NotFound, QuotaExceeded
 from fabriek.core.jobs import Job, JobState, Resources
+from fabriek.core.workdir_archive import Limits
 from fabriek.server.controller.loop import Controller, launch_spec
 from fabriek.server.db.models import AuditEventRow, JobRow, ProjectRow
-from fabriek.server.services import job_files
+from fabriek.server.services import job_files, workdirs
 from fabriek.server.services.actors import Actor
 from fabriek.server.services.jobs import cancel_job, get_job, submit_job
 from fabriek.server.services.retention import Policy, Retention, Round, run_instances
@@ -273,3 +276,65 @@ def test_run_instances_name_every_run_as_launches_do(
             job_row.preemptions = preemptions
             names.append(launch_spec(job_row, Path("/nowhere")).instance)
     assert run_instances(job_row.submitted_at, 2) == names
+
+
+def _upload(
+    sessions: sessionmaker[Session], store: Path, actor: Actor, content: bytes, at: datetime
+) -> str:
+    """A workdir archive holding one file with `content`, uploaded by `actor` at `at`."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        info = tarfile.TarInfo("train.py")
+        info.size = len(content)
+        tar.addfile(info, io.BytesIO(content))
+    store.mkdir(parents=True, exist_ok=True)
+    upload = store / f"{len(os.listdir(store))}.upload"
+    upload.write_bytes(buffer.getvalue())
+    kept = workdirs.keep_archive(upload=upload, store=store, limits=Limits(10**6, 100))
+    with sessions() as session, session.begin():
+        return workdirs.record_workdir(session, actor=actor, workdir=kept, now=at).digest
+
+
+def test_workdirs_no_job_used_within_the_retention_period_are_removed_and_uploaded_again(
+    sessions: sessionmaker[Session], tmp_path: Path, clock: FrozenClock
+) -> None:
+    """Uploaded workdirs were kept for ever. One that no unfinished job uses, and no job
+    submitted in the retention period used, goes (audited); one a waiting job needs, or one
+    a job used lately, stays. The client uploads a removed one again, and it is kept anew."""
+    admin, _ = make_admin(sessions, clock())
+    store = tmp_path / "workdirs"
+    retention = Retention(
+        sessions=sessions, backends={}, clock=clock, policy=Policy(), workdirs=store
+    )
+    unused, waiting, lately = (
+        _upload(sessions, store, admin, c, clock()) for c in (b"1", b"2", b"3")
+    )
+    make_job(sessions, admin, clock(), workdir_digest=waiting)  # never admitted: still waits
+    clock.advance(20 * 86400)
+    used = make_job(sessions, admin, clock(), workdir_digest=lately)
+    with sessions() as session, session.begin():
+        cancel_job(session, actor=admin, job_id=used.id, now=clock())  # ended
+    clock.advance(9 * 86400)
+    assert retention.run(clock()).workdirs_removed == 0  # 29 days: all kept
+    clock.advance(2 * 86400)
+    assert retention.run(clock()).workdirs_removed == 1
+    assert not workdirs.archive_path(store, unused).exists()
+    for kept in (waiting, lately):
+        assert workdirs.archive_path(store, kept).exists()
+    with sessions() as session:
+        with pytest.raises(NotFound, match="upload it first"):
+            workdirs.check_workdir(session, actor=admin, digest=unused)
+        event = session.scalars(
+            select(AuditEventRow).where(AuditEventRow.action == "workdir.removed")
+        ).one()
+    assert (event.actor, event.target_id) == ("controller", unused)  # the system
+    assert "30 days" in event.details["reason"]
+    # Uploaded again: stored from now, not removed by the next round
+    assert _upload(sessions, store, admin, b"1", clock()) == unused
+    assert retention.run(clock()).workdirs_removed == 0
+    with sessions() as session:
+        workdirs.check_workdir(session, actor=admin, digest=unused)
+    clock.advance(20 * 86400)  # the job that used `lately` was submitted 51 days ago
+    assert retention.run(clock()).workdirs_removed == 1
+    assert not workdirs.archive_path(store, lately).exists()
+    assert workdirs.archive_path(store, waiting).exists()

@@ -147,6 +147,7 @@ def build_runtime(
             backends=backends,
             clock=clock,
             policy=Policy.from_settings(settings),
+            workdirs=settings.workdirs_dir,
         ),
     )
     backend.on_change = controller.wake

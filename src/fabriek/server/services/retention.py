@@ -10,7 +10,11 @@ end, it hands a round to a thread of its own, so that admission never waits on a
 2. expire: a job that ended more than `outputs_retention_days` ago has its directories removed,
    outputs and logs alike; the job records when (`files_removed_at`: asking for them then
    answers 410 files_removed) and the audit trail says so (`job.outputs_removed`, by the system);
-3. quota (`project_disk_quota_bytes`): the running jobs are measured and each project's total
+3. workdirs: an uploaded workdir archive that no unfinished job uses, that no job submitted
+   in the retention period used, and that was stored before it, is removed (`workdir.removed`,
+   by the system): its file goes and its uploaders' records with it, so that asking for it
+   answers 404 and the client uploads it again (the archive's row stays: old jobs name it);
+4. quota (`project_disk_quota_bytes`): the running jobs are measured and each project's total
    kept on the project; a project over its quota has its running jobs stopped (they end failed,
    "output quota exceeded: X of Y") and its submissions refused (`check_quota`).
 
@@ -23,6 +27,7 @@ measured first. Every part repeats safely: a round that crashes is done again by
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -31,7 +36,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from fabriek.backends.base import WORK_DIR, Backend
@@ -39,9 +44,10 @@ from fabriek.core.errors import QuotaExceeded
 from fabriek.core.jobs import FINAL_STATES, JobState
 from fabriek.core.units import format_bytes_apart
 from fabriek.server.db.engine import transaction
-from fabriek.server.db.models import JobRow, ProjectRow
+from fabriek.server.db.models import JobRow, ProjectRow, WorkdirRow, WorkdirUserRow
 from fabriek.server.services import audit, filetree
 from fabriek.server.services.actors import SYSTEM
+from fabriek.server.services.workdirs import archive_path
 from fabriek.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -79,6 +85,7 @@ class Round:
     tidied: int = 0
     work_entries_removed: int = 0
     expired: int = 0
+    workdirs_removed: int = 0
     measured: int = 0
     stopped: list[int] = field(default_factory=list)
     over_quota: dict[str, int] = field(default_factory=dict)  # project -> bytes held
@@ -117,6 +124,11 @@ def check_quota(
         )
 
 
+def _uses(cutoff: datetime) -> ColumnElement[bool]:
+    """A job that keeps its workdir: unfinished, or submitted within the retention period."""
+    return or_(JobRow.state.not_in(FINAL), JobRow.submitted_at >= cutoff)
+
+
 class Retention:
     def __init__(
         self,
@@ -126,8 +138,10 @@ class Retention:
         clock: Callable[[], datetime],
         policy: Policy,
         readers: sessionmaker[Session] | None = None,
+        workdirs: Path | None = None,
     ) -> None:
         self.sessions = sessions
+        self.workdirs = workdirs  # the uploaded workdirs' store (settings.workdirs_dir)
         self.readers = readers or sessions
         self.backends = backends
         self.clock = clock
@@ -170,13 +184,14 @@ class Retention:
         except Exception:  # the next round repeats what this one did not finish
             log.exception("retention round failed; the next one tries again")
             return
-        if done.tidied or done.expired or done.stopped:
+        if done.tidied or done.expired or done.stopped or done.workdirs_removed:
             log.info(
                 "retention: %d jobs tidied (%d entries of working copies removed), %d jobs' "
-                "files removed, %d jobs stopped for the disk quota",
+                "files removed, %d workdirs removed, %d jobs stopped for the disk quota",
                 done.tidied,
                 done.work_entries_removed,
                 done.expired,
+                done.workdirs_removed,
                 len(done.stopped),
             )
 
@@ -186,6 +201,7 @@ class Retention:
         self.tidy(now, done)
         if full:
             self.expire(now, done)
+            self.expire_workdirs(now, done)
             self.enforce_quota(now, done)
         return done
 
@@ -275,7 +291,68 @@ class Retention:
                     )
                     done.expired += 1
 
-    # --- 3. quota -----------------------------------------------------------------------------
+    # --- 3. workdirs -------------------------------------------------------------------------
+    def expire_workdirs(self, now: datetime, done: Round) -> None:
+        days = self.policy.retention_days
+        if days <= 0 or self.workdirs is None:
+            return
+        cutoff = now - timedelta(days=days)
+        stored = exists().where(WorkdirUserRow.digest == WorkdirRow.digest)
+        with self.readers() as session:
+            candidates = session.scalars(
+                select(WorkdirRow.digest)
+                .where(WorkdirRow.created_at < cutoff, stored)
+                .order_by(WorkdirRow.created_at)
+                .limit(BATCH)
+            ).all()
+            if not candidates:
+                return
+            used = set(
+                session.scalars(
+                    select(JobRow.workdir_digest).where(
+                        JobRow.workdir_digest.in_(candidates), _uses(cutoff)
+                    )
+                )
+            )
+        for digest in candidates:
+            if digest not in used:
+                self._remove_workdir(digest, cutoff, now, days, done)
+
+    def _remove_workdir(
+        self, digest: str, cutoff: datetime, now: datetime, days: float, done: Round
+    ) -> None:
+        """Forget the archive's uploaders, checked again in the statement (a job submitted with
+        it since it was chosen keeps it), then remove its file."""
+        assert self.workdirs is not None
+        in_use = exists().where(JobRow.workdir_digest == digest, _uses(cutoff))
+        with transaction(self.sessions) as session:
+            old = exists().where(WorkdirRow.digest == digest, WorkdirRow.created_at < cutoff)
+            gone = len(
+                session.execute(
+                    delete(WorkdirUserRow)
+                    .where(WorkdirUserRow.digest == digest, old, ~in_use)
+                    .returning(WorkdirUserRow.user_id)
+                ).all()
+            )
+            if not gone:
+                return
+            audit.record(
+                session,
+                actor=SYSTEM,
+                action="workdir.removed",
+                target_type="workdir",
+                target_id=digest,
+                at=now,
+                reason=f"retention: no job used it for {days:g} days",
+                uploaders=gone,
+            )
+        try:
+            os.unlink(archive_path(self.workdirs, digest))
+        except FileNotFoundError:
+            pass
+        done.workdirs_removed += 1
+
+    # --- 4. quota -----------------------------------------------------------------------------
     def enforce_quota(self, now: datetime, done: Round) -> None:
         quota = self.policy.quota_bytes
         if quota is None:

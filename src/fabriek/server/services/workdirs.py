@@ -72,7 +72,8 @@ def record_workdir(session: Session, *, actor: Actor, workdir: Workdir, now: dat
         workdir.unpacked_bytes,
         workdir.files,
     )
-    if session.get(WorkdirRow, digest) is None:
+    stored = session.get(WorkdirRow, digest)
+    if stored is None:
         session.add(
             WorkdirRow(
                 digest=digest,
@@ -83,7 +84,9 @@ def record_workdir(session: Session, *, actor: Actor, workdir: Workdir, now: dat
                 created_at=now,
             )
         )
-        session.flush()
+    elif not _has_uploaders(session, digest):  # removed by retention: stored again from now
+        stored.created_at = now
+    session.flush()
     if session.get(WorkdirUserRow, (digest, actor.user_id)) is None:
         session.add(WorkdirUserRow(digest=digest, user_id=actor.user_id))
         audit.record(
@@ -98,6 +101,11 @@ def record_workdir(session: Session, *, actor: Actor, workdir: Workdir, now: dat
             files=files,
         )
     return Workdir(digest, size, unpacked, files)
+
+
+def _has_uploaders(session: Session, digest: str) -> bool:
+    found = session.scalar(select(WorkdirUserRow.user_id).where(WorkdirUserRow.digest == digest))
+    return found is not None
 
 
 def check_workdir(session: Session, *, actor: Actor, digest: str) -> None:
