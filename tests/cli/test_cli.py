@@ -474,7 +474,7 @@ def test_usage_and_share_report(server: ServerProcess) -> None:
     assert {row["pool"] for row in shares} >= {"regional", "eurohpc", "national", "commercial"}
     assert server.cli("usage", "--from", "2026-01-01", "--to", "2100-01-01").returncode == 0
     r = server.cli("usage", "--from", "2026-12-01", "--to", "2026-11-01")
-    assert r.returncode == 2 and "ends after it begins" in r.stderr
+    assert r.returncode == 2 and "must end after it begins" in r.stderr
     r = server.cli("usage", "--by", "colour")
     assert r.returncode == 2 and "colour" in r.stderr
 

@@ -32,9 +32,12 @@ def _job(
     allocation: int | None,
     start: datetime | None,
     end: datetime | None,
+    preemptible: bool = False,
 ) -> int:
     request = replace(
-        make_request(project=project, gpus=gpus, time_limit_s=int(6 * H)), allocation_id=allocation
+        make_request(project=project, gpus=gpus, time_limit_s=int(6 * H)),
+        allocation_id=allocation,
+        preemptible=preemptible,
     )
     with sessions() as session, session.begin():
         job_id = submit_job(session, actor=actor, request=request, partitions=PARTITIONS, now=at).id
@@ -91,6 +94,9 @@ def history(sessions: sessionmaker[Session], clock: FrozenClock) -> dict[str, ob
         allocation=grant.id,
         start=t0 + h,
         end=t0 + 3 * h,
+        # More than the regional pool's whole guarantee on PARTITIONS (1 GPU): only a preemptible
+        # job may ask for that, or it could never start (and is refused, issue 21 item 10).
+        preemptible=True,
     )
     _job(
         sessions,
@@ -173,7 +179,7 @@ def test_reports_refuse_bad_periods_groups_and_non_operators(
     t0 = history["t0"]
     assert isinstance(t0, datetime)
     with sessions() as session:
-        with pytest.raises(InvalidRequest, match="ends after it begins"):
+        with pytest.raises(InvalidRequest, match="must end after it begins"):
             reports.usage(session, actor=history["admin"], by="pool", start=t0, end=t0, now=t0)  # type: ignore[arg-type]
         with pytest.raises(InvalidRequest, match="grouped by one of"):
             reports.usage(

@@ -43,6 +43,13 @@ class BeyondGuarantee(ResourcesUnavailable):
     code = "beyond_guarantee"
 
 
+class TooLarge(InvalidRequest):
+    """A request's body is over a limit."""
+
+    code = "too_large"
+    http_status = 413
+
+
 class WorkdirTooLarge(InvalidRequest):
     code = "workdir_too_large"
     http_status = 413

@@ -25,8 +25,16 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-# POST /api/v1/workdirs streams the archive to disk under settings.workdir_max_bytes.
-STREAMING = frozenset({("POST", "/api/v1/workdirs")})
+# Routes that read their body themselves, after authentication, under their own limit: a
+# workdir upload streams to disk under settings.workdir_max_bytes; an operator's CSV series (three
+# years of hourly carbon intensity is 2.2 MiB) under routers.facility.MAX_CSV_BYTES.
+STREAMING = frozenset(
+    {
+        ("POST", "/api/v1/workdirs"),
+        ("POST", "/api/v1/facility/carbon"),
+        ("PUT", "/api/v1/facility/pue"),
+    }
+)
 
 # C0 controls and DEL. In a URL none makes sense: names, ids, digests and query values are text.
 _CONTROL = re.compile(rb"[\x00-\x1f\x7f]")

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy.orm import Session
 
-from fabriek.core.errors import InvalidRequest
+from fabriek.core.errors import InvalidRequest, TooLarge
 from fabriek.server.schemas import (
     FacilityOut,
     FacilityUpdate,
@@ -47,11 +47,16 @@ def _series(s: service.Loaded) -> SeriesOut:
 
 
 async def _csv(request: Request) -> str:
-    body = await request.body()
-    if len(body) > MAX_CSV_BYTES:
-        raise InvalidRequest(f"the CSV is over {MAX_CSV_BYTES // 2**20} MiB")
+    """The body, read as it arrives (these routes are in edge.STREAMING: the operator is known
+    before a byte of it is kept) and refused past MAX_CSV_BYTES."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_CSV_BYTES:
+            raise TooLarge(f"the CSV is over {MAX_CSV_BYTES // 2**20} MiB")
+        chunks.append(chunk)
     try:
-        return body.decode("utf-8")
+        return b"".join(chunks).decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidRequest("the CSV is not UTF-8 text") from None
 

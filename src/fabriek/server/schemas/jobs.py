@@ -69,8 +69,8 @@ class JobSubmit(Input):
     )
     partition: str | None = Field(
         None,
-        pattern=f"^{PARTITION_NAME.pattern}$",
         description="Run it in this partition; default: wherever the engine finds room.",
+        json_schema_extra={"pattern": f"^{PARTITION_NAME.pattern}$"},
     )
     time_limit_s: Count = Field(
         3600,
