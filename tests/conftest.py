@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,6 +19,15 @@ from fabriek.server.db.migrate import upgrade
 from tests.helpers import ServerProcess, start_server
 
 PG_ADMIN_DSN = os.environ.get("FABRIEK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A suite started in the background (`make test &` in a script without job control) inherits
+    # SIGINT ignored, and so would every command it starts: the tests of Ctrl-C would then wait
+    # for an interruption that never comes. A handler (not SIG_IGN) is reset to the default in
+    # the commands the tests run.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _pg_available() -> bool:
