@@ -4,6 +4,7 @@ and a project whose jobs write past its quota has them stopped and its submissio
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import re
@@ -283,7 +284,12 @@ def _upload(
 ) -> str:
     """A workdir archive holding one file with `content`, uploaded by `actor` at `at`."""
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+    # gzip's header holds a time (tarfile's w:gz takes the clock's): fixed, so that the same
+    # content is the same archive, and digest, in a later second too.
+    with (
+        gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w") as tar,
+    ):
         info = tarfile.TarInfo("train.py")
         info.size = len(content)
         tar.addfile(info, io.BytesIO(content))
