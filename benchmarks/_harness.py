@@ -27,6 +27,8 @@ from typing import Any
 
 import httpx
 
+from fabriek.backends.base import read_job_file
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432"
 DATABASES = ("sqlite", "postgres")
@@ -344,7 +346,8 @@ def kill_job_processes(jobs_dir: Path) -> int:
     for job_dir in jobs_dir.iterdir():
         for name in ("started.json", "shim.json"):
             try:
-                info = json.loads((job_dir / name).read_text())
+                # Written by the job: read as the controller reads it (no link, no FIFO, bounded).
+                info = json.loads(read_job_file(job_dir / name) or b"")
             except (OSError, ValueError):
                 continue
             pid = info.get("pid")

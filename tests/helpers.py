@@ -16,6 +16,8 @@ from typing import TypeVar
 
 import httpx
 
+from fabriek.backends.base import read_job_file
+
 T = TypeVar("T")
 FABRIEK = str(Path(sys.executable).with_name("fabriek"))
 
@@ -142,8 +144,11 @@ def kill_jobs(home: Path) -> None:
     for shim_file in (home / "jobs").glob("*/shim.json"):
         for name in ("started.json", "shim.json"):
             path = shim_file.parent / name
+            # The job wrote these: a test's job may have made one a FIFO or a link to /dev/zero
+            # (reading that filled 24 GB of memory), so read them as the controller does.
+            record = read_job_file(path)
             try:
-                pid = json.loads(path.read_text())["pid"]
+                pid = json.loads(record or b"")["pid"]
                 os.killpg(pid, signal.SIGKILL) if name == "started.json" else os.kill(
                     pid, signal.SIGKILL
                 )
