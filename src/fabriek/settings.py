@@ -176,6 +176,24 @@ class Settings(BaseSettings):
         description="A TOML file naming the Slurm partitions fabriek drives beside (or instead "
         "of) this machine (docs/slurm.md). Default: this machine alone, partition `local`.",
     )
+    uid_range: str = Field(
+        "200000-299999",
+        description="POSIX uids (and gids) fabriek gives projects, FIRST-LAST: each project gets "
+        "one when it is made, never reused, and every process of its jobs runs as it when the "
+        "server runs as root (docs/security.md). Keep the range free of the site's own users.",
+    )
+    sandbox: bool = Field(
+        True,
+        description="Run each local job in its own sandbox (bubblewrap: its own mounts, "
+        "processes, network namespace and cgroup limits). Off only for a machine without "
+        "bubblewrap, where every tenant's job then sees the whole machine; `fabriek up` says so.",
+    )
+    require_isolation: bool = Field(
+        False,
+        description="Refuse to start unless jobs are fully isolated: the sandbox works, the "
+        "server runs as root (jobs run as their project's uid) and the cgroup controllers "
+        "memory, pids and cpu are there to enforce limits.",
+    )
     log_level: str = Field("info", description="Log level of the server.")
 
     @property

@@ -13,6 +13,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from fabriek.core.identity import Identity, Network
 from fabriek.core.jobs import JobState, Resources
 
 
@@ -73,6 +74,10 @@ class LaunchSpec:
     # reset under an existing home): a backend keys its files by id *and* instance.
     instance: str = ""
     nodes: int = 1  # `resources` on each
+    # Who it runs as (its project's uid and gid, and the project's name); None: as the server.
+    identity: Identity | None = None
+    # What it may reach, decided at submit (its own request, else its partition's default).
+    network: Network = Network.HOST
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from fabriek.backends.local.backend import LocalBackend, detect_resources
 from fabriek.backends.local.gpus import GpuInfo, inventory_from_setting
 from fabriek.backends.slurm.backend import SlurmBackend
 from fabriek.backends.slurm.config import load_partitions
+from fabriek.core.identity import DEFAULT_UID_RANGE, UidRange, parse_uid_range
 from fabriek.core.jobs import Resources
 from fabriek.core.units import parse_memory
 from fabriek.server.controller.loop import Controller
@@ -49,6 +50,8 @@ class Runtime:
     waker: Callable[[bool], None] | None = None
     # Refused attempts, rate-limited into the audit trail (services.refusals).
     refusals: RefusalLog | None = None
+    # The uids projects are given (settings.uid_range, checked).
+    uids: UidRange = field(default_factory=lambda: parse_uid_range(DEFAULT_UID_RANGE))
 
     def wake(self, *, submission: bool = False) -> None:
         if self.waker is not None:
@@ -162,4 +165,5 @@ def build_runtime(
         backends,
         tokens=TokenCache(auth_epoch),
         refusals=RefusalLog(sessions, clock=clock, window_s=settings.audit_refusal_window_seconds),
+        uids=parse_uid_range(settings.uid_range),
     )

@@ -25,6 +25,7 @@ from fabriek.core.errors import Conflict
 from fabriek.server.db.migrate import upgrade
 from fabriek.server.runtime import Runtime, build_runtime, detect_machine
 from fabriek.server.services.auth import bootstrap
+from fabriek.server.services.identities import ensure_identities
 from fabriek.server.workers import WakeListener, WorkerPool, bind, uvicorn_config
 from fabriek.settings import Settings
 
@@ -73,6 +74,9 @@ def prepare(settings: Settings) -> tuple[Runtime, str | None]:
     upgrade(runtime.engine)
     with runtime.transaction() as session:
         token = bootstrap(session, admin_name=_admin_name(), now=runtime.clock())
+        given = ensure_identities(session, runtime.uids)
+    if given:
+        log.info("gave %d project(s) made before identities were kept a uid each", given)
     return runtime, token
 
 

@@ -21,6 +21,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from fabriek.backends.base import Backend, Handle, LaunchSpec, Observation, Phase
+from fabriek.core.identity import Network
 from fabriek.core.jobs import JobState, Resources
 from fabriek.scheduling.engine import decide
 from fabriek.scheduling.fairshare import DEFAULT_HALF_LIFE_S
@@ -35,11 +36,12 @@ from fabriek.server.controller.snapshot import (
     recent_usage,
 )
 from fabriek.server.db.engine import transaction
-from fabriek.server.db.models import JobRow
+from fabriek.server.db.models import JobRow, ProjectRow
 from fabriek.server.services import audit
 from fabriek.server.services.actors import SYSTEM
 from fabriek.server.services.energy import record_energy
 from fabriek.server.services.facility import account_job, forecast, get_facility
+from fabriek.server.services.identities import identity_of
 from fabriek.server.services.retention import Retention, stopped
 from fabriek.server.services.transitions import transition_job
 from fabriek.server.services.workdirs import archive_path
@@ -667,7 +669,7 @@ class Controller:
                 if backend is None or row.cancel_requested_at or row.preempt_requested_at:
                     special.append(row.id)  # the careful way, one by one
                 else:
-                    ready.append((backend, launch_spec(row, self.workdirs)))
+                    ready.append((backend, launch_spec(row, self.workdirs, session)))
         for job_id in special:
             self._launch(job_id)
 
@@ -713,7 +715,7 @@ class Controller:
                 return
             cancelled = row.cancel_requested_at is not None
             preempted = row.preempt_requested_at is not None
-            spec = launch_spec(row, self.workdirs)
+            spec = launch_spec(row, self.workdirs, session)
             where = row.backend
             backend = self.backends.get(where)
         if backend is None:
@@ -764,8 +766,10 @@ def _starting_poll(backend: Backend) -> float:
     return float(getattr(backend, "starting_poll_seconds", 0.02))
 
 
-def launch_spec(row: JobRow, workdirs: Path) -> LaunchSpec:
-    """What the backend needs to start the job in `row`."""
+def launch_spec(row: JobRow, workdirs: Path, session: Session | None = None) -> LaunchSpec:
+    """What the backend needs to start the job in `row` (as its project's identity, where
+    `session` can tell it)."""
+    project = session.get(ProjectRow, row.project_id) if session is not None else None
     return LaunchSpec(
         job_id=row.id,
         name=row.name,
@@ -779,6 +783,8 @@ def launch_spec(row: JobRow, workdirs: Path) -> LaunchSpec:
         instance=str(int(row.submitted_at.timestamp() * 1_000_000))
         + (f"r{row.preemptions}" if row.preemptions else ""),
         nodes=row.nodes or 1,
+        identity=identity_of(project) if project is not None else None,
+        network=Network(row.network) if row.network else Network.HOST,
     )
 
 

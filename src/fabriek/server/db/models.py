@@ -111,6 +111,12 @@ class ProjectRow(Base):
     # What its jobs' directories hold on disk, as the retention step last added it up (for the
     # disk quota; None: not measured, no quota set).
     disk_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    # Its POSIX identity (uid = gid), from FABRIEK_UID_RANGE; None only for a project made before
+    # identities were kept, until the server's start gives it one (services/identities.py).
+    uid: Mapped[int | None] = mapped_column(Integer, unique=True)
+    # The most network its jobs may have (core.identity.Network), locked by an operator; None:
+    # what the partition allows.
+    network_limit: Mapped[str | None] = mapped_column(String(16))
 
 
 class ProjectMemberRow(Base):
@@ -307,6 +313,8 @@ class JobRow(Base):
     water_l: Mapped[float | None] = mapped_column(Float)
     carbon_kg: Mapped[float | None] = mapped_column(Float)
     carbon_saved_kg: Mapped[float | None] = mapped_column(Float)
+    # The network it asked for (core.identity.Network); None: its partition's default.
+    network: Mapped[str | None] = mapped_column(String(16))
     carbon_note: Mapped[str | None] = mapped_column(Text)
     # Resources above are per node: a job asks for `nodes` nodes with that much on each. It may
     # name a partition; `backend` is the partition it was admitted to (the one it asked for, or

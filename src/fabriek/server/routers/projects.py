@@ -27,6 +27,7 @@ def create(body: ProjectCreate, actor: ActorDep, runtime: RuntimeDep) -> Project
             name=body.name,
             organisation=body.organisation,
             now=runtime.clock(),
+            uids=runtime.uids,
         )
     return ProjectOut.of(project)
 

@@ -20,6 +20,7 @@ from sqlalchemy import CompoundSelect, Select, delete, func, select
 from sqlalchemy.orm import Session
 
 from fabriek.core.errors import Conflict, Forbidden, NotFound
+from fabriek.core.identity import DEFAULT_UID_RANGE, UidRange, parse_uid_range
 from fabriek.core.tenancy import (
     Member,
     Organisation,
@@ -40,9 +41,11 @@ from fabriek.server.db.models import (
     ProjectRow,
     UserRow,
 )
-from fabriek.server.services import audit
+from fabriek.server.services import audit, identities
 from fabriek.server.services.actors import Actor
 from fabriek.server.services.auth import auth_changed
+
+DEFAULT_UIDS = parse_uid_range(DEFAULT_UID_RANGE)
 
 MANAGING = (OrgRole.OWNER.value, OrgRole.MANAGER.value)
 
@@ -381,16 +384,25 @@ def may_manage_project(actor: Actor, org_role: OrgRole | None, role: ProjectRole
 
 
 def create_project(
-    session: Session, *, actor: Actor, name: str, organisation: str, now: datetime
+    session: Session,
+    *,
+    actor: Actor,
+    name: str,
+    organisation: str,
+    now: datetime,
+    uids: UidRange = DEFAULT_UIDS,
 ) -> Project:
-    """A project in `organisation`; its creator (unless an operator from outside) manages it."""
+    """A project in `organisation`, with its own uid from `uids`; its creator (unless an
+    operator from outside) manages it."""
     check_project_name(name)
     org, mine = _visible_org(session, actor, organisation)
     if mine not in (OrgRole.OWNER, OrgRole.MANAGER) and not actor.is_operator:
         raise Forbidden(f"only owners and managers of {organisation!r} create its projects")
     if session.scalar(select(ProjectRow.id).where(ProjectRow.name == name)):
         raise Conflict(f"a project named {name!r} exists already")
-    row = ProjectRow(name=name, organisation_id=org.id, created_at=now)
+    row = ProjectRow(
+        name=name, organisation_id=org.id, created_at=now, uid=identities.next_uid(session, uids)
+    )
     session.add(row)
     session.flush()
     role = None
@@ -406,6 +418,7 @@ def create_project(
         at=now,
         name=name,
         organisation=organisation,
+        uid=row.uid,
     )
     return Project(name, org.name, now, role)
 
