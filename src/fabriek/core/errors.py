@@ -82,6 +82,13 @@ class Forbidden(FabriekError):
     exit_code = 3
 
 
+class NetworkNotAllowed(Forbidden):
+    """A job asks for more network than its project's lock or its partition allows
+    (core.identity.Network: none < loopback < host)."""
+
+    code = "network_not_allowed"
+
+
 class NotFound(FabriekError):
     code = "not_found"
     http_status = 404
@@ -141,6 +148,7 @@ ERRORS_BY_CODE: dict[str, type[FabriekError]] = {
         QuotaExceeded,
         Unauthenticated,
         Forbidden,
+        NetworkNotAllowed,
         NotFound,
         Conflict,
         IllegalTransition,

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
-from fabriek.core.errors import InvalidRequest
+from fabriek.core.errors import InvalidRequest, NetworkNotAllowed
 
 # Below 65536 lie the ids distributions and sites hand out themselves; 2^31-1 is where
 # 32-bit signed uids (and some tools) end.
@@ -80,3 +80,59 @@ class Network(StrEnum):
 
     def allows(self, wanted: Network) -> bool:
         return wanted.rank <= self.rank
+
+    @classmethod
+    def parse(cls, text: str, what: str = "network") -> Network:
+        """`none`, `loopback` or `host`; raises InvalidRequest naming `what` and the choices."""
+        try:
+            return cls(text)
+        except ValueError:
+            choices = ", ".join(n.value for n in cls)
+            raise InvalidRequest(f"{what} is one of {choices}, not {text!r}") from None
+
+
+def least(first: Network, *others: Network) -> Network:
+    """The one that allows the least."""
+    return min((first, *others), key=lambda n: n.rank)
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkPolicy:
+    """A partition's network, as the operator set it in the partitions file: what its jobs get
+    when they ask for none (`default`), and the most they may ask for (`limit`)."""
+
+    default: Network = Network.HOST
+    limit: Network = Network.HOST
+
+
+def job_network(
+    asked: Network | None,
+    *,
+    partition: str,
+    policy: NetworkPolicy,
+    project: str,
+    lock: Network | None,
+) -> Network:
+    """The network a job gets on `partition`: what it asked for, else the partition's default
+    lowered to what the project's `lock` (an operator's; None: none) and the partition allow.
+    A job that asked for nothing is never refused. Raises NetworkNotAllowed where it asked
+    for more than the project's lock or the partition's limit."""
+    if asked is None:
+        return least(policy.default, policy.limit, *(() if lock is None else (lock,)))
+    if lock is not None and not lock.allows(asked):
+        raise NetworkNotAllowed(
+            f"project {project!r} is locked to network {lock.value} by an operator, and the "
+            f"job asks for {asked.value}: ask for {lock.value} (--network {lock.value}) or less",
+            project=project,
+            network=asked.value,
+            lock=lock.value,
+        )
+    if not policy.limit.allows(asked):
+        raise NetworkNotAllowed(
+            f"partition {partition} allows network {policy.limit.value} at most, and the job "
+            f"asks for {asked.value}: ask for {policy.limit.value} or less, or another partition",
+            partition=partition,
+            network=asked.value,
+            limit=policy.limit.value,
+        )
+    return asked

@@ -2,7 +2,10 @@
 jobs too. Read from a TOML file (FABRIEK_PARTITIONS_FILE; docs/slurm.md):
 
 ```toml
-local = false                  # this machine runs no jobs (default: true)
+local = false                  # this machine runs no jobs (default: true); or a table:
+# [local]                      # this machine runs jobs, with a network policy
+# network = "loopback"         # what its jobs get when they ask for none (default: host)
+# network_limit = "loopback"   # the most they may ask for (default: host)
 
 [slurm.gpu-h100]               # fabriek's name for the partition
 partition = "gpu"              # Slurm's name (default: the same)
@@ -14,6 +17,8 @@ gpu_type = "H100"
 shared_dir = "/shared/fabriek" # seen at this path by this server and every node
 account = "fabriek"            # optional: sbatch --account
 qos = "normal"                 # optional: sbatch --qos
+network = "none"               # optional: jobs that ask for none get this (default: host)
+network_limit = "loopback"     # optional: the most a job may ask for (default: host)
 ```
 """
 
@@ -27,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from fabriek.core.errors import InvalidRequest
+from fabriek.core.identity import Network, NetworkPolicy, least
 from fabriek.core.jobs import PARTITION_NAME
 from fabriek.core.units import parse_memory
 
@@ -45,6 +51,10 @@ class SlurmPartition:
     gpu_type: str = ""
     account: str | None = None
     qos: str | None = None
+    # What its jobs may reach (core.identity.Network): given to a job that asks for none, and
+    # the most one may ask for.
+    network: Network = Network.HOST
+    network_limit: Network = Network.HOST
     python: str = field(default_factory=lambda: sys.executable)  # on the nodes
     slurm_conf: Path | None = None  # SLURM_CONF for the client commands; None: Slurm's default
     bin_dir: Path | None = None  # where sbatch, squeue, ... are; None: PATH
@@ -59,11 +69,16 @@ class SlurmPartition:
     fabriek_path: tuple[str, ...] = ()
     consumed_energy: bool = True  # sacct's ConsumedEnergy replaces estimated CPU and memory
 
+    @property
+    def network_policy(self) -> NetworkPolicy:
+        return NetworkPolicy(self.network, self.network_limit)
+
 
 @dataclass(frozen=True, slots=True)
 class Partitions:
     local: bool = True
     slurm: tuple[SlurmPartition, ...] = ()
+    local_network: NetworkPolicy = field(default_factory=NetworkPolicy)  # `local`'s
 
 
 # What a [slurm.NAME] table may hold: every field but the name (the table's own).
@@ -85,15 +100,45 @@ def load_partitions(path: Path | None) -> Partitions:
     if unknown:
         raise InvalidRequest(f"{path}: unknown key(s) {', '.join(sorted(unknown))}")
     local = data.get("local", True)
+    local_network = NetworkPolicy()
+    if isinstance(local, dict):  # [local]: this machine runs jobs, with these settings
+        unknown = set(local) - {"network", "network_limit"}
+        if unknown:
+            raise InvalidRequest(f"{path}: [local]: unknown key(s) {', '.join(sorted(unknown))}")
+        local_network, local = _network_policy(f"{path}: [local]", local), True
     if not isinstance(local, bool):
-        raise InvalidRequest(f"{path}: `local` must be true or false")
+        raise InvalidRequest(f"{path}: `local` must be true or false, or a table [local]")
     slurm = data.get("slurm", {})
     if not isinstance(slurm, dict):
         raise InvalidRequest(f"{path}: `slurm` must be a table of partitions")
     parsed = tuple(_partition(path, name, table) for name, table in slurm.items())
     if not local and not parsed:
         raise InvalidRequest(f"{path}: no partition left: `local = false` and no [slurm.NAME]")
-    return Partitions(local, parsed)
+    return Partitions(local, parsed, local_network)
+
+
+def _network_policy(where: str, table: dict[str, Any]) -> NetworkPolicy:
+    """`network` and `network_limit` of a partition's table: the default lies within the
+    limit; left out, it is `host` lowered to the limit."""
+
+    def get(key: str) -> Network | None:
+        value = table.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise InvalidRequest(f"{where}: `{key}` is none, loopback or host, not {value!r}")
+        return Network.parse(value, f"{where}: `{key}`")
+
+    limit = get("network_limit") or Network.HOST
+    default = get("network")
+    if default is None:
+        default = least(Network.HOST, limit)
+    elif not limit.allows(default):
+        raise InvalidRequest(
+            f"{where}: `network` = {default.value!r} is more than `network_limit` = "
+            f"{limit.value!r} allows"
+        )
+    return NetworkPolicy(default, limit)
 
 
 def _partition(path: Path, name: str, table: Any) -> SlurmPartition:
@@ -153,6 +198,7 @@ def _partition(path: Path, name: str, table: Any) -> SlurmPartition:
         fabriek_path = [fabriek_path]
     if not all(isinstance(p, str) and p.startswith("/") for p in fabriek_path):
         raise InvalidRequest(f"{where}: `fabriek_path` must be absolute paths")
+    network = _network_policy(where, table)
     shared = Path(get("shared_dir", str))
     if not shared.is_absolute():
         raise InvalidRequest(f"{where}: `shared_dir` must be an absolute path")
@@ -167,6 +213,8 @@ def _partition(path: Path, name: str, table: Any) -> SlurmPartition:
         gpu_type=get("gpu_type", str, "gpu" if gpus else ""),
         account=word("account"),
         qos=word("qos"),
+        network=network.default,
+        network_limit=network.limit,
         python=get("python", str, sys.executable),
         slurm_conf=path_of("slurm_conf"),
         bin_dir=path_of("bin_dir"),
