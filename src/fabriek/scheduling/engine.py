@@ -43,9 +43,10 @@ from bisect import bisect_left, insort
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from operator import attrgetter, itemgetter
 
+from fabriek.core.identity import Network
 from fabriek.scheduling.green import plan_green
 from fabriek.scheduling.model import (
     Admission,
@@ -219,6 +220,9 @@ class _State:
             else (-1, -1, -1, -1)
         )
         self.lent: list[RunningJob] = []  # running jobs borrowed or being preempted: victims
+        # Whether any partition allows less than the host's network: only then does a job's
+        # network narrow where it may run.
+        self.network_limited = any(p.network_limit != Network.HOST for p in snapshot.partitions)
         self.nodes = self._hold(snapshot.running)
 
     def _hold(self, running: Sequence[RunningJob]) -> dict[str, _Nodes]:
@@ -271,14 +275,21 @@ class _State:
         return request.gpus * request.time_limit_s / 3600.0 * weight
 
     def candidates(self, request: Request) -> list[Partition]:
+        """Where the request may run: the partition it names, else those of its GPU type (any,
+        for CPU-only work); of those, only the ones whose network limit allows what it asks."""
         if request.partition is not None:
             found = self.partitions.get(request.partition)
-            return [found] if found is not None else []
-        if request.gpu_type is not None:
-            return [p for p in self.snapshot.partitions if p.gpu_type == request.gpu_type]
-        if request.gpus_per_node == 0:
-            return list(self.snapshot.partitions)
-        return [p for p in self.snapshot.partitions if p.gpu_type]
+            result = [found] if found is not None else []
+        elif request.gpu_type is not None:
+            result = [p for p in self.snapshot.partitions if p.gpu_type == request.gpu_type]
+        elif request.gpus_per_node == 0:
+            result = list(self.snapshot.partitions)
+        else:
+            result = [p for p in self.snapshot.partitions if p.gpu_type]
+        network = request.network
+        if network is None or not self.network_limited:
+            return result
+        return [p for p in result if p.network_limit.allows(network)]
 
     def place(
         self,
@@ -435,6 +446,7 @@ def _nominate(
     queued: list[PendingJob] = []  # what the queues got, in the order the jobs came
     default_type = state.default_gpu_type
     surely = state.surely_fits  # (gpus, cpus, memory, nodes) every node and partition could hold
+    limited = state.network_limited
     largest: dict[str, list[tuple[int, int, int]]] | None = None
     possible: dict[Request, bool] = {}
     wanting = demand[default_type]  # the pools wanting the type a request without one counts on
@@ -453,6 +465,7 @@ def _nominate(
             and request.nodes <= surely[3]
             and (request.gpu_type is None or request.gpu_type == default_type)
             and request.partition is None
+            and (request.network is None or not limited)
         ):
             fits = possible.get(request)
             if fits is None:
@@ -460,9 +473,7 @@ def _nominate(
                     largest = _largest_shapes(state)
                 fits = possible[request] = _could_ever_fit(request, state, largest)
             if not fits:
-                reasons[job.id] = (
-                    "waiting: no partition has room for it even when empty; it can never start"
-                )
+                reasons[job.id] = _never_fits(request, state, largest or _largest_shapes(state))
                 continue
         if not job.preemptible and gpus and request.gpus > owed_most.get(pool, 0):
             never = _beyond_guarantee_for_ever(state, job)  # rare: a closer look
@@ -623,6 +634,21 @@ def _largest_shapes(state: _State) -> dict[str, list[tuple[int, int, int]]]:
         p.name: sorted(((n.gpus, n.cpus, n.memory_bytes) for n in p.nodes), reverse=True)
         for p in state.snapshot.partitions
     }
+
+
+def _never_fits(request: Request, state: _State, largest: dict[str, list]) -> str:  # type: ignore[type-arg]
+    """Why a request no partition could ever hold waits for ever: its network, where a
+    partition it fits would hold it but allows less network than it asks (an operator
+    lowered the limit since it was submitted); else its size."""
+    if request.network is not None and _could_ever_fit(
+        replace(request, network=None), state, largest
+    ):
+        limits = ", ".join(f"{p.name} {p.network_limit.value}" for p in state.snapshot.partitions)
+        return (
+            f"waiting: no partition it fits allows network {request.network.value} (the most "
+            f"each allows: {limits}); it can never start as it is"
+        )
+    return "waiting: no partition has room for it even when empty; it can never start"
 
 
 def _could_ever_fit(request: Request, state: _State, largest: dict[str, list]) -> bool:  # type: ignore[type-arg]
