@@ -188,6 +188,18 @@ class Settings(BaseSettings):
         "processes, network namespace and cgroup limits). Off only for a machine without "
         "bubblewrap, where every tenant's job then sees the whole machine; `fabriek up` says so.",
     )
+    sandbox_ro_paths: str = Field(
+        "",
+        description="More paths each sandboxed job sees read-only, separated by ':' (a site's "
+        "software tree, e.g. /cvmfs:/apps). The system's own (/usr, /etc, /opt, ...) are always "
+        "there; /home, /root, /run, /var and /srv are not.",
+    )
+    job_pids_max: int = Field(
+        8192,
+        ge=64,
+        description="Most processes and threads one job may have at once (its cgroup's pids "
+        "limit): a fork bomb stops there, the machine and other jobs carry on.",
+    )
     require_isolation: bool = Field(
         False,
         description="Refuse to start unless jobs are fully isolated: the sandbox works, the "

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from fabriek.cli import info
 from fabriek.cli import jobs as job_commands
@@ -125,6 +126,10 @@ def up(
                 f"created the administrator and a token; the CLI on this machine uses it ({path})",
                 highlight=False,
             )
+        isolation = runtime.backend.isolation
+        if "local" in runtime.backends:
+            mark = "" if isolation.complete else "[bold yellow]warning:[/] "
+            err_console.print(f"  {mark}{escape(isolation.describe())}", highlight=False)
         else:
             _follow_address_change(runtime, url)
         err_console.print(f"API docs at {url}/docs - stop with Ctrl-C (running jobs keep running)")

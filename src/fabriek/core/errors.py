@@ -125,6 +125,14 @@ class AllocationExpired(Conflict):
     code = "allocation_expired"
 
 
+class IsolationUnavailable(FabriekError):
+    """FABRIEK_REQUIRE_ISOLATION is set and this machine cannot isolate jobs fully."""
+
+    code = "isolation_unavailable"
+    http_status = 503
+    exit_code = 6
+
+
 class ServerUnavailable(FabriekError):
     """The client could not reach a fabriek server."""
 
@@ -152,6 +160,7 @@ ERRORS_BY_CODE: dict[str, type[FabriekError]] = {
         NotFound,
         Conflict,
         IllegalTransition,
+        IsolationUnavailable,
         ServerUnavailable,
     )
 }

@@ -37,7 +37,7 @@ import tarfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 MAX_PATH_BYTES = 1024
 """Longest name (and symbolic link target) in bytes. Leaves room under Linux's PATH_MAX (4096) for
@@ -308,10 +308,12 @@ def _resolve_link(name: str, target: str) -> str:
 
 
 @contextlib.contextmanager
-def open_bounded(path: str, limits: Limits) -> Iterator[tarfile.TarFile]:
-    """`path`, a gzip'd tar, opened for `check`: its uncompressed stream bounded by the limits."""
+def open_bounded(path: str | BinaryIO, limits: Limits) -> Iterator[tarfile.TarFile]:
+    """`path` (or a file open for reading, left open), a gzip'd tar, opened for `check`: its
+    uncompressed stream bounded by the limits."""
+    raw_file: Any = open(path, "rb") if isinstance(path, str) else contextlib.nullcontext(path)  # noqa: SIM115
     # Nested, not parenthesised: this file must parse on Python 3.9 (a Slurm node's).
-    with open(path, "rb") as raw, gzip.GzipFile(fileobj=raw, mode="rb") as gz:  # noqa: SIM117
+    with raw_file as raw, gzip.GzipFile(fileobj=raw, mode="rb") as gz:  # noqa: SIM117
         with tarfile.open(fileobj=_Bounded(gz, limits.max_bytes), mode="r:") as tar:
             yield tar
 
@@ -338,13 +340,14 @@ def check_file(path: str, limits: Limits) -> Checked:
 
 
 def unpack(
-    path: str,
+    path: str | BinaryIO,
     dest: str,
     limits: Limits,
     *,
     progress: Callable[[], None] | None = None,
 ) -> Checked:
-    """Check the archive at `path` as the upload did, then extract the entries it checked into the
+    """Check the archive at `path` (or open as `path`: a supervisor opens it before it takes the
+    job's identity to extract) as the upload did, then extract the entries it checked into the
     directory `dest` (which exists). `progress` is called before each entry is read and before each
     is extracted: raising there stops the unpacking at once (a cancel, a time limit)."""
     try:

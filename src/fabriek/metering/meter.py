@@ -113,8 +113,10 @@ def job_meter(
     rapl_root: str = "/sys/class/powercap",
     sample_every_s: float = SAMPLE_EVERY_S,
     estimates: Estimates | None = None,
+    cpu_seconds: Callable[[], float] | None = None,
 ) -> JobMeter:
-    """The meter the supervisor runs. `gpu_source`: `nvml` (real GPUs), `estimate` (GPUs that
+    """The meter the supervisor runs. `cpu_seconds`: the job's CPU time so far (its cgroup's,
+    in a sandbox); default: its process group's, `pgid`. `gpu_source`: `nvml` (real GPUs), `estimate` (GPUs that
     NVML does not know, e.g. declared fake ones), or `fake-counter:WATTS` (tests: a counter
     that grows at WATTS per GPU, behind the same interface as NVML)."""
     gpu: GpuMeter | GpuEstimate | None = None
@@ -135,7 +137,7 @@ def job_meter(
             else GpuEstimate(len(gpu_indices), watts=factors.gpu_watts)
         )
     cpu = CpuMeter(
-        lambda: group_cpu_seconds(pgid),
+        cpu_seconds or (lambda: group_cpu_seconds(pgid)),
         memory_bytes=memory_bytes,
         rapl=Rapl(rapl_root),
         watts_per_core=factors.cpu_watts_per_core,

@@ -124,6 +124,10 @@ def build_runtime(
         workdir_limits=limits_of(settings),
     )
     config = load_partitions(settings.partitions_file)
+        sandbox=settings.sandbox,
+        sandbox_ro_paths=tuple(p for p in settings.sandbox_ro_paths.split(":") if p),
+        pids_max=settings.job_pids_max,
+        home=settings.home,
     backends: dict[str, Backend] = {backend.name: backend} if config.local else {}
     for partition in config.slurm:
         backends[partition.name] = SlurmBackend(

@@ -21,7 +21,7 @@ from typing import IO
 import uvicorn
 from sqlalchemy import Connection, Engine, text
 
-from fabriek.core.errors import Conflict
+from fabriek.core.errors import Conflict, IsolationUnavailable
 from fabriek.server.db.migrate import upgrade
 from fabriek.server.runtime import Runtime, build_runtime, detect_machine
 from fabriek.server.services.auth import bootstrap
@@ -71,12 +71,19 @@ def lock_database(engine: Engine) -> Connection | None:
 def prepare(settings: Settings) -> tuple[Runtime, str | None]:
     """Migrate the database and, on first start, create the administrator. Returns its new token."""
     runtime = build_runtime(settings, machine=detect_machine(settings))
+    isolation = runtime.backend.isolation  # found once, here (it tries bubblewrap)
+    if settings.require_isolation and not isolation.complete:
+        runtime.close()
+        raise IsolationUnavailable(
+            "FABRIEK_REQUIRE_ISOLATION is set, but jobs would not be fully isolated: "
+            + "; ".join(isolation.problems or ("the server is not root",))
+        )
     upgrade(runtime.engine)
     with runtime.transaction() as session:
         token = bootstrap(session, admin_name=_admin_name(), now=runtime.clock())
         given = ensure_identities(session, runtime.uids)
     if given:
-        log.info("gave %d project(s) made before identities were kept a uid each", given)
+        log.info("gave %d project(s) without one a uid", given)
     return runtime, token
 
 

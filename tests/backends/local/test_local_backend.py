@@ -104,17 +104,19 @@ def test_time_limit_terms_then_kills(backend: LocalBackend) -> None:
     assert seen.usage is not None and 1.4 <= seen.usage.wall_s < 5
 
 
-def test_cancel_sends_sigterm_to_the_whole_group(backend: LocalBackend, tmp_path: Path) -> None:
-    marker = tmp_path / "child.pid"
-    backend.submit(make_spec(1, ["sh", "-c", f"sleep 60 & echo $! > {marker}; wait"]))
+def test_cancel_sends_sigterm_to_the_whole_group(backend: LocalBackend) -> None:
+    # A unique argument finds the child from outside (in a sandbox it has a pid of its own).
+    marker = backend.job_dir(1) / "output" / "child"
+    script = "sleep 60.0417 & echo started > $FABRIEK_OUTPUT_DIR/child; wait"
+    backend.submit(make_spec(1, ["sh", "-c", script]))
     wait_for(lambda: marker.exists() and marker.read_text().strip(), what="the child to start")
+    assert processes_with("60.0417")
     handle = {"dir": str(backend.job_dir(1))}
     backend.cancel(1, handle)
     backend.cancel(1, handle)  # idempotent
     seen = finished(backend, 1)
     assert seen.outcome == JobState.CANCELLED
-    child = int(marker.read_text())
-    wait_for(lambda: not _alive(child), what="the background child to be gone")
+    wait_for(lambda: not processes_with("60.0417"), what="the background child to be gone")
     backend.cancel(1, handle)  # a finished job is left alone
 
 
@@ -126,14 +128,29 @@ def _alive(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] != "Z"
 
 
-def test_submit_is_idempotent(backend: LocalBackend, tmp_path: Path) -> None:
-    counter = tmp_path / "runs"
-    spec = make_spec(1, ["sh", "-c", f"echo run >> {counter}"])
+def processes_with(argument: str) -> list[int]:
+    """Live processes of this machine with `argument` in their command line."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if stat[stat.rindex(")") + 2] != "Z" and argument.encode() in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def test_submit_is_idempotent(backend: LocalBackend) -> None:
+    spec = make_spec(1, ["sh", "-c", "echo run >> $FABRIEK_OUTPUT_DIR/runs"])
     first = backend.submit(spec)
     second = backend.submit(spec)  # as after a crash before the handle was recorded
     assert first == second
     finished(backend, 1)
-    assert counter.read_text() == "run\n"
+    assert (backend.job_dir(1) / "output" / "runs").read_text() == "run\n"
 
 
 def test_gpus_are_passed_as_cuda_visible_devices(backend: LocalBackend) -> None:
@@ -242,6 +259,12 @@ def test_a_dead_supervisor_is_lost_and_its_job_ended(backend: LocalBackend) -> N
     seen = finished(backend, 1)
     assert seen.phase == Phase.LOST
     wait_for(lambda: not _alive(started["pid"]), what="the orphaned job to be killed")
+    cgroup = backend.isolation.cgroup
+    if cgroup is not None:  # and its cgroup removed, in every hierarchy
+        key = "job-" + job_dir.name
+        wait_for(
+            lambda: not any((Path(m) / "fabriek" / key).exists() for m in cgroup.mounts.values())
+        )
 
 
 def test_start_ticks_identify_a_process() -> None:
@@ -256,17 +279,32 @@ def test_start_ticks_identify_a_process() -> None:
     assert proc_start_ticks(2**22 + 7) is None
 
 
-def test_a_result_forged_by_the_running_job_is_ignored(backend: LocalBackend) -> None:
+@pytest.mark.parametrize("sandbox", [True, False], ids=["sandboxed", "plain"])
+def test_a_result_forged_by_the_running_job_is_ignored(tmp_path: Path, sandbox: bool) -> None:
+    backend = LocalBackend(
+        jobs_dir=tmp_path / "jobs",
+        resources=Resources(2, 4 * G),
+        gpus=[],
+        kill_grace_seconds=0.5,
+        sandbox=sandbox,
+    )
     forged = '{"outcome": "succeeded", "exit_code": 0}'
     # The job forges its result, then runs until the test lets it end: a slow machine can
-    # neither end it early nor catch it before its supervisor has recorded the start.
-    script = f"echo '{forged}' > ../result.json; while [ ! -e ../go ]; do sleep 0.05; done; exit 5"
+    # neither end it early nor catch it before its supervisor has recorded the start. In a
+    # sandbox it cannot even write there: its job directory is not in its view.
+    script = (
+        f"echo '{forged}' > ../result.json && echo forged > $FABRIEK_OUTPUT_DIR/forged; "
+        "touch $FABRIEK_OUTPUT_DIR/tried; "
+        "while [ ! -e $FABRIEK_OUTPUT_DIR/go ]; do sleep 0.05; done; exit 5"
+    )
     backend.submit(make_spec(1, ["sh", "-c", script]))
     handle = {"dir": str(backend.job_dir(1))}
-    wait_for(lambda: (backend.job_dir(1) / "result.json").exists(), what="the forged file")
+    output = backend.job_dir(1) / "output"
+    wait_for(lambda: (output / "tried").exists(), what="the forging")
+    assert (output / "forged").exists() == (not sandbox)
     wait_for(lambda: backend.poll({1: handle})[1].phase != Phase.STARTING, what="the start")
     assert backend.poll({1: handle})[1].phase == Phase.RUNNING
-    (backend.job_dir(1) / "go").touch()
+    (output / "go").touch()
     seen = finished(backend, 1)
     assert (seen.outcome, seen.exit_code) == (JobState.FAILED, 5)
 
@@ -319,20 +357,17 @@ def test_supervisors_outlive_the_launcher(backend: LocalBackend) -> None:
     )
 
 
-def test_same_id_from_another_database_is_a_new_job(backend: LocalBackend, tmp_path: Path) -> None:
+def test_same_id_from_another_database_is_a_new_job(backend: LocalBackend) -> None:
     """A database reset under an existing home must not adopt the old job's directory."""
-    counter = tmp_path / "runs"
-    old = make_spec(1, ["sh", "-c", f"echo old >> {counter}"])
+    old = make_spec(1, ["sh", "-c", "echo old >> $FABRIEK_OUTPUT_DIR/runs"])
     backend.submit(LaunchSpec(**{**_fields(old), "instance": "111"}))
-    backend.submit(
-        LaunchSpec(
-            **{**_fields(old), "instance": "222", "argv": ["sh", "-c", f"echo new >> {counter}"]}
-        )
-    )
+    new_argv = ["sh", "-c", "echo new >> $FABRIEK_OUTPUT_DIR/runs"]
+    backend.submit(LaunchSpec(**{**_fields(old), "instance": "222", "argv": new_argv}))
     for instance in ("111", "222"):
         handle = {"dir": str(backend.job_dir(1, instance))}
         wait_for(lambda h=handle: backend.poll({1: h})[1].phase == Phase.FINISHED)  # type: ignore[misc]
-    assert sorted(counter.read_text().split()) == ["new", "old"]
+    runs = [(backend.job_dir(1, i) / "output" / "runs").read_text() for i in ("111", "222")]
+    assert runs == ["old\n", "new\n"]
 
 
 def _fields(spec: LaunchSpec) -> dict[str, object]:

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fabriek.backends.base import (
+    WORK_DIR,
     Capacity,
     Handle,
     LaunchSpec,
@@ -29,13 +30,21 @@ from fabriek.backends.base import (
     read_job_file,
 )
 from fabriek.backends.local import shim
+from fabriek.backends.local.cgroups import JobCgroup
 from fabriek.backends.local.gpus import GpuInfo
+from fabriek.backends.local.sandbox import PIDS_MAX_DEFAULT, Isolation, gpu_devices, hidden, probe
+from fabriek.backends.local.sandbox import Job as SandboxedJob
+from fabriek.backends.local.sandbox import argv as sandbox_argv
+from fabriek.core.identity import Identity, Network
 from fabriek.core.jobs import FINAL_STATES, JobState, Resources
 from fabriek.core.workdir_archive import DEFAULT_LIMITS, Limits
 
 log = logging.getLogger(__name__)
 
 SHIM = Path(shim.__file__)
+# Who a sandboxed job runs as when its launch names no project identity (a project not given a
+# uid yet): never as root.
+NOBODY = Identity(65534, 65534, "")
 
 
 def meter_sys_path() -> list[str]:
@@ -67,11 +76,17 @@ class LocalBackend:
         sample_every_s: float = 15.0,
         estimates: dict[str, float] | None = None,
         workdir_limits: Limits = DEFAULT_LIMITS,
+        sandbox: bool = True,
+        sandbox_ro_paths: tuple[str, ...] = (),
+        pids_max: int = PIDS_MAX_DEFAULT,
+        home: Path | None = None,
     ) -> None:
         """`gpu_energy`: how the supervisors meter GPUs: `nvml` (GPUs NVML found), `estimate`
         (declared fake GPUs: rated power x time), or `fake-counter:WATTS` (tests).
         `workdir_limits`: those the uploads were checked against; the supervisor checks again
-        before it unpacks, as part of the job's time."""
+        before it unpacks, as part of the job's time. `sandbox`: run each job in its own
+        (sandbox.py; what this machine allows is found on first use, see `isolation`), seeing
+        `sandbox_ro_paths` read-only beside the system, and nothing of `home`."""
         self.jobs_dir = jobs_dir
         self.workdir_limits = workdir_limits
         self.gpu_energy = gpu_energy
@@ -85,6 +100,20 @@ class LocalBackend:
         self.on_change = on_change  # called from a watcher thread when a supervisor exits
         self.launcher = Launcher(jobs_dir / "launcher.log")
         jobs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.home = home or jobs_dir.parent
+        self._sandbox = (sandbox, tuple(sandbox_ro_paths), pids_max)
+        self._isolation: Isolation | None = None
+        self._isolation_lock = threading.Lock()
+
+    @property
+    def isolation(self) -> Isolation:
+        """What keeps this machine's jobs apart: probed once, on first use (it runs bubblewrap)."""
+        with self._isolation_lock:
+            if self._isolation is None:
+                enabled, ro_paths, pids_max = self._sandbox
+                self._isolation = probe(enabled=enabled, ro_paths=ro_paths, pids_max=pids_max)
+                self._hidden = hidden(self.home, self._isolation)
+            return self._isolation
 
     def capacity(self) -> Capacity:
         resources = Resources(self.resources.cpus, self.resources.memory_bytes, len(self.gpus))
@@ -139,9 +168,12 @@ class LocalBackend:
         return (self.job_dir(spec.job_id, spec.instance) / "launched").exists()
 
     def _spec_file(self, spec: LaunchSpec) -> dict[str, object]:
-        # The server's environment (PATH, locale, ...) minus its own settings and secrets, then the
-        # job's variables, then ours.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FABRIEK_")}
+        # A clean environment: the server's PATH and locale and nothing else of its own (its
+        # settings, secrets, tokens), then the job's variables, then ours.
+        env = {
+            "PATH": os.environ.get("PATH", os.defpath),
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+        }
         env.update(spec.env)
         env.update(
             FABRIEK_JOB_ID=str(spec.job_id),
@@ -151,9 +183,13 @@ class LocalBackend:
             # A job that asked for no GPU sees none, so it cannot take another job's.
             CUDA_VISIBLE_DEVICES=",".join(self._gpu_uuid(i) for i in spec.gpu_ids),
         )
+        isolation = self.isolation
+        identity = spec.identity or NOBODY if isolation.bwrap and isolation.as_root else None
         return {
             "argv": spec.argv,
             "env": env,
+            "ids": [identity.uid, identity.gid] if identity else None,
+            "sandbox": self._sandbox_plan(spec, identity) if isolation.bwrap else None,
             "time_limit_s": spec.time_limit_s,
             "kill_grace_seconds": self.kill_grace_seconds,
             "workdir_archive": str(spec.workdir_archive) if spec.workdir_archive else None,
@@ -168,6 +204,30 @@ class LocalBackend:
             }
             if self.metering
             else None,
+        }
+
+    def _sandbox_plan(self, spec: LaunchSpec, identity: Identity | None) -> dict[str, object]:
+        """What the supervisor needs to start the job in its sandbox (see jail.Sandbox)."""
+        isolation = self.isolation
+        job_dir = self.job_dir(spec.job_id, spec.instance)
+        job = SandboxedJob(
+            job_id=spec.job_id,
+            work=str(job_dir / WORK_DIR),
+            output=str(job_dir / "output"),
+            network=spec.network,
+            identity=identity,
+            gpu_devices=gpu_devices(spec.gpu_ids),
+            hide=self._hidden,
+        )
+        return {
+            "argv": sandbox_argv(isolation, job),
+            "argv_zero": spec.argv[0] if spec.argv else "",
+            # `none` as root: an empty network namespace, made before bubblewrap starts.
+            "unshare_net": isolation.as_root and spec.network == Network.NONE,
+            "cgroup": isolation.cgroup.as_dict() if isolation.cgroup else None,
+            "memory_bytes": spec.resources.memory_bytes,
+            "pids_max": isolation.pids_max,
+            "cpus": spec.resources.cpus,
         }
 
     def _gpu_uuid(self, index: int) -> str:
@@ -212,6 +272,7 @@ class LocalBackend:
         if result:
             return _finished(result, started_at, job_dir / "energy.jsonl")
         self._kill_orphan(started)
+        self._remove_cgroup(job_dir)
         return Observation(
             Phase.LOST, started_at=started_at, reason="the job's supervisor ended without a result"
         )
@@ -227,6 +288,16 @@ class LocalBackend:
                 os.killpg(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+
+    def _remove_cgroup(self, job_dir: Path) -> None:
+        """A supervisor that died hard left its job's cgroup: end what is in it, remove it."""
+        hierarchy = self.isolation.cgroup
+        if hierarchy is None:
+            return
+        cgroup = JobCgroup(hierarchy.as_dict(), "job-" + job_dir.name)
+        if cgroup.pids() or any(os.path.isdir(d) for d in cgroup.dirs.values()):
+            cgroup.kill_all()
+            cgroup.remove()
 
     # --- cancel -------------------------------------------------------------------------------
     def cancel(self, job_id: int, handle: Handle) -> None:

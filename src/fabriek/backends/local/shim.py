@@ -109,6 +109,15 @@ _PACKAGE_ROOT = os.path.dirname(
 REASON_MAX = 300  # characters of a reason written to result.json (a job's stored reason)
 
 
+def _size_words(n: int) -> str:
+    """2147483648 -> 2G: a memory limit as the user wrote it (binary units)."""
+    for unit in ("T", "G", "M", "K"):
+        size = 1 << {"T": 40, "G": 30, "M": 20, "K": 10}[unit]
+        if n >= size and n % size == 0:
+            return f"{n // size}{unit}"
+    return f"{n} bytes"
+
+
 def bounded(text: str, limit: int = REASON_MAX) -> str:
     """`text`, cut to `limit` characters: what goes into a job's stored reason stays short."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -142,6 +151,9 @@ class Supervisor:
         with open(self.path("spec.marshal"), "rb") as f:
             self.spec: dict[str, Any] = marshal.load(f)
         self.cancel_requested = False
+        self.sandbox: Any = None  # a backends.local.jail.Sandbox, once the job runs in one
+        ids = self.spec.get("ids")  # [uid, gid]: the job runs as its project
+        self.ids: tuple[int, int] | None = (int(ids[0]), int(ids[1])) if ids else None
         self.deadline = float("inf")  # set when the job's time starts (run)
         self._next_look = 0.0
         self.wake_r, wake_w = os.pipe()
@@ -162,10 +174,11 @@ class Supervisor:
 
     def run(self) -> None:
         workdir, outdir = self.path("work"), self.path("output")
-        os.makedirs(outdir, exist_ok=True)
+        self._own_dir(outdir)
         # The job's time starts here, before its workdir is unpacked: unpacking is its first
         # step, charged and bounded by its time limit like the rest, and a cancel stops it.
         started_at, started = time.time(), time.monotonic()
+        self._started_at = started_at
         self.deadline = started + self.spec["time_limit_s"]
         unpacking = _CpuTime()
         try:
@@ -186,11 +199,21 @@ class Supervisor:
             return
         argv: list[str] = self.spec["argv"]
         env = {**self.spec["env"], "FABRIEK_OUTPUT_DIR": outdir, "FABRIEK_WORKDIR": workdir}
+        env.setdefault("HOME", workdir)
         os.environ["PATH"] = env.get("PATH", os.defpath)  # posix_spawnp searches our own PATH
         os.chdir(workdir)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
-        out = os.open(self.path("stdout.log"), flags, 0o644)
-        log = os.open(self.path("stderr.log"), flags, 0o644)
+        out, log = self._open_log("stdout.log"), self._open_log("stderr.log")
+        if self.spec.get("sandbox"):
+            try:
+                pid = self._spawn_sandboxed(argv, env, out, log)
+            except _Stop as stop:
+                self._finish(stop.outcome, exit_code=127, reason=stop.reason)
+                return
+            finally:
+                os.close(out)
+                os.close(log)
+            self._supervise(pid, started, self._start_meter(pid), unpacking())
+            return
         try:
             pid = os.posix_spawnp(
                 argv[0],
@@ -221,6 +244,56 @@ class Supervisor:
         )
         self._supervise(pid, started, self._start_meter(pid), unpacking())
 
+    def _own_dir(self, path: str) -> None:
+        """A directory of the job's, the project's own (mode 0700) where it runs as its project."""
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        if self.ids is not None:
+            os.chown(path, *self.ids, follow_symlinks=False)
+            os.chmod(path, 0o700, follow_symlinks=False)
+
+    def _open_log(self, name: str) -> int:
+        fd = os.open(self.path(name), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+        if self.ids is not None:
+            os.fchown(fd, *self.ids)
+        return fd
+
+    def _as_project(self) -> Any:
+        from contextlib import contextmanager
+
+        @contextmanager
+        def switched() -> Any:
+            if self.ids is None:
+                yield
+                return
+            os.setegid(self.ids[1])
+            os.seteuid(self.ids[0])
+            try:
+                yield
+            finally:
+                os.seteuid(0)
+                os.setegid(0)
+
+        return switched()
+
+    def _spawn_sandboxed(self, argv: list[str], env: dict[str, str], out: int, log: int) -> int:
+        """Start the job in its sandbox (backends/local/jail.py); the pid of bubblewrap, our
+        child. Raises _Stop when the sandbox could not be made."""
+        sys.path.insert(0, _PACKAGE_ROOT)
+        from fabriek.backends.local.jail import Sandbox
+
+        self.sandbox = Sandbox(self.spec["sandbox"], self.dir)
+        try:
+            pid = self.sandbox.start(argv, env, out, log)
+        except OSError as exc:
+            self.sandbox = None
+            raise _Stop("failed", f"could not make the job's sandbox: {exc}") from None
+        write_json_atomic(
+            self.path("started.json"),
+            {"pid": pid, "pid_start": proc_start_ticks(pid), "started_at": self._started_at},
+            durable=False,
+        )
+        return pid
+
     def _start_meter(self, pgid: int) -> Any:
         """The job's energy meter (fabriek.metering), imported only now that the job runs: it
         costs the launch nothing. Metering trouble is logged and never stops the job."""
@@ -240,6 +313,7 @@ class Supervisor:
                 rapl_root=orders.get("rapl_root", "/sys/class/powercap"),
                 sample_every_s=orders.get("sample_every_s", 15.0),
                 estimates=Estimates(**orders.get("estimates", {})),
+                cpu_seconds=self.sandbox.cpu_seconds if self.sandbox is not None else None,
             )
         except Exception as exc:
             print(f"fabriek: energy metering off for this job: {exc!r}", file=sys.stderr)
@@ -250,7 +324,7 @@ class Supervisor:
         (fabriek.core.workdir_archive): it extracts only what it checked. The job counts as
         running meanwhile (started.json, without a pid yet). Raises _Stop on a cancel or at the
         time limit, noticed before each entry."""
-        os.makedirs(workdir, exist_ok=True)
+        self._own_dir(workdir)
         archive = self.spec.get("workdir_archive")
         if not archive:
             return
@@ -263,7 +337,13 @@ class Supervisor:
             max_bytes, max_entries = self.spec["workdir_limits"]
             limits = workdir_archive.Limits(max_bytes=max_bytes, max_entries=max_entries)
         try:
-            workdir_archive.unpack(archive, workdir, limits, progress=self._unpacking)
+            # Opened as the supervisor, extracted as the project: what it unpacks is the
+            # project's, and lands only where the project may write.
+            # From inside the workdir: the project's uid may not pass through the directories
+            # above it (the server's home).
+            os.chdir(workdir)
+            with open(archive, "rb") as raw, self._as_project():
+                workdir_archive.unpack(raw, ".", limits, progress=self._unpacking)
         except workdir_archive.Refused as exc:
             raise _Stop("failed", f"could not unpack the workdir: {exc}") from None
 
@@ -300,12 +380,12 @@ class Supervisor:
             now = time.monotonic()
             if outcome is None and self._cancel_marked():
                 outcome, kill_at = "cancelled", now + grace
-                self._signal_group(pid, signal.SIGTERM)
+                self._signal_job(pid, signal.SIGTERM)
             elif outcome is None and now >= deadline:
                 outcome, kill_at = "timed_out", now + grace
-                self._signal_group(pid, signal.SIGTERM)
+                self._signal_job(pid, signal.SIGTERM)
             elif kill_at is not None and now >= kill_at:
-                self._signal_group(pid, signal.SIGKILL)
+                self._signal_job(pid, signal.SIGKILL)
                 kill_at = None
             timers = [t for t in (deadline if outcome is None else None, kill_at) if t is not None]
             # Wake at least every second: that is how a cancel file written after a crash is noticed.
@@ -333,8 +413,24 @@ class Supervisor:
         wall = time.monotonic() - started
         code = os.waitstatus_to_exitcode(status)
         exit_code, signum = (code, None) if code >= 0 else (None, -code)
+        cpu_s = rusage.ru_utime + rusage.ru_stime + unpack_cpu_s
+        oom, max_rss = False, rusage.ru_maxrss * 1024
+        if self.sandbox is not None:
+            exit_code, signum, start_error = self.sandbox.outcome(code)
+            oom, cgroup_cpu_s, peak = self.sandbox.end()
+            if cgroup_cpu_s is not None:  # every process's, also those reaped by no one
+                cpu_s = cgroup_cpu_s + unpack_cpu_s
+            max_rss = max(max_rss, peak or 0)
+            if start_error is not None and outcome is None:
+                self._finish(
+                    "failed",
+                    exit_code=127,
+                    reason=f"cannot start the command: {start_error}",
+                    usage={"wall_s": wall, "cpu_s": cpu_s, "max_rss_bytes": 0},
+                )
+                return
         if outcome is None:
-            outcome = "succeeded" if code == 0 else "failed"
+            outcome = "succeeded" if exit_code == 0 and not oom else "failed"
         reason = {
             "cancelled": "cancelled on request",
             "timed_out": f"ran past its time limit of {self.spec['time_limit_s']}s",
@@ -343,7 +439,10 @@ class Supervisor:
             reason = (
                 f"exited with code {exit_code}" if signum is None else f"killed by signal {signum}"
             )
-        cpu_s = rusage.ru_utime + rusage.ru_stime + unpack_cpu_s
+            if oom:
+                reason = (
+                    f"out of memory (limit {_size_words(self.spec['sandbox']['memory_bytes'])})"
+                )
         energy = None
         if meter is not None:
             try:
@@ -355,7 +454,7 @@ class Supervisor:
             exit_code=exit_code,
             signal=signum,
             reason=reason,
-            usage={"wall_s": wall, "cpu_s": cpu_s, "max_rss_bytes": rusage.ru_maxrss * 1024},
+            usage={"wall_s": wall, "cpu_s": cpu_s, "max_rss_bytes": max_rss},
             energy=energy,
         )
 
@@ -367,6 +466,14 @@ class Supervisor:
         except Exception as exc:
             print(f"fabriek: energy metering stopped: {exc!r}", file=sys.stderr)
             return None
+
+    def _signal_job(self, pid: int, signum: int) -> None:
+        """Signal the job: its process group, or in a sandbox every process of its PID namespace
+        (bubblewrap itself spared: it would take the job down with SIGKILL at once)."""
+        if self.sandbox is not None:
+            self.sandbox.signal(signum)
+        else:
+            self._signal_group(pid, signum)
 
     @staticmethod
     def _signal_group(pgid: int, signum: int) -> None:
