@@ -14,6 +14,7 @@ import pytest
 
 from fabriek.backends.base import LaunchSpec, Observation, Phase
 from fabriek.backends.local.backend import LocalBackend
+from fabriek.backends.local.cgroups import key_for
 from fabriek.backends.local.gpus import FakeInventory, inventory_from_setting
 from fabriek.backends.local.shim import proc_start_ticks
 from fabriek.core.jobs import JobState, Resources
@@ -261,7 +262,7 @@ def test_a_dead_supervisor_is_lost_and_its_job_ended(backend: LocalBackend) -> N
     wait_for(lambda: not _alive(started["pid"]), what="the orphaned job to be killed")
     cgroup = backend.isolation.cgroup
     if cgroup is not None:  # and its cgroup removed, in every hierarchy
-        key = "job-" + job_dir.name
+        key = key_for(str(job_dir))
         wait_for(
             lambda: not any((Path(m) / "fabriek" / key).exists() for m in cgroup.mounts.values())
         )

@@ -30,7 +30,7 @@ from fabriek.backends.base import (
     read_job_file,
 )
 from fabriek.backends.local import shim
-from fabriek.backends.local.cgroups import JobCgroup
+from fabriek.backends.local.cgroups import JobCgroup, key_for
 from fabriek.backends.local.gpus import GpuInfo
 from fabriek.backends.local.sandbox import PIDS_MAX_DEFAULT, Isolation, gpu_devices, hidden, probe
 from fabriek.backends.local.sandbox import Job as SandboxedJob
@@ -294,7 +294,7 @@ class LocalBackend:
         hierarchy = self.isolation.cgroup
         if hierarchy is None:
             return
-        cgroup = JobCgroup(hierarchy.as_dict(), "job-" + job_dir.name)
+        cgroup = JobCgroup(hierarchy.as_dict(), key_for(str(job_dir)))
         if cgroup.pids() or any(os.path.isdir(d) for d in cgroup.dirs.values()):
             cgroup.kill_all()
             cgroup.remove()

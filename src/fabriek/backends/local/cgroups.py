@@ -89,6 +89,15 @@ def prepare(hierarchy: Hierarchy) -> str:
     return ""
 
 
+def key_for(job_dir: str) -> str:
+    """The name of a job's cgroup: its directory's name and a digest of its whole path, so that
+    two servers on one machine (two homes, the same job ids) never share one."""
+    import hashlib
+
+    path = os.path.abspath(job_dir)
+    return f"job-{os.path.basename(path)}-{hashlib.sha256(path.encode()).hexdigest()[:12]}"
+
+
 def _write(path: str, value: str) -> None:
     with open(path, "w") as f:
         f.write(value)

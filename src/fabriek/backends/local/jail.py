@@ -14,7 +14,7 @@ import select
 import signal
 from typing import Any
 
-from fabriek.backends.local.cgroups import JobCgroup
+from fabriek.backends.local.cgroups import JobCgroup, key_for
 
 STATUS_FD = 3  # bubblewrap's --json-status-fd, as the plan's command line names it
 CLONE_NEWNET = 0x40000000
@@ -29,8 +29,7 @@ class Sandbox:
     def __init__(self, plan: dict[str, Any], job_dir: str) -> None:
         self.plan = plan
         self.stderr_path = os.path.join(job_dir, "stderr.log")
-        key = "job-" + os.path.basename(job_dir)
-        self.cgroup = JobCgroup(plan["cgroup"], key) if plan.get("cgroup") else None
+        self.cgroup = JobCgroup(plan["cgroup"], key_for(job_dir)) if plan.get("cgroup") else None
         self.pid: int | None = None  # bubblewrap's, our child
         self.init_pid: int | None = None  # the sandbox's pid 1, as this machine numbers it
         self.pid_ns: int | None = None  # the inode of its PID namespace
