@@ -13,7 +13,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from fabriek.core.identity import Identity, Network
+from fabriek.core.identity import Identity, Network, NetworkPolicy
 from fabriek.core.jobs import JobState, Resources
 
 
@@ -28,6 +28,9 @@ class Capacity:
     gpu_type: str = ""
     nodes: int = 1
     billing_weight: float = 1.0  # GPU-hours charged per GPU-hour used here
+    # What its jobs may reach: the operator's, from the partitions file. A backend reports the
+    # default (host, host); the controller puts the operator's in (Controller.capacities).
+    network: NetworkPolicy = field(default_factory=NetworkPolicy)
 
 
 Handle = dict[str, Any]
@@ -76,7 +79,8 @@ class LaunchSpec:
     nodes: int = 1  # `resources` on each
     # Who it runs as (its project's uid and gid, and the project's name); None: as the server.
     identity: Identity | None = None
-    # What it may reach, decided at submit (its own request, else its partition's default).
+    # What it may reach: what it asked for, else its partition's default lowered to its
+    # project's lock (core.identity.job_network), decided when it is launched.
     network: Network = Network.HOST
 
 

@@ -8,6 +8,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from fabriek.core.errors import IllegalTransition, InvalidRequest
+from fabriek.core.identity import Network
 from fabriek.core.text import check_label
 
 
@@ -219,6 +220,8 @@ class JobRequest:
     # `partition` if named (None: wherever the engine finds room).
     nodes: int = 1
     partition: str | None = None
+    # What it may reach (none < loopback < host); None: its partition's default.
+    network: Network | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +291,8 @@ class Job:
     carbon_note: str | None = None
     nodes: int = 1  # `resources` on each
     partition: str | None = None  # as asked for; `backend` says where it was admitted
+    # As asked for (None: its partition's default) until it starts; from then on what it got.
+    network: Network | None = None
 
     @property
     def total_gpus(self) -> int:

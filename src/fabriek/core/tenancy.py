@@ -11,6 +11,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from fabriek.core.errors import InvalidRequest
+from fabriek.core.identity import Network
 from fabriek.core.text import check_label
 
 
@@ -158,6 +159,8 @@ class Project:
     organisation: str
     created_at: datetime
     my_role: ProjectRole | None
+    # The most network its jobs may have, locked by an operator; None: what the partitions allow.
+    network_limit: Network | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,7 +70,8 @@ class Runtime:
             yield session
 
     def partitions(self) -> dict[str, Capacity]:
-        return {name: backend.capacity() for name, backend in self.backends.items()}
+        """Each partition's capacity, with the operator's network policy for it."""
+        return self.controller.capacities()
 
     def backend_for(self, partition: str) -> Backend:
         """The backend a job admitted to `partition` ran on (this machine's for a job that was
@@ -129,6 +130,9 @@ def build_runtime(
         pids_max=settings.job_pids_max,
         home=settings.home,
     backends: dict[str, Backend] = {backend.name: backend} if config.local else {}
+    networks = {backend.name: config.local_network} | {
+        p.name: p.network_policy for p in config.slurm
+    }
     for partition in config.slurm:
         backends[partition.name] = SlurmBackend(
             partition,
@@ -148,6 +152,7 @@ def build_runtime(
         workdirs=settings.workdirs_dir,
         interval=settings.controller_interval_seconds,
         starving_after_s=settings.starving_after_seconds or None,
+        networks=networks,
         retention=Retention(
             sessions=sessions,
             readers=readers,

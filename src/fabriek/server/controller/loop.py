@@ -20,8 +20,9 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from fabriek.backends.base import Backend, Handle, LaunchSpec, Observation, Phase
-from fabriek.core.identity import Network
+from fabriek.backends.base import Backend, Capacity, Handle, LaunchSpec, Observation, Phase
+from fabriek.core.errors import NetworkNotAllowed
+from fabriek.core.identity import Network, NetworkPolicy, job_network
 from fabriek.core.jobs import JobState, Resources
 from fabriek.scheduling.engine import decide
 from fabriek.scheduling.fairshare import DEFAULT_HALF_LIFE_S
@@ -90,7 +91,10 @@ class Controller:
         half_life_s: float = DEFAULT_HALF_LIFE_S,
         starving_after_s: float | None = STARVING_AFTER_S,
         retention: Retention | None = None,
+        networks: Mapping[str, NetworkPolicy] | None = None,
     ) -> None:
+        """`networks`: each partition's network policy, as the operator set it in the
+        partitions file (a partition without one: host, host)."""
         self.sessions = sessions
         self.retention = retention  # jobs' files and the disk quota, on a thread of its own
         self.readers = readers or sessions
@@ -100,6 +104,7 @@ class Controller:
             self.backends.setdefault(backend.name, backend)
         if not self.backends:
             raise ValueError("a controller needs at least one backend")
+        self.networks: dict[str, NetworkPolicy] = dict(networks or {})
         self.clock = clock
         self.workdirs = workdirs
         self.interval = interval
@@ -459,8 +464,18 @@ class Controller:
         for name in {partition for _, partition in admitted}:
             report.look_again = min(report.look_again, _starting_poll(self.backends[name]))
 
+    def capacities(self) -> dict[str, Capacity]:
+        """What each partition offers (its backend's capacity) with the operator's network
+        policy for it: what submission and admission judge jobs by."""
+        return {name: self._capacity(name, b) for name, b in self.backends.items()}
+
+    def _capacity(self, name: str, backend: Backend) -> Capacity:
+        capacity = backend.capacity()
+        policy = self.networks.get(name)
+        return capacity if policy is None else replace(capacity, network=policy)
+
     def _partitions(self) -> tuple[Partition, ...]:
-        return tuple(partition_of(name, b.capacity()) for name, b in self.backends.items())
+        return tuple(partition_of(name, c) for name, c in self.capacities().items())
 
     def _backend(self, name: str) -> Backend:
         backend = self.backends.get(name)
@@ -668,8 +683,13 @@ class Controller:
                 backend = self.backends.get(row.backend)
                 if backend is None or row.cancel_requested_at or row.preempt_requested_at:
                     special.append(row.id)  # the careful way, one by one
-                else:
-                    ready.append((backend, launch_spec(row, self.workdirs, session)))
+                    continue
+                try:
+                    spec = launch_spec(row, self.workdirs, session, self._network(row.backend))
+                except NetworkNotAllowed:
+                    special.append(row.id)  # a lock set since it was submitted: see _launch
+                    continue
+                ready.append((backend, spec))
         for job_id in special:
             self._launch(job_id)
 
@@ -688,7 +708,12 @@ class Controller:
             narrow, wide = wide + narrow, []
         results = list(self._launcher().map(submit, wide)) if wide else []
         results += [submit(item) for item in narrow]
-        handles = [{"id": job_id, "handle": h} for job_id, h in results if isinstance(h, dict)]
+        networks = {spec.job_id: spec.network.value for _, spec in ready}
+        handles = [
+            {"id": job_id, "handle": h, "network": networks[job_id]}
+            for job_id, h in results
+            if isinstance(h, dict)
+        ]
         if handles:
             with transaction(self.sessions) as session:
                 session.execute(update(JobRow), handles)  # by primary key, one statement
@@ -715,20 +740,29 @@ class Controller:
                 return
             cancelled = row.cancel_requested_at is not None
             preempted = row.preempt_requested_at is not None
-            spec = launch_spec(row, self.workdirs, session)
             where = row.backend
+            refused = None
+            try:
+                spec = launch_spec(row, self.workdirs, session, self._network(where))
+            except NetworkNotAllowed as exc:  # what it asked for is more than allowed now
+                refused = f"not started: {exc.message}"
+                spec = launch_spec(row, self.workdirs, session)  # to find an earlier launch
             backend = self.backends.get(where)
         if backend is None:
             self._end_unlaunched(
                 job_id, JobState.FAILED, f"partition {where!r} is no longer configured"
             )
             return
+        if refused is not None and not self._launched_before(backend, spec):
+            # A job that runs keeps its network; one that has not started never gets more
+            # than its project and partition allow now.
+            self._end_unlaunched(job_id, JobState.FAILED, refused)
+            return
         if (cancelled or preempted) and self._launched_before(backend, spec):
             # Its launch went out before a crash lost the handle: adopt it and stop it; the
             # passes that observe it record how it ended (cancelled, or requeued).
             handle = backend.submit(spec)  # idempotent: adopts, starts nothing new
-            with transaction(self.sessions) as session:
-                session.execute(update(JobRow).where(JobRow.id == job_id).values(handle=handle))
+            self._record_launch(job_id, handle, spec)
             backend.cancel(job_id, handle)
             return
         if cancelled:  # asked to stop between admission and launch: never start it
@@ -743,8 +777,19 @@ class Controller:
             log.exception("launching job %s failed", job_id)
             self._end_unlaunched(job_id, JobState.FAILED, f"the backend could not launch it: {exc}")
             return
+        self._record_launch(job_id, handle, spec)
+
+    def _network(self, partition: str) -> NetworkPolicy:
+        return self.networks.get(partition, NetworkPolicy())
+
+    def _record_launch(self, job_id: int, handle: Handle, spec: LaunchSpec) -> None:
+        """Keep the handle, and the network the job was launched with (what it got)."""
         with transaction(self.sessions) as session:
-            session.execute(update(JobRow).where(JobRow.id == job_id).values(handle=handle))
+            session.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id)
+                .values(handle=handle, network=spec.network.value)
+            )
 
     @staticmethod
     def _launched_before(backend: Backend, spec: LaunchSpec) -> bool:
@@ -766,10 +811,28 @@ def _starting_poll(backend: Backend) -> float:
     return float(getattr(backend, "starting_poll_seconds", 0.02))
 
 
-def launch_spec(row: JobRow, workdirs: Path, session: Session | None = None) -> LaunchSpec:
+def launch_spec(
+    row: JobRow,
+    workdirs: Path,
+    session: Session | None = None,
+    network: NetworkPolicy | None = None,
+) -> LaunchSpec:
     """What the backend needs to start the job in `row` (as its project's identity, where
-    `session` can tell it)."""
+    `session` can tell it). With its partition's `network` policy, its network is decided
+    now (core.identity.job_network: what it asked for, else the partition's default lowered
+    to the project's lock), and NetworkNotAllowed raised where it asked for more than the
+    project or the partition allows now; without, it is what the row holds (host if none)."""
     project = session.get(ProjectRow, row.project_id) if session is not None else None
+    asked = Network(row.network) if row.network else None
+    if network is not None:
+        lock = project.network_limit if project is not None else None
+        asked = job_network(
+            asked,
+            partition=row.backend,
+            policy=network,
+            project=project.name if project is not None else "",
+            lock=Network(lock) if lock else None,
+        )
     return LaunchSpec(
         job_id=row.id,
         name=row.name,
@@ -784,7 +847,7 @@ def launch_spec(row: JobRow, workdirs: Path, session: Session | None = None) -> 
         + (f"r{row.preemptions}" if row.preemptions else ""),
         nodes=row.nodes or 1,
         identity=identity_of(project) if project is not None else None,
-        network=Network(row.network) if row.network else Network.HOST,
+        network=asked or Network.HOST,
     )
 
 

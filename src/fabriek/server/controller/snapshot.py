@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, or_, select
 
 from fabriek.backends.base import Capacity
+from fabriek.core.identity import Network
 from fabriek.core.jobs import JobState
 from fabriek.core.tenancy import UNALLOCATED
 from fabriek.scheduling.fairshare import Use, decayed_usage
@@ -63,6 +64,7 @@ def partition_of(name: str, capacity: Capacity) -> Partition:
         gpu_type,
         tuple(Node(n, r.gpus, r.cpus, r.memory_bytes) for n in names),
         capacity.billing_weight,
+        capacity.network.limit,
     )
 
 
@@ -146,16 +148,29 @@ def read_snapshot(
     pools_by_id, ended = static.pools_by_id, static.out_of_period
 
     # Shared: the engine caches by request.
-    requests: dict[tuple[int, int, int, int, int, str | None], Request] = {}
+    requests: dict[tuple[int, int, int, int, int, str | None, str | None], Request] = {}
 
     def request(
-        gpus: int, cpus: int, memory: int, limit: int, nodes: int, partition: str | None
+        gpus: int,
+        cpus: int,
+        memory: int,
+        limit: int,
+        nodes: int,
+        partition: str | None,
+        network: str | None = None,
     ) -> Request:
-        key = (gpus, cpus, memory, limit, nodes, partition)
+        key = (gpus, cpus, memory, limit, nodes, partition, network)
         found = requests.get(key)
         if found is None:
             found = requests[key] = Request(
-                gpus, cpus, memory, nodes, None, float(limit), partition
+                gpus,
+                cpus,
+                memory,
+                nodes,
+                None,
+                float(limit),
+                partition,
+                None if network is None else Network(network),
             )
         return found
 
@@ -265,6 +280,7 @@ def read_snapshot(
         preemptible,
         priority,
         reason,
+        network,
     ) in conn.execute(
         select(
             *shape,
@@ -272,6 +288,7 @@ def read_snapshot(
             jobs.preemptible,
             jobs.priority,
             jobs.reason,
+            jobs.network,  # a job that asked for some runs only where the limit allows it
         )
         .select_from(joined)
         .where(jobs.state == JobState.PENDING.value, which)
@@ -284,7 +301,7 @@ def read_snapshot(
                 str(project_id),
                 UNALLOCATED if pool_id is None else pools_by_id.get(pool_id, f"#{pool_id}"),
                 alloc_id,
-                request(gpus, cpus, memory, limit, nodes, asked_partition),
+                request(gpus, cpus, memory, limit, nodes, asked_partition, network),
                 submitted_at.timestamp(),
                 priority,
                 preemptible,

@@ -28,9 +28,11 @@ from fabriek.core.errors import (
     Conflict,
     Forbidden,
     InvalidRequest,
+    NetworkNotAllowed,
     NotFound,
     ResourcesUnavailable,
 )
+from fabriek.core.identity import Network, NetworkPolicy, job_network
 from fabriek.core.jobs import (
     DEFAULT_MEMORY_BYTES,
     MAX_PRIORITY,
@@ -108,7 +110,9 @@ def submit_job(
 ) -> Job:
     """Queue a job. `partitions` is what the factory has: a job that fits none of them could
     never run. With `require_allocation`, a GPU job must name the allocation it is charged to.
-    A project whose jobs hold `disk_quota_bytes` or more gets no new ones."""
+    A project whose jobs hold `disk_quota_bytes` or more gets no new ones. A job that asks for
+    more network than its project's lock, or than the partition it names (else every
+    partition) allows, is refused (NetworkNotAllowed)."""
     if not request.memory_given:
         request = fit_default_memory(request, partitions)
     validate_request(
@@ -165,6 +169,7 @@ def submit_job(
         nodes=request.nodes,
         partition=request.partition,
         placement=None,
+        network=None if request.network is None else request.network.value,
     )
     # Prepared Core statements, not the ORM's unit of work: submission is the API's hottest write.
     values = {
@@ -185,6 +190,8 @@ def submit_job(
     retention.check_quota(  # refused here, the whole submission rolls back
         session, project_id=row.project_id, project=project, quota_bytes=disk_quota_bytes
     )
+    if request.network not in (None, Network.NONE):  # refused here, the whole submission rolls back
+        _check_project_lock(session, request, project_id=row.project_id, project=project)
     pool = None
     if request.allocation_id is not None:  # refused here, the whole submission rolls back
         held = allocations.hold(
@@ -219,8 +226,24 @@ def submit_job(
         at=now,
         project=project,
         name=request.name,
+        **({} if request.network is None else {"network": request.network.value}),
     )
     return to_job(row, project=project, user=actor.name, pool=pool)
+
+
+def _check_project_lock(
+    session: Session, request: JobRequest, *, project_id: int, project: str
+) -> None:
+    """Refuse a job that asks for more network than its project's lock (an operator's)."""
+    lock = session.scalar(select(ProjectRow.network_limit).where(ProjectRow.id == project_id))
+    if lock is not None:
+        job_network(
+            request.network,
+            partition=request.partition or "",
+            policy=NetworkPolicy(),  # the partitions' limits were checked before
+            project=project,
+            lock=Network(lock),
+        )
 
 
 def fit_default_memory(request: JobRequest, partitions: Mapping[str, Capacity]) -> JobRequest:
@@ -247,18 +270,46 @@ def _check_fits(request: JobRequest, partitions: Mapping[str, Capacity]) -> str:
                 f"there is no partition {request.partition!r} (partitions: {known})"
             )
         candidates = {request.partition: partitions[request.partition]}
+        if request.network is not None:
+            job_network(
+                request.network,
+                partition=request.partition,
+                policy=candidates[request.partition].network,
+                project=request.project or "",
+                lock=None,  # the project's is checked once the project is known
+            )
     else:
-        candidates = dict(partitions)
+        candidates = _allowing(request.network, partitions)
     problems = [_why_not(request, name, cap) for name, cap in candidates.items()]
     if all(problems):
-        if len(problems) == 1:
+        narrowed = request.partition is None and len(candidates) < len(partitions)
+        if len(problems) == 1 and not narrowed:
             raise ResourcesUnavailable(f"{problems[0]}; it could never run")
+        which = "partition"
+        if narrowed and request.network is not None:
+            which = f"partition that allows network {request.network.value}"
         raise ResourcesUnavailable(
-            "it fits no partition and could never run: " + "; ".join(problems)
+            f"it fits no {which} and could never run: " + "; ".join(problems)
         )
     if request.partition is not None:
         return request.partition
     return next(iter(partitions)) if len(partitions) == 1 else ""
+
+
+def _allowing(network: Network | None, partitions: Mapping[str, Capacity]) -> dict[str, Capacity]:
+    """The partitions whose network limit allows `network` (all where it is None); raises
+    NetworkNotAllowed, naming each partition's limit, where none does."""
+    if network is None:
+        return dict(partitions)
+    allowing = {n: c for n, c in partitions.items() if c.network.limit.allows(network)}
+    if not allowing and partitions:
+        limits = ", ".join(f"{n} {c.network.limit.value}" for n, c in partitions.items())
+        raise NetworkNotAllowed(
+            f"no partition allows network {network.value} (the most each allows: {limits}); "
+            "ask for less",
+            network=network.value,
+        )
+    return allowing
 
 
 def _check_within_guarantee(
@@ -612,6 +663,7 @@ def to_job(
         carbon_note=row.carbon_note,
         nodes=row.nodes or 1,
         partition=row.partition,
+        network=Network(row.network) if row.network else None,
         energy={
             component: ComponentEnergy(
                 getattr(row, f"{component}_energy_j"), info["method"], bool(info["measured"])

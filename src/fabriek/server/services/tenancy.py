@@ -20,7 +20,7 @@ from sqlalchemy import CompoundSelect, Select, delete, func, select
 from sqlalchemy.orm import Session
 
 from fabriek.core.errors import Conflict, Forbidden, NotFound
-from fabriek.core.identity import DEFAULT_UID_RANGE, UidRange, parse_uid_range
+from fabriek.core.identity import DEFAULT_UID_RANGE, Network, UidRange, parse_uid_range
 from fabriek.core.tenancy import (
     Member,
     Organisation,
@@ -440,14 +440,54 @@ def list_projects(session: Session, *, actor: Actor) -> list[Project]:
             ProjectMemberRow.user_id.is_not(None) | ProjectRow.id.in_(managed_project_ids(actor))
         )
     return [
-        Project(row.name, org, row.created_at, ProjectRole(role) if role else None)
+        _to_project(row, org, ProjectRole(role) if role else None)
         for row, org, role in session.execute(query)
     ]
 
 
+def _to_project(row: ProjectRow, organisation: str, role: ProjectRole | None) -> Project:
+    lock = Network(row.network_limit) if row.network_limit else None
+    return Project(row.name, organisation, row.created_at, role, lock)
+
+
 def get_project(session: Session, *, actor: Actor, name: str) -> Project:
     project, org, _, role = project_access(session, actor, name)
-    return Project(project.name, org.name, project.created_at, role)
+    return _to_project(project, org.name, role)
+
+
+def update_project(
+    session: Session,
+    *,
+    actor: Actor,
+    name: str,
+    network_limit: Network | None = None,
+    now: datetime,
+) -> Project:
+    """Change what is given. Operators alone set `network_limit`, the most network the
+    project's jobs may have (`host`: no lock, its partitions' limits alone apply). Jobs asking
+    for more are refused from then on; those waiting are failed when they would start, with
+    the reason; running ones keep theirs."""
+    project, org, _, role = project_access(session, actor, name)
+    if network_limit is None:
+        return _to_project(project, org.name, role)
+    if not actor.is_operator:
+        raise Forbidden(f"only operators lock the network of project {name!r}")
+    # A lock at host locks nothing: kept as none.
+    stored = None if network_limit == Network.HOST else network_limit.value
+    if project.network_limit != stored:
+        previous, project.network_limit = project.network_limit, stored
+        audit.record(
+            session,
+            actor=actor,
+            action="project.network_limit",
+            target_type="project",
+            target_id=project.id,
+            at=now,
+            name=name,
+            network_limit=stored,
+            previous=previous,
+        )
+    return _to_project(project, org.name, role)
 
 
 def list_project_members(session: Session, *, actor: Actor, name: str) -> list[Member]:
