@@ -123,12 +123,12 @@ def build_runtime(
             "gpu_watts": settings.estimate_gpu_watts,
         },
         workdir_limits=limits_of(settings),
-    )
-    config = load_partitions(settings.partitions_file)
         sandbox=settings.sandbox,
         sandbox_ro_paths=tuple(p for p in settings.sandbox_ro_paths.split(":") if p),
         pids_max=settings.job_pids_max,
         home=settings.home,
+    )
+    config = load_partitions(settings.partitions_file)
     backends: dict[str, Backend] = {backend.name: backend} if config.local else {}
     networks = {backend.name: config.local_network} | {
         p.name: p.network_policy for p in config.slurm
