@@ -23,6 +23,7 @@ from fabriek.server.db.engine import make_engine, make_session_factory, reader, 
 from fabriek.server.services.auth import AuthEpoch, TokenCache, watch_auth_changes
 from fabriek.server.services.refusals import RefusalLog
 from fabriek.server.services.retention import Policy, Retention
+from fabriek.server.services.roster import roster_reader
 from fabriek.server.services.workdirs import limits_of
 from fabriek.settings import Settings
 
@@ -143,6 +144,7 @@ def build_runtime(
                 "gpu_watts": settings.estimate_gpu_watts,
             },
             workdir_limits=limits_of(settings),
+            roster=roster_reader(readers),  # its accounts kept in step (controller only)
         )
     controller = Controller(
         sessions=sessions,

@@ -1,6 +1,10 @@
 """Private Slurm clusters for the Slurm tests, one per test session (devcluster.py): two nodes in
 network namespaces with the job completion log, and one node with accounting (slurmdbd, sacct).
 
+Jobs launched as their project run as its uid (`fp<uid>`), which must reach the cluster's
+configuration, its munge socket and the shared directory: clusters and shared directories live in
+folders every user may pass through (`open_dir`), not under pytest's own (root's, 0700).
+
 Skipped where no cluster can start here (not root, Slurm not installed), except under
 FABRIEK_REQUIRE_SLURM=1 (CI), where that fails: the Slurm tests are required there.
 """
@@ -8,6 +12,8 @@ FABRIEK_REQUIRE_SLURM=1 (CI), where that fails: the Slurm tests are required the
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +23,22 @@ from fabriek.backends.slurm import devcluster
 from fabriek.backends.slurm.config import SlurmPartition
 from fabriek.backends.slurm.devcluster import DevCluster, partitions_toml
 
-__all__ = ["partition_on", "partitions_toml", "require_slurm"]
+__all__ = ["open_dir", "partition_on", "partitions_toml", "require_slurm"]
+
+
+def make_open_dir(prefix: str) -> Path:
+    """A new folder under /tmp that every user may pass through (0755)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A folder for a test's shared directory that projects' uids may pass through."""
+    path = make_open_dir("fabriek-shared-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def require_slurm(reason: str | None) -> None:
@@ -30,19 +51,27 @@ def require_slurm(reason: str | None) -> None:
 
 
 @pytest.fixture(scope="session")
-def slurm_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
+def slurm_pair() -> Iterator[DevCluster]:
     """Two nodes (the second in a network namespace), no accounting: the completion log."""
     require_slurm(devcluster.unavailable(nodes=2))
-    with devcluster.start(tmp_path_factory.mktemp("slurm-pair"), nodes=2) as cluster:
-        yield cluster
+    root = make_open_dir("fabriek-pair-")
+    try:
+        with devcluster.start(root, nodes=2) as cluster:
+            yield cluster
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
-def slurm_accounted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
+def slurm_accounted() -> Iterator[DevCluster]:
     """One node with slurmdbd and MariaDB: sacct answers."""
     require_slurm(devcluster.unavailable(accounting=True))
-    with devcluster.start(tmp_path_factory.mktemp("slurm-acct"), accounting=True) as cluster:
-        yield cluster
+    root = make_open_dir("fabriek-acct-")
+    try:
+        with devcluster.start(root, accounting=True) as cluster:
+            yield cluster
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def partition_on(
@@ -60,6 +89,7 @@ def partition_on(
         accounting=cluster.accounting,
         jobcomp_file=cluster.jobcomp_file,
         grace_seconds=2.0,
+        python=devcluster.job_python(),
     )
     settings.update(changes)
     return SlurmPartition(**settings)  # type: ignore[arg-type]

@@ -18,10 +18,12 @@ FINAL = {"succeeded", "failed", "cancelled", "timed_out"}
 
 
 def make_server(
-    tmp_path: Path, cluster: DevCluster, *, local: bool = True, **extra: str
+    tmp_path: Path, cluster: DevCluster, shared: Path, *, local: bool = True, **extra: str
 ) -> ServerProcess:
+    """A server beside the cluster; `shared`: its shared directory, where the projects' uids
+    the jobs run as may pass."""
     partitions = tmp_path / "partitions.toml"
-    partitions.write_text(partitions_toml(cluster, tmp_path / "shared", local=local))
+    partitions.write_text(partitions_toml(cluster, shared, local=local))
     home = tmp_path / "home"
     home.mkdir()
     return ServerProcess(
@@ -32,8 +34,8 @@ def make_server(
 
 
 @pytest.fixture
-def server(tmp_path: Path, slurm_pair: DevCluster) -> Iterator[ServerProcess]:
-    server = make_server(tmp_path, slurm_pair)
+def server(tmp_path: Path, slurm_pair: DevCluster, open_dir: Path) -> Iterator[ServerProcess]:
+    server = make_server(tmp_path, slurm_pair, open_dir)
     server.start()
     yield server
     server.stop()
@@ -137,9 +139,9 @@ def test_bad_requests_name_the_partition(server: ServerProcess) -> None:
 
 
 def test_kill_and_restart_while_slurm_runs_jobs(
-    tmp_path: Path, slurm_pair: DevCluster, database_env: dict[str, str]
+    tmp_path: Path, slurm_pair: DevCluster, database_env: dict[str, str], open_dir: Path
 ) -> None:
-    server = make_server(tmp_path, slurm_pair, local=False, **database_env)
+    server = make_server(tmp_path, slurm_pair, open_dir, local=False, **database_env)
     server.start()
     try:
 
@@ -166,9 +168,9 @@ def test_kill_and_restart_while_slurm_runs_jobs(
             what="both running",
         )
         server.kill9()
-        shared = tmp_path / "shared" / "jobs"
+        runs = open_dir / "projects"  # its project's folder: the jobs run as their project
         wait_for(
-            lambda: any((d / "result.json").exists() for d in shared.glob(f"{ending}-*")),
+            lambda: any((d / "result.json").exists() for d in runs.glob(f"*/{ending}-*")),
             timeout=30,
             what="the ending job to end in Slurm",
         )
@@ -178,7 +180,7 @@ def test_kill_and_restart_while_slurm_runs_jobs(
         assert (job(server, long)["state"], job(server, long)["exit_code"]) == ("succeeded", 0)
         assert (job(server, ending)["state"], job(server, ending)["exit_code"]) == ("failed", 3)
         assert server.cli("logs", str(long)).stdout.count("long done") == 2  # two tasks
-        comments = submitted_comments(slurm_pair, tmp_path / "shared")
+        comments = submitted_comments(slurm_pair, open_dir)
         assert len(comments) == 2, comments
         for job_id in (long, ending):
             mine = [c for c in comments if c.startswith(f"fabriek:{job_id}:")]

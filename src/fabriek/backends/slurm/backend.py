@@ -15,6 +15,29 @@ on nodes and runs it. Each job gets a directory on the cluster's shared filesyst
                               log.index (the logs' sizes over time: base.LOG_INDEX)
                               submitted (the Slurm job id)   started.json, result.json
 
+A job launched as its project (LaunchSpec.identity, with this server running as root) runs on the
+nodes as the project's uid and gid (`sbatch --uid --gid`) and keeps its files in its project's
+folder instead, where no other tenant may look; what the server alone writes stays apart:
+
+    SHARED/projects/                   root, 0711: no tenant lists the projects
+    SHARED/projects/fp<uid>/           root, group the project's, 0750: its jobs enter, no one
+                                       else; they cannot rename what is in it
+    SHARED/projects/fp<uid>/ID-INSTANCE/  the project's uid, 0700: spec.json, workdir.tar.gz (0600)
+                                       and all the job writes, as above (umask 077)
+    SHARED/jobs/ID-INSTANCE/           root, 0700: `launched` (the spec is written: the job may be
+                                       in Slurm), submitted, cancelled, and `run`, a link to the
+                                       run's directory (job_dir finds it by id)
+
+A job launched without an identity (or by a server that is not root, which cannot switch users)
+keeps the layout above, as the server's user. With accounting, each job is submitted with its
+project's account (backends/slurm/accounts.py, or the operator's `project_accounts`).
+
+Every job gets the same clean environment from this server: sbatch runs with only PATH, HOME (the
+job's workdir), LANG and SLURM_CONF in its environment and exports exactly those (--export=ALL of
+that); the job's own variables and fabriek's (FABRIEK_*) come through its spec, and Slurm adds its
+own (SLURM_*, CUDA_VISIBLE_DEVICES for the GPUs it gave). Nothing else of the server's environment
+reaches a job.
+
 Every Slurm command is run with an argument list, never through a shell. The job's name goes to
 `--job-name` as one argument; its fabriek id to `--comment=fabriek:ID:INSTANCE`, by which a
 submission that a crash interrupted is found again instead of being submitted twice.
@@ -26,12 +49,13 @@ import hashlib
 import json
 import logging
 import os
+import pwd
 import shlex
 import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,9 +78,12 @@ from fabriek.backends.base import (
 from fabriek.backends.local.backend import meter_sys_path
 from fabriek.backends.local.shim import bounded
 from fabriek.backends.slurm import wrapper
+from fabriek.backends.slurm.accounts import RECORD, Accounts
 from fabriek.backends.slurm.config import SlurmPartition
 from fabriek.core import workdir_archive
+from fabriek.core.identity import Identity
 from fabriek.core.jobs import JobState, Resources
+from fabriek.core.roster import Roster, RosterProject
 from fabriek.core.workdir_archive import DEFAULT_LIMITS, Limits
 
 log = logging.getLogger(__name__)
@@ -65,6 +92,12 @@ COMMAND_TIMEOUT = 60.0
 # How long a job Slurm reports ended may wait for its accounting record (slurmdbd writes it a
 # moment later) before it is finished without sacct's figures.
 ACCOUNTING_WAIT = 30.0
+# Slurm's accounts are brought to the roster when it changed, and this often (seconds) anyway:
+# what someone changed by hand in between is repaired.
+RESYNC_S = 600.0
+ROSTER_EVERY_S = 5.0  # how often the roster is read to see whether it changed
+RUN_LINK = "run"  # in a job's state directory: the link to its run's directory
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 # Slurm's job states -> (phase, fabriek's final state, the reason in words).
 _WAITING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING"}
@@ -118,10 +151,13 @@ class SlurmBackend:
         sample_every_s: float = 15.0,
         estimates: dict[str, float] | None = None,
         workdir_limits: Limits = DEFAULT_LIMITS,
+        roster: Callable[[], Roster] | None = None,
     ) -> None:
         """`sample_every_s` and `estimates` (fabriek.metering.meter.Estimates' fields): how the
         wrapper meters each node's energy, where `config.metering` is on. `workdir_limits`:
-        those the uploads were checked against; the wrapper checks again as it unpacks."""
+        those the uploads were checked against; the wrapper checks again as it unpacks.
+        `roster`: reads fabriek's tenancy, which the cluster's accounts are kept in step with
+        where fabriek manages them (`keep_accounts`)."""
         self.config = config
         self.workdir_limits = workdir_limits
         # What the wrapper needs to meter the job's nodes, written into every job's spec.
@@ -138,6 +174,22 @@ class SlurmBackend:
         self.name = config.name
         self.clock = clock
         self.jobs_dir = config.shared_dir / "jobs"
+        self.projects_dir = config.shared_dir / "projects"
+        # Jobs run as their project's uid where this server may switch users (root); else as
+        # the server's own user, the submitting Slurm user (docs/slurm.md).
+        self.switch_users = os.geteuid() == 0
+        self.roster = roster
+        self.accounts = (
+            Accounts(self._call, config.shared_dir / RECORD, self._runner)
+            if config.manages_accounts
+            else None
+        )
+        self._kept: tuple[Roster, float] | None = None  # the roster last applied, and when
+        self._keeper: threading.Thread | None = None
+        self._looked = float("-inf")  # when keep_accounts last read the roster
+        self._keep_lock = threading.Lock()
+        self._sync_lock = threading.Lock()
+        self._folders: set[Path] = set()  # project folders made (or found) by this process
         self._ended_at: dict[int, float] = {}  # job -> when Slurm first said it ended
         self._wrapper: Path | None = None
         self._unpacker: Path | None = None
@@ -156,39 +208,56 @@ class SlurmBackend:
         )
 
     def job_dir(self, job_id: int, instance: str = "") -> Path:
-        return self.jobs_dir / (f"{job_id}-{instance}" if instance else str(job_id))
+        """The run's directory: its state directory, or for a run as its project, the directory
+        in the project's folder that the state directory's link names (made by root in a folder
+        only root writes: trusted)."""
+        state = self._state_dir(job_id, instance)
+        try:
+            target = os.readlink(state / RUN_LINK)
+        except OSError:
+            return state
+        return Path(os.path.normpath(state / target))
 
     def submit(self, spec: LaunchSpec) -> Handle:
-        job_dir = self.job_dir(spec.job_id, spec.instance)
+        job_dir, state = self._dirs(spec)
         handle: Handle = {"dir": str(job_dir)}
-        submitted = _read_float(job_dir / "submitted")
+        if state != job_dir:
+            handle["state"] = str(state)
+        submitted = _read_float(state / "submitted")
         if submitted is not None:  # submitted before a crash: adopt it
             return {**handle, "slurm_id": int(submitted)}
-        marker = job_dir / "spec.json"
+        marker = self._marker(job_dir, state)
         if marker.exists():
             # A crash came between sbatch and recording its answer: Slurm may have the job.
             found = self.find(spec.job_id, spec.instance)
             if found is not None or (job_dir / "started.json").exists():
-                return self._record_submission(job_dir, handle, found)
+                return self._record_submission(state, handle, found)
             log.info(
                 "job %s: an interrupted submission never reached Slurm; submitting", spec.job_id
             )
+            account = self._account(spec)
         else:
-            self._prepare(job_dir, spec)
+            account = self._account(spec)  # before anything is written: none, no launch
+            self._prepare(job_dir, spec, state)
         try:
-            out = self._run(self._sbatch_argv(spec, job_dir), what="sbatch")
+            out = self._run(
+                self._sbatch_argv(spec, job_dir, account),
+                what="sbatch",
+                env=self._job_env(job_dir),
+                umask=0o077,  # the job's files: its own alone (Slurm passes the umask on)
+            )
         except SlurmError:
             # Did it reach Slurm after all (a timeout on the answer)? Then adopt it.
             found = self.find(spec.job_id, spec.instance)
             if found is not None:
-                return self._record_submission(job_dir, handle, found)
+                return self._record_submission(state, handle, found)
             marker.unlink(missing_ok=True)
             raise
         slurm_id = int(out.strip().split(";")[0])  # --parsable: ID or ID;CLUSTER
-        return self._record_submission(job_dir, handle, slurm_id)
+        return self._record_submission(state, handle, slurm_id)
 
     def was_launched(self, spec: LaunchSpec) -> bool:
-        return (self.job_dir(spec.job_id, spec.instance) / "spec.json").exists()
+        return self._marker(*self._dirs(spec)).exists()
 
     def poll(self, handles: Mapping[int, Handle]) -> dict[int, Observation]:
         """One `squeue --json` for all jobs; sacct (or the completion log) once for those that
@@ -209,7 +278,7 @@ class SlurmBackend:
             record = live.get(sid) if sid is not None else None
             if job_id in ended:
                 record = records.get(sid, record) if sid is not None else None
-            result[job_id] = self._observe(job_id, Path(handle["dir"]), record)
+            result[job_id] = self._observe(job_id, Path(handle["dir"]), record, _state(handle))
         for job_id in [j for j in self._ended_at if j not in handles]:
             del self._ended_at[job_id]  # forget jobs no longer asked about
         return result
@@ -223,10 +292,10 @@ class SlurmBackend:
         now = self.clock()
         # On the shared filesystem, not in memory: it survives a restart of fabriek, keeps the
         # grace period, and tells `poll` that the job ended because it was asked to.
-        marker = Path(handle["dir"]) / "cancelled"
+        marker = _state(handle) / "cancelled"
         first = _read_float(marker)
         if first is None:
-            marker.write_text(repr(now))
+            _write_marker(marker, repr(now))
             self._run(
                 ["scancel", "--state=PENDING", str(sid)], what="scancel", check=False
             )  # never started: nothing to signal
@@ -302,7 +371,12 @@ class SlurmBackend:
         return records
 
     # --- helpers ------------------------------------------------------------------------------
-    def _observe(self, job_id: int, job_dir: Path, record: _Record | None) -> Observation:
+    def _observe(
+        self, job_id: int, job_dir: Path, record: _Record | None, state: Path | None = None
+    ) -> Observation:
+        """What the job's files (in `job_dir`, the server's own in `state`, by default the same)
+        and Slurm's record say."""
+        state = state or job_dir
         if record is not None and record.state in _WAITING:  # no files to read yet
             return Observation(Phase.STARTING, reason=record.reason)
         started = _read_json(job_dir / "started.json")
@@ -315,7 +389,7 @@ class SlurmBackend:
             return Observation(Phase.RUNNING, started_at=started_at)
         result = _read_json(job_dir / "result.json")
         if record is None and result is None:
-            if not (job_dir / "submitted").exists() and not started:
+            if not (state / "submitted").exists() and not started:
                 return Observation(Phase.LOST, reason="the job never reached Slurm")
             return Observation(
                 Phase.LOST,
@@ -330,7 +404,7 @@ class SlurmBackend:
                 return Observation(Phase.RUNNING, started_at=started_at or record.started_at)
         seen = _finished(record, result, started_at)
         seen = replace(seen, energy=self._energy(job_dir, record))
-        asked = _read_float(job_dir / "cancelled")
+        asked = _read_float(state / "cancelled")
         if (
             asked is not None
             and seen.outcome != JobState.CANCELLED
@@ -371,16 +445,29 @@ class SlurmBackend:
             by_hour = {hour: consumed + gpu} if not by_hour else _rescale(by_hour, consumed + gpu)
         return Energy(components, by_hour)
 
-    def _prepare(self, job_dir: Path, spec: LaunchSpec) -> None:
+    def _prepare(self, job_dir: Path, spec: LaunchSpec, state: Path | None = None) -> None:
         """The job's directory on the shared filesystem: a copy of its workdir archive, then its
         spec, last (the wrapper makes what else it needs on the node, the workdir unpacked
         included: this is the submission's hot path, and shared filesystems are slow at creating
-        files)."""
-        try:
-            job_dir.mkdir(mode=0o700, parents=True)
-        except FileExistsError:  # half-prepared before a crash: start again
-            shutil.rmtree(job_dir)
+        files). For a run as its project, the directory is in its project's folder, its own,
+        and `state` (the server's) gets the link to it, then `launched`, last."""
+        state = state or job_dir
+        owner = spec.identity if state != job_dir else None
+        if owner is not None:
+            self._project_folder(owner)
+            for directory in (state, job_dir):  # half-prepared before a crash: start again
+                shutil.rmtree(directory, ignore_errors=True)
+            self.jobs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            state.mkdir(mode=0o700)
             job_dir.mkdir(mode=0o700)
+            os.chown(job_dir, owner.uid, owner.gid)
+            os.symlink(os.path.relpath(job_dir, state), state / RUN_LINK)
+        else:
+            try:
+                job_dir.mkdir(mode=0o700, parents=True)
+            except FileExistsError:  # half-prepared before a crash: start again
+                shutil.rmtree(job_dir)
+                job_dir.mkdir(mode=0o700)
         data: dict[str, Any] = {
             "argv": spec.argv,
             "env": spec.env,
@@ -402,13 +489,126 @@ class SlurmBackend:
             # in its time and cancellable, with the check the upload passed (the unpacker).
             archive = job_dir / "workdir.tar.gz"
             shutil.copyfile(spec.workdir_archive, archive)
+            _own(archive, owner)
             limits = self.workdir_limits
             data["workdir_archive"] = str(archive)
             data["workdir_limits"] = [limits.max_bytes, limits.max_entries]
             data["unpacker"] = str(self._unpacker_path())
         (job_dir / "spec.json").write_text(json.dumps(data))
+        _own(job_dir / "spec.json", owner)  # it holds the user's variables: theirs alone
+        if state != job_dir:
+            (state / "launched").write_text("")
 
-    def _sbatch_argv(self, spec: LaunchSpec, job_dir: Path) -> list[str]:
+    def _dirs(self, spec: LaunchSpec) -> tuple[Path, Path]:
+        """The run's directory and the server's own (the same, but for a run as its project)."""
+        state = self._state_dir(spec.job_id, spec.instance)
+        if spec.identity is None or not self.switch_users:
+            return state, state
+        return self.projects_dir / spec.identity.user_name / state.name, state
+
+    def _state_dir(self, job_id: int, instance: str) -> Path:
+        return self.jobs_dir / (f"{job_id}-{instance}" if instance else str(job_id))
+
+    @staticmethod
+    def _marker(job_dir: Path, state: Path) -> Path:
+        """The file whose presence says the job may be in Slurm (written before sbatch)."""
+        return state / "launched" if state != job_dir else job_dir / "spec.json"
+
+    def _project_folder(self, identity: Identity) -> Path:
+        """SHARED/projects/fp<uid>: root's, group the project's, 0750 (docs/slurm.md)."""
+        folder = self.projects_dir / identity.user_name
+        if folder in self._folders:
+            return folder
+        self.projects_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.projects_dir, 0o711)  # entered by every project, listed by none
+        folder.mkdir(mode=0o750, exist_ok=True)
+        os.chown(folder, 0, identity.gid)
+        os.chmod(folder, 0o750)
+        self._folders.add(folder)
+        return folder
+
+    def _job_env(self, job_dir: Path) -> dict[str, str]:
+        """sbatch's whole environment, which --export=ALL hands the job: PATH, HOME (the job's
+        workdir), LANG, and SLURM_CONF where one is set (srun in the job needs it)."""
+        env = {
+            "PATH": os.environ.get("PATH") or DEFAULT_PATH,
+            "HOME": str(job_dir / "work"),
+            "LANG": os.environ.get("LANG") or "C.UTF-8",
+        }
+        conf = self.config.slurm_conf or os.environ.get("SLURM_CONF")
+        if conf:
+            env["SLURM_CONF"] = str(conf)
+        return env
+
+    # --- accounts -----------------------------------------------------------------------------
+    def keep_accounts(self) -> None:
+        """Bring the cluster's accounts to fabriek's roster on a thread of its own, where the
+        roster changed since it last did or RESYNC_S passed; returns at once. The controller
+        calls it every full pass: at the server's start, and so within ROSTER_EVERY_S (and
+        the sync's time) after a membership changed.
+        Nothing where fabriek does not manage this cluster's accounts."""
+        if self.accounts is None or self.roster is None:
+            return
+        with self._keep_lock:
+            if self._keeper is not None and self._keeper.is_alive():
+                return
+            if self.clock() - self._looked < ROSTER_EVERY_S:
+                return
+            self._looked = self.clock()
+            self._keeper = threading.Thread(
+                target=self._keep, name=f"accounts-{self.name}", daemon=True
+            )
+            self._keeper.start()
+
+    def _keep(self) -> None:
+        try:
+            self.sync_accounts()
+        except Exception:  # slurmdbd away, say: the next pass tries again
+            log.exception("cannot bring Slurm's accounts for partition %s in step", self.name)
+
+    def sync_accounts(self, *, force: bool = False) -> None:
+        """`keep_accounts`' work, here and now (`force`: even where the roster is unchanged)."""
+        if self.accounts is None or self.roster is None:
+            return
+        roster = self.roster()  # its own short read: nothing is held across sacctmgr
+        with self._sync_lock:
+            kept = self._kept
+            if (
+                not force
+                and kept is not None
+                and kept[0] == roster
+                and self.clock() - kept[1] < RESYNC_S
+            ):
+                return
+            self.accounts.apply(roster)
+            self._kept = (roster, self.clock())
+
+    def _account(self, spec: LaunchSpec) -> str | None:
+        """The account the job is submitted with: its project's where fabriek manages them (a
+        project made since the last sync is synced now), else the operator's mapping, else the
+        partition's `account`. Raises SlurmError where its project has none."""
+        c = self.config
+        if spec.identity is None:
+            return c.account
+        project = spec.identity.project
+        if self.accounts is None:
+            return c.project_accounts.get(project, c.account)
+        account = self.accounts.account_of(project)
+        if account is None:
+            self.sync_accounts(force=True)
+            account = self.accounts.account_of(project)
+        if account is None:
+            why = self.accounts.problem_of(project) or "fabriek's roster does not have it yet"
+            raise SlurmError(f"project {project!r} has no Slurm account on {self.name}: {why}")
+        return account
+
+    def _runner(self, project: RosterProject) -> str:
+        """The Slurm user the project's jobs run as: its own, or this server's."""
+        if self.switch_users:
+            return Identity(project.uid, project.uid, project.name).user_name
+        return pwd.getpwuid(os.geteuid()).pw_name
+
+    def _sbatch_argv(self, spec: LaunchSpec, job_dir: Path, account: str | None) -> list[str]:
         c, r = self.config, spec.resources
         argv = [
             "sbatch",
@@ -425,25 +625,27 @@ class SlurmBackend:
             f"--error={job_dir / 'stderr'}",
             "--open-mode=append",
             f"--chdir={job_dir}",
-            "--export=ALL",
+            "--export=ALL",  # all of sbatch's environment, which is _job_env's alone
             "--no-requeue",
         ]
+        if spec.identity is not None and self.switch_users:
+            argv += [f"--uid={spec.identity.uid}", f"--gid={spec.identity.gid}"]
         if r.gpus:
             argv.append(f"--gpus-per-node={r.gpus}")
-        if c.account:
-            argv.append(f"--account={c.account}")
+        if account:
+            argv.append(f"--account={account}")
         if c.qos:
             argv.append(f"--qos={c.qos}")
         # The script is the same for every job; the spec's path is its one argument.
         argv += [str(self._script_path()), str(job_dir / "spec.json")]
         return argv
 
-    def _record_submission(self, job_dir: Path, handle: Handle, slurm_id: int | None) -> Handle:
+    def _record_submission(self, state: Path, handle: Handle, slurm_id: int | None) -> Handle:
         if slurm_id is None:
             return handle  # it ran, and Slurm forgot it: its files say how it ended
         # Not renamed into place: a torn write reads as no id, and the id is then found again
         # by the job's comment.
-        (job_dir / "submitted").write_text(str(slurm_id))
+        _write_marker(state / "submitted", str(slurm_id))
         return {**handle, "slurm_id": slurm_id}
 
     def _wrapper_path(self) -> Path:
@@ -492,17 +694,60 @@ class SlurmBackend:
             env["SLURM_CONF"] = str(self.config.slurm_conf)
         return env
 
-    def _run(self, argv: list[str], *, what: str, check: bool = True) -> str:
-        argv = [self._command(argv[0]), *argv[1:]]
+    def _run(
+        self,
+        argv: list[str],
+        *,
+        what: str,
+        check: bool = True,
+        env: dict[str, str] | None = None,
+        umask: int = -1,
+    ) -> str:
         try:
-            done = subprocess.run(
-                argv, capture_output=True, text=True, env=self._env(), timeout=COMMAND_TIMEOUT
-            )
+            done = self._call(argv, env=env, umask=umask)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise SlurmError(f"{what} failed: {exc}") from exc
         if check and done.returncode != 0:
             raise SlurmError(f"{what} failed: {done.stderr.strip() or done.returncode}")
         return done.stdout
+
+    def _call(
+        self, argv: list[str], *, env: dict[str, str] | None = None, umask: int = -1
+    ) -> subprocess.CompletedProcess[str]:
+        """A Slurm client command, its output captured; raises OSError or TimeoutExpired."""
+        argv = [self._command(argv[0]), *argv[1:]]
+        return subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            env=env if env is not None else self._env(),
+            timeout=COMMAND_TIMEOUT,
+            umask=umask,
+        )
+
+
+def _state(handle: Handle) -> Path:
+    """The job's state directory: the server's own files (its run's directory before runs as
+    projects kept them apart)."""
+    return Path(handle.get("state") or handle["dir"])
+
+
+def _own(path: Path, owner: Identity | None) -> None:
+    """Make a file the server put in a project's run directory the project's, 0600."""
+    if owner is not None:
+        os.chown(path, owner.uid, owner.gid)
+        os.chmod(path, 0o600)
+
+
+def _write_marker(path: Path, text: str) -> None:
+    """Write one of the server's small files without following a link or blocking on a FIFO
+    (a run directory of a job that ran as the server's user is the job's to change)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    fd = os.open(path, flags, 0o644)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
 
 
 def _rescale(by_hour: dict[datetime, float], total: float) -> dict[datetime, float]:

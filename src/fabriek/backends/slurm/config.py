@@ -17,6 +17,10 @@ gpu_type = "H100"
 shared_dir = "/shared/fabriek" # seen at this path by this server and every node
 account = "fabriek"            # optional: sbatch --account
 qos = "normal"                 # optional: sbatch --qos
+accounting = true              # slurmdbd answers sacct; fabriek then keeps an account per
+                               # organisation and project (sacctmgr), unless:
+manage_accounts = false        # accounts are managed elsewhere: map projects to them
+project_accounts = { alpha = "physics-gpu" }  # project -> Slurm account (else `account`)
 network = "none"               # optional: jobs that ask for none get this (default: host)
 network_limit = "loopback"     # optional: the most a job may ask for (default: host)
 ```
@@ -34,6 +38,7 @@ from typing import Any
 from fabriek.core.errors import InvalidRequest
 from fabriek.core.identity import Network, NetworkPolicy, least
 from fabriek.core.jobs import PARTITION_NAME
+from fabriek.core.tenancy import PROJECT_NAME
 from fabriek.core.units import parse_memory
 
 _SLURM_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -68,6 +73,15 @@ class SlurmPartition:
     gpu_energy: str = "nvml"  # or "estimate"
     fabriek_path: tuple[str, ...] = ()
     consumed_energy: bool = True  # sacct's ConsumedEnergy replaces estimated CPU and memory
+    # With accounting: fabriek keeps Slurm's accounts in step with its tenancy (an account per
+    # organisation and project, members associated; backends/slurm/accounts.py). Off: accounts
+    # are the site's, and `project_accounts` maps projects to them (others: `account`).
+    manage_accounts: bool = True
+    project_accounts: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def manages_accounts(self) -> bool:
+        return self.accounting and self.manage_accounts
 
     @property
     def network_policy(self) -> NetworkPolicy:
@@ -139,6 +153,27 @@ def _network_policy(where: str, table: dict[str, Any]) -> NetworkPolicy:
             f"{limit.value!r} allows"
         )
     return NetworkPolicy(default, limit)
+
+
+def _project_accounts(where: str, table: dict[str, Any]) -> dict[str, str]:
+    """`project_accounts`: project name -> an existing Slurm account, for a cluster whose
+    accounts fabriek does not manage."""
+    mapping = table.get("project_accounts", {})
+    if not isinstance(mapping, dict):
+        raise InvalidRequest(f"{where}: `project_accounts` must be a table of project = account")
+    for project, account in mapping.items():
+        if not PROJECT_NAME.fullmatch(project):
+            raise InvalidRequest(f"{where}: `project_accounts`: {project!r} is not a project name")
+        if not isinstance(account, str) or not _SLURM_WORD.fullmatch(account):
+            raise InvalidRequest(
+                f"{where}: `project_accounts`: {project} = {account!r} is not a Slurm account"
+            )
+    if mapping and table.get("accounting", False) and table.get("manage_accounts", True):
+        raise InvalidRequest(
+            f"{where}: `project_accounts` maps projects to accounts managed elsewhere: set "
+            "`manage_accounts = false` (with accounting on, fabriek manages them otherwise)"
+        )
+    return dict(mapping)
 
 
 def _partition(path: Path, name: str, table: Any) -> SlurmPartition:
@@ -226,4 +261,6 @@ def _partition(path: Path, name: str, table: Any) -> SlurmPartition:
         gpu_energy=gpu_energy,
         fabriek_path=tuple(fabriek_path),
         consumed_energy=get("consumed_energy", bool, True),
+        manage_accounts=get("manage_accounts", bool, True),
+        project_accounts=_project_accounts(where, table),
     )

@@ -11,6 +11,15 @@ environment. `stop()` TERMs them by pid (KILL after 5 s), then KILLs what they l
 namespaces and drops the database. Needs root and the Debian packages slurm-wlm and munge (slurmdbd,
 mariadb-client and a MariaDB server for accounting); `unavailable()` says what is missing.
 
+Jobs run as their project's POSIX identity (`sbatch --uid`): the users and groups `fp<uid>` must
+exist wherever Slurm looks them up (the submitting host, slurmctld, slurmdbd, every node). Here every
+node is this machine, so `start()` adds those of `identities` (by default the first 64 uids of
+fabriek's default range) to this machine's /etc/passwd and /etc/group, with useradd and groupadd:
+no home, no password, no login shell. They are left when the cluster stops (another cluster on this
+machine may be using them); a site gives them to every host through its directory (docs/slurm.md).
+With accounting, slurmctld enforces associations (AccountingStorageEnforce=associations): a job runs
+only under an account its user is associated with, as on a site that bills by account.
+
 Several clusters live side by side: each gets a random ClusterName, its own free TCP ports, its own
 munge socket and database, and, with more than one node, its own 10.231.X.0/24 (claimed under a file
 lock after looking at `ip -o addr`, `ip link` and `ip netns list`). Node 1 runs on the host; node k > 1
@@ -53,6 +62,7 @@ from typing import TypeVar
 T = TypeVar("T")
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
+IDENTITY_TOOLS = ("useradd", "groupadd", "getent")
 CLIENTS = ("sinfo", "sbatch", "squeue", "scancel", "srun", "scontrol")
 NETWORK_TOOLS = ("ip", "nsenter")
 ACCOUNTING_TOOLS = ("slurmdbd", "sacct", "sacctmgr", "mysql")
@@ -65,6 +75,9 @@ CLAIM_LOCK = Path("/run/fabriek-devcluster.lock")
 # The munge socket and slurmstepd's sockets (spool/NODE/NODE_JOB.STEP) must fit in sun_path (108 bytes).
 MAX_ROOT_CHARS = 64
 STOP_GRACE_S = 5.0
+# The uids (= gids) of fabriek's projects that a cluster gives users and groups `fp<uid>` for: the
+# first of FABRIEK_UID_RANGE's default, which a test's fresh database hands out from its start.
+IDENTITIES = range(200000, 200064)
 # Set in every daemon's environment (slurmstepd inherits it): how stop() finds what a cluster started.
 MARK = "FABRIEK_DEVCLUSTER"
 _SUBDIRS = ("etc", "state", "spool", "log", "run", "munge")
@@ -224,7 +237,7 @@ def unavailable(
         return "a Slurm dev cluster needs Linux."
     if os.geteuid() != 0:
         return "a Slurm dev cluster needs root (its daemons run as SlurmUser=root)."
-    wanted = DAEMONS + CLIENTS + (NETWORK_TOOLS if nodes > 1 else ())
+    wanted = DAEMONS + CLIENTS + IDENTITY_TOOLS + (NETWORK_TOOLS if nodes > 1 else ())
     wanted += ACCOUNTING_TOOLS if accounting else ()
     missing = [p for p in wanted if shutil.which(p, path=_search_path()) is None]
     if missing:
@@ -252,10 +265,12 @@ def start(
     memory_mb_per_node: int = 2048,
     timeout: float = 60,
     mariadb: MariaDB | None = None,
+    identities: Sequence[int] = IDENTITIES,
 ) -> DevCluster:
     """Start munged, slurmctld, slurmd (one per node; the second and later in network namespaces) and,
     with `accounting`, slurmdbd; return once `sinfo` shows every node idle and, with accounting, the
-    cluster is registered in slurmdbd (so sacct will see its jobs).
+    cluster is registered in slurmdbd (so sacct will see its jobs). The users and groups `fp<uid>`
+    for each uid of `identities` exist on this machine (and so on every node) first.
 
     `root` is created if missing; the subfolders this module owns in it (etc, state, spool, log, run,
     munge) are wiped first. On any failure the started part is stopped and RuntimeError raised, its
@@ -291,6 +306,7 @@ def start(
     deadline = time.monotonic() + timeout
     try:
         _prepare_root(root)
+        ensure_identities(identities)
         _bring_up(cluster, deadline)
     except BaseException as e:
         cluster.stop()
@@ -422,6 +438,8 @@ def _slurm_conf(c: DevCluster, plan: _Plan) -> str:
     if c.accounting:
         lines += [
             "JobAcctGatherType=jobacct_gather/linux",  # TotalCPU and MaxRSS in sacct
+            # A job runs only under an association of its user and account (fabriek makes them).
+            "AccountingStorageEnforce=associations",
             "JobAcctGatherFrequency=task=5",
             "AccountingStorageType=accounting_storage/slurmdbd",
             "AccountingStorageHost=127.0.0.1",
@@ -512,6 +530,50 @@ def _registered(c: DevCluster) -> bool:
         timeout=10,
     )
     return shown.returncode == 0 and shown.stdout.strip() != ""
+
+
+def ensure_identities(uids: Sequence[int]) -> list[int]:
+    """Give each uid of `uids` a group `fp<uid>` (gid = uid) and a user `fp<uid>` in it on this
+    machine, where missing: no home, no password, nologin. Returns the uids it added. Under the
+    claim lock: clusters starting side by side add each once."""
+    added = []
+    with _claim_lock():
+        for uid in uids:
+            name = f"fp{uid}"
+            if not _known("group", str(uid)):
+                _must("groupadd", "--gid", str(uid), name)
+            if not _known("passwd", str(uid)):
+                _must(
+                    "useradd", "--uid", str(uid), "--gid", str(uid), "--no-create-home",
+                    "--no-user-group", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin",
+                    "--comment", "fabriek project identity", name,
+                )  # fmt: skip
+                added.append(uid)
+    return added
+
+
+def _known(database: str, key: str) -> bool:
+    """Whether getent finds `key` in `database` (passwd, group): what Slurm's lookups see."""
+    found = subprocess.run(["getent", database, key], capture_output=True, check=False)
+    return found.returncode == 0
+
+
+def _must(*argv: str) -> None:
+    done = subprocess.run(
+        argv, capture_output=True, text=True, check=False, env={"PATH": _search_path()}
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
+
+
+def job_python() -> str:
+    """A Python that jobs running as a project's uid can start: this one where every folder on
+    its way lets others through (a virtual environment under /root does not), else the
+    system's python3."""
+    here = Path(sys.executable).resolve()
+    if all(p.stat().st_mode & 0o001 for p in here.parents) and here.stat().st_mode & 0o001:
+        return sys.executable
+    return shutil.which("python3", path="/usr/bin:/bin") or sys.executable
 
 
 # -- processes --------------------------------------------------------------------------------------
@@ -737,6 +799,7 @@ def partitions_toml(
         f'slurm_conf = "{cluster.conf}"\n'
         f"accounting = {'true' if cluster.accounting else 'false'}\n"
         f'jobcomp_file = "{cluster.jobcomp_file}"\n'
+        f'python = "{job_python()}"\n'
         "grace_seconds = 2\n"
     )
 

@@ -192,7 +192,13 @@ class Controller:
         steps = (
             (self._admit,)
             if admit_only
-            else (self._observe, self._forward_cancels, self._admit, self._retain)
+            else (
+                self._observe,
+                self._forward_cancels,
+                self._admit,
+                self._retain,
+                self._keep_accounts,
+            )
         )
         for step in steps:
             began = time.perf_counter()
@@ -362,6 +368,14 @@ class Controller:
     def _retain(self, report: PassReport) -> None:
         if self.retention is not None:  # returns at once: see services/retention.py
             self.retention.step(ended=report.finished > 0)
+
+    def _keep_accounts(self, report: PassReport) -> None:
+        """Backends with accounts of their own (Slurm's) keep them in step with the tenancy:
+        each looks on a thread of its own, and only when something changed (returns at once)."""
+        for backend in self.backends.values():
+            keep = getattr(backend, "keep_accounts", None)  # e.g. SlurmBackend.keep_accounts
+            if keep is not None:
+                keep()
 
     def _forward_cancels(self, report: PassReport) -> None:
         """Cancels and preemptions alike: the backend stops the job (SIGTERM, the grace period,
