@@ -94,3 +94,31 @@ def test_mistakes_are_named(tmp_path: Path, text: str, message: str) -> None:
 def test_a_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(InvalidRequest, match="cannot read the partitions file"):
         load_partitions(tmp_path / "nope.toml")
+
+
+def test_accounts_are_managed_with_accounting_unless_mapped_elsewhere(tmp_path: Path) -> None:
+    (managed,) = load(tmp_path, BASE + "accounting = true\n").slurm
+    assert managed.manages_accounts and managed.project_accounts == {}
+    (without,) = load(tmp_path, BASE).slurm
+    assert not without.manages_accounts  # no accounting: no accounts to keep
+    mapped_text = (
+        BASE + 'accounting = true\nmanage_accounts = false\nproject_accounts = { alpha = "phys" }\n'
+    )
+    (mapped,) = load(tmp_path, mapped_text).slurm
+    assert not mapped.manages_accounts and mapped.project_accounts == {"alpha": "phys"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ('accounting = true\nproject_accounts = { a = "b" }\n', "set `manage_accounts = false`"),
+        ('project_accounts = { "a;b" = "x" }\n', "'a;b' is not a project name"),
+        ('project_accounts = { a = "x y" }\n', "a = 'x y' is not a Slurm account"),
+        ("project_accounts = 3\n", "`project_accounts` must be a table"),
+        ("manage_accounts = 1\n", "`manage_accounts` has the wrong type"),
+    ],
+)
+def test_account_mistakes_are_named(tmp_path: Path, extra: str, message: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        load(tmp_path, BASE + extra)
+    assert message in str(caught.value)

@@ -7,6 +7,7 @@ files and the server's environment, and sacct telling the tenants apart by accou
 from __future__ import annotations
 
 import json
+import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -122,6 +123,18 @@ def test_a_job_runs_as_its_project_on_every_node(
     state = Path(handle["state"])
     assert owner_mode(state) == (0, 0, 0o700) and (state / "submitted").exists()
     assert backend.job_dir(1, "iso") == run  # what retention removes
+
+
+def test_a_server_that_is_not_root_runs_jobs_as_itself(
+    slurm_pair: DevCluster, open_dir: Path
+) -> None:
+    backend = SlurmBackend(partition_on(slurm_pair, open_dir))
+    backend.switch_users = False  # what a server that is not root finds: it cannot switch
+    handle = backend.submit(spec(2, ["sh", "-c", "id -u"]))
+    assert "state" not in handle and Path(handle["dir"]).parent == open_dir / "jobs"
+    wait_for(lambda: backend.poll({2: handle})[2].phase == Phase.FINISHED, timeout=60, what="end")
+    assert (Path(handle["dir"]) / "stdout").read_text() == f"{os.geteuid()}\n"
+    assert not (open_dir / "projects").exists()
 
 
 def _is_sleep(pid: int) -> bool:
