@@ -369,6 +369,10 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/projects/{project}"): Rule(
         fixed("/projects/pa"), expect(404, **dict.fromkeys(A_SEERS, 200))
     ),
+    ("PATCH", "/projects/{project}"): Rule(  # the network lock: operators only
+        fixed("/projects/pa", json={"network_limit": "host"}),
+        expect(404, operator=200, owner=403, manager=403, project_member=403),
+    ),
     ("GET", "/projects/{project}/members"): Rule(
         fixed("/projects/pa/members"), expect(404, **dict.fromkeys(A_SEERS, 200))
     ),

@@ -78,7 +78,7 @@ def partitions(json_out: JsonOpt = False) -> None:
         return
     table = Table(
         "PARTITION", "KIND", "NODES", "IDLE/MIXED/ALLOC", "CPUS BUSY", "MEMORY BUSY", "GPUS BUSY",
-        "GPU TYPE", "RUNNING JOBS",
+        "GPU TYPE", "NETWORK", "RUNNING JOBS",
         box=None, header_style="bold",
     )  # fmt: skip
     for p in factory.partitions:
@@ -92,6 +92,8 @@ def partitions(json_out: JsonOpt = False) -> None:
             f"{format_bytes(p.memory_busy_bytes)}/{format_bytes(r.memory_bytes * n)}",
             f"{p.gpus_busy}/{r.gpus * n}",
             shown(p.gpu_type or "-"),
+            p.network.value
+            + (f" (at most {p.network_limit.value})" if p.network_limit != p.network else ""),
             str(p.running_jobs),
         )
     console.print(table)

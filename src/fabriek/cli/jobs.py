@@ -32,6 +32,7 @@ from fabriek.cli.output import (
 )
 from fabriek.cli.output import client as _client
 from fabriek.core.errors import FabriekError, InvalidRequest
+from fabriek.core.identity import Network
 from fabriek.core.jobs import JobState
 from fabriek.core.units import format_bytes, format_duration, parse_duration
 
@@ -85,6 +86,13 @@ def submit(
     time: Annotated[
         str | None,
         typer.Option("--time", "-t", help="Time limit, e.g. 10m, 2h, 1:30:00 [default: 1h]."),
+    ] = None,
+    network: Annotated[
+        Network | None,
+        typer.Option(
+            help="What it may reach: none (nothing), loopback (only itself), host (the "
+            "machine's network) [default: the partition's]."
+        ),
     ] = None,
     env: Annotated[
         list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE, repeatable.")
@@ -169,6 +177,7 @@ def submit(
                 priority=priority,
                 deadline=datetime.fromisoformat(utc_iso(deadline)) if deadline else None,
                 flexible_s=parse_duration(flexible) if flexible else None,
+                network=network.value if network else None,
             )
         for warning in left_out:
             err_console.print(f"warning: {shown(str(warning.message))}", highlight=False)
@@ -339,6 +348,7 @@ def status(
             + (f" in partition {shown(job.partition)}" if job.partition else "")
             + f", time limit {format_duration(job.time_limit_s)}",
         ),
+        ("network", _network_line(job)),
         (
             "partition",
             shown(job.backend or "- (not admitted yet)")
@@ -396,6 +406,12 @@ def status(
             shown(e.reason or ""),
         )
     console.print(events)
+
+
+def _network_line(job: JobOut) -> str:
+    if job.network is None:
+        return "its partition's default (decided when it starts)"
+    return job.network.value + (" (asked for)" if job.state == JobState.PENDING else "")
 
 
 def _green_line(job: JobOut) -> str:

@@ -117,19 +117,25 @@ def up(
                 f"  partition {shown(name)}: "
                 + ("this machine, " if name == "local" else f"Slurm, {cap.nodes} nodes with ")
                 + f"{r.cpus} CPUs, {format_bytes(r.memory_bytes)} memory, {r.gpus} GPUs"
-                + (" each" if name != "local" else ""),
-                highlight=False,
-            )
-        if token:
-            path = save_config(url, token)
-            err_console.print(
-                f"created the administrator and a token; the CLI on this machine uses it ({path})",
+                + (" each" if name != "local" else "")
+                + f"; network {cap.network.default.value}"
+                + (
+                    f" (at most {cap.network.limit.value})"
+                    if cap.network.limit != cap.network.default
+                    else ""
+                ),
                 highlight=False,
             )
         isolation = runtime.backend.isolation
         if "local" in runtime.backends:
             mark = "" if isolation.complete else "[bold yellow]warning:[/] "
             err_console.print(f"  {mark}{escape(isolation.describe())}", highlight=False)
+        if token:
+            path = save_config(url, token)
+            err_console.print(
+                f"created the administrator and a token; the CLI on this machine uses it ({path})",
+                highlight=False,
+            )
         else:
             _follow_address_change(runtime, url)
         err_console.print(f"API docs at {url}/docs - stop with Ctrl-C (running jobs keep running)")

@@ -14,12 +14,14 @@ from fabriek.cli.output import (
     console,
     err_console,
     expiry_text,
+    fail,
     handled,
     print_json,
     print_rows,
     shown,
 )
 from fabriek.cli.output import client as _client
+from fabriek.core.identity import Network
 from fabriek.core.tenancy import OrgKind, OrgRole, ProjectRole
 
 org_app = typer.Typer(help="Organisations and their members.", no_args_is_help=True)
@@ -210,7 +212,35 @@ def project_show(name: str, json_out: JsonOpt = False) -> None:
         f"{p.my_role.value if p.my_role else '-'}",
         highlight=False,
     )
+    console.print(f"network: {_network_lock(p.network_limit)}", highlight=False)
     console.print(_members_table(members))
+
+
+def _network_lock(limit: Network | None) -> str:
+    if limit is None:
+        return "as its partitions allow (not locked)"
+    return f"locked to {limit.value} at most, by an operator"
+
+
+@project_app.command("set")
+def project_set(
+    name: str,
+    network_limit: Annotated[
+        Network | None,
+        typer.Option(
+            help="Operators: the most network its jobs may have (none, loopback; host lifts "
+            "the lock). Waiting jobs that asked for more fail when they would start."
+        ),
+    ] = None,
+) -> None:
+    """Change a project's settings."""
+    if network_limit is None:
+        fail("nothing to change: give --network-limit", 2)
+    with handled():
+        p = _client().update_project(name, network_limit=network_limit.value)
+    console.print(
+        f"project {shown(p.name)}: network {_network_lock(p.network_limit)}", highlight=False
+    )
 
 
 @project_app.command("add-member")

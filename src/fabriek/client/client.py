@@ -156,6 +156,7 @@ class Client:
         flexible_s: int | None = None,
         memory_bytes: int | None = None,
         time_limit_s: int | None = None,
+        network: str | None = None,
     ) -> JobOut:
         """Queue a job. `workdir` is packed and uploaded; the job runs in a fresh copy of it.
         A `preemptible` job may borrow idle GPUs beyond its pool's guarantee. `cpus`, `memory`
@@ -164,7 +165,8 @@ class Client:
         `memory` is bytes or a size as the CLI takes it ("512M", "2G"; default: 2G, or less
         where the partition offers less); `time` seconds or a duration ("10m", "2h",
         "1:30:00"; default: 1 hour). `memory_bytes` and `time_limit_s` are the older names.
-        Without `project`: your configured default, else your only project (docs/jobs.md)."""
+        Without `project`: your configured default, else your only project (docs/jobs.md).
+        `network` is none, loopback or host (default: the partition's; docs/security.md)."""
         if not argv:
             raise InvalidRequest(
                 "the command is empty; give it after `--`, e.g. -- python train.py"
@@ -188,11 +190,13 @@ class Client:
             "deadline": deadline.isoformat() if deadline else None,
             "flexible_s": flexible_s,
         }
-        # Left out, the server chooses: the project as above, memory to fit, 1 hour.
+        # Left out, the server chooses: the project as above, memory to fit, 1 hour, the
+        # partition's network.
         for key, value in (
             ("project", project),
             ("memory_bytes", memory_bytes),
             ("time_limit_s", time_limit_s),
+            ("network", network),
         ):
             if value is not None:
                 body[key] = value
@@ -386,6 +390,11 @@ class Client:
     def create_project(self, name: str, *, organisation: str) -> ProjectOut:
         body = {"name": name, "organisation": organisation}
         return ProjectOut.model_validate(self._send("POST", "/projects", body))
+
+    def update_project(self, name: str, *, network_limit: str | None = None) -> ProjectOut:
+        """Operators: lock the most network the project's jobs may have (host lifts it)."""
+        body = {"network_limit": network_limit} if network_limit is not None else {}
+        return ProjectOut.model_validate(self._send("PATCH", f"/projects/{_seg(name)}", body))
 
     def project_members(self, name: str) -> list[MemberOut]:
         return [MemberOut.model_validate(m) for m in self._get(f"/projects/{_seg(name)}/members")]

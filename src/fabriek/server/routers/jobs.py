@@ -46,6 +46,7 @@ def submit(body: JobSubmit, actor: ActorDep, runtime: RuntimeDep) -> Response:
         ),
         nodes=body.nodes,
         partition=body.partition,
+        network=body.network,
         time_limit_s=body.time_limit_s,
         env=body.env,
         workdir_digest=body.workdir,

@@ -6,7 +6,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Response
 
-from fabriek.server.schemas import MemberOut, ProjectCreate, ProjectMemberSet, ProjectOut
+from fabriek.server.schemas import (
+    MemberOut,
+    ProjectCreate,
+    ProjectMemberSet,
+    ProjectOut,
+    ProjectUpdate,
+)
 from fabriek.server.schemas.types import PROJECT, USER
 from fabriek.server.security.deps import ActorDep, RuntimeDep
 from fabriek.server.services import tenancy as service
@@ -43,6 +49,22 @@ def list_(actor: ActorDep, runtime: RuntimeDep) -> list[ProjectOut]:
 def get(project: ProjectName, actor: ActorDep, runtime: RuntimeDep) -> ProjectOut:
     with runtime.reading() as session:
         return ProjectOut.of(service.get_project(session, actor=actor, name=project))
+
+
+@router.patch("/{project}", response_model=ProjectOut)
+def update(
+    project: ProjectName, body: ProjectUpdate, actor: ActorDep, runtime: RuntimeDep
+) -> ProjectOut:
+    """Operators lock the most network the project's jobs may have (host lifts the lock)."""
+    with runtime.transaction() as session:
+        result = service.update_project(
+            session,
+            actor=actor,
+            name=project,
+            network_limit=body.network_limit,
+            now=runtime.clock(),
+        )
+    return ProjectOut.of(result)
 
 
 @router.get("/{project}/members", response_model=list[MemberOut])

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field
 
+from fabriek.core.identity import Network
 from fabriek.core.jobs import (
     ENV_NAME,
     MAX_ARG_STRLEN,
@@ -116,6 +117,13 @@ class JobSubmit(Input):
         "lower their own jobs' priority; only operators raise it above 0.",
         json_schema_extra={"minimum": -MAX_PRIORITY, "maximum": MAX_PRIORITY},
     )
+    network: Network | None = Field(
+        None,
+        description="What it may reach: none (nothing, not even itself), loopback (only "
+        "itself), host (the machine's network). Default: its partition's default, lowered to "
+        "its project's lock. More than the project's lock or the partition allows is refused "
+        "(403 network_not_allowed).",
+    )
 
 
 class ResourcesOut(BaseModel):
@@ -167,6 +175,11 @@ class JobOut(BaseModel):
     resources: ResourcesOut = Field(description="On each of its nodes.")
     nodes: int = 1
     partition: str | None = Field(None, description="The partition it asked for, if any.")
+    network: Network | None = Field(
+        None,
+        description="What it may reach (none, loopback, host): as asked until it starts (none "
+        "given: its partition's default, decided then); from its start, what it got.",
+    )
     time_limit_s: int
     workdir: str | None
     backend: str = Field(description="The partition it was admitted to (empty before that).")
@@ -231,6 +244,7 @@ class JobOut(BaseModel):
             ),
             nodes=job.nodes,
             partition=job.partition,
+            network=job.network,
             time_limit_s=job.time_limit_s,
             workdir=job.workdir_digest,
             backend=job.backend,

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
+from fabriek.core.identity import Network
 from fabriek.core.tenancy import (
     Identity,
 )
@@ -80,6 +81,12 @@ class PartitionOut(BaseModel):
     per_node: ResourcesOut
     gpu_type: str
     billing_weight: float = Field(description="GPU-hours charged per GPU-hour used here.")
+    network: Network = Field(
+        Network.HOST, description="What a job that asks for no network gets here."
+    )
+    network_limit: Network = Field(
+        Network.HOST, description="The most network a job may ask for here."
+    )
     cpus_busy: int
     memory_busy_bytes: int
     gpus_busy: int
@@ -99,6 +106,8 @@ class PartitionOut(BaseModel):
             per_node=ResourcesOut(cpus=r.cpus, memory_bytes=r.memory_bytes, gpus=r.gpus),
             gpu_type=p.capacity.gpu_type,
             billing_weight=p.capacity.billing_weight,
+            network=p.capacity.network.default,
+            network_limit=p.capacity.network.limit,
             cpus_busy=p.cpus_busy,
             memory_busy_bytes=p.memory_busy_bytes,
             gpus_busy=p.gpus_busy,

@@ -6,6 +6,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
+from fabriek.core.identity import Network
 from fabriek.core.tenancy import (
     Organisation,
     OrgKind,
@@ -95,16 +96,33 @@ class ProjectCreate(Input):
     organisation: SlugName
 
 
+class ProjectUpdate(Input):
+    network_limit: Network | None = Field(
+        None,
+        description="Operators only: the most network its jobs may have (none, loopback; host "
+        "lifts the lock). Left out: unchanged.",
+    )
+
+
 class ProjectOut(BaseModel):
     name: str
     organisation: str
     created_at: datetime
     my_role: ProjectRole | None
+    network_limit: Network | None = Field(
+        None,
+        description="The most network its jobs may have, locked by an operator; none: what "
+        "its partitions allow.",
+    )
 
     @classmethod
     def of(cls, p: Project) -> ProjectOut:
         return cls(
-            name=p.name, organisation=p.organisation, created_at=p.created_at, my_role=p.my_role
+            name=p.name,
+            organisation=p.organisation,
+            created_at=p.created_at,
+            my_role=p.my_role,
+            network_limit=p.network_limit,
         )
 
 
