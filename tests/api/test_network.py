@@ -87,7 +87,8 @@ def test_more_than_the_partition_allows_is_refused_and_nothing_written(
     assert _error(refused) == (
         403,
         "network_not_allowed",
-        "no partition allows network host (the most each allows: local loopback); ask for less",
+        "no partition offers network host (they offer: local none or loopback); ask for one "
+        "they offer",
     )
     status, code, message = _error(wrong)
     assert (status, code) == (422, "invalid_request") and message.startswith(

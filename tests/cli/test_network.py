@@ -57,7 +57,7 @@ def test_asking_for_more_or_for_nonsense(server: ServerProcess) -> None:
     )
     more = server.cli("submit", "--network", "host", "--no-workdir", "--", "true")
     assert more.returncode == 3, more.stderr
-    assert "no partition allows network host (the most each allows: local loopback)" in (
+    assert "no partition offers network host (they offer: local none or loopback)" in (
         " ".join(more.stderr.split())
     )
 

@@ -23,6 +23,11 @@ def test_parse_names_the_choices() -> None:
         Network.parse("web")
 
 
+def test_what_a_partition_offers() -> None:
+    assert NetworkPolicy(NONE, LOOPBACK).offers == {NONE, LOOPBACK}
+    assert NetworkPolicy(HOST, HOST, HOST).offers == {HOST}
+
+
 @pytest.mark.parametrize(
     ("asked", "default", "limit", "lock", "gets"),
     [
@@ -71,3 +76,21 @@ def test_asking_for_more_than_allowed_is_refused(
         )
     assert message in refused.value.message
     assert (refused.value.code, refused.value.http_status) == ("network_not_allowed", 403)
+
+
+def test_less_than_a_partition_can_hold_a_job_to_is_refused() -> None:
+    """A Slurm partition today: every job there has the node's network."""
+    slurm = NetworkPolicy(HOST, HOST, HOST)
+    assert job_network(None, partition="gpu", policy=slurm, project="x", lock=None) == HOST
+    with pytest.raises(NetworkNotAllowed) as refused:
+        job_network(NONE, partition="gpu", policy=slurm, project="x", lock=None)
+    assert refused.value.message == (
+        "partition gpu cannot hold a job to less network than host (its backend does not "
+        "confine a job's network), and the job asks for none: ask for host, or another partition"
+    )
+    with pytest.raises(NetworkNotAllowed) as locked:  # asked for nothing, but locked below
+        job_network(None, partition="gpu", policy=slurm, project="x", lock=LOOPBACK)
+    assert locked.value.message == (
+        "project 'x' is locked to network loopback by an operator, and partition gpu cannot "
+        "hold a job to less than host: run it on another partition"
+    )

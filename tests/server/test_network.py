@@ -17,11 +17,18 @@ from sqlalchemy.orm import Session, sessionmaker
 from fabriek.backends.base import Capacity
 from fabriek.backends.local.backend import LocalBackend
 from fabriek.backends.local.gpus import FakeInventory
-from fabriek.core.errors import Forbidden, NetworkNotAllowed, NotFound, ResourcesUnavailable
+from fabriek.core.errors import (
+    Forbidden,
+    InvalidRequest,
+    NetworkNotAllowed,
+    NotFound,
+    ResourcesUnavailable,
+)
 from fabriek.core.identity import Network, NetworkPolicy
 from fabriek.core.jobs import Job, JobState, Resources
 from fabriek.server.controller.loop import Controller
 from fabriek.server.db.models import AuditEventRow, JobEventRow, JobRow
+from fabriek.server.runtime import local_network
 from fabriek.server.services.actors import Actor
 from fabriek.server.services.jobs import get_job, submit_job
 from fabriek.server.services.tenancy import get_project, update_project
@@ -91,8 +98,8 @@ def test_more_than_any_partition_allows_is_refused(
     with pytest.raises(NetworkNotAllowed) as refused:
         _submit(sessions, admin, clock, partitions, network=HOST)
     assert refused.value.message == (
-        "no partition allows network host (the most each allows: closed none, shut loopback); "
-        "ask for less"
+        "no partition offers network host (they offer: closed none, shut none or loopback); ask "
+        "for one they offer"
     )
     assert _written(sessions) == (0, 0)
     # One partition allows it: accepted, and the engine will place it there.
@@ -115,7 +122,7 @@ def test_a_partition_that_fits_it_must_also_allow_its_network(
     request = replace(make_request(cpus=2, mem=G), network=HOST)
     with sessions() as session, session.begin(), pytest.raises(ResourcesUnavailable) as refused:
         submit_job(session, actor=admin, request=request, partitions=partitions, now=clock())
-    assert "it fits no partition that allows network host and could never run" in str(refused.value)
+    assert "it fits no partition that offers network host and could never run" in str(refused.value)
 
 
 def test_the_projects_lock_refuses_more_and_lowers_the_default(
@@ -138,6 +145,43 @@ def test_the_projects_lock_refuses_more_and_lowers_the_default(
     assert _submit(sessions, alice, clock, partitions, network=None, project="vision")
     # Another project is not locked.
     assert _submit(sessions, admin, clock, partitions, network=HOST).network == HOST
+
+
+def test_a_partition_that_cannot_confine_a_jobs_network(
+    sessions: sessionmaker[Session], clock: FrozenClock
+) -> None:
+    """As a Slurm partition today: every job there has the node's network. A job asking for
+    less goes elsewhere or is refused; so is one of a project locked below it that could run
+    nowhere else."""
+    admin, _ = make_admin(sessions, clock())
+    make_user(sessions, "alice", clock(), projects=("vision",))
+    slurm = Capacity(LARGEST, network=NetworkPolicy(HOST, HOST, HOST))
+    both = {"slurm": slurm, "local": Capacity(LARGEST)}
+    with pytest.raises(NetworkNotAllowed, match="partition slurm cannot hold a job to less"):
+        _submit(sessions, admin, clock, both, network=NONE, partition="slurm")
+    assert _submit(sessions, admin, clock, both, network=NONE).network == NONE  # to local
+    with pytest.raises(NetworkNotAllowed) as refused:
+        _submit(sessions, admin, clock, {"slurm": slurm}, network=LOOPBACK)
+    assert refused.value.message == (
+        "no partition offers network loopback (they offer: slurm host); ask for one they offer"
+    )
+    _lock(sessions, admin, clock, "vision", NONE)
+    with pytest.raises(NetworkNotAllowed) as locked:
+        _submit(sessions, admin, clock, {"slurm": slurm}, network=None, project="vision")
+    assert locked.value.message == (
+        "project 'vision' is locked to network none by an operator, and no partition it may run "
+        "on can hold a job to that (they offer: slurm host)"
+    )
+    assert _written(sessions) == (1, 1)  # the one that went to local
+    assert _submit(sessions, admin, clock, both, network=None, project="vision")
+
+
+def test_without_the_sandbox_this_machine_offers_the_hosts_network_alone() -> None:
+    closed = NetworkPolicy(NONE, LOOPBACK)
+    assert local_network(closed, sandbox=True) == closed
+    assert local_network(NetworkPolicy(), sandbox=False).offers == {HOST}
+    with pytest.raises(InvalidRequest, match="only the sandbox can hold jobs to"):
+        local_network(closed, sandbox=False)
 
 
 # --- the lock itself -------------------------------------------------------------------------
@@ -238,6 +282,24 @@ def test_a_job_that_asked_for_nothing_gets_the_default_lowered_to_the_lock(
     assert (done.state, done.network) == (JobState.SUCCEEDED, LOOPBACK)
 
 
+def test_a_locked_projects_job_goes_where_its_network_can_be_held_to_the_lock(
+    sessions: sessionmaker[Session], tmp_path: Path, clock: FrozenClock
+) -> None:
+    """`open` (first) gives every job the host's network, as a Slurm partition does today: a
+    job of a project locked to none that asked for nothing must start on `closed`, not fail."""
+    admin, _ = make_admin(sessions, clock())
+    networks = {"open": NetworkPolicy(HOST, HOST, HOST), "closed": NetworkPolicy()}
+    with _controller(sessions, tmp_path, clock, networks) as controller:
+        free = _submit(sessions, admin, clock, controller.capacities(), network=None)
+        _lock(sessions, admin, clock, "default", NONE)
+        locked = _submit(sessions, admin, clock, controller.capacities(), network=None)
+        jobs = settle(controller, sessions, admin, [free.id, locked.id])
+    assert [(j.state, j.backend, j.network) for j in jobs] == [
+        (JobState.SUCCEEDED, "closed", NONE),  # it was locked before it started
+        (JobState.SUCCEEDED, "closed", NONE),
+    ]
+
+
 def test_a_lock_set_after_submission_fails_the_job_before_it_starts(
     sessions: sessionmaker[Session], tmp_path: Path, clock: FrozenClock
 ) -> None:
@@ -283,6 +345,6 @@ def test_a_partition_limit_lowered_after_submission_keeps_the_job_waiting_with_t
     row = _row(sessions, job.id)
     assert row.state == JobState.PENDING.value
     assert row.reason == (
-        "waiting: no partition it fits allows network host (the most each allows: local none); "
-        "it can never start as it is"
+        "waiting: no partition it fits offers network host (they offer: local none); it can "
+        "never start as it is"
     )

@@ -91,6 +91,12 @@ class Network(StrEnum):
             raise InvalidRequest(f"{what} is one of {choices}, not {text!r}") from None
 
 
+def spelled(networks: frozenset[Network]) -> str:
+    """`host`; `none or loopback`; `nothing`: least first."""
+    names = [n.value for n in Network if n in networks]
+    return " or ".join(names) if names else "nothing"
+
+
 def least(first: Network, *others: Network) -> Network:
     """The one that allows the least."""
     return min((first, *others), key=lambda n: n.rank)
@@ -99,10 +105,18 @@ def least(first: Network, *others: Network) -> Network:
 @dataclass(frozen=True, slots=True)
 class NetworkPolicy:
     """A partition's network, as the operator set it in the partitions file: what its jobs get
-    when they ask for none (`default`), and the most they may ask for (`limit`)."""
+    when they ask for none (`default`), and the most they may ask for (`limit`); and the least
+    its backend can hold a job to (`least`; `host` where it cannot confine a job's network at
+    all, as on Slurm's nodes today)."""
 
     default: Network = Network.HOST
     limit: Network = Network.HOST
+    least: Network = Network.NONE
+
+    @property
+    def offers(self) -> frozenset[Network]:
+        """The networks a job may have here: from `least` to `limit`."""
+        return frozenset(n for n in Network if self.least.rank <= n.rank <= self.limit.rank)
 
 
 def job_network(
@@ -115,10 +129,20 @@ def job_network(
 ) -> Network:
     """The network a job gets on `partition`: what it asked for, else the partition's default
     lowered to what the project's `lock` (an operator's; None: none) and the partition allow.
-    A job that asked for nothing is never refused. Raises NetworkNotAllowed where it asked
-    for more than the project's lock or the partition's limit."""
+    Raises NetworkNotAllowed where it asked for more than the project's lock or the partition's
+    limit, or for less than the partition can hold it to (then a job that asked for nothing, in
+    a project locked below that, too)."""
     if asked is None:
-        return least(policy.default, policy.limit, *(() if lock is None else (lock,)))
+        got = least(policy.default, policy.limit, *(() if lock is None else (lock,)))
+        if got.rank < policy.least.rank:
+            raise NetworkNotAllowed(
+                f"project {project!r} is locked to network {got.value} by an operator, and "
+                f"partition {partition} cannot hold a job to less than {policy.least.value}: "
+                "run it on another partition",
+                project=project,
+                partition=partition,
+            )
+        return got
     if lock is not None and not lock.allows(asked):
         raise NetworkNotAllowed(
             f"project {project!r} is locked to network {lock.value} by an operator, and the "
@@ -134,5 +158,13 @@ def job_network(
             partition=partition,
             network=asked.value,
             limit=policy.limit.value,
+        )
+    if asked.rank < policy.least.rank:
+        raise NetworkNotAllowed(
+            f"partition {partition} cannot hold a job to less network than {policy.least.value} "
+            f"(its backend does not confine a job's network), and the job asks for "
+            f"{asked.value}: ask for {policy.least.value}, or another partition",
+            partition=partition,
+            network=asked.value,
         )
     return asked

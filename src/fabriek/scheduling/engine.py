@@ -46,9 +46,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from operator import attrgetter, itemgetter
 
-from fabriek.core.identity import Network
+from fabriek.core.identity import spelled
 from fabriek.scheduling.green import plan_green
 from fabriek.scheduling.model import (
+    ALL_NETWORKS,
     Admission,
     Decisions,
     Partition,
@@ -220,9 +221,9 @@ class _State:
             else (-1, -1, -1, -1)
         )
         self.lent: list[RunningJob] = []  # running jobs borrowed or being preempted: victims
-        # Whether any partition allows less than the host's network: only then does a job's
-        # network narrow where it may run.
-        self.network_limited = any(p.network_limit != Network.HOST for p in snapshot.partitions)
+        # Whether any partition offers less than every network: only then does a job's network
+        # narrow where it may run.
+        self.network_limited = any(p.networks != ALL_NETWORKS for p in snapshot.partitions)
         self.nodes = self._hold(snapshot.running)
 
     def _hold(self, running: Sequence[RunningJob]) -> dict[str, _Nodes]:
@@ -276,7 +277,7 @@ class _State:
 
     def candidates(self, request: Request) -> list[Partition]:
         """Where the request may run: the partition it names, else those of its GPU type (any,
-        for CPU-only work); of those, only the ones whose network limit allows what it asks."""
+        for CPU-only work); of those, only the ones that offer a network it may have."""
         if request.partition is not None:
             found = self.partitions.get(request.partition)
             result = [found] if found is not None else []
@@ -286,10 +287,10 @@ class _State:
             result = list(self.snapshot.partitions)
         else:
             result = [p for p in self.snapshot.partitions if p.gpu_type]
-        network = request.network
-        if network is None or not self.network_limited:
+        networks = request.networks
+        if networks is None or not self.network_limited:
             return result
-        return [p for p in result if p.network_limit.allows(network)]
+        return [p for p in result if not networks.isdisjoint(p.networks)]
 
     def place(
         self,
@@ -465,7 +466,7 @@ def _nominate(
             and request.nodes <= surely[3]
             and (request.gpu_type is None or request.gpu_type == default_type)
             and request.partition is None
-            and (request.network is None or not limited)
+            and (request.networks is None or not limited)
         ):
             fits = possible.get(request)
             if fits is None:
@@ -638,15 +639,15 @@ def _largest_shapes(state: _State) -> dict[str, list[tuple[int, int, int]]]:
 
 def _never_fits(request: Request, state: _State, largest: dict[str, list]) -> str:  # type: ignore[type-arg]
     """Why a request no partition could ever hold waits for ever: its network, where a
-    partition it fits would hold it but allows less network than it asks (an operator
-    lowered the limit since it was submitted); else its size."""
-    if request.network is not None and _could_ever_fit(
-        replace(request, network=None), state, largest
+    partition it fits would hold it but offers no network it may have (an operator changed a
+    limit or a project's lock since it was submitted); else its size."""
+    if request.networks is not None and _could_ever_fit(
+        replace(request, networks=None), state, largest
     ):
-        limits = ", ".join(f"{p.name} {p.network_limit.value}" for p in state.snapshot.partitions)
+        offered = ", ".join(f"{p.name} {spelled(p.networks)}" for p in state.snapshot.partitions)
         return (
-            f"waiting: no partition it fits allows network {request.network.value} (the most "
-            f"each allows: {limits}); it can never start as it is"
+            f"waiting: no partition it fits offers network {spelled(request.networks)} "
+            f"(they offer: {offered}); it can never start as it is"
         )
     return "waiting: no partition has room for it even when empty; it can never start"
 

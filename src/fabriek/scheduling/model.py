@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from fabriek.core.green import Window
 from fabriek.core.identity import Network
 
+ALL_NETWORKS = frozenset(Network)
+
 
 @dataclass(frozen=True, slots=True)
 class Node:
@@ -28,7 +30,9 @@ class Partition:
     gpu_type: str
     nodes: tuple[Node, ...]
     billing_weight: float = 1.0  # GPU-hours charged per GPU-hour used on this type
-    network_limit: Network = Network.HOST  # the most network a job here may have
+    # The networks a job may have here (its operator's limit, and the least its backend can
+    # hold a job to).
+    networks: frozenset[Network] = ALL_NETWORKS
     # Derived once: the engine reads them every cycle, and a partition's nodes do not change.
     gpus: int = field(init=False, repr=False, compare=False)
     node_index: dict[str, int] = field(init=False, repr=False, compare=False)  # name -> position
@@ -84,9 +88,10 @@ class Request:
     gpu_type: str | None = None  # None: any partition
     time_limit_s: float = 3600.0
     partition: str | None = None  # only this partition; None: any (of `gpu_type`)
-    # Only partitions whose network limit allows this much; None: any (the job then gets the
-    # default of the one it lands on).
-    network: Network | None = None
+    # Only partitions that offer one of these networks (what it asked for; or, where it asked
+    # for none, what its project's lock allows); None: any (it gets the default of where it
+    # lands).
+    networks: frozenset[Network] | None = None
     # Derived once: the engine reads `gpus` and hashes requests millions of times a minute in
     # the simulator (and per pending job per cycle live).
     gpus: int = field(init=False, repr=False, compare=False)
@@ -95,7 +100,7 @@ class Request:
     def __post_init__(self) -> None:
         object.__setattr__(self, "gpus", self.gpus_per_node * self.nodes)
         key = (self.gpus_per_node, self.cpus_per_node, self.memory_per_node, self.nodes,
-               self.gpu_type, self.time_limit_s, self.partition, self.network)  # fmt: skip
+               self.gpu_type, self.time_limit_s, self.partition, self.networks)  # fmt: skip
         object.__setattr__(self, "_hash", hash(key))
 
     def __hash__(self) -> int:

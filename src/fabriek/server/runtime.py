@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from sqlalchemy import Engine
@@ -15,7 +15,14 @@ from fabriek.backends.local.backend import LocalBackend, detect_resources
 from fabriek.backends.local.gpus import GpuInfo, inventory_from_setting
 from fabriek.backends.slurm.backend import SlurmBackend
 from fabriek.backends.slurm.config import load_partitions
-from fabriek.core.identity import DEFAULT_UID_RANGE, UidRange, parse_uid_range
+from fabriek.core.errors import InvalidRequest
+from fabriek.core.identity import (
+    DEFAULT_UID_RANGE,
+    Network,
+    NetworkPolicy,
+    UidRange,
+    parse_uid_range,
+)
 from fabriek.core.jobs import Resources
 from fabriek.core.units import parse_memory
 from fabriek.server.controller.loop import Controller
@@ -93,6 +100,21 @@ def detect_machine(settings: Settings) -> tuple[Resources, list[GpuInfo]]:
     return detect_resources(settings.cpus, memory), inventory_from_setting(settings.gpus).detect()
 
 
+def local_network(policy: NetworkPolicy, *, sandbox: bool) -> NetworkPolicy:
+    """This machine's network policy: as the partitions file sets it, where the sandbox holds
+    each job to its network; without the sandbox every job has the machine's network, and a
+    policy below `host` is refused (InvalidRequest) rather than promised."""
+    if sandbox:
+        return policy
+    if policy.limit != Network.HOST or policy.default != Network.HOST:
+        raise InvalidRequest(
+            "the partitions file gives the local partition a network below host, which only "
+            "the sandbox can hold jobs to: turn the sandbox on (FABRIEK_SANDBOX=1) or leave "
+            "[local] network and network_limit at host"
+        )
+    return replace(policy, least=Network.HOST)
+
+
 def build_runtime(
     settings: Settings,
     *,
@@ -131,7 +153,7 @@ def build_runtime(
     )
     config = load_partitions(settings.partitions_file)
     backends: dict[str, Backend] = {backend.name: backend} if config.local else {}
-    networks = {backend.name: config.local_network} | {
+    networks = {backend.name: local_network(config.local_network, sandbox=settings.sandbox)} | {
         p.name: p.network_policy for p in config.slurm
     }
     for partition in config.slurm:

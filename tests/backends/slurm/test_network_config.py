@@ -24,18 +24,25 @@ def test_defaults_are_the_hosts_network(tmp_path: Path) -> None:
     config = load(tmp_path, "local = true\n" + BASE)
     assert config.local is True
     assert config.local_network == NetworkPolicy(Network.HOST, Network.HOST)
-    assert config.slurm[0].network_policy == NetworkPolicy(Network.HOST, Network.HOST)
     assert load_partitions(None).local_network == NetworkPolicy()
 
 
-def test_a_partition_sets_its_default_and_limit(tmp_path: Path) -> None:
-    [p] = load(tmp_path, BASE + 'network = "none"\nnetwork_limit = "loopback"\n').slurm
-    assert (p.network, p.network_limit) == (Network.NONE, Network.LOOPBACK)
+def test_a_slurm_partition_offers_the_hosts_network_alone(tmp_path: Path) -> None:
+    """The wrapper does not confine a job's network on the nodes: nothing less is offered."""
+    [p] = load(tmp_path, BASE + 'network = "host"\nnetwork_limit = "host"\n').slurm
+    assert p.network_policy == NetworkPolicy(Network.HOST, Network.HOST, Network.HOST)
+    assert p.network_policy.offers == {Network.HOST}
+    for key in ("network", "network_limit"):
+        with pytest.raises(InvalidRequest) as refused:
+            load(tmp_path, BASE + f'{key} = "none"\n')
+        assert f"[slurm.p]: `{key}` = 'none': jobs here cannot be held to less network than " in (
+            str(refused.value)
+        )
 
 
 def test_a_limit_alone_lowers_the_default_to_it(tmp_path: Path) -> None:
-    [p] = load(tmp_path, BASE + 'network_limit = "none"\n').slurm
-    assert p.network_policy == NetworkPolicy(Network.NONE, Network.NONE)
+    config = load(tmp_path, '[local]\nnetwork_limit = "none"\n')
+    assert config.local_network == NetworkPolicy(Network.NONE, Network.NONE)
 
 
 def test_a_local_table_turns_this_machine_on_with_its_network(tmp_path: Path) -> None:
@@ -52,7 +59,7 @@ def test_a_local_table_turns_this_machine_on_with_its_network(tmp_path: Path) ->
         (BASE + 'network = "internet"\n', "[slurm.p]: `network` is one of none, loopback, host"),
         (BASE + "network_limit = 0\n", "`network_limit` is none, loopback or host, not 0"),
         (
-            BASE + 'network = "host"\nnetwork_limit = "loopback"\n',
+            '[local]\nnetwork = "host"\nnetwork_limit = "loopback"\n',
             "`network` = 'host' is more than `network_limit` = 'loopback' allows",
         ),
         ('[local]\nnetwork_limit = "web"\n', "[local]: `network_limit` is one of"),

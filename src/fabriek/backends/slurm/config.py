@@ -85,7 +85,7 @@ class SlurmPartition:
 
     @property
     def network_policy(self) -> NetworkPolicy:
-        return NetworkPolicy(self.network, self.network_limit)
+        return NetworkPolicy(self.network, self.network_limit, SLURM_LEAST_NETWORK)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,9 +131,17 @@ def load_partitions(path: Path | None) -> Partitions:
     return Partitions(local, parsed, local_network)
 
 
-def _network_policy(where: str, table: dict[str, Any]) -> NetworkPolicy:
+# The wrapper does not confine a job's network on Slurm's nodes yet: every job there has the
+# node's network, and a partition may offer nothing less (docs/security.md, "Network").
+SLURM_LEAST_NETWORK = Network.HOST
+
+
+def _network_policy(
+    where: str, table: dict[str, Any], floor: Network = Network.NONE
+) -> NetworkPolicy:
     """`network` and `network_limit` of a partition's table: the default lies within the
-    limit; left out, it is `host` lowered to the limit."""
+    limit; left out, it is `host` lowered to the limit. Neither may be below `floor`, the
+    least network the partition's backend can hold a job to."""
 
     def get(key: str) -> Network | None:
         value = table.get(key)
@@ -145,6 +153,12 @@ def _network_policy(where: str, table: dict[str, Any]) -> NetworkPolicy:
 
     limit = get("network_limit") or Network.HOST
     default = get("network")
+    for key, value in (("network", default), ("network_limit", limit)):
+        if value is not None and value.rank < floor.rank:
+            raise InvalidRequest(
+                f"{where}: `{key}` = {value.value!r}: jobs here cannot be held to less network "
+                f'than {floor.value!r} (docs/security.md, "Network")'
+            )
     if default is None:
         default = least(Network.HOST, limit)
     elif not limit.allows(default):
@@ -233,7 +247,7 @@ def _partition(path: Path, name: str, table: Any) -> SlurmPartition:
         fabriek_path = [fabriek_path]
     if not all(isinstance(p, str) and p.startswith("/") for p in fabriek_path):
         raise InvalidRequest(f"{where}: `fabriek_path` must be absolute paths")
-    network = _network_policy(where, table)
+    network = _network_policy(where, table, SLURM_LEAST_NETWORK)
     shared = Path(get("shared_dir", str))
     if not shared.is_absolute():
         raise InvalidRequest(f"{where}: `shared_dir` must be an absolute path")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Connection, or_, select
 
@@ -29,9 +30,11 @@ from fabriek.scheduling.model import (
     RunningJob,
     Snapshot,
 )
-from fabriek.server.db.models import AllocationRow, JobRow, PoolRow
+from fabriek.server.db.models import AllocationRow, JobRow, PoolRow, ProjectRow
 
 ACTIVE = (JobState.ADMITTED.value, JobState.RUNNING.value)
+_JUST = {n: frozenset({n}) for n in Network}
+_AT_MOST = {n: frozenset(m for m in Network if n.allows(m)) for n in Network}
 
 # Jobs without an allocation wait in the pool UNALLOCATED. Its guarantee is the capacity that no
 # operator's pool is guaranteed (none, with the seeded pools); beyond it its jobs borrow idle
@@ -64,7 +67,7 @@ def partition_of(name: str, capacity: Capacity) -> Partition:
         gpu_type,
         tuple(Node(n, r.gpus, r.cpus, r.memory_bytes) for n in names),
         capacity.billing_weight,
-        capacity.network.limit,
+        capacity.network.offers,
     )
 
 
@@ -148,7 +151,7 @@ def read_snapshot(
     pools_by_id, ended = static.pools_by_id, static.out_of_period
 
     # Shared: the engine caches by request.
-    requests: dict[tuple[int, int, int, int, int, str | None, str | None], Request] = {}
+    requests: dict[tuple[Any, ...], Request] = {}
 
     def request(
         gpus: int,
@@ -157,22 +160,32 @@ def read_snapshot(
         limit: int,
         nodes: int,
         partition: str | None,
-        network: str | None = None,
+        networks: frozenset[Network] | None = None,
     ) -> Request:
-        key = (gpus, cpus, memory, limit, nodes, partition, network)
+        key = (gpus, cpus, memory, limit, nodes, partition, networks)
         found = requests.get(key)
         if found is None:
             found = requests[key] = Request(
-                gpus,
-                cpus,
-                memory,
-                nodes,
-                None,
-                float(limit),
-                partition,
-                None if network is None else Network(network),
+                gpus, cpus, memory, nodes, None, float(limit), partition, networks
             )
         return found
+
+    # A pending job may run only where it can have a network it may: the one it asked for, or
+    # where it asked for none and its project is locked, one at or below the lock (a few
+    # projects at most: read each pass, as an operator may lock one at any time).
+    locked = {
+        project_id: _AT_MOST[Network(lock)]
+        for project_id, lock in conn.execute(
+            select(ProjectRow.id, ProjectRow.network_limit).where(
+                ProjectRow.network_limit.is_not(None)
+            )
+        )
+    }
+
+    def networks_of(project_id: int, asked: str | None) -> frozenset[Network] | None:
+        if asked is not None:
+            return _JUST[Network(asked)]
+        return locked.get(project_id)
 
     jobs = JobRow.__table__.c
     pool_of = AllocationRow.__table__.c.pool_id
@@ -288,7 +301,7 @@ def read_snapshot(
             jobs.preemptible,
             jobs.priority,
             jobs.reason,
-            jobs.network,  # a job that asked for some runs only where the limit allows it
+            jobs.network,
         )
         .select_from(joined)
         .where(jobs.state == JobState.PENDING.value, which)
@@ -301,7 +314,15 @@ def read_snapshot(
                 str(project_id),
                 UNALLOCATED if pool_id is None else pools_by_id.get(pool_id, f"#{pool_id}"),
                 alloc_id,
-                request(gpus, cpus, memory, limit, nodes, asked_partition, network),
+                request(
+                    gpus,
+                    cpus,
+                    memory,
+                    limit,
+                    nodes,
+                    asked_partition,
+                    networks_of(project_id, network),
+                ),
                 submitted_at.timestamp(),
                 priority,
                 preemptible,

@@ -32,7 +32,7 @@ from fabriek.core.errors import (
     NotFound,
     ResourcesUnavailable,
 )
-from fabriek.core.identity import Network, NetworkPolicy, job_network
+from fabriek.core.identity import Network, NetworkPolicy, job_network, spelled
 from fabriek.core.jobs import (
     DEFAULT_MEMORY_BYTES,
     MAX_PRIORITY,
@@ -190,8 +190,13 @@ def submit_job(
     retention.check_quota(  # refused here, the whole submission rolls back
         session, project_id=row.project_id, project=project, quota_bytes=disk_quota_bytes
     )
-    if request.network not in (None, Network.NONE):  # refused here, the whole submission rolls back
-        _check_project_lock(session, request, project_id=row.project_id, project=project)
+    where = partitions if request.partition is None else {backend: partitions[backend]}
+    if request.network not in (None, Network.NONE) or (
+        request.network is None and any(c.network.least != Network.NONE for c in where.values())
+    ):  # refused here, the whole submission rolls back
+        _check_project_lock(
+            session, request, project_id=row.project_id, project=project, partitions=where
+        )
     pool = None
     if request.allocation_id is not None:  # refused here, the whole submission rolls back
         held = allocations.hold(
@@ -232,17 +237,35 @@ def submit_job(
 
 
 def _check_project_lock(
-    session: Session, request: JobRequest, *, project_id: int, project: str
+    session: Session,
+    request: JobRequest,
+    *,
+    project_id: int,
+    project: str,
+    partitions: Mapping[str, Capacity],
 ) -> None:
-    """Refuse a job that asks for more network than its project's lock (an operator's)."""
-    lock = session.scalar(select(ProjectRow.network_limit).where(ProjectRow.id == project_id))
-    if lock is not None:
+    """Refuse a job its project's lock (an operator's) keeps from running: one that asks for
+    more network than the lock; one that asks for none where none of `partitions` (those it
+    may run on) can hold a job to the lock."""
+    found = session.scalar(select(ProjectRow.network_limit).where(ProjectRow.id == project_id))
+    if found is None:
+        return
+    lock = Network(found)
+    if request.network is not None:
         job_network(
             request.network,
             partition=request.partition or "",
             policy=NetworkPolicy(),  # the partitions' limits were checked before
             project=project,
-            lock=Network(lock),
+            lock=lock,
+        )
+    elif not any(lock.rank >= c.network.least.rank for c in partitions.values()):
+        offered = ", ".join(f"{n} {spelled(c.network.offers)}" for n, c in partitions.items())
+        raise NetworkNotAllowed(
+            f"project {project!r} is locked to network {lock.value} by an operator, and no "
+            f"partition it may run on can hold a job to that (they offer: {offered})",
+            project=project,
+            lock=lock.value,
         )
 
 
@@ -287,7 +310,7 @@ def _check_fits(request: JobRequest, partitions: Mapping[str, Capacity]) -> str:
             raise ResourcesUnavailable(f"{problems[0]}; it could never run")
         which = "partition"
         if narrowed and request.network is not None:
-            which = f"partition that allows network {request.network.value}"
+            which = f"partition that offers network {request.network.value}"
         raise ResourcesUnavailable(
             f"it fits no {which} and could never run: " + "; ".join(problems)
         )
@@ -297,16 +320,16 @@ def _check_fits(request: JobRequest, partitions: Mapping[str, Capacity]) -> str:
 
 
 def _allowing(network: Network | None, partitions: Mapping[str, Capacity]) -> dict[str, Capacity]:
-    """The partitions whose network limit allows `network` (all where it is None); raises
-    NetworkNotAllowed, naming each partition's limit, where none does."""
+    """The partitions that offer `network` (all where it is None); raises NetworkNotAllowed,
+    naming what each offers, where none does."""
     if network is None:
         return dict(partitions)
-    allowing = {n: c for n, c in partitions.items() if c.network.limit.allows(network)}
+    allowing = {n: c for n, c in partitions.items() if network in c.network.offers}
     if not allowing and partitions:
-        limits = ", ".join(f"{n} {c.network.limit.value}" for n, c in partitions.items())
+        offered = ", ".join(f"{n} {spelled(c.network.offers)}" for n, c in partitions.items())
         raise NetworkNotAllowed(
-            f"no partition allows network {network.value} (the most each allows: {limits}); "
-            "ask for less",
+            f"no partition offers network {network.value} (they offer: {offered}); ask for "
+            "one they offer",
             network=network.value,
         )
     return allowing
