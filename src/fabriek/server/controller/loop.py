@@ -834,14 +834,14 @@ def launch_spec(
     """What the backend needs to start the job in `row` (as its project's identity, where
     `session` can tell it). With its partition's `network` policy, its network is decided
     now (core.identity.job_network: what it asked for, else the partition's default lowered
-    to the project's lock), and NetworkNotAllowed raised where it asked for more than the
-    project or the partition allows now; without, it is what the row holds (host if none)."""
+    to the project's lock), and NetworkNotAllowed raised where the project or the partition
+    allows it no network it may have now; without, it is what the row holds (host if none)."""
     project = session.get(ProjectRow, row.project_id) if session is not None else None
-    asked = Network(row.network) if row.network else None
+    got = Network(row.network) if row.network else None  # asked for, or got on a first run
     if network is not None:
         lock = project.network_limit if project is not None else None
-        asked = job_network(
-            asked,
+        got = job_network(
+            got,
             partition=row.backend,
             policy=network,
             project=project.name if project is not None else "",
@@ -861,7 +861,7 @@ def launch_spec(
         + (f"r{row.preemptions}" if row.preemptions else ""),
         nodes=row.nodes or 1,
         identity=identity_of(project) if project is not None else None,
-        network=asked or Network.HOST,
+        network=got or Network.HOST,
     )
 
 
