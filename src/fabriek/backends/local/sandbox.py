@@ -174,7 +174,8 @@ def argv(isolation: Isolation, job: Job) -> list[str]:
     for private in ("/tmp", "/var/tmp", "/dev/shm"):
         line += ["--perms", "1777", "--tmpfs", private]
     for path in job.hide:  # e.g. FABRIEK_HOME inside a read-only path: an empty tmpfs over it
-        line += ["--perms", "0700", "--tmpfs", path]
+        # 0755 root: the job passes through to its own directories below, and finds nothing else.
+        line += ["--perms", "0755", "--tmpfs", path]
     for node in job.gpu_devices:
         line += ["--dev-bind-try", node, node]
     for path in (job.work, job.output):
