@@ -137,6 +137,18 @@ def test_a_server_that_is_not_root_runs_jobs_as_itself(
     assert not (open_dir / "projects").exists()
 
 
+def test_a_job_launched_before_runs_were_kept_per_project_is_adopted_where_it_is(
+    slurm_pair: DevCluster, open_dir: Path
+) -> None:
+    before = SlurmBackend(partition_on(slurm_pair, open_dir))
+    before.switch_users = False  # as the server launched jobs before
+    job = spec(3, ["true"])
+    first = before.submit(job)
+    (Path(first["dir"]) / "submitted").unlink()  # a crash lost its id; then the upgrade
+    again = SlurmBackend(partition_on(slurm_pair, open_dir)).submit(job)
+    assert again == first  # found by its comment, in its own directory: not submitted anew
+
+
 def _is_sleep(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/comm").read_text().strip() == "sleep"

@@ -502,8 +502,8 @@ class SlurmBackend:
     def _dirs(self, spec: LaunchSpec) -> tuple[Path, Path]:
         """The run's directory and the server's own (the same, but for a run as its project)."""
         state = self._state_dir(spec.job_id, spec.instance)
-        if spec.identity is None or not self.switch_users:
-            return state, state
+        if spec.identity is None or not self.switch_users or (state / "spec.json").exists():
+            return state, state  # (a spec there: launched before runs were kept per project)
         return self.projects_dir / spec.identity.user_name / state.name, state
 
     def _state_dir(self, job_id: int, instance: str) -> Path:
@@ -595,7 +595,10 @@ class SlurmBackend:
             return c.project_accounts.get(project, c.account)
         account = self.accounts.account_of(project)
         if account is None:
-            self.sync_accounts(force=True)
+            try:
+                self.sync_accounts(force=True)
+            except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+                raise SlurmError(f"cannot bring Slurm's accounts in step: {exc}") from exc
             account = self.accounts.account_of(project)
         if account is None:
             why = self.accounts.problem_of(project) or "fabriek's roster does not have it yet"
