@@ -235,6 +235,31 @@ def test_up_refuses_bad_workers_and_a_taken_port(tmp_path: Path) -> None:
     assert not (tmp_path / "home" / "fabriek.db").exists()  # nothing created, no token lost
 
 
+def test_up_says_how_jobs_are_isolated_and_can_require_it(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    import subprocess
+
+    said = server.log.read_text()
+    assert "jobs run sandboxed (bubblewrap), as their project's own uid, limits enforced" in said
+    env = {
+        **server_env(tmp_path / "home"),
+        "FABRIEK_SANDBOX": "0",
+        "FABRIEK_REQUIRE_ISOLATION": "1",
+    }
+    r = subprocess.run(
+        [FABRIEK, "up", "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 6, r.stderr
+    assert "FABRIEK_REQUIRE_ISOLATION is set, but jobs would not be fully isolated" in r.stderr
+    assert "FABRIEK_SANDBOX is off" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "home" / "fabriek.db").exists()  # nothing created, no token lost
+
+
 def test_db_upgrade_command(tmp_path: Path) -> None:
     import subprocess
 
