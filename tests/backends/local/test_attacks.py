@@ -391,7 +391,7 @@ def test_b_cannot_read_the_database_or_the_client_config(
     b = launch(backend, READ_HOME, who=B, env={"HOME_DIR": str(home), "CONFIG": str(config)})
     got = succeeded(backend, b)
     assert got == {
-        "home listed": "ok: ['jobs']",  # only what leads to its own directories  # the way down to its own directory, made empty by the sandbox
+        "home listed": ["jobs"],  # the way down to its own directory, made empty by the sandbox
         f"{home}/fabriek.db": "ENOENT",
         f"{home}/workdirs": "ENOENT",
         str(config): "ENOENT",
@@ -836,3 +836,46 @@ def test_two_servers_jobs_of_the_same_id_keep_their_own_cgroups(
     assert host_pids(a.token), "B's end ended A's job"
     release(a)
     assert succeeded(one, a)["forks"] == [0] * 5
+
+
+EVIL_SO = r"""
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+__attribute__((constructor)) static void evil(void) {
+    const char *log = getenv("EVIL_LOG");
+    char exe[256] = "", line[400];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) exe[n] = 0;
+    int fd = log ? open(log, O_WRONLY | O_APPEND | O_CREAT, 0666) : -1;
+    if (fd >= 0) {
+        int len = snprintf(line, sizeof line, "uid=%d exe=%s\n", (int)getuid(), exe);
+        write(fd, line, len);
+        close(fd);
+    }
+}
+"""
+
+
+def test_the_jobs_loader_variables_never_reach_what_runs_as_root(
+    backend: LocalBackend, tmp_path: Path
+) -> None:
+    """B sets LD_PRELOAD to a library of its own: were bubblewrap or setpriv (root, before the
+    job drops its privileges) given the job's environment, the library's constructor would run
+    as root on the host and write its uid to EVIL_LOG."""
+    source, library, log = tmp_path / "evil.c", tmp_path / "evil.so", tmp_path / "evil.log"
+    source.write_text(EVIL_SO)
+    cc = shutil.which("cc") or shutil.which("gcc")
+    assert cc is not None, "a C compiler builds the attacker's library"
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(library), str(source)], check=True)
+    os.chmod(tmp_path, 0o755)  # any uid could load it from here
+    env = {"LD_PRELOAD": str(library), "EVIL_LOG": str(log)}
+    script = PRELUDE + "tries['preload'] = os.environ.get('LD_PRELOAD'); report()\n"
+    b = launch(backend, script, who=B, env=env)
+    got = succeeded(backend, b)
+    assert got["preload"] == str(library)  # the job was given its variable...
+    loaded = log.read_text() if log.exists() else ""
+    assert loaded == "", f"the attacker's library ran outside the job: {loaded}"  # ...nothing else
+    # Inside, the library is not in the job's view: the loader says so, and carries on.
+    assert "cannot be preloaded" in (b.dir / "stderr.log").read_text()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from fabriek.backends.local import cgroups
-from fabriek.backends.local.sandbox import Isolation, Job, argv, gpu_devices, hidden
+from fabriek.backends.local.sandbox import ENV_SCRIPT, Isolation, Job, argv, gpu_devices, hidden
 from fabriek.core.identity import Identity, Network
 
 V1 = """\
@@ -90,7 +90,10 @@ def test_as_root_the_job_runs_through_setpriv_as_its_project() -> None:
     assert "--unshare-user" not in line[:end] and "--unshare-pid" in line[:end]
     assert line[end + 1 : end + 4] == ["/usr/bin/setpriv", "--reuid", "200001"]
     assert {"--clear-groups", "--bounding-set=-all", "--no-new-privs"} <= set(line[end:])
-    assert line[-1] == "--"
+    # The job's environment reaches only the job (a shell, already the project's uid, reads it):
+    # bubblewrap and setpriv, root both, never see its LD_PRELOAD (test_attacks.py tries it).
+    assert line[-5:] == ["--", "/bin/sh", "-c", ENV_SCRIPT, "fabriek-job"]
+    assert line.count("--") == 2 and "--ro-bind-data" in line
     # Its own directories read-write, nothing of the server's home or other users' files.
     assert _pairs(line, "--bind") == ["/srv/fab/jobs/7/work", "/srv/fab/jobs/7/output"]
     mounted = set(_pairs(line, "--ro-bind")) | set(_pairs(line, "--ro-bind-try"))

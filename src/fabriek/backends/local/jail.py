@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import signal
 from typing import Any
@@ -17,7 +18,9 @@ from typing import Any
 from fabriek.backends.local.cgroups import JobCgroup, key_for
 
 STATUS_FD = 3  # bubblewrap's --json-status-fd, as the plan's command line names it
+ENV_FD = 4  # the job's environment, which bubblewrap copies into the sandbox (--ro-bind-data)
 CLONE_NEWNET = 0x40000000
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 
 
@@ -46,11 +49,13 @@ class Sandbox:
                 pids_max=int(self.plan["pids_max"]),
                 cpus=int(self.plan["cpus"]),
             )
+        environment = _environment_file(env)
         read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:
-            self._child(write_end, [*self.plan["argv"], *argv], env, out, err)
+            self._child(write_end, environment, [*self.plan["argv"], *argv], out, err)
         os.close(write_end)
+        os.close(environment)
         self.pid, self._status = pid, read_end
         first = self._next_doc(timeout_s=30.0)  # bubblewrap made the namespaces (milliseconds)
         if first is not None:
@@ -58,15 +63,17 @@ class Sandbox:
             self.pid_ns = first.get("pid-namespace")
         return pid
 
-    def _child(self, status: int, argv: list[str], env: dict[str, str], out: int, err: int) -> None:
+    def _child(self, status: int, environment: int, argv: list[str], out: int, err: int) -> None:
         """In the forked child: join the cgroup, take an empty network namespace where asked,
-        and become bubblewrap. Never returns."""
+        and become bubblewrap, with PATH alone (the job's environment is on ENV_FD). Never
+        returns."""
         try:
             null = os.open(os.devnull, os.O_RDONLY)
             os.dup2(null, 0)
             os.dup2(out, 1)
             os.dup2(err, 2)
             os.dup2(status, STATUS_FD)
+            os.dup2(environment, ENV_FD)
             signal.set_wakeup_fd(-1)
             for signum in _RESET_SIGNALS:
                 signal.signal(signum, signal.SIG_DFL)
@@ -76,7 +83,7 @@ class Sandbox:
                 self.cgroup.join()
             if self.plan.get("unshare_net"):
                 _unshare_net()
-            os.execve(argv[0], argv, env)
+            os.execve(argv[0], argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
         except BaseException as exc:
             try:
                 os.write(2, f"bwrap: fabriek could not start the sandbox: {exc}\n".encode())
@@ -159,9 +166,9 @@ class Sandbox:
             os.close(self._status)
             self._status = None
         ended = next((d["exit-code"] for d in self._docs if "exit-code" in d), None)
-        if ended == 127 and self.plan.get("argv_zero"):
-            said = self._complaint(f"setpriv: failed to execute {self.plan['argv_zero']}: ")
-            if said is not None:  # setpriv (as root) could not exec the command
+        if ended in (126, 127) and self.plan.get("argv_zero"):
+            said = self._complaint(f"fabriek-job: 1: exec: {self.plan['argv_zero']}: ")
+            if said is not None:  # the shell that becomes the job could not exec the command
                 return 127, None, said
         if isinstance(ended, int):
             if 128 < ended <= 128 + 64:
@@ -205,6 +212,22 @@ class Sandbox:
         )
         self.cgroup.remove()
         return oom, cpu, peak
+
+
+def _environment_file(env: dict[str, str]) -> int:
+    """A descriptor of `export NAME='value'` lines (each value shell-quoted), read from its start.
+    Names are the job's checked ones (core.jobs.ENV_NAME) and ours."""
+    import shlex
+
+    text = "".join(
+        f"export {name}={shlex.quote(value)}\n"
+        for name, value in env.items()
+        if _NAME.fullmatch(name)  # checked at submission; never a line the shell would misread
+    )
+    fd = os.memfd_create("fabriek-env", os.MFD_CLOEXEC)
+    os.write(fd, text.encode())
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
 
 
 def _unshare_net() -> None:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fabriek.backends.local import cgroups
-from fabriek.backends.local.jail import STATUS_FD
+from fabriek.backends.local.jail import ENV_FD, STATUS_FD
 from fabriek.core.identity import Identity, Network
 
 # Read-only inside every sandbox where they exist: the system's programs, libraries and
@@ -37,6 +37,10 @@ from fabriek.core.identity import Identity, Network
 # files and sockets stay out).
 SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt")
 SETPRIV = "setpriv"  # util-linux: drops to the project's ids inside the sandbox
+SHELL = "/bin/sh"
+ENV_FILE = "/run/fabriek/env"  # in the sandbox: `export NAME='value'` lines, shell-quoted
+ENV_SCRIPT = f'. {ENV_FILE} || exit 126; exec "$@"'
+PLAIN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}  # all bubblewrap and setpriv are given
 PIDS_MAX_DEFAULT = 8192
 
 
@@ -151,8 +155,15 @@ class Job:
 
 
 def argv(isolation: Isolation, job: Job) -> list[str]:
-    """bubblewrap's command line for `job`, up to and including the `--` before the job's own
-    argv (where the server is root: `setpriv ... --`, which drops to the project's ids)."""
+    """bubblewrap's command line for `job`, up to the job's own argv: where the server is root,
+    `setpriv ... --`, which drops to the project's ids, then the shell that takes on the job's
+    environment (ENV_SCRIPT) and becomes the job.
+
+    bubblewrap and setpriv run as root and so never see the job's environment (they are started
+    with PATH alone): a job's LD_PRELOAD, LD_LIBRARY_PATH or GCONV_PATH would otherwise load
+    the tenant's code into them, as root. The environment reaches the job as a read-only file
+    (on ENV_FD, see jail.py) that only the job's own first process, already the project's uid,
+    reads."""
     assert isolation.bwrap is not None
     as_root = isolation.as_root
     line = [isolation.bwrap, *_namespaces(as_root)]
@@ -166,6 +177,9 @@ def argv(isolation: Isolation, job: Job) -> list[str]:
         if os.path.exists(path):
             line += _ancestors(path, line, [], ())
             line += ["--ro-bind", path, path]
+    line += ["--perms", "0755", "--dir", "/run", "--perms", "0755", "--dir", "/run/fabriek"]
+    # The job's environment, as a file only the job's own first process reads (ENV_SCRIPT).
+    line += ["--perms", "0444", "--ro-bind-data", str(ENV_FD), ENV_FILE]
     if job.network == Network.HOST:  # where resolv.conf may point
         line += ["--ro-bind-try", "/run/systemd/resolve", "/run/systemd/resolve"]
     line += ["--proc", "/proc", "--dev", "/dev"]
@@ -187,7 +201,7 @@ def argv(isolation: Isolation, job: Job) -> list[str]:
         ids = str(job.identity.uid), str(job.identity.gid)
         line += ["--", isolation.setpriv, "--reuid", ids[0], "--regid", ids[1]]
         line += ["--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]
-    return [*line, "--"]
+    return [*line, "--", SHELL, "-c", ENV_SCRIPT, "fabriek-job"]
 
 
 def _ancestors(path: str, line: list[str], bound: list[str], hide: tuple[str, ...]) -> list[str]:
