@@ -265,6 +265,8 @@ class Supervisor:
             if self.ids is None:
                 yield
                 return
+            groups = os.getgroups()
+            os.setgroups([self.ids[1]])  # root's groups would open what root's group may write
             os.setegid(self.ids[1])
             os.seteuid(self.ids[0])
             try:
@@ -272,6 +274,7 @@ class Supervisor:
             finally:
                 os.seteuid(0)
                 os.setegid(0)
+                os.setgroups(groups)
 
         return switched()
 
