@@ -258,6 +258,20 @@ def test_up_says_how_jobs_are_isolated_and_can_require_it(
     assert "FABRIEK_REQUIRE_ISOLATION is set, but jobs would not be fully isolated" in r.stderr
     assert "FABRIEK_SANDBOX is off" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "home" / "fabriek.db").exists()  # nothing created, no token lost
+    # As root with the sandbox on but broken (here: no bubblewrap on its PATH), jobs would run
+    # as root: it fails closed.
+    env = {**server_env(tmp_path / "home"), "PATH": str(tmp_path / "empty")}
+    r = subprocess.run(
+        [FABRIEK, "up", "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 6, r.stderr
+    assert "runs as root and cannot sandbox jobs" in r.stderr
+    assert "bubblewrap is not installed" in r.stderr
+    assert not (tmp_path / "home" / "fabriek.db").exists()
 
 
 def test_db_upgrade_command(tmp_path: Path) -> None:

@@ -79,6 +79,9 @@ MAX_ENV_ITEMS = 256
 MAX_ARG_STRLEN = 128 * 1024 - 1
 MAX_EXEC_BYTES = 1024 * 1024
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # and not FABRIEK_*, CUDA_VISIBLE_DEVICES
+# Variables the shell that takes on a sandboxed job's environment acts on as it reads them
+# (backends/local/sandbox.py): `OPTIND=abc` stops it before the job starts.
+SHELL_READS = frozenset({"OPTIND"})
 MAX_PRIORITY = 1000
 MAX_FLEXIBLE_S = 7 * 86400  # green scheduling looks a week ahead
 MAX_NODES = 1024
@@ -161,6 +164,8 @@ def validate_request(
     for key, value in env.items():
         if key.startswith("FABRIEK_") or key == "CUDA_VISIBLE_DEVICES":
             raise InvalidRequest(f"{key} is set by fabriek and cannot be overridden")
+        if key in SHELL_READS:
+            raise InvalidRequest(f"{key} cannot be set: the shell that starts the job reads it")
         if not ENV_NAME.fullmatch(key) or "\x00" in value:
             raise InvalidRequest(
                 f"invalid environment variable name {key!r}: ASCII letters, digits and '_', "

@@ -78,6 +78,16 @@ def prepare(settings: Settings) -> tuple[Runtime, str | None]:
             "FABRIEK_REQUIRE_ISOLATION is set, but jobs would not be fully isolated: "
             + "; ".join(isolation.problems or ("the server is not root",))
         )
+    if settings.sandbox and isolation.as_root and isolation.bwrap is None:
+        # Fail closed: as root, an unsandboxed job would run as root. Only an operator's
+        # explicit FABRIEK_SANDBOX=0 runs jobs so (and `fabriek up` warns).
+        runtime.close()
+        raise IsolationUnavailable(
+            "the server runs as root and cannot sandbox jobs, which would then run as root: "
+            + "; ".join(isolation.problems)
+            + ". Install bubblewrap, or run the server as an ordinary user "
+            "(FABRIEK_SANDBOX=0 runs jobs unsandboxed, as the server's user)"
+        )
     upgrade(runtime.engine)
     with runtime.transaction() as session:
         token = bootstrap(session, admin_name=_admin_name(), now=runtime.clock())

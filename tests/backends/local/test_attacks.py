@@ -608,8 +608,10 @@ def test_b_cannot_read_the_servers_environment(
                 "FABRIEK_WORKDIR",
                 "HOME",
                 "LANG",
+                "LOGNAME",  # its project's user name, fp<uid>, as USER
                 "PATH",
                 "PWD",  # bubblewrap's, for its --chdir: the workdir
+                "USER",
             ]
         ),
         "canary in a readable environ": [],
@@ -879,3 +881,37 @@ def test_the_jobs_loader_variables_never_reach_what_runs_as_root(
     assert loaded == "", f"the attacker's library ran outside the job: {loaded}"  # ...nothing else
     # Inside, the library is not in the job's view: the loader says so, and carries on.
     assert "cannot be preloaded" in (b.dir / "stderr.log").read_text()
+
+
+def _keyctl(*args: object) -> int:
+    import ctypes
+    import platform
+
+    numbers = {"x86_64": (248, 250), "aarch64": (217, 219)}  # add_key, keyctl
+    assert platform.machine() in numbers, platform.machine()
+    libc = ctypes.CDLL(None, use_errno=True)
+    result = int(libc.syscall(*args))
+    assert result >= 0, os.strerror(ctypes.get_errno())
+    return result
+
+
+def test_a_job_holds_none_of_the_servers_keys(backend: LocalBackend) -> None:
+    """Kernel keyrings are not namespaced: a job that inherited the server's session keyring
+    would list and read the server's keys (a systemd service has a keyring of its own)."""
+    import platform
+
+    add_key, keyctl = {"x86_64": (248, 250), "aarch64": (217, 219)}[platform.machine()]
+    secret = f"canary-{uuid.uuid4().hex}"
+    key = _keyctl(add_key, b"user", secret.encode(), b"the server's secret", 19, -3)  # @s
+    try:
+        script = PRELUDE + (
+            "attempt('keys', lambda: [l.split()[-2] for l in open('/proc/keys')])\n"
+            f"attempt('read the key', lambda: open('/proc/keys').read().count('{secret}'))\n"
+            "report()\n"
+        )
+        b = launch(backend, script, who=B)
+        got = succeeded(backend, b)
+    finally:
+        _keyctl(keyctl, 21, key)  # KEYCTL_INVALIDATE
+    assert got["read the key"] == "ok: 0"
+    assert got["keys"] == "ok: ['_ses:']"  # its own session keyring, empty, and nothing else

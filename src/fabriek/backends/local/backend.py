@@ -185,6 +185,11 @@ class LocalBackend:
         )
         isolation = self.isolation
         identity = spec.identity or NOBODY if isolation.bwrap and isolation.as_root else None
+        if (
+            identity is not None
+        ):  # who it is, for what asks (getpass.getuser(), without a passwd entry)
+            env.setdefault("USER", identity.user_name)
+            env.setdefault("LOGNAME", identity.user_name)
         return {
             "argv": spec.argv,
             "env": env,
@@ -216,7 +221,7 @@ class LocalBackend:
             output=str(job_dir / "output"),
             network=spec.network,
             identity=identity,
-            gpu_devices=gpu_devices(spec.gpu_ids),
+            gpu_devices=gpu_devices(tuple(self._gpu_minor(i) for i in spec.gpu_ids)),
             hide=self._hidden,
         )
         return {
@@ -229,6 +234,11 @@ class LocalBackend:
             "pids_max": isolation.pids_max,
             "cpus": spec.resources.cpus,
         }
+
+    def _gpu_minor(self, index: int) -> int:
+        """The device node number of the GPU NVML numbers `index` (/dev/nvidia<minor>)."""
+        gpu = next((g for g in self.gpus if g.index == index), None)
+        return gpu.minor if gpu is not None and gpu.minor is not None else index
 
     def _gpu_uuid(self, index: int) -> str:
         return next((g.uuid for g in self.gpus if g.index == index), str(index))

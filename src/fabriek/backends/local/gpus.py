@@ -18,6 +18,7 @@ class GpuInfo:
     uuid: str
     model: str
     memory_bytes: int
+    minor: int | None = None  # its device node is /dev/nvidia<minor> (NVML's index may differ)
 
 
 class GpuInventory(Protocol):
@@ -51,6 +52,7 @@ class NvmlInventory:
                         uuid if isinstance(uuid, str) else uuid.decode(),
                         name if isinstance(name, str) else name.decode(),
                         int(mem.total),
+                        int(pynvml.nvmlDeviceGetMinorNumber(dev)),
                     )
                 )
             return gpus

@@ -81,6 +81,7 @@ class Sandbox:
             os.setpgid(0, 0)  # signals for the supervisor's group never reach it
             if self.cgroup is not None:
                 self.cgroup.join()
+            _new_session_keyring()
             if self.plan.get("unshare_net"):
                 _unshare_net()
             os.execve(argv[0], argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
@@ -129,7 +130,12 @@ class Sandbox:
 
     def signal(self, signum: int) -> None:
         """Send `signum` to every process of the job, also one that left its session. SIGKILL
-        goes to the sandbox's pid 1 too, which ends its whole namespace."""
+        goes to the sandbox's pid 1 too, which ends its whole namespace. Where bubblewrap never
+        said which namespace is the job's, its cgroup tells (bubblewrap itself spared)."""
+        if self.pid_ns is None and self.cgroup is not None:
+            spare = (self.pid,) if self.pid is not None and signum != signal.SIGKILL else ()
+            self.cgroup.signal(signum, spare=spare)
+            return
         for pid in self.processes():
             if pid == self.init_pid and signum != signal.SIGKILL:
                 continue  # bubblewrap's init ignores it anyway
@@ -228,6 +234,27 @@ def _environment_file(env: dict[str, str]) -> int:
     os.write(fd, text.encode())
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
+
+
+# keyctl(2)'s system call number, per machine; KEYCTL_JOIN_SESSION_KEYRING with no name: a new,
+# empty session keyring of the calling process's own.
+_SYS_KEYCTL = {"x86_64": 250, "aarch64": 219, "ppc64le": 271, "s390x": 280, "riscv64": 219}
+_KEYCTL_JOIN_SESSION_KEYRING = 1
+
+
+def _new_session_keyring() -> None:
+    """Kernel keyrings are not namespaced: without this, every job shares the supervisor's
+    session keyring (the server's keys, and the keys other tenants' jobs left there)."""
+    import ctypes
+    import platform
+
+    number = _SYS_KEYCTL.get(platform.machine())
+    if number is None:
+        raise OSError(f"no keyctl system call known for {platform.machine()}")
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(number, _KEYCTL_JOIN_SESSION_KEYRING, None) < 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno), "keyctl(KEYCTL_JOIN_SESSION_KEYRING)")
 
 
 def _unshare_net() -> None:

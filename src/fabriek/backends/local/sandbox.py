@@ -236,6 +236,6 @@ def gpu_devices(minors: tuple[int, ...], dev: str = "/dev") -> tuple[str, ...]:
     driver's shared ones (never another job's GPU)."""
     if not minors:
         return ()
-    shared = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset")
+    shared = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset", "nvidia-caps")
     nodes = [f"{dev}/nvidia{m}" for m in minors] + [f"{dev}/{s}" for s in shared]
     return tuple(n for n in nodes if os.path.exists(n))
