@@ -142,9 +142,10 @@ def test_partitions_show_what_is_busy_and_waiting_without_names(server: ServerPr
         assert name not in table and "root" not in table
         rows = [line.split() for line in table.splitlines()]
         local = next(row for row in rows if row[0] == "local")
-        # local, this machine, 1 node mixed, CPUs, memory, both GPUs busy, their type, 1 job
+        # local, this machine, 1 node mixed, CPUs, memory, both GPUs busy, their type, the
+        # network its jobs get, 1 job
         assert local[1:4] == ["local", "1", "0/1/0"] and local[4] == "1/2"
-        assert local[6:] == ["2/2", "test-gpu", "1"]
+        assert local[6:] == ["2/2", "test-gpu", "host", "1"]
         unallocated = next(row for row in rows if row[0] == "unallocated")
         assert unallocated[1:] == ["1", "2", "1", "1"]
         answer = json.loads(_ok(as_xan("partitions", "--json")))
