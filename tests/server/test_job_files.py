@@ -247,3 +247,29 @@ def test_hard_links_are_sent_once_and_unpack_as_links(
     assert inodes == {(unpacked / "weights.bin").stat().st_ino}
     assert (unpacked / "link499").read_bytes() == (output / "weights.bin").read_bytes()
     assert (unpacked / "weights.bin").stat().st_nlink == 501
+
+
+def test_a_tail_of_a_log_made_sparse_reads_a_bounded_stretch(
+    backend: LocalBackend, output: Path
+) -> None:
+    """A job can ftruncate its own stdout to terabytes of holes without a newline: `logs
+    --tail` then found no line start and read backwards through all of it, holding an API
+    worker for hours. It reads at most TAIL_SCAN_MAX bytes, and answers from there."""
+    job_dir, size = output.parent, 1 << 30  # a GiB of holes: the old scan read all of it
+    with open(job_dir / "stdout.log", "wb") as f:
+        f.write(b"first\n")
+        f.truncate(size)
+
+    def read_so_far() -> int:  # bytes this process has read, holes included
+        for line in Path("/proc/self/io").read_text().splitlines():
+            if line.startswith("rchar:"):
+                return int(line.split()[1])
+        raise AssertionError("no rchar in /proc/self/io")
+
+    before = read_so_far()
+    data, start = job_files.read_log(
+        backend, job_id=1, handle={"dir": str(job_dir)}, offset=0, limit=100, tail=5
+    )
+    read = read_so_far() - before
+    assert start == size - job_files.TAIL_SCAN_MAX and data == b"\0" * 100
+    assert read <= job_files.TAIL_SCAN_MAX + (1 << 20), read

@@ -161,8 +161,13 @@ def _line_start(f: BinaryIO, offset: int) -> int:
     return offset + newline if newline >= 0 else offset - 1 + len(rest)
 
 
+TAIL_SCAN_MAX = 64 << 20  # bytes read backwards looking for the last lines' start
+
+
 def _tail_start(f: BinaryIO, lines: int) -> int:
-    """Where the last `lines` lines start (a last line without its newline counts as one)."""
+    """Where the last `lines` lines start (a last line without its newline counts as one), as
+    far as the last TAIL_SCAN_MAX bytes tell: a job can make its log a sparse file of terabytes
+    without a newline (ftruncate), which an unbounded scan would read for hours."""
     end = f.seek(0, os.SEEK_END)
     if lines <= 0 or end == 0:
         return end
@@ -170,8 +175,9 @@ def _tail_start(f: BinaryIO, lines: int) -> int:
     f.seek(end - 1)
     if f.read(1) == b"\n":
         wanted += 1  # the newline that ends the file ends the last line, it does not start one
-    while position > 0:
-        step = min(64 * 1024, position)
+    floor = max(0, end - TAIL_SCAN_MAX)
+    while position > floor:
+        step = min(64 * 1024, position - floor)
         position -= step
         f.seek(position)
         chunk = f.read(step)
@@ -180,7 +186,7 @@ def _tail_start(f: BinaryIO, lines: int) -> int:
             wanted -= 1
             if wanted == 0:
                 return position + index + 1
-    return 0
+    return floor
 
 
 def outputs_archive(
