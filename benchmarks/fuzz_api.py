@@ -5,7 +5,8 @@ then runs `schemathesis run` over its /openapi.json with the bootstrap operator'
 check, every phase (examples, coverage, fuzzing, stateful with the schema's links), until
 --max-time seconds are spent. fuzz_hooks.py counts every response by status and keeps the
 server errors with a curl line to reproduce each. The server runs with PATH pointing nowhere, so
-the jobs the fuzzer submits fail to start instead of running whatever a generated argv names.
+the jobs the fuzzer submits fail to start instead of running whatever a generated argv names (it
+holds bubblewrap and setpriv alone, which the server sandboxes jobs with).
 
     python benchmarks/fuzz_api.py [--databases sqlite,postgres] [--max-time 600] [--seed N]
         [--min-requests 20000] [--json results/COMMIT-fuzz_api.json]
@@ -21,6 +22,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,10 +36,23 @@ from _harness import DATABASES, database, describe, fabriek_server, machine, tab
 HERE = Path(__file__).resolve().parent
 
 
+def _sandbox_only(tools: str) -> str:
+    """A PATH holding only what the server needs to sandbox jobs (bubblewrap, setpriv): the
+    jobs' commands (their PATH is the server's) are found nowhere and fail to start."""
+    for name in ("bwrap", "setpriv"):
+        found = shutil.which(name)
+        if found:
+            os.symlink(found, os.path.join(tools, name))
+    return tools
+
+
 def fuzz(kind: str, *, max_time: int, seed: int | None, workers: int) -> dict[str, Any]:
     with (
+        tempfile.TemporaryDirectory() as tools,
         database(kind) as url,
-        fabriek_server(database_url=url, cpus=1, extra_env={"PATH": "/nonexistent"}) as server,
+        fabriek_server(
+            database_url=url, cpus=1, extra_env={"PATH": _sandbox_only(tools)}
+        ) as server,
         tempfile.TemporaryDirectory() as work,
     ):
         me = httpx.get(server.api + "/whoami", headers=server.headers).json()

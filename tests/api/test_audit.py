@@ -67,7 +67,7 @@ def alice(server: ServerProcess) -> tuple[str, int]:
                                                    "kind": "university"})  # fmt: skip
         _ok(http, "POST", "/projects", json={"name": "a-proj", "organisation": "a-org"})
         job = _ok(http, "POST", "/jobs", json={"name": "long", "project": "a-proj",
-                  "argv": ["sleep", "60"], "memory_bytes": 2**20, "time_limit_s": 120})  # fmt: skip
+                  "argv": ["sleep", "60"], "memory_bytes": 64 * 2**20, "time_limit_s": 120})  # fmt: skip
         wait_for(lambda: _ok(http, "GET", f"/jobs/{job['id']}")["state"] == "running",
                  what="alice's job to run")  # fmt: skip
     return token, int(job["id"])
@@ -204,7 +204,7 @@ def test_a_job_that_could_never_start_is_refused_with_what_would_work(
         allocation = _ok(op, "POST", "/allocations", json={"project": "c-proj",
                          "pool": "commercial", "gpu_hours": 10, "days": 30})["id"]  # fmt: skip
     body = {"name": "g", "project": "c-proj", "argv": ["true"], "gpus": 1,
-            "memory_bytes": 2**20, "time_limit_s": 60, "allocation": allocation}  # fmt: skip
+            "memory_bytes": 64 * 2**20, "time_limit_s": 60, "allocation": allocation}  # fmt: skip
     with _as(server, token) as http:
         r = http.post("/jobs", json=body)
         assert r.status_code == 422, r.text

@@ -136,7 +136,7 @@ def tenants(server: ServerProcess) -> Iterator[Tenants]:
         "name": "a",
         "project": "pa",
         "argv": ["true"],
-        "memory_bytes": 2**20,
+        "memory_bytes": 64 * 2**20,
         "time_limit_s": 60,
     }
     t.job = t.ok("project_member", "POST", "/jobs", json=body)["id"]
@@ -183,7 +183,7 @@ def _job_body(t: Tenants, role: str) -> Request:
             "name": "m",
             "project": "pa",
             "argv": ["true"],
-            "memory_bytes": 2**20,
+            "memory_bytes": 64 * 2**20,
             "time_limit_s": 60,
         }
     }
@@ -194,7 +194,7 @@ def _fresh_job(t: Tenants, role: str) -> Request:
         "name": f"c-{role}",
         "project": "pa",
         "argv": ["sleep", "30"],
-        "memory_bytes": 2**20,
+        "memory_bytes": 64 * 2**20,
         "time_limit_s": 60,
     }
     job = t.ok("project_member", "POST", "/jobs", json=body)["id"]

@@ -53,7 +53,7 @@ def test_partitions_are_counts_anyone_may_read(server: ServerProcess) -> None:
                 "name": secret_name,
                 "argv": ["sleep", "30"],
                 "gpus": 1,
-                "memory_bytes": 2**20,
+                "memory_bytes": 64 * 2**20,
                 "time_limit_s": 60,
             },
         ).json()["id"]

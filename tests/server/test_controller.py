@@ -139,19 +139,23 @@ def test_crash_between_admission_and_launch_launches_once(
 ) -> None:
     """A controller that died after committing `admitted` but before recording the launch."""
     admin, _ = make_admin(sessions, clock())
-    counter = tmp_path / "runs"
-    job = make_job(sessions, admin, clock(), argv=["sh", "-c", f"echo run >> {counter}"])
+    job = make_job(
+        sessions, admin, clock(), argv=["sh", "-c", "echo run >> $FABRIEK_OUTPUT_DIR/runs"]
+    )
     with sessions() as session, session.begin():
         row = session.get(JobRow, job.id)
         assert row is not None
         transition_job(session, row, JobState.ADMITTED, at=clock(), actor="controller", gpu_ids=[])
     first = make_controller(sessions, tmp_path, clock)
     # Launched, but the handle was never stored.
-    first.backends["local"].submit(_spec_of(first, job.id))
+    spec = _spec_of(first, job.id)
+    first.backends["local"].submit(spec)
     second = make_controller(sessions, tmp_path, clock)  # the restarted server
     [done] = settle(second, sessions, admin, [job.id])
     assert done.state == JobState.SUCCEEDED
-    assert counter.read_text() == "run\n"
+    local = first.backends["local"]
+    assert isinstance(local, LocalBackend)
+    assert (local.job_dir(job.id, spec.instance) / "output" / "runs").read_text() == "run\n"
 
 
 def _spec_of(controller: Controller, job_id: int) -> LaunchSpec:

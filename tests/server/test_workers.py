@@ -121,7 +121,12 @@ def test_api_workers_serve_wake_restart_and_die_with_the_server(tmp_path: Path) 
             with server.http() as http:
                 r = http.post(
                     "/jobs",
-                    json={"name": "w", "argv": ["true"], "memory_bytes": 2**20, "time_limit_s": 60},
+                    json={
+                        "name": "w",
+                        "argv": ["true"],
+                        "memory_bytes": 64 * 2**20,
+                        "time_limit_s": 60,
+                    },
                 )
                 assert r.status_code == 201, r.text
                 job = r.json()["id"]
@@ -166,7 +171,12 @@ def test_one_process_serves_everything_with_workers_1(tmp_path: Path) -> None:
         with server.http() as http:
             r = http.post(
                 "/jobs",
-                json={"name": "one", "argv": ["true"], "memory_bytes": 2**20, "time_limit_s": 60},
+                json={
+                    "name": "one",
+                    "argv": ["true"],
+                    "memory_bytes": 64 * 2**20,
+                    "time_limit_s": 60,
+                },
             )
             assert r.status_code == 201, r.text
             wait_for(

@@ -109,7 +109,8 @@ def local_network(policy: NetworkPolicy, *, sandbox: bool) -> NetworkPolicy:
     if policy.limit != Network.HOST or policy.default != Network.HOST:
         raise InvalidRequest(
             "the partitions file gives the local partition a network below host, which only "
-            "the sandbox can hold jobs to: turn the sandbox on (FABRIEK_SANDBOX=1) or leave "
+            "the sandbox can hold jobs to, and it is off or does not work here (fabriek up "
+            "says why): turn it on (FABRIEK_SANDBOX=1, bubblewrap installed) or leave "
             "[local] network and network_limit at host"
         )
     return replace(policy, least=Network.HOST)
@@ -153,7 +154,9 @@ def build_runtime(
     )
     config = load_partitions(settings.partitions_file)
     backends: dict[str, Backend] = {backend.name: backend} if config.local else {}
-    networks = {backend.name: local_network(config.local_network, sandbox=settings.sandbox)} | {
+    # What the sandbox really holds here (bubblewrap found and working), not what was asked for.
+    sandboxed = backend.isolation.bwrap is not None
+    networks = {backend.name: local_network(config.local_network, sandbox=sandboxed)} | {
         p.name: p.network_policy for p in config.slurm
     }
     for partition in config.slurm:

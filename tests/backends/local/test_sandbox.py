@@ -204,3 +204,45 @@ def test_a_server_that_is_not_root_still_sandboxes_its_jobs() -> None:
     assert int(processes) <= 4  # bubblewrap's init, its sh, ls and grep: none of the machine's
     # Of the server's home it sees only the directories its own work and output lie under.
     assert listing.split() == ["jobs"]
+
+
+def test_a_read_only_path_under_tmp_is_seen_over_the_private_tmp(tmp_path: Path) -> None:
+    """A checkout (and its virtual environment, the Python jobs run) may live in /tmp: bound
+    after the job's private /tmp, not hidden under it."""
+    from fabriek.backends.base import LaunchSpec, Phase
+    from fabriek.backends.local.backend import LocalBackend
+    from fabriek.core.jobs import Resources
+    from tests.helpers import wait_for
+
+    software = Path(tempfile.mkdtemp(prefix="fabriek-venv-", dir="/tmp"))
+    try:
+        software.chmod(0o755)
+        (software / "tool.txt").write_text("the site's tool\n")
+        backend = LocalBackend(
+            jobs_dir=tmp_path / "jobs",
+            resources=Resources(1, 1 << 30),
+            gpus=[],
+            kill_grace_seconds=1,
+            metering=False,
+            sandbox_ro_paths=(str(software),),
+        )
+        spec = LaunchSpec(
+            job_id=1,
+            name="t",
+            argv=["sh", "-c", f"cat {software}/tool.txt; ls /tmp"],
+            env={},
+            resources=Resources(1, 256 << 20),
+            gpu_ids=(),
+            time_limit_s=30,
+            workdir_archive=None,
+            identity=Identity(200051, 200051, "p"),
+        )
+        handle = backend.submit(spec)
+        seen = wait_for(lambda: (o := backend.poll({1: handle})[1]).phase == Phase.FINISHED and o)
+        out = (Path(handle["dir"]) / "stdout.log").read_text()
+        assert seen.exit_code == 0, (Path(handle["dir"]) / "stderr.log").read_text()
+        # The tool, and of /tmp only the way to it (and to the job's own directories).
+        assert out.startswith("the site's tool\n")
+        assert software.name in out.split()
+    finally:
+        shutil.rmtree(software, ignore_errors=True)

@@ -172,11 +172,6 @@ def argv(isolation: Isolation, job: Job) -> list[str]:
     # bubblewrap starts (bubblewrap's own would have loopback up). Unprivileged, loopback it is.
     if job.network == Network.LOOPBACK or (job.network == Network.NONE and not as_root):
         line.append("--unshare-net")
-    system = [*SYSTEM_PATHS, *python_paths(), *isolation.ro_paths]
-    for path in dict.fromkeys(system):
-        if os.path.exists(path):
-            line += _ancestors(path, line, [], ())
-            line += ["--ro-bind", path, path]
     line += ["--perms", "0755", "--dir", "/run", "--perms", "0755", "--dir", "/run/fabriek"]
     # The job's environment, as a file only the job's own first process reads (ENV_SCRIPT).
     line += ["--perms", "0444", "--ro-bind-data", str(ENV_FD), ENV_FILE]
@@ -187,6 +182,13 @@ def argv(isolation: Isolation, job: Job) -> list[str]:
     line += ["--perms", "0755", "--dir", "/var"]  # else made 0700 root, above /var/tmp
     for private in ("/tmp", "/var/tmp", "/dev/shm"):
         line += ["--perms", "1777", "--tmpfs", private]
+    # After the private /tmp: a read-only path below it (a checkout's virtual environment in
+    # /tmp) is bound on top, not hidden under it.
+    system = [*SYSTEM_PATHS, *python_paths(), *isolation.ro_paths]
+    for path in dict.fromkeys(system):
+        if os.path.exists(path):
+            line += _ancestors(path, line, [], ())
+            line += ["--ro-bind", path, path]
     for path in job.hide:  # e.g. FABRIEK_HOME inside a read-only path: an empty tmpfs over it
         # 0755 root: the job passes through to its own directories below, and finds nothing else.
         line += ["--perms", "0755", "--tmpfs", path]
