@@ -26,10 +26,12 @@ def test_fuzzing_the_api_finds_no_server_error(
     result = tmp_path / "fuzz.json"
     run = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "fuzz_api.py"), "--databases", database,
-         "--max-time", "40", "--min-requests", "1000", "--json", str(result)],
+         "--max-time", "40", "--min-requests", "300", "--json", str(result)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-4000:]
     (outcome,) = json.loads(result.read_text())["results"]
     assert outcome["server_errors"] == 0 and outcome["logged_unexpected_errors"] == 0
-    assert outcome["requests"] >= 1000
+    # About 3,000 on an idle 2-core machine; 300 is what a loaded one still makes, and enough to
+    # reach every operation (the check is the 5xx, not the count).
+    assert outcome["requests"] >= 300

@@ -121,7 +121,7 @@ def _try(bwrap: str, as_root: bool) -> str:
     """Run `true` in a sandbox like a job's; "" when it worked, else bubblewrap's complaint."""
     argv = [bwrap, *_namespaces(as_root), "--ro-bind", "/", "/", "--proc", "/proc", "--", "true"]
     try:
-        done = subprocess.run(argv, capture_output=True, timeout=30, check=False)
+        done = subprocess.run(argv, capture_output=True, timeout=30, check=False, env=PLAIN_ENV)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return str(exc)
     if done.returncode == 0:
