@@ -245,12 +245,12 @@ _KEYCTL_JOIN_SESSION_KEYRING = 1
 def _new_session_keyring() -> None:
     """Kernel keyrings are not namespaced: without this, every job shares the supervisor's
     session keyring (the server's keys, and the keys other tenants' jobs left there)."""
-    import ctypes
-    import platform
+    import ctypes  # the fork server imported it already (shim._preload)
 
-    number = _SYS_KEYCTL.get(platform.machine())
+    machine = os.uname().machine
+    number = _SYS_KEYCTL.get(machine)
     if number is None:
-        raise OSError(f"no keyctl system call known for {platform.machine()}")
+        raise OSError(f"no keyctl system call known for {machine}")
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.syscall(number, _KEYCTL_JOIN_SESSION_KEYRING, None) < 0:
         errno = ctypes.get_errno()

@@ -186,7 +186,9 @@ def argv(isolation: Isolation, job: Job) -> list[str]:
     # /tmp) is bound on top, not hidden under it.
     system = [*SYSTEM_PATHS, *python_paths(), *isolation.ro_paths]
     for path in dict.fromkeys(system):
-        if os.path.exists(path):
+        if path in SYSTEM_PATHS and os.path.islink(path):  # merged /usr: /bin -> usr/bin
+            line += ["--symlink", os.readlink(path), path]  # a link costs less than a mount
+        elif os.path.exists(path):
             line += _ancestors(path, line, [], ())
             line += ["--ro-bind", path, path]
     for path in job.hide:  # e.g. FABRIEK_HOME inside a read-only path: an empty tmpfs over it
