@@ -242,36 +242,27 @@ def test_up_says_how_jobs_are_isolated_and_can_require_it(
 
     said = server.log.read_text()
     assert "jobs run sandboxed (bubblewrap), as their project's own uid, limits enforced" in said
-    env = {
-        **server_env(tmp_path / "home"),
-        "FABRIEK_SANDBOX": "0",
-        "FABRIEK_REQUIRE_ISOLATION": "1",
-    }
-    r = subprocess.run(
-        [FABRIEK, "up", "--port", str(free_port())],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert r.returncode == 6, r.stderr
-    assert "FABRIEK_REQUIRE_ISOLATION is set, but jobs would not be fully isolated" in r.stderr
-    assert "FABRIEK_SANDBOX is off" in r.stderr and "Traceback" not in r.stderr
-    assert not (tmp_path / "home" / "fabriek.db").exists()  # nothing created, no token lost
+
+    def refused(**env: str) -> str:
+        """`fabriek up` with these settings: exit 6, nothing created (no token lost)."""
+        run = subprocess.run(
+            [FABRIEK, "up", "--port", str(free_port())],
+            env={**server_env(tmp_path / "home"), **env},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert run.returncode == 6 and "Traceback" not in run.stderr, run.stderr
+        assert not (tmp_path / "home" / "fabriek.db").exists()
+        return run.stderr
+
+    said = refused(FABRIEK_SANDBOX="0", FABRIEK_REQUIRE_ISOLATION="1")
+    assert "FABRIEK_REQUIRE_ISOLATION is set, but jobs would not be fully isolated" in said
+    assert "FABRIEK_SANDBOX is off" in said
     # As root with the sandbox on but broken (here: no bubblewrap on its PATH), jobs would run
     # as root: it fails closed.
-    env = {**server_env(tmp_path / "home"), "PATH": str(tmp_path / "empty")}
-    r = subprocess.run(
-        [FABRIEK, "up", "--port", str(free_port())],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert r.returncode == 6, r.stderr
-    assert "runs as root and cannot sandbox jobs" in r.stderr
-    assert "bubblewrap is not installed" in r.stderr
-    assert not (tmp_path / "home" / "fabriek.db").exists()
+    said = refused(PATH=str(tmp_path / "empty"))
+    assert "runs as root and cannot sandbox jobs" in said and "bubblewrap is not installed" in said
 
 
 def test_db_upgrade_command(tmp_path: Path) -> None:
