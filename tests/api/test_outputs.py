@@ -4,6 +4,7 @@ linked to files that are not its own; and a download cut off half way."""
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import tarfile
 from collections.abc import Iterator
@@ -100,8 +101,12 @@ def test_links_a_job_leaves_are_sent_as_links_never_as_what_they_point_at(
         assert set(found) == {".", "./passwd", "./theirs", "./model.bin", "./root"}
         assert all(info.issym() and data is None for info, data in list(found.values())[1:])
         assert found["./passwd"][0].linkname == "/etc/passwd"
-        swap = 'rmdir "$FABRIEK_OUTPUT_DIR" && ln -s "$VICTIM" "$FABRIEK_OUTPUT_DIR"'
-        swapper = run(http, swap, VICTIM=str(victim_dir / "output"))
+        # In its sandbox a job cannot remove its output directory (a mount point there), so the
+        # swap is made as a job run without the sandbox could make it, from outside.
+        swapper = run(http, "true")
+        output = next((server.home / "jobs").glob(f"{swapper['id']}-*")) / "output"
+        output.rmdir()
+        output.symlink_to(victim_dir / "output")
         r = http.get(f"/jobs/{swapper['id']}/outputs")
         assert (r.status_code, r.json()["error"]["code"]) == (404, "not_found")
         assert "replaced its output directory" in r.json()["error"]["message"]
@@ -188,14 +193,21 @@ def test_a_log_the_job_replaced_with_a_link_or_a_pipe_is_a_409_never_read(
     to another job's had the server read that job's log for it; with a FIFO the request hung
     for ever (45 of them took the API down). Now both are a 409 at once; an index replaced by
     a FIFO is no index: `since` answers from the start of the log."""
+    # In its sandbox a job cannot reach its job directory any more: the replacements are made
+    # from outside, as a job run without the sandbox (FABRIEK_SANDBOX=0) could make them.
     with server.http() as http:
+
+        def job_dir(job: dict[str, object]) -> Path:
+            return next((server.home / "jobs").glob(f"{job['id']}-*"))
+
         victim = run(http, "echo their-secret")
-        victim_log = next((server.home / "jobs").glob(f"{victim['id']}-*")) / "stdout.log"
-        link = run(
-            http, 'rm ../stdout.log && ln -s "$VICTIM" ../stdout.log', VICTIM=str(victim_log)
-        )
-        fifo = run(http, "rm ../stderr.log && mkfifo ../stderr.log")
-        index = run(http, "echo mine; rm -f ../log.index && mkfifo ../log.index")
+        link, fifo, index = run(http, "true"), run(http, "true"), run(http, "echo mine")
+        (job_dir(link) / "stdout.log").unlink()
+        (job_dir(link) / "stdout.log").symlink_to(job_dir(victim) / "stdout.log")
+        (job_dir(fifo) / "stderr.log").unlink()
+        os.mkfifo(job_dir(fifo) / "stderr.log")
+        (job_dir(index) / "log.index").unlink(missing_ok=True)
+        os.mkfifo(job_dir(index) / "log.index")
         r = http.get(f"/jobs/{link['id']}/logs", timeout=10)
         assert (r.status_code, r.json()["error"]["code"]) == (409, "conflict"), r.text
         assert "stdout log is not a regular file" in r.json()["error"]["message"]
