@@ -36,6 +36,7 @@ import pytest
 
 from fabriek.backends.base import LaunchSpec, Observation, Phase
 from fabriek.backends.local.backend import LocalBackend
+from fabriek.backends.local.sandbox import python_paths
 from fabriek.core.identity import Identity, Network
 from fabriek.core.jobs import JobState, Resources
 from tests.helpers import wait_for
@@ -560,7 +561,10 @@ def test_b_cannot_write_outside_its_directories_and_its_tmp_is_its_own(
         "/dev/shm": f"ok: '/dev/shm/{b.token}'",
     }
     release(a)  # A looks in its /tmp, /var/tmp and /dev/shm while B's files are in B's
-    own_way = [a.dir.parts[2]] if a.dir.parts[1] == "tmp" else []  # down to its own directory
+    # Of /tmp, only the way down to its own directory and to the Python it runs (a checkout's
+    # virtual environment may lie in /tmp, bound read-only on top of the private /tmp).
+    ways = [Path(p) for p in (str(a.dir), *python_paths())]
+    own_way = sorted({w.parts[2] for w in ways if len(w.parts) > 2 and w.parts[1] == "tmp"})
     assert succeeded(backend, a)["private"] == {"/tmp": own_way, "/var/tmp": [], "/dev/shm": []}
     assert [p for p in outside if p.exists()] == [] and list(host_tmp.iterdir()) == []
     release(b)
