@@ -99,7 +99,10 @@ def test_a_pool_reclaims_its_guarantee_from_borrowed_work(
     sessions: sessionmaker[Session], tmp_path: Path, clock: FrozenClock
 ) -> None:
     admin, alice, allocation = _vision_with_allocation(sessions, clock)
-    controller = make_controller(sessions, tmp_path, clock)
+    # Unsandboxed: its "checkpoint" lies outside its run's directories, where its second run
+    # finds it; a sandboxed run sees only its own (persistent project storage comes with
+    # datasets). SIGTERM and the grace period in the sandbox: tests/backends/local.
+    controller = make_controller(sessions, tmp_path, clock, sandbox=False)
     stopped = tmp_path / "got-sigterm"
     # Without an allocation it borrows both GPUs. Asked to stop, it saves a "checkpoint" in the
     # grace period; its second run finds it and finishes.

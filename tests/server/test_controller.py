@@ -24,13 +24,14 @@ from tests.server.factories import G, make_admin, make_job
 
 
 def make_controller(
-    sessions: sessionmaker[Session], tmp_path: Path, clock: FrozenClock
+    sessions: sessionmaker[Session], tmp_path: Path, clock: FrozenClock, *, sandbox: bool = True
 ) -> Controller:
     backend = LocalBackend(
         jobs_dir=tmp_path / "jobs",
         resources=Resources(2, 4 * G),
         gpus=FakeInventory(2).detect(),
         kill_grace_seconds=0.5,
+        sandbox=sandbox,
     )
     return Controller(
         sessions=sessions, backend=backend, clock=clock, workdirs=tmp_path / "workdirs"
