@@ -12,7 +12,6 @@ FINAL = {"succeeded", "failed", "cancelled", "timed_out"}
 
 
 def test_kill_and_restart(tmp_path: Path, database_env: dict[str, str]) -> None:
-    runs = tmp_path / "runs.txt"
     server = ServerProcess(
         home=tmp_path / "home", port=free_port(), env=server_env(tmp_path / "home", **database_env)
     )
@@ -26,7 +25,7 @@ def test_kill_and_restart(tmp_path: Path, database_env: dict[str, str]) -> None:
                     "/jobs",
                     json={
                         "name": tag,
-                        "argv": ["sh", "-c", f"echo {tag} >> {runs}; {script}"],
+                        "argv": ["sh", "-c", f'echo {tag} >> "$FABRIEK_OUTPUT_DIR/runs"; {script}'],
                         "memory_bytes": 2**30,
                         "time_limit_s": 60,
                     },
@@ -69,10 +68,11 @@ def test_kill_and_restart(tmp_path: Path, database_env: dict[str, str]) -> None:
         )  # adopted, not rerun
         assert jobs[ending]["state"] == "failed" and jobs[ending]["exit_code"] == 3
         assert all(jobs[j]["state"] == "succeeded" for j in [quick, *waiting])
-        lines = runs.read_text().split()
-        assert sorted(lines) == sorted(
-            ["quick", "long", "ending", "waiting0", "waiting1", "waiting2"]
-        )
+        # Each ran exactly once: one run directory each (_job_dir), one line in it.
+        lines = [(_job_dir(server, j) / "output" / "runs").read_text() for j in everyone]
+        assert lines == [f"{tag}\n" for tag in ("quick", "long", "ending")] + [
+            f"waiting{i}\n" for i in range(3)
+        ]
         for job in jobs.values():  # exactly one start and one end each in the history
             to_states = [e["to_state"] for e in job["events"]]
             assert to_states.count("running") == 1 and sum(s in FINAL for s in to_states) == 1, (
