@@ -8,6 +8,7 @@ import gzip
 import io
 import os
 import re
+import shutil
 import tarfile
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -102,12 +103,15 @@ def test_work_copies_go_when_the_job_ends_and_outputs_stay(
     (victim / "keep.txt").write_text("not the job's")
     controller, retention, _ = make_controller(sessions, tmp_path, clock, Policy())
     job = make_job(sessions, admin, clock(), argv=["sh", "-c", WRITER])
-    linker = make_job(
-        sessions,
-        admin,
-        clock(),
-        argv=["sh", "-c", f'cd .. && rm -rf work && ln -s "{victim}" work'],
-    )
+    # In its sandbox a job cannot replace its working copy (a mount point there): the link is
+    # planted from outside while it runs, as a job without the sandbox could plant it.
+    waits = 'cd /; while [ ! -e "$FABRIEK_OUTPUT_DIR/go" ]; do sleep 0.05; done'
+    linker = make_job(sessions, admin, clock(), argv=["sh", "-c", waits])
+    assert run_until(controller, sessions, admin, linker.id, "running").state.value == "running"
+    work = run_dir(row(sessions, linker.id)) / "work"
+    shutil.rmtree(work)
+    work.symlink_to(victim)
+    (run_dir(row(sessions, linker.id)) / "output" / "go").touch()
     for job_id in (job.id, linker.id):
         assert run_until(controller, sessions, admin, job_id, "final").state == JobState.SUCCEEDED
     retention.wait(10)

@@ -143,6 +143,45 @@ class SlurmBackend:
     # jobs): Slurm starts jobs in scheduling cycles, and every look is an squeue call.
     starting_poll_seconds = 1.0
 
+    def _meter_path(self) -> list[str]:
+        """Where the wrapper, running as the project's uid, imports fabriek.metering from: this
+        server's own installation where every user may read it, else a copy of it (and of
+        nvidia-ml-py's module) that the server publishes once in the shared directory
+        (`lib/fabriek-<digest>`, root's, readable by all): a server installed under /root, or in
+        a checkout only root may enter, would otherwise meter nothing on the nodes."""
+        if self._published is not None:
+            return self._published
+        paths = meter_sys_path()
+        if not self.switch_users or all(_readable_by_all(Path(p)) for p in paths):
+            self._published = paths
+            return paths
+        import importlib.util
+
+        import fabriek
+
+        package = Path(fabriek.__file__).resolve().parent
+        found = importlib.util.find_spec("pynvml")
+        modules = [Path(found.origin)] if found is not None and found.origin else []
+        stamp = "".join(f"{p}:{p.stat().st_mtime_ns}" for p in [package, *modules])
+        digest = hashlib.sha256(stamp.encode()).hexdigest()[:16]
+        target = self.config.shared_dir / "lib" / f"fabriek-{digest}"
+        if not target.is_dir():
+            staging = target.with_name(f".{target.name}.{os.getpid()}")
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(
+                package, staging / "fabriek", ignore=shutil.ignore_patterns("__pycache__")
+            )
+            for module in modules:
+                shutil.copy2(module, staging / module.name)
+            for where, _dirs, files in os.walk(staging):
+                os.chmod(where, 0o755)
+                for name in files:
+                    os.chmod(os.path.join(where, name), 0o644)
+            os.chmod(target.parent, 0o755)
+            os.replace(staging, target)
+        self._published = [str(target)]
+        return self._published
+
     def __init__(
         self,
         config: SlurmPartition,
@@ -171,6 +210,7 @@ class SlurmBackend:
             if config.metering
             else None
         )
+        self._published: list[str] | None = None  # see _meter_path
         self.name = config.name
         self.clock = clock
         self.jobs_dir = config.shared_dir / "jobs"
@@ -483,7 +523,10 @@ class SlurmBackend:
             "srun": self._command("srun"),
         }
         if self.metering is not None:
-            data["meter"] = {**self.metering, "memory_bytes": spec.resources.memory_bytes}
+            meter = {**self.metering, "memory_bytes": spec.resources.memory_bytes}
+            if not self.config.fabriek_path:
+                meter["sys_path"] = self._meter_path()
+            data["meter"] = meter
         if spec.workdir_archive is not None:
             # Copied, not unpacked: the wrapper unpacks it on the node as the job's first step,
             # in its time and cancellable, with the check the upload passed (the unpacker).
@@ -973,3 +1016,13 @@ def _finished(
         reason=bounded(reason) if isinstance(reason, str) else None,  # read from a job's files
         usage=usage,
     )
+
+
+def _readable_by_all(path: Path) -> bool:
+    """Whether any user may reach and read `path` (every directory above it lets others in)."""
+    try:
+        return bool(path.stat().st_mode & 0o004) and all(
+            p.stat().st_mode & 0o001 for p in path.resolve().parents
+        )
+    except OSError:
+        return False
