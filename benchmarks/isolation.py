@@ -90,7 +90,7 @@ from _harness import (
     wait_for_quiet,
     write_json,
 )
-from launch_latency import find_job_dir
+from launch_latency import wait_final
 
 from fabriek.backends.base import LaunchSpec, Observation, Phase
 from fabriek.backends.local import sandbox, shim
@@ -101,7 +101,6 @@ from fabriek.core.jobs import Resources
 GOAL_ADDED_P50_MS = 20.0
 GOAL_P50_MS = 50.0
 GOAL_RATIO = 1.02
-FINAL = {"succeeded", "failed", "cancelled", "timed_out"}
 MODES = ("sandboxed", "plain")
 MOMENTS = ("recorded", "running", "command")
 IDENTITY = Identity(200001, 200001, "bench")
@@ -216,20 +215,7 @@ def launch_one(server: Server, client: httpx.Client, i: int, timeout: float) -> 
     response = client.post("/jobs", json=job_body(f"isolation-{i}", LATENCY_ARGV))
     response.raise_for_status()
     job_id = response.json()["id"]
-    deadline = time.monotonic() + timeout
-    job_dir = None
-    while job_dir is None and time.monotonic() < deadline:
-        job_dir = find_job_dir(server, job_id)
-        time.sleep(0.002)
-    while job_dir is not None and not (job_dir / "result.json").exists():
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.002)
-    while True:
-        job = client.get(f"/jobs/{job_id}").json()
-        if job["state"] in FINAL or time.monotonic() > deadline:
-            break
-        time.sleep(0.005)
+    job, job_dir = wait_final(server, client, job_id, timeout)
     out: dict[str, Any] = {
         "until_final_s": time.perf_counter() - sent,  # the benchmark's round trip, for reference
         "id": job_id,

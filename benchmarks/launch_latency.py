@@ -121,13 +121,11 @@ def find_job_dir(server: Server, job_id: int) -> Path | None:
     return None
 
 
-def run_one(server: Server, client: httpx.Client, i: int, timeout: float) -> dict[str, Any]:
-    """Submit one job, wait until it is final; return its timestamps (seconds since submission)."""
-    sent = time.perf_counter()
-    response = client.post("/jobs", json=job_body(f"launch-{i}", ["true"]))
-    answered = time.perf_counter()
-    response.raise_for_status()
-    job_id = response.json()["id"]
+def wait_final(
+    server: Server, client: httpx.Client, job_id: int, timeout: float
+) -> tuple[dict[str, Any], Path | None]:
+    """The job as the API shows it once final (or at `timeout`), and its directory: waits for
+    the directory, then its result.json, then the API's final state."""
     deadline = time.monotonic() + timeout
     job_dir = None
     while job_dir is None and time.monotonic() < deadline:
@@ -142,6 +140,17 @@ def run_one(server: Server, client: httpx.Client, i: int, timeout: float) -> dic
         if job["state"] in FINAL or time.monotonic() > deadline:
             break
         time.sleep(0.005)
+    return job, job_dir
+
+
+def run_one(server: Server, client: httpx.Client, i: int, timeout: float) -> dict[str, Any]:
+    """Submit one job, wait until it is final; return its timestamps (seconds since submission)."""
+    sent = time.perf_counter()
+    response = client.post("/jobs", json=job_body(f"launch-{i}", ["true"]))
+    answered = time.perf_counter()
+    response.raise_for_status()
+    job_id = response.json()["id"]
+    job, _ = wait_final(server, client, job_id, timeout)
     submitted, admitted, started = (
         _ts(job["submitted_at"]),
         _ts(job["admitted_at"]),
